@@ -1,0 +1,70 @@
+"""The one exception hierarchy of ptmpack.
+
+Every failure a user can cause or meet (bad input, tampering, a wrong key, an
+unsupported file) is a :class:`PtmError` subclass whose ``exit_code`` is the CLI
+contract of SPEC §6 and whose message says what failed, where, and what to do.
+Anything else escaping the library is a bug.
+"""
+
+from __future__ import annotations
+
+
+class PtmError(Exception):
+    """Root of all ptmpack errors; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def diagnostics(self) -> str:
+        """One line for the user: the message, then the hint when there is one."""
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(PtmError):
+    """The command was called wrongly: a missing option, an existing target without --force."""
+
+    exit_code = 2
+
+
+class IntegrityError(PtmError):
+    """The package is corrupt, truncated or tampered with, or a digest or signature fails."""
+
+    exit_code = 3
+
+
+class KeyAccessError(PtmError):
+    """No key was given for an encrypted package, or the key given opens none of its slots."""
+
+    exit_code = 4
+
+
+class InvalidTreeError(PtmError):
+    """A package tree or path breaks the rules of SPEC §1 (links, traversal, missing files)."""
+
+    exit_code = 5
+
+
+class MetadataError(InvalidTreeError):
+    """A metadata document fails its JSON Schema; names the file and the JSON path."""
+
+    def __init__(self, file: str, json_path: str, reason: str) -> None:
+        super().__init__(f"{file}: {json_path}: {reason}")
+        self.file = file
+        self.json_path = json_path
+        self.reason = reason
+
+
+class UnsupportedError(PtmError):
+    """The file uses a format version or feature this ptmpack does not know."""
+
+    exit_code = 6
+
+
+class BaseMismatchError(PtmError):
+    """A residual delta was applied to a base it was not made from."""
+
+    exit_code = 7

@@ -1,0 +1,1 @@
+"""Tensor files: safetensors header indexing and dtype mapping."""
