@@ -1,0 +1,304 @@
+"""The ``ptmpack`` command line: parse options, call :mod:`ptmpack.api`, render results.
+
+All errors pass through :func:`main`, the one place that maps a PtmError to its
+exit code and a one-line message (tracebacks only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from ptmpack import __version__, api
+from ptmpack.container import spec
+from ptmpack.crypto import keyfiles
+from ptmpack.crypto.keyslots import Opener
+from ptmpack.errors import PtmError, UsageError
+from ptmpack.protect import CIPHER_NAMES, EncryptionSpec
+
+_SIZE = re.compile(r"^(\d+)([kKmMgG]?)(i?[bB])?$")
+
+
+def _console() -> Console:
+    """Human output: stdout on a terminal, else stderr so stdout stays clean for pipes."""
+    return Console(stderr=not sys.stdout.isatty())
+
+
+def _parse_size(text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise UsageError(f"cannot read size {text!r}", hint="use e.g. 4M, 512K or 1048576")
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
+
+
+def _parse_compress(text: str) -> tuple[spec.Compression, int]:
+    name, _, level = text.partition(":")
+    if name == "none" and not level:
+        return spec.Compression.NONE, 3
+    if name == "zstd":
+        try:
+            return spec.Compression.ZSTD, int(level) if level else 3
+        except ValueError:
+            raise UsageError(f"bad zstd level {level!r}") from None
+    raise UsageError(f"unknown compression {text!r}", hint="use none, zstd or zstd:LEVEL")
+
+
+def opener_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that open an encrypted package, shared by every reading command."""
+    f = click.option("--identity", type=click.Path(path_type=Path), help="X25519 private key (PEM) of a recipient.")(f)
+    f = click.option("--key-file", type=click.Path(path_type=Path),
+                     help="Symmetric key file (base64). Env: PTMPACK_KEY_FILE.")(f)
+    return click.option("--passphrase-file", type=click.Path(path_type=Path),
+                        help="File holding the passphrase. Env: PTMPACK_PASSPHRASE.")(f)
+
+
+def _opener(passphrase_file: Path | None, key_file: Path | None, identity: Path | None) -> Opener | None:
+    passphrase = keyfiles.load_passphrase(passphrase_file) if passphrase_file else keyfiles.passphrase_from_env()
+    key_path = key_file or keyfiles.key_file_from_env()
+    kek = keyfiles.load_symmetric_key(key_path) if key_path else None
+    ident = keyfiles.load_x25519_private(identity) if identity else None
+    if passphrase is None and kek is None and ident is None:
+        return None
+    return Opener(passphrase=passphrase, kek=kek, identity=ident)
+
+
+@contextmanager
+def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    cols = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(f"[bold]{label}", *cols, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ptmpack")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Package large pre-trained models in the GB/T 42382.2 container."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--from-hf", type=click.Path(path_type=Path), help="Hugging Face checkpoint directory to import.")
+@click.option("--name", help="Model name for managementinfo.json.")
+def init(directory: Path, from_hf: Path | None, name: str | None) -> None:
+    """Lay out a package tree (Model/, Program/, Meta-info/) with metadata."""
+    from ptmpack.hf import init_tree
+
+    written = init_tree(directory, from_hf=from_hf, name=name)
+    _console().print(f"[green]initialised[/] {directory} ({len(written)} files)")
+
+
+@cli.command("pack")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .ptm file to write.")
+@click.option("--compress", default="none", show_default=True, help="none, zstd or zstd:LEVEL.")
+@click.option("--chunk-size", default="4M", show_default=True, help="Chunk size for compressed/encrypted entries.")
+@click.option("--encrypt", is_flag=True, help="Encrypt the package (needs a passphrase, key file or recipient).")
+@click.option("--passphrase-file", "passphrase_files", multiple=True, type=click.Path(path_type=Path))
+@click.option("--key-file", "key_files", multiple=True, type=click.Path(path_type=Path))
+@click.option("--recipient", "recipients", multiple=True, type=click.Path(path_type=Path),
+              help="X25519 public key (PEM) of a device that may open the package; repeatable.")
+@click.option("--cipher", type=click.Choice(sorted(CIPHER_NAMES)), default="aes-256-gcm", show_default=True)
+@click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) to sign with.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def pack_cmd(directory: Path, output: Path, compress: str, chunk_size: str, encrypt: bool,
+             passphrase_files: tuple[Path, ...], key_files: tuple[Path, ...], recipients: tuple[Path, ...],
+             cipher: str, sign_key: Path | None, force: bool, as_json: bool) -> None:
+    """Pack a package tree into a .ptm container."""
+    compression, level = _parse_compress(compress)
+    encryption = None
+    if encrypt:
+        passphrases = [keyfiles.load_passphrase(p) for p in passphrase_files]
+        if not passphrases and not key_files and not recipients and (env := keyfiles.passphrase_from_env()):
+            passphrases.append(env)
+        encryption = EncryptionSpec(
+            cipher=CIPHER_NAMES[cipher],
+            passphrases=tuple(passphrases),
+            keks=tuple(keyfiles.load_symmetric_key(k) for k in key_files),
+            recipients=tuple(keyfiles.load_x25519_public(r) for r in recipients),
+        )
+    elif passphrase_files or key_files or recipients:
+        raise UsageError("key options given without --encrypt", hint="add --encrypt")
+    config = api.PackConfig(
+        compression=compression, level=level, chunk_size=_parse_size(chunk_size), encryption=encryption,
+        sign_key=keyfiles.load_ed25519_private(sign_key) if sign_key else None,
+    )
+    total = sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file() and not p.is_symlink()) \
+        if Path(directory).is_dir() else 0
+    with _progress("packing", total, not as_json) as progress:
+        manifest = api.pack(directory, output, config, force=force, progress=progress)
+    raw = sum(e.raw_length for e in manifest.entries)
+    size = output.stat().st_size
+    if as_json:
+        _emit_json({"output": str(output), "package_id": manifest.package_id.hex(), "entries": len(manifest.entries),
+                    "raw_bytes": raw, "file_bytes": size, "flags": [f.name for f in spec.Flags if manifest.flags & f]})
+        return
+    _console().print(f"[green]packed[/] {output}: {len(manifest.entries)} files, {raw:,} bytes -> {size:,} bytes")
+
+
+@cli.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Directory to create.")
+@opener_options
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+def unpack(package: Path, output: Path, passphrase_file: Path | None, key_file: Path | None,
+           identity: Path | None, force: bool) -> None:
+    """Unpack a .ptm container into a package tree (atomically)."""
+    opener = _opener(passphrase_file, key_file, identity)
+    size = package.stat().st_size if package.is_file() else 0
+    with _progress("unpacking", size, True) as progress:
+        result = api.unpack(package, output, opener=opener, force=force, progress=progress)
+    _console().print(f"[green]unpacked[/] {result.files} files, {result.bytes:,} bytes into {result.target}")
+
+
+@cli.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@opener_options
+@click.option("--pubkey", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) the signature must verify with.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def verify(package: Path, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
+           pubkey: Path | None, as_json: bool) -> None:
+    """Verify a package or tree: layout, digests, tags, schemas, signature."""
+    opener = _opener(passphrase_file, key_file, identity)
+    key = keyfiles.load_ed25519_public(pubkey) if pubkey else None
+    size = package.stat().st_size if package.is_file() else 0
+    with _progress("verifying", size, not as_json) as progress:
+        report = api.verify(package, opener=opener, pubkey=key, progress=progress)
+    if as_json:
+        _emit_json(report.to_json())
+        return
+    con = _console()
+    con.print(f"[green]OK[/] {report.path}: {report.entries} files, {report.bytes:,} bytes")
+    con.print(f"checked: {', '.join(report.checks)}")
+    if report.signature == "unchecked":
+        con.print(f"[yellow]signed by {report.signer}, signature not checked[/] (pass --pubkey to check it)")
+    elif report.signature == "verified":
+        con.print(f"[green]signature verified[/] (signer {report.signer})")
+
+
+@cli.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@opener_options
+@click.option("--tensors", is_flag=True, help="List every tensor (name, dtype, shape, bytes).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def inspect(package: Path, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
+            tensors: bool, as_json: bool) -> None:
+    """Show a package's headers, entries, metadata and tensors."""
+    doc = api.inspect(package, opener=_opener(passphrase_file, key_file, identity), tensors=tensors)
+    if as_json:
+        _emit_json(doc)
+        return
+    _render_inspect(doc, _console())
+
+
+def _render_inspect(doc: dict[str, Any], con: Console) -> None:
+    if doc["type"] == "file":
+        h = doc["header"]
+        t = Table(title=f"{doc['path']} ({doc['file_size']:,} bytes)", show_header=False)
+        for key in ("version", "package_id", "entry_count", "model_count"):
+            t.add_row(key, str(h[key]))
+        t.add_row("flags", ", ".join(h["flags"]) or "-")
+        t.add_row("created", doc["manifest"]["created"])
+        t.add_row("tool", doc["manifest"]["tool"])
+        if doc["manifest"]["residual_base"]:
+            t.add_row("residual base", doc["manifest"]["residual_base"])
+        if doc.get("encryption"):
+            t.add_row("cipher", doc["encryption"]["cipher"])
+            t.add_row("key slots", "; ".join(doc["encryption"]["slots"]))
+        if doc["signature"]:
+            t.add_row("signed by", doc["signature"]["signer"])
+        con.print(t)
+    entries = Table(title="entries")
+    for col in ("path", "kind", "raw", "stored", "codec"):
+        entries.add_column(col, justify="right" if col in ("raw", "stored") else "left")
+    for e in doc["entries"]:
+        codec = e.get("codec")
+        codec_text = "-" if not codec else "+".join(v for v in codec.values() if v != "none") or "raw"
+        entries.add_row(e["path"], e["kind"], f"{e['raw_length']:,}", f"{e.get('stored_length', e['raw_length']):,}",
+                        codec_text)
+    con.print(entries)
+    m = doc["metadata"]["managementinfo"]
+    tech = doc["metadata"]["technicalinfo"]
+    info = Table(title="metadata", show_header=False)
+    for key in ("name", "version", "provider", "license", "model_id"):
+        if key in m:
+            info.add_row(key, str(m[key]))
+    task = tech.get("task", {})
+    info.add_row("task", str(task.get("type", "-")))
+    ptm = tech.get("ptm_info", {})
+    if ptm:
+        info.add_row("architecture", ", ".join(ptm.get("architecture", [])))
+        info.add_row("layers/heads/hidden", f"{ptm.get('num_layers', '-')}/{ptm.get('num_heads', '-')}/{ptm.get('hidden_size', '-')}")
+    info.add_row("parameters", f"{doc['totals']['parameters']:,}")
+    con.print(info)
+    if "tensors" in doc:
+        tt = Table(title="tensors")
+        for col in ("name", "dtype", "shape", "bytes"):
+            tt.add_column(col, justify="right" if col == "bytes" else "left")
+        for t in doc["tensors"]:
+            tt.add_row(t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", f"{t['bytes']:,}")
+        con.print(tt)
+
+
+@cli.command()
+@click.option("--type", "kind", required=True, type=click.Choice(["symmetric", "x25519", "ed25519"]))
+@click.option("-o", "--output", "prefix", required=True, type=click.Path(path_type=Path), help="Writes PREFIX.key (and PREFIX.pub).")
+def keygen(kind: str, prefix: Path) -> None:
+    """Make a key: symmetric key file, X25519 recipient pair, or Ed25519 signing pair."""
+    for path in keyfiles.keygen(kind, prefix):
+        _console().print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn errors into exit codes (SPEC §6)."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="ptmpack", standalone_mode=False)
+    except PtmError as exc:
+        if debug:
+            raise
+        click.echo(f"ptmpack: error: {exc.diagnostics()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("ptmpack: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except OSError as exc:
+        if debug:
+            raise
+        click.echo(f"ptmpack: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        sys.exit(1)
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"ptmpack: unexpected error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
