@@ -1,0 +1,43 @@
+# ptmpack: `make demo` runs the main job on a bundled model, `make test` runs the suite.
+# Both set up the virtualenv on a fresh machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PTMPACK := $(VENV)/bin/ptmpack
+STAMP := $(VENV)/.installed-dev
+DEMO := demo-out
+
+.PHONY: install demo test lint fuzz bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(PTMPACK) init $(DEMO)/tree --from-hf fixtures/tiny-bert --name tiny-bert
+	$(PTMPACK) pack $(DEMO)/tree -o $(DEMO)/tiny-bert.ptm
+	$(PTMPACK) pack $(DEMO)/tree -o $(DEMO)/tiny-bert.zstd.ptm --compress zstd
+	$(PTMPACK) inspect $(DEMO)/tiny-bert.ptm --tensors
+	$(PTMPACK) verify $(DEMO)/tiny-bert.zstd.ptm
+	$(PTMPACK) unpack $(DEMO)/tiny-bert.zstd.ptm -o $(DEMO)/unpacked
+	diff -r $(DEMO)/tree $(DEMO)/unpacked
+	@echo "demo: packed, inspected, verified and unpacked $(DEMO)/tiny-bert.ptm; the round trip is byte-exact"
+
+test: $(STAMP)
+	$(PY) -m ruff check ptmpack tests bench
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check ptmpack tests bench
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache .hypothesis
