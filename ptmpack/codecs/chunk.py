@@ -18,6 +18,7 @@ import numpy as np
 import zstandard
 
 from ptmpack.codecs.planes import join_planes, split_planes
+from ptmpack.container.spec import MAX_CHUNK_SIZE
 from ptmpack.errors import IntegrityError, UnsupportedError, UsageError
 
 
@@ -41,7 +42,7 @@ class Transform(enum.IntEnum):
 _WIDTH = {Transform.NONE: 0, Transform.EXP_PLANES_16: 2, Transform.EXP_PLANES_32: 4, Transform.EXP_PLANES_64: 8}
 _BY_WIDTH = {width: transform for transform, width in _WIDTH.items() if width}
 
-MAX_RAW_LENGTH = 64 << 20
+MAX_RAW_LENGTH = MAX_CHUNK_SIZE
 """Largest raw chunk (SPEC §3: chunk ≤ 64 MiB); bounds every decode allocation."""
 MIN_GAIN_DIVISOR = 100
 """choose_transform wants the transform to save at least 1/100 of the sample."""
@@ -106,13 +107,17 @@ def decode_chunk(stored: bytes | memoryview, raw_length: int, transform: Transfo
 
     ``raw_length`` comes from the manifest and bounds every allocation: a stored chunk
     that claims more (in a zstd frame header or a plane length) is rejected before
-    anything is allocated for it.
+    anything is allocated for it. Zstd frames carry checksums, so damage inside them is
+    caught here; a flipped bit in a raw plane or the tail decodes to wrong bytes of the
+    right length, which the entry's sha256 (or the AEAD tag) catches.
 
     Raises:
         IntegrityError: ``stored`` is not a well-formed encoding of ``raw_length`` bytes
-            (truncated, extended, bit-flipped where detectable, or crafted), or
-            ``raw_length`` is outside 0..MAX_RAW_LENGTH.
+            (truncated, extended, damaged inside a zstd frame, or crafted), or
+            ``raw_length`` is outside 0..MAX_RAW_LENGTH. The message does not know the
+            entry or chunk index; callers add them.
         UnsupportedError: ``transform`` is an id this version does not know.
+        UsageError: ``raw_length`` is not an int.
     """
     transform = _as_transform(transform, UnsupportedError)
     if isinstance(raw_length, bool) or not isinstance(raw_length, int):
