@@ -195,6 +195,9 @@ def verify(package: Path, passphrase_file: Path | None, key_file: Path | None, i
         con.print(f"[yellow]signed by {report.signer}, signature not checked[/] (pass --pubkey to check it)")
     elif report.signature == "verified":
         con.print(f"[green]signature verified[/] (signer {report.signer})")
+    if not report.decrypted:
+        con.print("[yellow]content not decrypted[/] (no key given): the signature covers the sealed manifest "
+                  "and every chunk tag; give a key to check the plaintext too")
 
 
 @cli.command()

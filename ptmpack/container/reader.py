@@ -57,7 +57,7 @@ class PackageReader:
         KeyAccessError: the package is encrypted and no ``unlock`` was given.
     """
 
-    def __init__(self, path: Path, *, unlock: Unlock | None = None, workers: int = 2) -> None:
+    def __init__(self, path: Path, *, unlock: Unlock | None = None, workers: int = 2, sealed_ok: bool = False) -> None:
         self.path = Path(path)
         self.workers = max(1, workers)
         try:
@@ -67,12 +67,12 @@ class PackageReader:
         except OSError as exc:
             raise UsageError(f"cannot open {path}: {exc.strerror}") from None
         try:
-            self._open(unlock)
+            self._open(unlock, sealed_ok)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, unlock: Unlock | None) -> None:
+    def _open(self, unlock: Unlock | None, sealed_ok: bool) -> None:
         self.size = os.fstat(self._file.fileno()).st_size
         if self.size < FileHeader.SIZE + Trailer.SIZE:
             raise IntegrityError(f"{self.path}: {self.size} bytes is too short to be a ptmpack package (truncated?)")
@@ -86,14 +86,16 @@ class PackageReader:
             raise IntegrityError("trailer: manifest overlaps the file header")
         self.encrypted = bool(self.header.flags & spec.Flags.ENCRYPTED)
         self._decode = unlock(self.header, self.keyslots) if unlock is not None else None
-        if self.encrypted and self._decode is None:
-            raise KeyAccessError(f"{self.path} is encrypted", hint="give a key: --passphrase-file, --key-file or --identity")
         stored = self._mm[self.trailer.manifest_offset: self.trailer.manifest_offset + self.trailer.manifest_length]
         if hashlib.sha256(stored).digest() != self.trailer.manifest_sha256:
             raise IntegrityError("manifest digest does not match the trailer: the package is corrupt or was altered")
-        self.tags = hashlib.sha256()
+        self._manifest: Manifest | None = None
+        if self.encrypted and self._decode is None:
+            if not sealed_ok:
+                raise KeyAccessError(f"{self.path} is encrypted", hint="give a key: --passphrase-file, --key-file or --identity")
+            return
         body = self._open_manifest(stored) if self.encrypted else stored
-        self.manifest = Manifest.from_json(body)
+        self._manifest = Manifest.from_json(body)
         self._check_layout()
 
     def close(self) -> None:
@@ -112,6 +114,18 @@ class PackageReader:
         self.close()
 
     @property
+    def sealed(self) -> bool:
+        """True when the package is encrypted and was opened without its key (manifest unreadable)."""
+        return self._manifest is None
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            raise KeyAccessError(f"{self.path} is encrypted; its manifest needs the key",
+                                 hint="give --passphrase-file, --key-file or --identity")
+        return self._manifest
+
+    @property
     def entries(self) -> tuple[EntryRecord, ...]:
         return self.manifest.entries
 
@@ -121,7 +135,6 @@ class PackageReader:
         pos, counter = 0, 0
         while pos < len(stored):
             body, pos = self._frame(stored, pos, len(stored), "manifest")
-            self.tags.update(body[-spec.AEAD_TAG_SIZE:])
             last = pos == len(stored)
             try:
                 out += self._decode(spec.MANIFEST_ENTRY_INDEX, 0, "", 0, counter, last, body, spec.MAX_CHUNK_SIZE)
@@ -177,14 +190,26 @@ class PackageReader:
         return Signature(block, self.trailer.manifest_sha256, tags)
 
     def _all_tags(self) -> bytes:
+        """SHA-256 over every AEAD tag in file order, found by walking headers and chunk frames.
+
+        Needs no key, so a signature over an encrypted package can be checked without one.
+        """
         h = hashlib.sha256()
-        for e in self.entries:
-            for off, length in e.chunks:
-                h.update(self._mm[e.data_offset + off + length - spec.AEAD_TAG_SIZE: e.data_offset + off + length])
+        for pos, hdr, _path in self.walk_headers():
+            start = hdr.data_offset(pos)
+            end = start + hdr.stored_length
+            cursor = start
+            while cursor < end:
+                body, cursor = self._frame(self._mm, cursor, end, f"entry {hdr.entry_index}")
+                if len(body) < spec.AEAD_TAG_SIZE:
+                    raise IntegrityError(f"entry {hdr.entry_index}: sealed chunk shorter than its tag")
+                h.update(body[-spec.AEAD_TAG_SIZE:])
         stored = self._mm[self.trailer.manifest_offset: self.trailer.manifest_offset + self.trailer.manifest_length]
-        pos = 0
-        while pos < len(stored):
-            body, pos = self._frame(stored, pos, len(stored), "manifest")
+        cursor = 0
+        while cursor < len(stored):
+            body, cursor = self._frame(stored, cursor, len(stored), "manifest")
+            if len(body) < spec.AEAD_TAG_SIZE:
+                raise IntegrityError("manifest: sealed chunk shorter than its tag")
             h.update(body[-spec.AEAD_TAG_SIZE:])
         return h.digest()
 
