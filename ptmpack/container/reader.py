@@ -192,25 +192,24 @@ class PackageReader:
     def _all_tags(self) -> bytes:
         """SHA-256 over every AEAD tag in file order, found by walking headers and chunk frames.
 
-        Needs no key, so a signature over an encrypted package can be checked without one.
+        Needs no key, so a signature over an encrypted package can be checked without one;
+        reads only each frame's length prefix and tag.
         """
         h = hashlib.sha256()
-        for pos, hdr, _path in self.walk_headers():
-            start = hdr.data_offset(pos)
-            end = start + hdr.stored_length
-            cursor = start
+        spans = [(hdr.data_offset(pos), hdr.data_offset(pos) + hdr.stored_length, f"entry {hdr.entry_index}")
+                 for pos, hdr, _path in self.walk_headers()]
+        m_start = self.trailer.manifest_offset
+        spans.append((m_start, m_start + self.trailer.manifest_length, "manifest"))
+        for cursor, end, where in spans:
             while cursor < end:
-                body, cursor = self._frame(self._mm, cursor, end, f"entry {hdr.entry_index}")
-                if len(body) < spec.AEAD_TAG_SIZE:
-                    raise IntegrityError(f"entry {hdr.entry_index}: sealed chunk shorter than its tag")
-                h.update(body[-spec.AEAD_TAG_SIZE:])
-        stored = self._mm[self.trailer.manifest_offset: self.trailer.manifest_offset + self.trailer.manifest_length]
-        cursor = 0
-        while cursor < len(stored):
-            body, cursor = self._frame(stored, cursor, len(stored), "manifest")
-            if len(body) < spec.AEAD_TAG_SIZE:
-                raise IntegrityError("manifest: sealed chunk shorter than its tag")
-            h.update(body[-spec.AEAD_TAG_SIZE:])
+                if cursor + spec.CHUNK_PREFIX.size > end:
+                    raise IntegrityError(f"{where}: chunk frame truncated")
+                (length,) = spec.CHUNK_PREFIX.unpack(self._pread(cursor, spec.CHUNK_PREFIX.size))
+                cursor += spec.CHUNK_PREFIX.size
+                if not spec.AEAD_TAG_SIZE <= length <= end - cursor:
+                    raise IntegrityError(f"{where}: sealed chunk frame of {length} bytes is malformed")
+                cursor += length
+                h.update(self._pread(cursor - spec.AEAD_TAG_SIZE, spec.AEAD_TAG_SIZE))
         return h.digest()
 
     def entry_header(self, e: EntryRecord) -> ModelHeader:
@@ -254,14 +253,23 @@ class PackageReader:
             raise UsageError(f"{e.path} is stored compressed or encrypted; it has no raw view")
         return memoryview(self._mm)[e.data_offset: e.data_offset + e.raw_length]
 
+    def _pread(self, offset: int, length: int) -> bytes:
+        """Read bytes with pread rather than through the map, so streaming does not grow RSS."""
+        if offset + length > self.size:
+            raise IntegrityError(f"read of {length} bytes at {offset} runs past the end of the file (truncated)")
+        data = os.pread(self._file.fileno(), length, offset)
+        if len(data) != length:
+            raise IntegrityError(f"short read at offset {offset}: the file changed or is truncated")
+        return data
+
     def read_chunk(self, e: EntryRecord, i: int) -> bytes:
         """Decode chunk ``i`` of a chunked entry."""
         if self._decode is None:
             raise UsageError("this package has compressed entries but the reader has no decoder")
         off, length = e.chunks[i]
-        start = e.data_offset + off
-        body, end = self._frame(self._mm, start, start + length, f"entry {e.index} ({e.path}) chunk {i}")
-        if end != start + length:
+        frame = self._pread(e.data_offset + off, length)
+        body, end = self._frame(frame, 0, length, f"entry {e.index} ({e.path}) chunk {i}")
+        if end != length:
             raise IntegrityError(f"entry {e.index} ({e.path}) chunk {i}: frame length disagrees with the chunk table")
         raw_len = e.chunk_raw_length(i)
         try:
@@ -288,7 +296,7 @@ class PackageReader:
         return memoryview(joined)[begin - offset: end - offset]
 
     def iter_entry(self, e: EntryRecord, *, check_digest: bool = True, block: int = 8 * 1024 * 1024
-                   ) -> Iterator[bytes | memoryview]:
+                   ) -> Iterator[bytes]:
         """Stream an entry's raw bytes in order, decoding chunks ahead on a thread pool.
 
         With ``check_digest`` the sha256 is compared at the end and IntegrityError raised
@@ -297,12 +305,14 @@ class PackageReader:
         self.entry_header(e)
         h = hashlib.sha256() if check_digest else None
         if not e.codec:
-            view = self.raw_view(e)
-            for pos in range(0, e.raw_length, block):
-                part = view[pos: pos + block]
-                if h is not None:
-                    h.update(part)
-                yield part
+            # Hash each block on a helper thread while the consumer writes it (both release the GIL).
+            with cf.ThreadPoolExecutor(1) as hasher:
+                for pos in range(0, e.raw_length, block):
+                    part = self._pread(e.data_offset + pos, min(block, e.raw_length - pos))
+                    pending = hasher.submit(h.update, part) if h is not None else None
+                    yield part
+                    if pending is not None:
+                        pending.result()
         else:
             with cf.ThreadPoolExecutor(self.workers) as pool:
                 window: deque[cf.Future[bytes]] = deque()

@@ -133,14 +133,16 @@ class _Writer:
                            plan.codec, plan.chunk_size, digest, src.executable, chunks, plan.tensors)
 
     def _raw(self, f: BinaryIO) -> tuple[int, bytes]:
+        """Copy a file verbatim, hashing each block on a pool thread while it is written."""
         h = hashlib.sha256()
         buf = bytearray(COPY_BLOCK)
         view = memoryview(buf)
         total = 0
         while n := f.readinto(buf):
             block = view[:n]
-            h.update(block)
+            hashed = self.pool.submit(h.update, block)
             self.out.write(block)
+            hashed.result()
             total += n
             self.progress(n)
         return total, h.digest()
