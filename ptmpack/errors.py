@@ -68,3 +68,7 @@ class BaseMismatchError(PtmError):
     """A residual delta was applied to a base it was not made from."""
 
     exit_code = 7
+
+
+class GraphError(InvalidTreeError):
+    """An IR model breaks a structural rule: names the graph, the node and the reason (exit 5)."""

@@ -1,0 +1,1 @@
+"""Operators of this group register here (being written)."""
