@@ -16,6 +16,7 @@ same shape with :class:`TensorType` in place of arrays.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +132,7 @@ class OpDef:
 
 _REGISTRY: dict[str, OpDef] = {}
 _loaded = False
+_load_lock = threading.RLock()
 
 
 def register(opdef: OpDef) -> OpDef:
@@ -154,11 +156,15 @@ def op(name: str, *, table: str, inputs: Sequence[Slot], outputs: Sequence[Slot]
 
 
 def _load() -> None:
+    """Import every operator module once; thread-safe, and retried if an import failed."""
     global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in OP_MODULES:
-            importlib.import_module(f"ptmpack.ir.ops.{module}")
+    if _loaded:
+        return
+    with _load_lock:
+        if not _loaded:
+            for module in OP_MODULES:
+                importlib.import_module(f"ptmpack.ir.ops.{module}")
+            _loaded = True
 
 
 def lookup(name: str) -> OpDef | None:
