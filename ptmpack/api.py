@@ -25,7 +25,7 @@ from ptmpack.container.reader import PackageReader
 from ptmpack.container.tree import SourceFile, scan_tree
 from ptmpack.container.writer import EntryPlan, PackageOptions, write_package
 from ptmpack.crypto.keyslots import Opener
-from ptmpack.errors import IntegrityError, UsageError
+from ptmpack.errors import IntegrityError, InvalidTreeError, UsageError
 from ptmpack.package import FilePackage, Package, is_safetensors, open_package, tensor_records
 from ptmpack.pipeline import ChunkPipeline
 from ptmpack.protect import EncryptionSpec, check_signature, protect, signer, signer_fingerprint, unlocker
@@ -149,6 +149,7 @@ def unpack(package: Path, target: Path, *, opener: Opener | None = None, force: 
     """
     progress = progress or (lambda n: None)
     with PackageReader(Path(package), unlock=unlocker(opener), workers=workers) as reader:
+        reader.check_padding()
         total = 0
         with atomic_dir(Path(target), force=force) as tmp:
             for d in spec.SKELETON_DIRS:
@@ -220,10 +221,11 @@ def verify(package: Path, *, opener: Opener | None = None, pubkey: Ed25519Public
                 else:
                     signature = "unchecked"
             _check_sequential(reader)
+            reader.check_padding()
             for e in reader.entries:
                 for block in reader.iter_entry(e):
                     progress(len(block))
-            checks = ["trailer", "sequential walk", "entry headers", "digests", *checks]
+            checks = ["trailer", "sequential walk", "entry headers", "padding", "digests", *checks]
             if reader.encrypted:
                 checks.append("AEAD tags")
             if sig is not None and pubkey is not None:
@@ -247,9 +249,10 @@ def _verify_sealed(reader: PackageReader, pubkey: Ed25519PublicKey) -> VerifyRep
     if sig is None:
         raise IntegrityError(f"{reader.path} is not signed, but --pubkey asks for a signature")
     check_signature(sig, reader.header.package_id, pubkey)
+    reader.check_padding()
     raw = sum(hdr.raw_length for _, hdr, _ in reader.walk_headers())
     return VerifyReport(str(reader.path), "file", reader.header.entry_count, raw, True, True, "verified",
-                        signer_fingerprint(sig), ("trailer", "sequential walk", "chunk framing", "signature"),
+                        signer_fingerprint(sig), ("trailer", "sequential walk", "padding", "chunk framing", "signature"),
                         decrypted=False)
 
 
@@ -261,9 +264,15 @@ def _check_sequential(reader: PackageReader) -> None:
         reader.entry_header(e)
 
 
+def _metadata_bytes(pkg: Package, rel: str) -> bytes:
+    if not any(f.path == rel for f in pkg.files):
+        raise InvalidTreeError(f"{pkg.path} has no {rel}", hint="every package needs both Meta-info files")
+    return pkg.read_file(rel)
+
+
 def _check_metadata(pkg: Package) -> None:
     for name, rel in METADATA_FILES:
-        meta.parse_metadata(pkg.read_file(rel), name, rel)
+        meta.parse_metadata(_metadata_bytes(pkg, rel), name, rel)
 
 
 def _check_tensor_tables(pkg: Package) -> None:
@@ -319,7 +328,7 @@ def inspect(package: Path, *, opener: Opener | None = None, tensors: bool = Fals
             doc["type"] = "tree"
             doc["entries"] = [{"path": f.path, "kind": f.kind.name.lower(), "raw_length": f.size} for f in pkg.files]
         doc["metadata"] = {
-            name: meta.parse_json(pkg.read_file(rel), rel) for name, rel in METADATA_FILES
+            name: meta.parse_json(_metadata_bytes(pkg, rel), rel) for name, rel in METADATA_FILES
         }
         doc["totals"] = {
             "files": len(pkg.files),

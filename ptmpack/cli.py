@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,7 +75,7 @@ def _opener(passphrase_file: Path | None, key_file: Path | None, identity: Path 
 
 @contextmanager
 def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():
         yield lambda n: None
         return
     cols = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
@@ -273,6 +274,95 @@ def keygen(kind: str, prefix: Path) -> None:
         _console().print(f"wrote {path}")
 
 
+@cli.command("diff")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The delta .ptm to write.")
+@click.option("--residual", is_flag=True, help="Write a residual delta (the only kind of diff; required).")
+@click.option("--bits", type=click.Choice(["8", "4", "2", "0", "auto"]), default="8", show_default=True,
+              help="Bits per delta element; 0 is lossless; auto picks the smallest within --max-error.")
+@click.option("--max-error", type=float, help="Largest relative error ||Q(d)-d||/||d|| a tensor may have.")
+@click.option("--group-size", type=int, default=128, show_default=True, help="Elements per quantization scale.")
+@click.option("--level", type=int, default=3, show_default=True, help="zstd level of the delta package.")
+@opener_options
+@click.option("--encrypt", is_flag=True, help="Encrypt the delta to the given passphrase/key file and --recipient.")
+@click.option("--recipient", "recipients", multiple=True, type=click.Path(path_type=Path),
+              help="X25519 public key (PEM) that may open the delta; repeatable.")
+@click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) to sign the delta with.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def diff_cmd(base: Path, target: Path, output: Path, residual: bool, bits: str, max_error: float | None,
+             group_size: int, level: int, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
+             encrypt: bool, recipients: tuple[Path, ...], sign_key: Path | None, force: bool, as_json: bool) -> None:
+    """Write the residual delta that turns BASE (.ptm) into TARGET (.ptm or tree)."""
+    from ptmpack.residual import diff_residual
+
+    if not residual:
+        raise UsageError("diff writes residual deltas only", hint="pass --residual")
+    opener = _opener(passphrase_file, key_file, identity)
+    encryption = None
+    if encrypt:
+        encryption = EncryptionSpec(
+            passphrases=(opener.passphrase,) if opener and opener.passphrase else (),
+            keks=(opener.kek,) if opener and opener.kek else (),
+            recipients=tuple(keyfiles.load_x25519_public(r) for r in recipients))
+    elif recipients:
+        raise UsageError("--recipient given without --encrypt", hint="add --encrypt")
+    config = api.PackConfig(compression=spec.Compression.ZSTD, level=level, encryption=encryption,
+                            sign_key=keyfiles.load_ed25519_private(sign_key) if sign_key else None)
+    total = target.stat().st_size if target.is_file() else 0
+    with _progress("diffing", total, not as_json and total > 0) as progress:
+        report = diff_residual(base, target, output, bits=bits if bits == "auto" else int(bits), group_size=group_size,
+                               max_error=max_error, opener=opener, force=force, config=config, progress=progress)
+    doc = report.to_json()
+    if as_json:
+        _emit_json(doc)
+        return
+    con = _console()
+    con.print(f"[green]wrote[/] {output}: {report.delta_bytes:,} bytes = {report.ratio:.1%} of the target's "
+              f"{report.target_bytes:,} bytes ({report.seconds:.1f} s)")
+    modes = ", ".join(f"{n} {m}" for m, n in doc["modes"].items() if n)
+    bits_used = ", ".join(f"{n} at {b} bits" for b, n in doc["bits"].items())
+    con.print(f"tensors: {modes or 'none'}" + (f" ({bits_used})" if bits_used else ""))
+    con.print(f"files: {', '.join(f'{n} {m}' for m, n in doc['files'].items() if n)}; "
+              f"worst relative error {doc['max_rel_fro']:.3%}" + (" (lossless)" if report.lossless else ""))
+
+
+@cli.command("apply")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("delta", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The rebuilt .ptm to write.")
+@opener_options
+@click.option("--compress", default=None, help="none, zstd or zstd:LEVEL (default: as the base).")
+@click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) to sign the output with.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def apply_cmd(base: Path, delta: Path, output: Path, passphrase_file: Path | None, key_file: Path | None,
+              identity: Path | None, compress: str | None, sign_key: Path | None, force: bool, as_json: bool) -> None:
+    """Rebuild the target of DELTA on BASE into a normal package (refuses another base: exit 7)."""
+    from ptmpack.residual import apply_residual
+
+    config = None
+    if compress is not None or sign_key is not None:
+        compression, level = _parse_compress(compress or "zstd")
+        config = api.PackConfig(compression=compression, level=level,
+                                sign_key=keyfiles.load_ed25519_private(sign_key) if sign_key else None)
+    total = delta.stat().st_size if delta.is_file() else 0
+    with _progress("applying", total, False) as progress:
+        report = apply_residual(base, delta, output, opener=_opener(passphrase_file, key_file, identity),
+                                force=force, config=config, progress=progress)
+    if as_json:
+        _emit_json(report.to_json())
+        return
+    doc = report.to_json()
+    con = _console()
+    con.print(f"[green]rebuilt[/] {output}: {report.bytes:,} bytes in {sum(report.files.values())} files "
+              f"({report.seconds:.1f} s)")
+    con.print(f"tensors: {', '.join(f'{n} {m}' for m, n in doc['modes'].items() if n) or 'none'}; "
+              + ("bit-exact to the target" if report.lossless else f"worst relative error {doc['max_rel_fro']:.3%}"))
+    con.print(f"checked: {', '.join(report.checks)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn errors into exit codes (SPEC §6)."""
     args = sys.argv[1:] if argv is None else argv
@@ -281,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="ptmpack", standalone_mode=False)
     except PtmError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         click.echo(f"ptmpack: error: {exc.diagnostics()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

@@ -9,12 +9,14 @@ every field's type and range is checked before use.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ptmpack.container import spec
 from ptmpack.container.paths import check_entry_path, check_unique_paths
 from ptmpack.errors import IntegrityError, UnsupportedError
+from ptmpack.tensors.safetensors_index import DTYPE_SIZES
 
 FORMAT_NAME = "ptmpack"
 KIND_NAMES = {spec.Kind.MODEL: "model", spec.Kind.PROGRAM: "program", spec.Kind.META: "meta"}
@@ -99,8 +101,8 @@ class Manifest:
             UnsupportedError: a newer major format version.
         """
         try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
             raise IntegrityError(f"manifest is not valid UTF-8 JSON: {exc}") from None
         p = _Fields(doc, "manifest")
         if p.get("format", str) != FORMAT_NAME:
@@ -189,6 +191,8 @@ def _entry_from(doc: object, position: int) -> EntryRecord:
     elif chunks or stored_length != raw_length:
         raise IntegrityError(f"{where}: a raw entry has no chunks and stores exactly its raw bytes")
     tensors_doc = p.optional("tensors", list)
+    if tensors_doc is not None and not path.lower().endswith(".safetensors"):
+        raise IntegrityError(f"{where}: only safetensors entries carry a tensor table")
     return EntryRecord(
         index=index,
         path=path,
@@ -223,7 +227,22 @@ def _tensor(doc: object, raw_length: int, where: str) -> TensorRecord:
     begin, end = p.uint("begin", 2**64), p.uint("end", 2**64)
     if not begin <= end <= raw_length:
         raise IntegrityError(f"{where}: tensor byte range [{begin}, {end}) outside the entry")
-    return TensorRecord(p.get("name", str), p.get("dtype", str), tuple(shape), begin, end)
+    name, dtype = p.get("name", str), p.get("dtype", str)
+    if dtype not in DTYPE_SIZES:
+        raise IntegrityError(f"{where}: tensor {name!r} has unknown dtype {dtype!r}")
+    if end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
+        raise IntegrityError(f"{where}: tensor {name!r}: {end - begin} bytes cannot hold shape {shape} of {dtype}")
+    return TensorRecord(name, dtype, tuple(shape), begin, end)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Refuse duplicate keys: two readers keeping different copies would see different manifests."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
 
 
 def _is_int(v: object) -> bool:

@@ -1,6 +1,7 @@
 """The path rules of SPEC §1, shared by the writer (on the source tree) and the reader (on manifests).
 
-A valid entry path is relative, ``/``-separated, UTF-8 in NFC, at most 4096 bytes,
+A valid entry path is relative, ``/``-separated, UTF-8 in NFC, at most 4096 bytes
+(each component at most 255),
 starts with ``Model/``, ``Program/`` or ``Meta-info/``, and has no empty, ``.`` or
 ``..`` component, no backslash, NUL or other control character, and no drive
 letter. Paths are unique case-insensitively and no path is a directory of another.
@@ -13,6 +14,8 @@ from collections.abc import Iterable
 
 from ptmpack.container import spec
 from ptmpack.errors import InvalidTreeError
+
+MAX_COMPONENT_BYTES = 255
 
 
 def check_entry_path(path: str) -> str:
@@ -28,7 +31,7 @@ def check_entry_path(path: str) -> str:
         raise bad("empty")
     if len(path.encode("utf-8", "surrogatepass")) > spec.MAX_PATH_BYTES:
         raise bad(f"longer than {spec.MAX_PATH_BYTES} bytes")
-    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+    if any(unicodedata.category(c) == "Cc" for c in path):
         raise bad("contains a control character")
     if "\\" in path:
         raise bad("contains a backslash")
@@ -41,6 +44,8 @@ def check_entry_path(path: str) -> str:
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise bad("has an empty, '.' or '..' component")
+    if any(len(p.encode("utf-8")) > MAX_COMPONENT_BYTES for p in parts):
+        raise bad(f"has a component longer than {MAX_COMPONENT_BYTES} bytes (the common file-system limit)")
     if len(parts) < 2 or parts[0] not in spec.KIND_ROOTS:
         raise bad("must lie under Model/, Program/ or Meta-info/")
     return path

@@ -159,6 +159,9 @@ class PackageReader:
         m, h = self.manifest, self.header
         if m.package_id != h.package_id:
             raise IntegrityError("manifest and file header name different package ids (spliced or altered)")
+        if m.version != (h.version_major, h.version_minor):
+            raise IntegrityError(f"file header says version {h.version_major}.{h.version_minor}, "
+                                 f"the manifest {m.version[0]}.{m.version[1]}")
         if m.flags != h.flags:
             raise IntegrityError("manifest and file header disagree on the package flags")
         if len(m.entries) != h.entry_count:
@@ -230,6 +233,18 @@ class PackageReader:
             diff = [n for n, a, b in zip(names, mine, theirs, strict=True) if a != b]
             raise IntegrityError(f"entry {e.index} ({e.path}): header and manifest disagree on {', '.join(diff)}")
         return hdr
+
+    def check_padding(self) -> None:
+        """Every padding byte (after the key slots, after each header's path) must be zero.
+
+        Padding is not covered by digests or the signature; requiring zeros makes a
+        verified package byte-canonical, so nothing can hide in it.
+        """
+        gaps = [(FileHeader.SIZE + self.header.keyslots_length, self.header.header_size)]
+        gaps += [(pos + ModelHeader.SIZE + hdr.path_length, hdr.data_offset(pos)) for pos, hdr, _ in self.walk_headers()]
+        for start, end in gaps:
+            if end > start and self._pread(start, end - start).count(0) != end - start:
+                raise IntegrityError(f"non-zero bytes in the padding at offsets {start}-{end}: the package was altered")
 
     def walk_headers(self) -> Iterator[tuple[int, ModelHeader, bytes]]:
         """Walk the entry headers from the start of the file using only what each header says.
