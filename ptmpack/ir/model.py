@@ -162,7 +162,7 @@ class OperatorNode:
     @classmethod
     def from_json(cls, doc: object, where: str) -> OperatorNode:
         d = _obj(doc, where, required=("type", "name"), allowed=("inputs", "outputs", "attributes"))
-        if not isinstance(d["type"], str) or not isinstance(d["name"], str) or not d["name"]:
+        if not isinstance(d["type"], str) or not isinstance(d["name"], str) or not d["type"] or not d["name"]:
             raise GraphError(f"{where}: type and name must be non-empty strings")
         slots = {key: _slots(d.get(key, {}), f"{where}.{key}") for key in ("inputs", "outputs")}
         attrs_doc = d.get("attributes", {})
