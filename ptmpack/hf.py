@@ -3,8 +3,9 @@
 A checkpoint directory holds ``config.json``, ``*.safetensors`` weights and tokenizer
 files. ``init --from-hf`` copies those into ``Model/`` (keeping their relative layout)
 and fills the two metadata documents from ``config.json`` and the safetensors headers;
-weights are never loaded. Pickled weights (``*.bin``, ``*.pt``, ...) are refused:
-unpickling runs arbitrary code, and a package must be safe to open.
+weights are never loaded. Pickled weights (``*.bin``, ``*.pt``, ...) are never copied
+(unpickling runs arbitrary code, and a package must be safe to open): they are left
+behind when safetensors weights exist, and a pickles-only checkpoint is refused.
 
 The tree is built in a hidden directory beside (or, for an existing empty directory,
 inside) the destination and moved into place at the end, so a failure leaves nothing.
