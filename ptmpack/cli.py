@@ -100,12 +100,22 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--from-hf", type=click.Path(path_type=Path), help="Hugging Face checkpoint directory to import.")
+@click.option("--from-gguf", type=click.Path(path_type=Path), help="GGUF file (LLaMA architecture) to import.")
+@click.option("--gguf-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Dtype of the weights dequantized from GGUF.")
 @click.option("--name", help="Model name for managementinfo.json.")
-def init(directory: Path, from_hf: Path | None, name: str | None) -> None:
+def init(directory: Path, from_hf: Path | None, from_gguf: Path | None, gguf_dtype: str, name: str | None) -> None:
     """Lay out a package tree (Model/, Program/, Meta-info/) with metadata."""
-    from ptmpack.hf import init_tree
+    if from_hf is not None and from_gguf is not None:
+        raise UsageError("give --from-hf or --from-gguf, not both")
+    if from_gguf is not None:
+        from ptmpack.ir.convert_gguf import init_tree_from_gguf
 
-    written = init_tree(directory, from_hf=from_hf, name=name)
+        written = init_tree_from_gguf(directory, from_gguf, name=name, dtype=gguf_dtype)
+    else:
+        from ptmpack.hf import init_tree
+
+        written = init_tree(directory, from_hf=from_hf, name=name)
     _console().print(f"[green]initialised[/] {directory} ({len(written)} files)")
 
 
@@ -361,6 +371,119 @@ def apply_cmd(base: Path, delta: Path, output: Path, passphrase_file: Path | Non
     con.print(f"tensors: {', '.join(f'{n} {m}' for m, n in doc['modes'].items() if n) or 'none'}; "
               + ("bit-exact to the target" if report.lossless else f"worst relative error {doc['max_rel_fro']:.3%}"))
     con.print(f"checked: {', '.join(report.checks)}")
+
+
+@cli.group()
+def graph() -> None:
+    """Check and show the chapter-6 IR (Model/graph.json) of a package."""
+
+
+@graph.command("check")
+@click.argument("source", type=click.Path(path_type=Path))
+@opener_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def graph_check(source: Path, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
+                as_json: bool) -> None:
+    """Validate the IR of a package, tree or bare graph.json (exit 5 names the node and reason)."""
+    from ptmpack.ir.check import check_model_file
+
+    report = check_model_file(source, opener=_opener(passphrase_file, key_file, identity))
+    doc = {"ok": True, "source": report.source, "model": report.model.name, "graphs": report.graphs,
+           "operators": report.operators, "variables": report.variables, "parameters": report.parameters,
+           "tensors_checked": report.tensors_checked, "warnings": list(report.warnings)}
+    if as_json:
+        _emit_json(doc)
+        return
+    con = _console()
+    con.print(f"[green]OK[/] {report.model.name}: {report.graphs} graphs, {report.operators} operators, "
+              f"{report.variables} variables, {report.tensors_checked} parameters matched to tensors")
+    for w in report.warnings:
+        con.print(f"[yellow]warning[/] {w}")
+
+
+@graph.command("show")
+@click.argument("source", type=click.Path(path_type=Path))
+@opener_options
+def graph_show(source: Path, passphrase_file: Path | None, key_file: Path | None, identity: Path | None) -> None:
+    """Draw the model structure: graphs, operators with their slots, variables."""
+    from ptmpack.ir.check import load_model
+    from ptmpack.ir.show import show_model
+
+    model, package = load_model(source, _opener(passphrase_file, key_file, identity))
+    try:
+        Console().print(show_model(model))
+    finally:
+        if package is not None:
+            package.close()
+
+
+@cli.command("run")
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--text", help="Text to tokenize with the package's tokenizer.")
+@click.option("--tokens", help="Token ids instead of text, e.g. 1,2,3.")
+@click.option("--top-k", default=5, show_default=True, help="Logits: how many top next tokens to show.")
+@click.option("--dtype", "compute_dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Compute dtype of the reference executor.")
+@opener_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def run_cmd(package: Path, text: str | None, tokens: str | None, top_k: int, compute_dtype: str,
+            passphrase_file: Path | None, key_file: Path | None, identity: Path | None, as_json: bool) -> None:
+    """Run a packaged model on one input: next-token top-k (decoders) or the sentence embedding (encoders)."""
+    from ptmpack.ir.runner import LoadedModel, parse_token_list, run_model
+
+    if (text is None) == (tokens is None):
+        raise UsageError("give exactly one of --text or --tokens")
+    ids = parse_token_list(tokens) if tokens is not None else None
+    with LoadedModel.open(package, opener=_opener(passphrase_file, key_file, identity),
+                          compute_dtype=compute_dtype) as lm:
+        result = run_model(lm, text=text, tokens=ids, top_k=top_k)
+    doc = result.to_json()
+    if as_json:
+        _emit_json(doc)
+        return
+    con = _console()
+    con.print(f"{len(doc['tokens'])} tokens in {doc['seconds']} s")
+    if doc["kind"] == "logits":
+        t = Table(title="next token")
+        for col in ("id", "token", "logit", "prob"):
+            t.add_column(col)
+        for row in doc["top"]:
+            t.add_row(str(row["id"]), repr(row["token"]), f"{row['logit']:.4f}", f"{row['prob']:.4f}")
+        con.print(t)
+    else:
+        emb = doc["embedding"]
+        con.print(f"embedding ({len(emb)} dims): [{', '.join(f'{v:.4f}' for v in emb[:8])}, ...]")
+
+
+@cli.command("eval")
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--perplexity", "perplexity_file", type=click.Path(path_type=Path), help="Text file: decoder perplexity.")
+@click.option("--embeddings", "embeddings_file", type=click.Path(path_type=Path), help="Text file, one sentence a line: encoder embeddings.")
+@click.option("--max-tokens", type=int, help="Score at most this many tokens.")
+@click.option("--dtype", "compute_dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@opener_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def eval_cmd(package: Path, perplexity_file: Path | None, embeddings_file: Path | None, max_tokens: int | None,
+             compute_dtype: str, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
+             as_json: bool) -> None:
+    """Evaluate a packaged model: perplexity of a decoder, or embeddings of an encoder."""
+    from ptmpack.ir.runner import LoadedModel, eval_embeddings, perplexity, read_text
+
+    if (perplexity_file is None) == (embeddings_file is None):
+        raise UsageError("give exactly one of --perplexity or --embeddings")
+    with LoadedModel.open(package, opener=_opener(passphrase_file, key_file, identity),
+                          compute_dtype=compute_dtype) as lm:
+        if perplexity_file is not None:
+            doc = perplexity(lm, read_text(perplexity_file), max_tokens=max_tokens).to_json()
+        else:
+            assert embeddings_file is not None
+            doc = eval_embeddings(lm, read_text(embeddings_file)).to_json()
+    if as_json:
+        _emit_json(doc)
+        return
+    con = _console()
+    for key, value in doc.items():
+        con.print(f"{key}: {value}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,7 @@ from ptmpack.meta import (
 )
 
 PACKAGE_DIRS = SKELETON_DIRS
+GRAPH_FILE = "Model/graph.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 COPY_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken", ".md", ".jinja", ".yaml", ".yml")
 """Weights, configs, tokenizers (vocab.txt, merges.txt, *.model, *.tiktoken), chat templates, model cards."""
@@ -221,6 +222,8 @@ def init_tree(dest: Path, *, from_hf: Path | None = None, name: str | None = Non
             shutil.copyfile(s.path, scratch / "Model" / s.rel)
         _write_json(scratch / MANAGEMENT_FILE, management)
         _write_json(scratch / TECHNICAL_FILE, technical)
+        if from_hf is not None and _describe_graph(scratch, management["name"]):
+            created.append(GRAPH_FILE)
         _publish(scratch, target, existed)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -228,6 +231,15 @@ def init_tree(dest: Path, *, from_hf: Path | None = None, name: str | None = Non
     dirs = {p.as_posix() + "/" for c in created for p in Path(c).parents if p != Path(".")}
     dirs.update(d + "/" for d in PACKAGE_DIRS)
     return sorted(dirs | {c for c in created if c not in PACKAGE_DIRS})
+
+
+def _describe_graph(tree: Path, name: str) -> bool:
+    """Add ``Model/graph.json`` (the chapter-6 IR) when the architecture is one ptmpack can describe."""
+    from ptmpack.ir.convert_hf import write_graph_if_supported
+
+    if (tree / GRAPH_FILE).exists():
+        return False
+    return write_graph_if_supported(tree, name=name) is not None
 
 
 def _publish(scratch: Path, target: Path, existed: bool) -> None:

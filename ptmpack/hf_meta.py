@@ -241,11 +241,25 @@ def _card_license(ck: Checkpoint) -> str | None:
         if line.strip() == "---":
             break
         key, _, value = line.partition(":")
-        hf_id = value.strip().strip("'\"")
-        if key == "license" and hf_id and hf_id.lower() not in ("other", "unknown"):
-            safe = "".join(c if c.isascii() and (c.isalnum() or c in ".+-") else "-" for c in hf_id).strip("-.+")
-            return _SPDX.get(hf_id.lower(), f"LicenseRef-{safe}" if safe else None)
+        if key == "license":
+            return spdx_license(value.strip().strip("'\""))
     return None
+
+
+def spdx_license(value: object) -> str | None:
+    """An SPDX id for a Hugging Face / GGUF licence id (``apache-2.0`` -> ``Apache-2.0``).
+
+    Known ids (in either spelling, ``-only`` optional) get their SPDX form; others become
+    ``LicenseRef-<id>``; ``other``, ``unknown`` and empty give None.
+    """
+    if not isinstance(value, str) or value.strip().lower() in ("", "other", "unknown"):
+        return None
+    lic = value.strip()
+    known = {k.removesuffix("-only"): v for k, v in _SPDX.items()}
+    if (key := lic.lower().removesuffix("-only")) in known:
+        return known[key]
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in ".+-") else "-" for c in lic).strip("-.+")
+    return f"LicenseRef-{safe}" if safe else None
 
 
 def management_doc(ck: Checkpoint, name: str | None) -> dict[str, Any]:

@@ -123,13 +123,13 @@ def test_init_from_hf_then_full_round_trip_in_a_subprocess(tmp_path: Path) -> No
     run = sub("pack", tree, "-o", out, "--compress", "zstd", "--json")
     assert run.code == 0, run.err
     summary = run.json()
-    assert summary["entries"] == 6 and summary["flags"] == ["COMPRESSED"]
+    assert summary["entries"] == 7 and summary["flags"] == ["COMPRESSED"]  # 4 checkpoint files, graph.json, 2 metadata
     assert summary["file_bytes"] == out.stat().st_size
 
     run = sub("verify", out, "--json")
     assert run.code == 0, run.err
     report = run.json()
-    assert report["ok"] is True and report["entries"] == 6 and "digests" in report["checks"]
+    assert report["ok"] is True and report["entries"] == 7 and "digests" in report["checks"]
 
     run = sub("inspect", out, "--tensors", "--json")
     assert run.code == 0, run.err
