@@ -136,19 +136,27 @@ class UnpackResult:
     bytes: int
 
 
-def unpack(package: Path, target: Path, *, opener: Opener | None = None, force: bool = False,
-           progress: Progress | None = None, workers: int = 2) -> UnpackResult:
+def unpack(package: Path, target: Path, *, opener: Opener | None = None, pubkey: Ed25519PublicKey | None = None,
+           force: bool = False, progress: Progress | None = None, workers: int = 2) -> UnpackResult:
     """Unpack a ``.ptm`` into the directory ``target`` atomically.
 
-    Every entry's digest (or, when encrypted, every chunk's tag) is checked before
-    the directory appears; on any failure nothing is left at ``target``.
+    With ``pubkey`` the signature is checked before anything is written. Every
+    entry's SHA-256 (and, when encrypted, every chunk's tag) is checked before the
+    directory appears; on any failure nothing is left at ``target``. The digests are
+    checked even under encryption: GCM is not key-committing, so any holder of the
+    data key could forge chunks that keep their tags.
 
     Raises:
-        IntegrityError, KeyAccessError, UnsupportedError: a bad package or key.
+        IntegrityError, KeyAccessError, UnsupportedError: a bad package, key or signature.
         UsageError: the target exists without ``force``.
     """
     progress = progress or (lambda n: None)
     with PackageReader(Path(package), unlock=unlocker(opener), workers=workers) as reader:
+        if pubkey is not None:
+            sig = reader.signature()
+            if sig is None:
+                raise IntegrityError(f"{package} is not signed, but --pubkey asks for a signature")
+            check_signature(sig, reader.header.package_id, pubkey)
         reader.check_padding()
         total = 0
         with atomic_dir(Path(target), force=force) as tmp:
@@ -158,7 +166,7 @@ def unpack(package: Path, target: Path, *, opener: Opener | None = None, force: 
                 dest = tmp.joinpath(*e.path.split("/"))
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with open(dest, "xb") as out:
-                    for block in reader.iter_entry(e, check_digest=not e.codec or not reader.encrypted):
+                    for block in reader.iter_entry(e):
                         out.write(block)
                         progress(len(block))
                 os.chmod(dest, 0o755 if e.executable else 0o644)
@@ -239,11 +247,10 @@ def verify(package: Path, *, opener: Opener | None = None, pubkey: Ed25519Public
 
 
 def _verify_sealed(reader: PackageReader, pubkey: Ed25519PublicKey) -> VerifyReport:
-    """Keyless check of an encrypted, signed package: layout, chunk framing and the signature.
+    """Keyless check of an encrypted, signed package: layout, padding and the signature.
 
-    The signature covers the sealed manifest and every chunk's GCM tag, so a valid
-    signature proves the package is the signer's; decryption (with a key) then proves
-    each chunk matches its tag.
+    The signature covers every byte before it (headers, key slots, ciphertext, sealed
+    manifest), so a valid signature proves the file is exactly the one the signer made.
     """
     sig = reader.signature()
     if sig is None:
@@ -252,7 +259,7 @@ def _verify_sealed(reader: PackageReader, pubkey: Ed25519PublicKey) -> VerifyRep
     reader.check_padding()
     raw = sum(hdr.raw_length for _, hdr, _ in reader.walk_headers())
     return VerifyReport(str(reader.path), "file", reader.header.entry_count, raw, True, True, "verified",
-                        signer_fingerprint(sig), ("trailer", "sequential walk", "padding", "chunk framing", "signature"),
+                        signer_fingerprint(sig), ("trailer", "sequential walk", "padding", "signature over every byte"),
                         decrypted=False)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -172,14 +173,17 @@ def pack_cmd(directory: Path, output: Path, compress: str, chunk_size: str, encr
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Directory to create.")
 @opener_options
+@click.option("--pubkey", type=click.Path(path_type=Path),
+              help="Ed25519 public key (PEM): refuse the package unless it carries a valid signature by it.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 def unpack(package: Path, output: Path, passphrase_file: Path | None, key_file: Path | None,
-           identity: Path | None, force: bool) -> None:
+           identity: Path | None, pubkey: Path | None, force: bool) -> None:
     """Unpack a .ptm container into a package tree (atomically)."""
     opener = _opener(passphrase_file, key_file, identity)
+    key = keyfiles.load_ed25519_public(pubkey) if pubkey else None
     size = package.stat().st_size if package.is_file() else 0
     with _progress("unpacking", size, True) as progress:
-        result = api.unpack(package, output, opener=opener, force=force, progress=progress)
+        result = api.unpack(package, output, opener=opener, pubkey=key, force=force, progress=progress)
     _console().print(f"[green]unpacked[/] {result.files} files, {result.bytes:,} bytes into {result.target}")
 
 
@@ -207,8 +211,8 @@ def verify(package: Path, passphrase_file: Path | None, key_file: Path | None, i
     elif report.signature == "verified":
         con.print(f"[green]signature verified[/] (signer {report.signer})")
     if not report.decrypted:
-        con.print("[yellow]content not decrypted[/] (no key given): the signature covers the sealed manifest "
-                  "and every chunk tag; give a key to check the plaintext too")
+        con.print("[yellow]content not decrypted[/] (no key given): the signature covers every byte of the "
+                  "file, so it is exactly what the signer made; give a key to check the plaintext digests too")
 
 
 @cli.command()
@@ -320,8 +324,8 @@ def diff_cmd(base: Path, target: Path, output: Path, residual: bool, bits: str, 
         raise UsageError("--recipient given without --encrypt", hint="add --encrypt")
     config = api.PackConfig(compression=spec.Compression.ZSTD, level=level, encryption=encryption,
                             sign_key=keyfiles.load_ed25519_private(sign_key) if sign_key else None)
-    total = target.stat().st_size if target.is_file() else 0
-    with _progress("diffing", total, not as_json and total > 0) as progress:
+    total = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) if target.is_dir() else None
+    with _progress("diffing", total, not as_json) as progress:  # type: ignore[arg-type]
         report = diff_residual(base, target, output, bits=bits if bits == "auto" else int(bits), group_size=group_size,
                                max_error=max_error, opener=opener, force=force, config=config, progress=progress)
     doc = report.to_json()
@@ -357,8 +361,7 @@ def apply_cmd(base: Path, delta: Path, output: Path, passphrase_file: Path | Non
         compression, level = _parse_compress(compress or "zstd")
         config = api.PackConfig(compression=compression, level=level,
                                 sign_key=keyfiles.load_ed25519_private(sign_key) if sign_key else None)
-    total = delta.stat().st_size if delta.is_file() else 0
-    with _progress("applying", total, False) as progress:
+    with _progress("applying", None, not as_json) as progress:  # type: ignore[arg-type]
         report = apply_residual(base, delta, output, opener=_opener(passphrase_file, key_file, identity),
                                 force=force, config=config, progress=progress)
     if as_json:
@@ -486,10 +489,16 @@ def eval_cmd(package: Path, perplexity_file: Path | None, embeddings_file: Path 
         con.print(f"{key}: {value}")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn errors into exit codes (SPEC §6)."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    # A stop signal unwinds like an interrupt, so temporary outputs are removed on the way out.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=args, prog_name="ptmpack", standalone_mode=False)
     except PtmError as exc:

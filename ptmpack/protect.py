@@ -99,11 +99,11 @@ def read_protection(region: bytes) -> tuple[Cipher, tuple[KeySlot, ...]]:
     return cipher, decode_slots(region[_PROTECTION.size:])
 
 
-def signer(key: Ed25519PrivateKey, package_id: bytes) -> Callable[[bytes, bytes | None], bytes]:
-    """The writer's signing callback: signs the manifest digest and, when encrypted, the tag digest."""
+def signer(key: Ed25519PrivateKey, package_id: bytes) -> Callable[[bytes, bytes], bytes]:
+    """The writer's signing callback: signs the manifest digest and the digest of the file before the signature."""
 
-    def sign_package(manifest_sha256: bytes, tags_sha256: bytes | None) -> bytes:
-        return sign(key, signed_message(package_id, manifest_sha256, tags_sha256)).to_bytes()
+    def sign_package(manifest_sha256: bytes, prefix_sha256: bytes) -> bytes:
+        return sign(key, signed_message(package_id, manifest_sha256, prefix_sha256)).to_bytes()
 
     return sign_package
 
@@ -111,7 +111,7 @@ def signer(key: Ed25519PrivateKey, package_id: bytes) -> Callable[[bytes, bytes 
 def check_signature(sig: Signature, package_id: bytes, public: Ed25519PublicKey) -> None:
     """Verify a package signature; return None or raise IntegrityError."""
     block = SignatureBlock.from_bytes(sig.block)
-    verify_signature(block, public, signed_message(package_id, sig.manifest_sha256, sig.tags_sha256))
+    verify_signature(block, public, signed_message(package_id, sig.manifest_sha256, sig.prefix_sha256))
 
 
 def signer_fingerprint(sig: Signature) -> str:

@@ -438,6 +438,8 @@ def test_mutated_golden_block_raises_only_ptm_errors(index: int, mask: int, cut:
 
 SIGNING_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(96, 128)))
 MANIFEST_DIGEST = hashlib.sha256(b"manifest").digest()
+PREFIX_DIGEST = bytes(32)
+"""The golden signature below was made over a zero prefix digest."""
 GOLDEN_SIGNATURE = bytes.fromhex(
     "0100080068894d58f18f2c344000629c32dc2debd265ceab44a47f96b96d2ba76e5034415a5b9cb60090a51f672b8cd4"
     "319aa3b795cebf918a621bf5f031157653ab0ae872f1854affe2bb6acb0a"
@@ -445,17 +447,18 @@ GOLDEN_SIGNATURE = bytes.fromhex(
 
 
 def test_signed_message_layout() -> None:
-    message = signed_message(PACKAGE_ID, MANIFEST_DIGEST, None)
-    assert message == b"ptmpack-signature-v1\0" + PACKAGE_ID + MANIFEST_DIGEST + bytes(32)
-    tags = hashlib.sha256(b"tags").digest()
-    assert signed_message(PACKAGE_ID, MANIFEST_DIGEST, tags).endswith(tags)
-    for bad in ((bytes(15), MANIFEST_DIGEST, None), (PACKAGE_ID, bytes(31), None), (PACKAGE_ID, MANIFEST_DIGEST, b"x")):
+    message = signed_message(PACKAGE_ID, MANIFEST_DIGEST, PREFIX_DIGEST)
+    assert message == b"ptmpack-signature-v1\0" + PACKAGE_ID + MANIFEST_DIGEST + PREFIX_DIGEST
+    prefix = hashlib.sha256(b"prefix").digest()
+    assert signed_message(PACKAGE_ID, MANIFEST_DIGEST, prefix).endswith(prefix)
+    for bad in ((bytes(15), MANIFEST_DIGEST, PREFIX_DIGEST), (PACKAGE_ID, bytes(31), PREFIX_DIGEST),
+                (PACKAGE_ID, MANIFEST_DIGEST, b"x")):
         with pytest.raises(UsageError):
             signed_message(*bad)
 
 
 def test_signature_golden_and_round_trip() -> None:
-    message = signed_message(PACKAGE_ID, MANIFEST_DIGEST, None)
+    message = signed_message(PACKAGE_ID, MANIFEST_DIGEST, PREFIX_DIGEST)
     block = sign(SIGNING_KEY, message)
     assert block.to_bytes() == GOLDEN_SIGNATURE
     assert SignatureBlock.from_bytes(GOLDEN_SIGNATURE) == block
@@ -463,10 +466,10 @@ def test_signature_golden_and_round_trip() -> None:
 
 
 def test_bad_signature_is_integrity_error() -> None:
-    message = signed_message(PACKAGE_ID, MANIFEST_DIGEST, None)
+    message = signed_message(PACKAGE_ID, MANIFEST_DIGEST, PREFIX_DIGEST)
     block = sign(SIGNING_KEY, message)
     public = SIGNING_KEY.public_key()
-    other_message = signed_message(PACKAGE_ID, hashlib.sha256(b"other").digest(), None)
+    other_message = signed_message(PACKAGE_ID, hashlib.sha256(b"other").digest(), PREFIX_DIGEST)
     with pytest.raises(IntegrityError, match="signature does not verify: the package was altered"):
         verify_signature(block, public, other_message)
     forged = replace(block, signature=bytes([block.signature[0] ^ 1]) + block.signature[1:])
@@ -475,7 +478,7 @@ def test_bad_signature_is_integrity_error() -> None:
 
 
 def test_wrong_signer_names_both_fingerprints() -> None:
-    message = signed_message(PACKAGE_ID, MANIFEST_DIGEST, None)
+    message = signed_message(PACKAGE_ID, MANIFEST_DIGEST, PREFIX_DIGEST)
     block = sign(SIGNING_KEY, message)
     other = Ed25519PrivateKey.generate().public_key()
     with pytest.raises(IntegrityError) as info:

@@ -24,6 +24,7 @@ from typing import Protocol
 from ptmpack.container import spec
 from ptmpack.container.manifest import EntryRecord, Manifest
 from ptmpack.container.records import FileHeader, ModelHeader, Trailer
+from ptmpack.container.writer import prefix_digest
 from ptmpack.errors import IntegrityError, KeyAccessError, UsageError
 
 
@@ -41,11 +42,11 @@ Unlock = Callable[[FileHeader, bytes], ChunkDecoder]
 
 @dataclass(frozen=True)
 class Signature:
-    """The raw signature block and what it must sign: the manifest digest and the AEAD tag digest."""
+    """The raw signature block and what it must sign: the manifest digest and the file-prefix digest."""
 
     block: bytes
     manifest_sha256: bytes
-    tags_sha256: bytes | None
+    prefix_sha256: bytes
 
 
 class PackageReader:
@@ -185,35 +186,15 @@ class PackageReader:
             raise IntegrityError(f"entries end at {cursor}, manifest starts at {self.trailer.manifest_offset}")
 
     def signature(self) -> Signature | None:
-        """The signature block and the digests it must cover, or None when unsigned."""
+        """The signature block and the digests it must cover, or None when unsigned.
+
+        Reads every byte before the signature block once (the prefix digest); needs no key.
+        """
         if not self.trailer.signature_offset:
             return None
         block = bytes(self._mm[self.trailer.signature_offset: self.size - Trailer.SIZE])
-        tags = self._all_tags() if self.encrypted else None
-        return Signature(block, self.trailer.manifest_sha256, tags)
-
-    def _all_tags(self) -> bytes:
-        """SHA-256 over every AEAD tag in file order, found by walking headers and chunk frames.
-
-        Needs no key, so a signature over an encrypted package can be checked without one;
-        reads only each frame's length prefix and tag.
-        """
-        h = hashlib.sha256()
-        spans = [(hdr.data_offset(pos), hdr.data_offset(pos) + hdr.stored_length, f"entry {hdr.entry_index}")
-                 for pos, hdr, _path in self.walk_headers()]
-        m_start = self.trailer.manifest_offset
-        spans.append((m_start, m_start + self.trailer.manifest_length, "manifest"))
-        for cursor, end, where in spans:
-            while cursor < end:
-                if cursor + spec.CHUNK_PREFIX.size > end:
-                    raise IntegrityError(f"{where}: chunk frame truncated")
-                (length,) = spec.CHUNK_PREFIX.unpack(self._pread(cursor, spec.CHUNK_PREFIX.size))
-                cursor += spec.CHUNK_PREFIX.size
-                if not spec.AEAD_TAG_SIZE <= length <= end - cursor:
-                    raise IntegrityError(f"{where}: sealed chunk frame of {length} bytes is malformed")
-                cursor += length
-                h.update(self._pread(cursor - spec.AEAD_TAG_SIZE, spec.AEAD_TAG_SIZE))
-        return h.digest()
+        prefix = prefix_digest(self._file.fileno(), self.trailer.signature_offset)
+        return Signature(block, self.trailer.manifest_sha256, prefix)
 
     def entry_header(self, e: EntryRecord) -> ModelHeader:
         """Read the entry's own header and check it says what the manifest says.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from ptmpack.container.atomic import atomic_file
 from ptmpack.container.manifest import EntryRecord, Manifest, TensorRecord
 from ptmpack.container.records import FileHeader, ModelHeader, Trailer
 from ptmpack.container.tree import SourceFile
-from ptmpack.errors import InvalidTreeError
+from ptmpack.errors import IntegrityError, InvalidTreeError
 
 COPY_BLOCK = 8 * 1024 * 1024
 
@@ -55,8 +56,8 @@ class PackageOptions:
     keyslots: bytes = b""
     residual_base: str | None = None
     workers: int = 2
-    sign: Callable[[bytes, bytes | None], bytes] | None = None
-    """Given (manifest sha256, sha256 of all AEAD tags or None), returns the signature block."""
+    sign: Callable[[bytes, bytes], bytes] | None = None
+    """Given (manifest sha256, sha256 of every byte before the signature block), returns the signature block."""
 
 
 def write_package(
@@ -81,12 +82,24 @@ def write_package(
     return manifest
 
 
+def prefix_digest(fd: int, end: int, block: int = COPY_BLOCK) -> bytes:
+    """SHA-256 of bytes [0, end) of an open file, read with pread (what a signature covers)."""
+    h = hashlib.sha256()
+    pos = 0
+    while pos < end:
+        data = os.pread(fd, min(block, end - pos), pos)
+        if not data:
+            raise IntegrityError(f"file ends at {pos} before the signature block at {end} (truncated)")
+        h.update(data)
+        pos += len(data)
+    return h.digest()
+
+
 class _Writer:
     def __init__(self, out: BinaryIO, options: PackageOptions, encode: ChunkEncoder | None,
                  pool: cf.ThreadPoolExecutor, encrypted: bool, progress: Callable[[int], None]) -> None:
         self.out, self.options, self.encode, self.pool = out, options, encode, pool
         self.encrypted, self.progress = encrypted, progress
-        self.tags = hashlib.sha256()
 
     def run(self, plans: Sequence[EntryPlan]) -> Manifest:
         opts = self.options
@@ -163,8 +176,6 @@ class _Writer:
             nonlocal cursor
             while len(window) > keep:
                 body = window.popleft().result()
-                if self.encrypted:
-                    self.tags.update(body[-spec.AEAD_TAG_SIZE:])
                 frame = spec.CHUNK_PREFIX.pack(len(body))
                 self.out.write(frame)
                 self.out.write(body)
@@ -196,7 +207,8 @@ class _Writer:
         signature_offset = 0
         if self.options.sign is not None:
             signature_offset = self.out.tell()
-            self.out.write(self.options.sign(digest, self.tags.digest() if self.encrypted else None))
+            self.out.flush()
+            self.out.write(self.options.sign(digest, prefix_digest(self.out.fileno(), signature_offset)))
         self.out.write(Trailer(offset, len(body), digest, signature_offset).pack())
 
     def _seal_manifest(self, body: bytes) -> bytes:
@@ -206,6 +218,5 @@ class _Writer:
         out = bytearray()
         for counter, part in enumerate(parts):
             sealed = self.encode(spec.MANIFEST_ENTRY_INDEX, 0, "", 0, counter, counter == len(parts) - 1, part)
-            self.tags.update(sealed[-spec.AEAD_TAG_SIZE:])
             out += spec.CHUNK_PREFIX.pack(len(sealed)) + sealed
         return bytes(out)

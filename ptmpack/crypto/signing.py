@@ -1,8 +1,8 @@
 """Ed25519 package signatures: the signed message, the signature block, sign and verify.
 
-The signature covers a domain-separated message naming the package id and the SHA-256 of the
-manifest (which in turn lists every entry's digest), plus the digest of the tag/trailer data
-when the container has one. The block records the signer's key fingerprint so a verifier can
+The signature covers a domain-separated message naming the package id, the SHA-256 of the
+manifest (which in turn lists every entry's digest) and the SHA-256 of every byte of the
+file before the signature block. The block records the signer's key fingerprint so a verifier can
 tell "signed by another key" from "altered". Byte layouts are in ``docs/CRYPTO.md``.
 """
 
@@ -36,23 +36,25 @@ _BLOCK_HEADER = struct.Struct("<HH")
 _LENGTH = struct.Struct("<H")
 
 
-def signed_message(package_id: bytes, manifest_sha256: bytes, tags_sha256: bytes | None) -> bytes:
+def signed_message(package_id: bytes, manifest_sha256: bytes, prefix_sha256: bytes) -> bytes:
     """The exact bytes a package signature covers.
 
-    Layout: ``SIGNATURE_DOMAIN`` ‖ package_id (16) ‖ manifest SHA-256 (32) ‖ tags SHA-256 (32,
-    or 32 zero bytes when there is none). The domain prefix keeps a ptmpack signature from
-    being valid for any other protocol that signs with the same key.
+    Layout: ``SIGNATURE_DOMAIN`` ‖ package_id (16) ‖ manifest SHA-256 (32) ‖ SHA-256 of every
+    byte of the file before the signature block (32). The prefix digest makes the signature
+    cover the clear headers, key slots, padding and ciphertext too, so it can be checked
+    without the data key and a key holder cannot alter anything (GCM alone is not
+    key-committing). The domain prefix keeps a ptmpack signature from being valid for any
+    other protocol that signs with the same key.
 
     Raises:
         UsageError: a field has the wrong length.
     """
     if len(package_id) != PACKAGE_ID_SIZE:
         raise UsageError(f"package_id must be {PACKAGE_ID_SIZE} bytes, got {len(package_id)}")
-    for name, digest in (("manifest", manifest_sha256), ("tags", tags_sha256)):
-        if digest is not None and len(digest) != DIGEST_SIZE:
+    for name, digest in (("manifest", manifest_sha256), ("prefix", prefix_sha256)):
+        if len(digest) != DIGEST_SIZE:
             raise UsageError(f"{name} digest must be {DIGEST_SIZE} bytes, got {len(digest)}")
-    tags = bytes(DIGEST_SIZE) if tags_sha256 is None else bytes(tags_sha256)
-    return SIGNATURE_DOMAIN + bytes(package_id) + bytes(manifest_sha256) + tags
+    return SIGNATURE_DOMAIN + bytes(package_id) + bytes(manifest_sha256) + bytes(prefix_sha256)
 
 
 def key_fingerprint(public: Ed25519PublicKey) -> bytes:

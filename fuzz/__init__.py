@@ -1,0 +1,1 @@
+"""Reader fuzzing: shared targets (targets.py) and the long-running harness (fuzz_reader.py)."""
