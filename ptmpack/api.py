@@ -29,6 +29,7 @@ from ptmpack.errors import IntegrityError, InvalidTreeError, UsageError
 from ptmpack.package import FilePackage, Package, is_safetensors, open_package, tensor_records
 from ptmpack.pipeline import ChunkPipeline
 from ptmpack.protect import EncryptionSpec, check_signature, protect, signer, signer_fingerprint, unlocker
+from ptmpack.residual.record import RESIDUAL_JSON
 from ptmpack.tensors.safetensors_index import DTYPE_SIZES
 
 Progress = Callable[[int], None]
@@ -337,6 +338,10 @@ def inspect(package: Path, *, opener: Opener | None = None, tensors: bool = Fals
         doc["metadata"] = {
             name: meta.parse_json(_metadata_bytes(pkg, rel), rel) for name, rel in METADATA_FILES
         }
+        if any(f.path == RESIDUAL_JSON for f in pkg.files):
+            from ptmpack.residual import summarize_residual
+
+            doc["residual"] = summarize_residual(pkg.read_file(RESIDUAL_JSON))
         doc["totals"] = {
             "files": len(pkg.files),
             "raw_bytes": sum(f.size for f in pkg.files),

@@ -270,6 +270,16 @@ def _render_inspect(doc: dict[str, Any], con: Console) -> None:
         info.add_row("layers/heads/hidden", f"{ptm.get('num_layers', '-')}/{ptm.get('num_heads', '-')}/{ptm.get('hidden_size', '-')}")
     info.add_row("parameters", f"{doc['totals']['parameters']:,}")
     con.print(info)
+    if "residual" in doc:
+        r = doc["residual"]
+        rt = Table(title="residual update", show_header=False)
+        rt.add_row("base manifest", r["base_manifest_sha256"])
+        rt.add_row("tensor modes", ", ".join(f"{k} {v}" for k, v in r["modes"].items() if v))
+        rt.add_row("bits", ", ".join(map(str, r["bits"])) or "-")
+        rt.add_row("lossless", "yes" if r["lossless"] else "no")
+        rt.add_row("worst relative error", f"{r['max_rel_fro']:.3g}" if r["max_rel_fro"] is not None else "-")
+        rt.add_row("carried / removed files", f"{len(r['carried_files'])} / {len(r['removed_files'])}")
+        con.print(rt)
     if "tensors" in doc:
         tt = Table(title="tensors")
         for col in ("name", "dtype", "shape", "bytes"):

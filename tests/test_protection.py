@@ -500,9 +500,6 @@ def test_golden_package_refuses_wrong_secrets(tmp_path: Path, keys: Keys, run_cl
 # --------------------------------------------------------------------------- residual updates of encrypted packages
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: 'apply' on an encrypted base and an encrypted delta writes the rebuilt "
-                   "package unencrypted (apply_residual's default PackConfig never encrypts and 'apply' has no "
-                   "--encrypt/--recipient options): file names, tensor names and weights come out in the clear")
 def test_apply_keeps_an_encrypted_package_encrypted(tmp_path: Path, keys: Keys, run_cli) -> None:
     if "apply" not in cli.cli.commands or "diff" not in cli.cli.commands:
         pytest.skip("this ptmpack has no diff/apply yet")
