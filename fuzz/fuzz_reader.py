@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import random
+import shutil
 import sys
 import time
 import traceback
@@ -135,8 +136,10 @@ def run_atheris(seconds: float, timeout: float, out: Path, extra: list[str]) -> 
         from fuzz import targets
 
     tracemalloc.start()  # once: starting and stopping it per input fragments the heap
-    scratch_cm = targets.scratch_dir()
-    scratch = scratch_cm.__enter__()
+    # libFuzzer ends the process with exit(), past any cleanup: use a fixed scratch folder, emptied here.
+    scratch = out / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
     seeds = targets.make_seeds(scratch)
     names = sorted(seeds)
     known = known_bugs()
@@ -197,10 +200,7 @@ def run_atheris(seconds: float, timeout: float, out: Path, extra: list[str]) -> 
     args = [sys.argv[0], str(corpus), f"-max_total_time={int(seconds)}", f"-timeout={int(timeout) + 5}",
             "-max_len=131072", "-rss_limit_mb=4096", f"-artifact_prefix={out}/", *extra]
     atheris.Setup(args, one_input)
-    try:
-        atheris.Fuzz()
-    finally:
-        scratch_cm.__exit__(None, None, None)
+    atheris.Fuzz()
     return 0
 
 
