@@ -221,28 +221,15 @@ def rebuild_with_manifest(seed: Seed, body: bytes, *, resign: bool = True) -> by
     """The seed package with its manifest replaced by ``body`` (sealed, signed and digested anew)."""
     data = seed.data
     m_off, *_ = spec.TRAILER.unpack_from(data, len(data) - Trailer.SIZE)
-    pipe = _pipeline(seed)
-    tags = hashlib.sha256()
     if seed.encrypted:
-        pos = _header_size(data)  # walk the entries' chunk frames for their tags, as the writer did
-        while pos < m_off:
-            stored_length = struct.unpack_from("<Q", data, pos + 20)[0]
-            path_length = struct.unpack_from("<I", data, pos + 16)[0]
-            start = spec.align_up(pos + 72 + path_length)
-            cursor = start
-            while cursor < start + stored_length:
-                (n,) = spec.CHUNK_PREFIX.unpack_from(data, cursor)
-                tags.update(data[cursor + 4 + n - 16:cursor + 4 + n])
-                cursor += 4 + n
-            pos = start + stored_length
-        sealed = pipe.encode(spec.MANIFEST_ENTRY_INDEX, 0, "", 0, 0, True, body)
-        tags.update(sealed[-16:])
+        sealed = _pipeline(seed).encode(spec.MANIFEST_ENTRY_INDEX, 0, "", 0, 0, True, body)
         body = spec.CHUNK_PREFIX.pack(len(sealed)) + sealed
     digest = hashlib.sha256(body).digest()
     sig_block = b""
     if seed.signed:
-        if resign:
-            sig_block = signer(SIGN_KEY, seed.package_id)(digest, tags.digest() if seed.encrypted else None)
+        if resign:  # the signature covers every byte before it, as the writer signs
+            prefix = hashlib.sha256(data[:m_off] + body).digest()
+            sig_block = signer(SIGN_KEY, seed.package_id)(digest, prefix)
         else:
             _, _, _, s_off, _ = spec.TRAILER.unpack_from(data, len(data) - Trailer.SIZE)
             sig_block = data[s_off:len(data) - Trailer.SIZE]
