@@ -39,5 +39,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
+# The long reader fuzzer (coverage-guided with atheris when it installs; random mutation otherwise).
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	-$(PY) -m pip install --quiet atheris
+	$(PY) fuzz/fuzz_reader.py --seconds $(FUZZ_SECONDS) --out .cache/fuzz
+
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache .hypothesis
