@@ -27,7 +27,9 @@ demo: $(STAMP)
 	$(PTMPACK) verify $(DEMO)/tiny-bert.zstd.ptm
 	$(PTMPACK) unpack $(DEMO)/tiny-bert.zstd.ptm -o $(DEMO)/unpacked
 	diff -r $(DEMO)/tree $(DEMO)/unpacked
-	@echo "demo: packed, inspected, verified and unpacked $(DEMO)/tiny-bert.ptm; the round trip is byte-exact"
+	$(PTMPACK) graph check $(DEMO)/tiny-bert.zstd.ptm
+	$(PTMPACK) run $(DEMO)/tiny-bert.zstd.ptm --tokens 2,7,8,9,3
+	@echo "demo: packed, inspected, verified, unpacked (byte-exact), checked and ran $(DEMO)/tiny-bert.zstd.ptm"
 
 test: $(STAMP)
 	$(PY) -m ruff check ptmpack tests bench
