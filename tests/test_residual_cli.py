@@ -9,29 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from ptmpack import api
-from ptmpack.cli import main
 from ptmpack.container import spec
 from ptmpack.package import open_package
 from tests.conftest import REPO, tree_files
+from tests.test_cli import cli as cli_run
 from tests.test_residual import base_tensors, fine_tune, make_tree
 
 
 def cli(*args: object, env: dict[str, str | None] | None = None) -> tuple[int, str, str]:
-    """Run ``ptmpack.cli.main`` in click's isolation: (exit code, stdout, stderr)."""
-    with CliRunner().isolation(env=env) as (out, err, _):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        else:
-            code = 0
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-    return code, out.getvalue().decode(), err.getvalue().decode()
+    """(exit code, stdout, stderr) of ``ptmpack.cli.main`` run in process."""
+    run = cli_run(*args, env=env)
+    return run.code, run.out, run.err
 
 
 @pytest.fixture

@@ -52,7 +52,8 @@ def _unpacked_weights(package: Path, dest: Path) -> Path:
 def test_short_real_finetune(base: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("tokenizers")
-    losses = real.finetune(minilm_dir(), tmp_path / "B.safetensors", steps=12, batch_size=8, max_len=32)
+    losses = real.finetune(minilm_dir(), tmp_path / "B.safetensors", steps=12, batch_size=8, max_len=32,
+                           threads=1)
     assert losses["last_loss"] < losses["first_loss"]
     target = _target_tree(tmp_path, tmp_path / "B.safetensors")
 

@@ -101,7 +101,7 @@ class Manifest:
             UnsupportedError: a newer major format version.
         """
         try:
-            doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+            doc = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
             raise IntegrityError(f"manifest is not valid UTF-8 JSON: {exc}") from None
         p = _Fields(doc, "manifest")
@@ -235,7 +235,7 @@ def _tensor(doc: object, raw_length: int, where: str) -> TensorRecord:
     return TensorRecord(name, dtype, tuple(shape), begin, end)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """Refuse duplicate keys: two readers keeping different copies would see different manifests."""
     out: dict[str, Any] = {}
     for key, value in pairs:
