@@ -100,6 +100,10 @@ def test_encrypted_delta_from_the_command_line(packages: tuple[Path, Path], tmp_
     assert cli("unpack", tmp_path / "n.ptm", "-o", tmp_path / "n")[0] == 4, "the rebuilt package stays encrypted"
     assert cli("unpack", tmp_path / "n.ptm", "-o", tmp_path / "n", "--key-file", key)[0] == 0
     assert tree_files(tmp_path / "n") == tree_files(tmp_path / "B")
+    code, _, err = cli("apply", tmp_path / "Ae.ptm", tmp_path / "d.ptm", "-o", tmp_path / "raw.ptm", "--key-file", key,
+                       "--compress", "none")
+    assert code == 0, err
+    assert cli("unpack", tmp_path / "raw.ptm", "-o", tmp_path / "r")[0] == 4, "--compress must not drop encryption"
 
 
 def test_subprocess_round_trip(packages: tuple[Path, Path], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ any failure nothing is left behind.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -235,8 +236,9 @@ def apply_residual(base: Path, delta: Path, out: Path, *, opener: Opener | None 
 
     ``opener`` is tried for both packages when encrypted. ``config`` (a
     :class:`ptmpack.api.PackConfig`) sets how ``out`` is packed; by default zstd when
-    the base was compressed, else raw, and, when an input was encrypted, encrypted
-    with the base's cipher for the same secret(s) that opened the inputs.
+    the base was compressed, else raw. When an input was encrypted and ``config`` names
+    no encryption, the output is encrypted with the base's cipher for the same secret(s)
+    that opened the inputs: an encrypted update never comes out in the clear.
 
     Raises:
         BaseMismatchError: ``base`` is not the package the delta was made from (nothing written).
@@ -261,12 +263,13 @@ def apply_residual(base: Path, delta: Path, out: Path, *, opener: Opener | None 
                 raise BaseMismatchError(
                     f"{delta} was made from the base with manifest sha256 {doc.base_manifest_sha256}, "
                     f"but {base} has {digest}", hint="apply it to the package it was diffed against")
+            delta_pkg = src_delta.pkg
+            encrypted = reader.encrypted or (isinstance(delta_pkg, FilePackage) and delta_pkg.reader.encrypted)
             if config is None:
                 compressed = reader.header.flags & spec.Flags.COMPRESSED
-                delta_pkg = src_delta.pkg
-                encrypted = reader.encrypted or (isinstance(delta_pkg, FilePackage) and delta_pkg.reader.encrypted)
-                config = api.PackConfig(compression=spec.Compression.ZSTD if compressed else spec.Compression.NONE,
-                                        encryption=_same_protection(reader, opener) if encrypted else None)
+                config = api.PackConfig(compression=spec.Compression.ZSTD if compressed else spec.Compression.NONE)
+            if encrypted and config.encryption is None:
+                config = dataclasses.replace(config, encryption=_same_protection(reader, opener))
             work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out.parent))
             try:
                 tree = work / "tree"
