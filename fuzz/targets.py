@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import tempfile
 import tracemalloc
 from collections.abc import Iterator, Sequence
@@ -235,10 +234,6 @@ def rebuild_with_manifest(seed: Seed, body: bytes, *, resign: bool = True) -> by
             sig_block = data[s_off:len(data) - Trailer.SIZE]
     s_off = m_off + len(body) if sig_block else 0
     return data[:m_off] + body + sig_block + Trailer(m_off, len(body), digest, s_off).pack()
-
-
-def _header_size(data: bytes) -> int:
-    return struct.unpack_from("<I", data, 48)[0]
 
 
 def canonical(doc: object) -> bytes:

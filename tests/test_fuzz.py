@@ -145,7 +145,7 @@ def _apply(seeds: dict[str, targets.Seed], name: str, ops: list[tuple], donor: s
 BYTE_BUDGET = _Budget(BUDGET)
 
 
-@settings(max_examples=max(1, int(500 * SCALE)), **FUZZ_SETTINGS)
+@settings(max_examples=max(1, int(400 * SCALE)), **FUZZ_SETTINGS)
 @given(case=byte_mutation())
 def test_byte_mutations_raise_only_ptm_errors(seeds, scratch, case) -> None:
     if BYTE_BUDGET.spent():
@@ -167,7 +167,7 @@ json_op = st.one_of(
 MANIFEST_BUDGET = _Budget(BUDGET)
 
 
-@settings(max_examples=max(1, int(500 * SCALE)), **FUZZ_SETTINGS)
+@settings(max_examples=max(1, int(400 * SCALE)), **FUZZ_SETTINGS)
 @given(name=st.sampled_from(SEED_NAMES), ops=st.lists(json_op, min_size=1, max_size=3), resign=st.booleans())
 def test_manifest_mutations_raise_only_ptm_errors(seeds, scratch, name, ops, resign) -> None:
     """Edit the manifest's JSON and re-seal/re-sign it, so every cross-check behind the digest is exercised."""
