@@ -205,3 +205,30 @@ def _crashers() -> list:
 def test_crashers_replay(crasher: Path, scratch: Path) -> None:
     """Inputs that once broke the contract (found by fuzzing) must now fail with a PtmError only."""
     _run(crasher.read_bytes(), scratch, _Budget(0))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: tensors/safetensors_index.py accepts a safetensors header whose shape numpy "
+                   "cannot represent (a dimension >= 2**63 beside a 0, or more than 64 dimensions); pack stores it and "
+                   "read_tensor on the tree or the package raises numpy's ValueError instead of a PtmError")
+@pytest.mark.parametrize("shape", [[0, 10**40], [1] * 65], ids=["huge-dimension", "65-dimensions"])
+def test_tree_tensor_shape_numpy_cannot_represent(tmp_path: Path, shape: list[int]) -> None:
+    import json as _json
+    import struct as _struct
+
+    from ptmpack import api
+    from ptmpack.errors import PtmError
+    from ptmpack.package import open_package
+    from tests.conftest import write_tree
+
+    tree = tmp_path / "tree"
+    write_tree(tree)
+    nbytes = 0 if 0 in shape else 4
+    header = _json.dumps({"t": {"dtype": "F32", "shape": shape, "data_offsets": [0, nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    (tree / "Model" / "model.safetensors").write_bytes(_struct.pack("<Q", len(header)) + header + bytes(nbytes))
+    for read in (lambda: open_package(tree).read_tensor("t"),
+                 lambda: (api.pack(tree, tmp_path / "m.ptm", force=True), open_package(tmp_path / "m.ptm").read_tensor("t"))):
+        try:
+            read()
+        except PtmError:
+            continue
