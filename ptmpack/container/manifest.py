@@ -16,7 +16,7 @@ from typing import Any
 from ptmpack.container import spec
 from ptmpack.container.paths import check_entry_path, check_unique_paths
 from ptmpack.errors import IntegrityError, UnsupportedError
-from ptmpack.tensors.safetensors_index import DTYPE_SIZES
+from ptmpack.tensors.safetensors_index import DTYPE_SIZES, MAX_TENSOR_DIMS
 
 FORMAT_NAME = "ptmpack"
 KIND_NAMES = {spec.Kind.MODEL: "model", spec.Kind.PROGRAM: "program", spec.Kind.META: "meta"}
@@ -222,8 +222,9 @@ def _chunk(doc: object, where: str) -> tuple[int, int]:
 def _tensor(doc: object, raw_length: int, where: str) -> TensorRecord:
     p = _Fields(doc, f"{where}.tensors")
     shape = p.get("shape", list)
-    if not all(_is_int(d) and d >= 0 for d in shape):
-        raise IntegrityError(f"{where}: tensor shape {shape!r} is invalid")
+    if len(shape) > MAX_TENSOR_DIMS or not all(_is_int(d) and 0 <= d < 2**63 for d in shape):
+        raise IntegrityError(f"{where}: tensor shape {shape!r} is invalid "
+                             f"(at most {MAX_TENSOR_DIMS} dimensions, each below 2**63)")
     begin, end = p.uint("begin", 2**64), p.uint("end", 2**64)
     if not begin <= end <= raw_length:
         raise IntegrityError(f"{where}: tensor byte range [{begin}, {end}) outside the entry")

@@ -20,6 +20,9 @@ from ptmpack.errors import InvalidTreeError
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """The safetensors library's own cap on the JSON header."""
 
+MAX_TENSOR_DIMS = 32
+"""numpy represents at most 64 dimensions; no real tensor needs more than a handful."""
+
 DTYPE_SIZES: dict[str, int] = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -107,8 +110,13 @@ def _tensor(name: str, spec: object, data_start: int, where: str) -> TensorInfo:
     dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
     if dtype not in DTYPE_SIZES:
         raise _bad(where, f"tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise _bad(where, f"tensor {name!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_TENSOR_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in shape)
+    ):
+        raise _bad(where, f"tensor {name!r} has an invalid shape {shape!r} "
+                          f"(at most {MAX_TENSOR_DIMS} dimensions, each below 2**63)")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
