@@ -32,11 +32,11 @@ demo: $(STAMP)
 	@echo "demo: packed, inspected, verified, unpacked (byte-exact), checked and ran $(DEMO)/tiny-bert.zstd.ptm"
 
 test: $(STAMP)
-	$(PY) -m ruff check ptmpack tests bench
+	$(PY) -m ruff check ptmpack tests bench fuzz fixtures
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check ptmpack tests bench
+	$(PY) -m ruff check ptmpack tests bench fuzz fixtures
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import random
 import shutil
 import sys
@@ -42,23 +41,6 @@ def _save(data: bytes, exc: BaseException, out: Path) -> Path:
     text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
     path.with_suffix(".txt").write_text(f"{exc}\n\n{text}")
     return path
-
-
-def _signature(exc: BaseException) -> str:
-    """Where a bug happened: the exception type and the innermost ptmpack frame."""
-    cause = exc.__cause__ or exc
-    frames = [f for f in traceback.extract_tb(cause.__traceback__) if "/ptmpack/" in f.filename]
-    where = f"{Path(frames[-1].filename).name}:{frames[-1].name}" if frames else "?"
-    return f"{type(cause).__name__} in {where}" if exc.__cause__ else f"{str(exc)[:60]}"
-
-
-def known_bugs() -> set[str]:
-    """Signatures of bugs already kept in fixtures/crashers/ and still open (not reported again)."""
-    index = REPO / "fixtures" / "crashers" / "index.json"
-    if not index.exists():
-        return set()
-    entries = json.loads(index.read_text())
-    return {e["signature"] for e in entries.values() if e.get("open_bug") and e.get("signature")}
 
 
 def _random_case(rng: random.Random, seeds: dict, targets) -> bytes:
@@ -118,7 +100,7 @@ def run_random(seconds: float, timeout: float, seed: int, out: Path) -> int:
                 with targets.time_limit(timeout):
                     targets.exercise(data, scratch / "case")
             except (targets.BugFound, targets.Hang) as exc:
-                key = _signature(exc)
+                key = targets.bug_signature(exc)
                 if key not in found:
                     found[key] = _save(data, exc, out)
                     print(f"[{n}] new bug: {key} -> {found[key]}", flush=True)
@@ -142,7 +124,7 @@ def run_atheris(seconds: float, timeout: float, out: Path, extra: list[str]) -> 
     scratch.mkdir(parents=True)
     seeds = targets.make_seeds(scratch)
     names = sorted(seeds)
-    known = known_bugs()
+    known = targets.known_bugs()
     if known:
         print(f"not stopping for the open bugs already kept in fixtures/crashers/: {sorted(known)}", flush=True)
     corpus = out / "corpus"
@@ -190,7 +172,7 @@ def run_atheris(seconds: float, timeout: float, out: Path, extra: list[str]) -> 
             with targets.time_limit(timeout):
                 targets.exercise(package, scratch / "case")
         except (targets.BugFound, targets.Hang) as exc:
-            key = _signature(exc)
+            key = targets.bug_signature(exc)
             if key in known:
                 return
             path = _save(package, exc, out)

@@ -252,6 +252,27 @@ class BugFound(AssertionError):
     """The reader broke its contract on an input."""
 
 
+CRASHERS_INDEX = Path(__file__).resolve().parent.parent / "fixtures" / "crashers" / "index.json"
+
+
+def bug_signature(exc: BaseException) -> str:
+    """Where a bug happened: the exception type and the innermost ptmpack function ("ValueError in package.py:f")."""
+    import traceback
+
+    cause = exc.__cause__ or exc
+    frames = [f for f in traceback.extract_tb(cause.__traceback__) if "/ptmpack/" in f.filename]
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].name}" if frames else "?"
+    return f"{type(cause).__name__} in {where}" if exc.__cause__ else str(exc)[:60]
+
+
+def known_bugs() -> set[str]:
+    """Signatures of bugs kept in fixtures/crashers/ and still open: the fuzzers do not stop for them again."""
+    if not CRASHERS_INDEX.exists():
+        return set()
+    entries = json.loads(CRASHERS_INDEX.read_text())
+    return {e["signature"] for e in entries.values() if e.get("open_bug") and e.get("signature")}
+
+
 def exercise(data: bytes, scratch: Path, *, unpack: bool = True) -> None:
     """Write ``data`` as a package under ``scratch`` and read it every way a user can.
 
