@@ -8,6 +8,8 @@ never leaves a partial output behind.
 from __future__ import annotations
 
 import datetime as _dt
+import io
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,13 +26,22 @@ from ptmpack.container.manifest import Manifest
 from ptmpack.container.reader import PackageReader
 from ptmpack.container.tree import SourceFile, scan_tree
 from ptmpack.container.writer import EntryPlan, PackageOptions, write_package
+from ptmpack.crypto.aead import Cipher
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.errors import IntegrityError, InvalidTreeError, UsageError
 from ptmpack.package import FilePackage, Package, is_safetensors, open_package, tensor_records
 from ptmpack.pipeline import ChunkPipeline
-from ptmpack.protect import EncryptionSpec, check_signature, protect, signer, signer_fingerprint, unlocker
+from ptmpack.protect import (
+    EncryptionSpec,
+    check_signature,
+    protect,
+    read_protection,
+    signer,
+    signer_fingerprint,
+    unlocker,
+)
 from ptmpack.residual.record import RESIDUAL_JSON
-from ptmpack.tensors.safetensors_index import DTYPE_SIZES
+from ptmpack.tensors.safetensors_index import index_safetensors
 
 Progress = Callable[[int], None]
 FLOAT_WIDTHS = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
@@ -285,10 +296,6 @@ def _check_metadata(pkg: Package) -> None:
 
 def _check_tensor_tables(pkg: Package) -> None:
     """The manifest's tensor table must be exactly what the safetensors header inside the entry says."""
-    import io
-
-    from ptmpack.tensors.safetensors_index import index_safetensors
-
     for f in pkg.files:
         if not is_safetensors(f.path) or not isinstance(pkg, FilePackage):
             continue
@@ -326,8 +333,6 @@ def inspect(package: Path, *, opener: Opener | None = None, tensors: bool = Fals
             sig = r.signature()
             doc["signature"] = None if sig is None else {"algorithm": "ed25519", "signer": signer_fingerprint(sig)}
             if r.encrypted:
-                from ptmpack.protect import read_protection
-
                 cipher, slots = read_protection(r.keyslots)
                 doc["encryption"] = {"cipher": cipher.name.lower().replace("_", "-"),
                                      "slots": [s.describe() for s in slots]}
@@ -346,7 +351,7 @@ def inspect(package: Path, *, opener: Opener | None = None, tensors: bool = Fals
             "files": len(pkg.files),
             "raw_bytes": sum(f.size for f in pkg.files),
             "tensors": len(pkg.tensors()),
-            "parameters": sum(_numel(t.shape) for _, t in pkg.tensors()),
+            "parameters": sum(math.prod(t.shape) for _, t in pkg.tensors()),
         }
         if tensors:
             doc["tensors"] = [
@@ -356,16 +361,8 @@ def inspect(package: Path, *, opener: Opener | None = None, tensors: bool = Fals
         return doc
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def codec_names(codec: int) -> dict[str, str]:
     compression, encryption, transform = spec.split_codec(codec)
-    from ptmpack.crypto.aead import Cipher
 
     def name(enum_cls: Any, value: int) -> str:
         try:
@@ -384,7 +381,3 @@ def _entry_doc(e: Any) -> dict[str, Any]:
         "chunks": len(e.chunks), "sha256": e.sha256.hex(), "data_offset": e.data_offset,
         "executable": e.executable, "tensors": None if e.tensors is None else len(e.tensors),
     }
-
-
-def dtype_size(dtype: str) -> int:
-    return DTYPE_SIZES[dtype]
