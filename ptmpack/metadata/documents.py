@@ -22,14 +22,15 @@ from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import ValidationError, best_match
+from typing import TYPE_CHECKING, Any
 
 from ptmpack.errors import InvalidTreeError, MetadataError, UsageError
 from ptmpack.jsonio import loads_strict
 from ptmpack.metadata.clock import now_rfc3339
+
+if TYPE_CHECKING:  # jsonschema loads only when a document is validated (it costs ~0.1 s at start-up)
+    from jsonschema import Draft202012Validator, FormatChecker
+    from jsonschema.exceptions import ValidationError
 
 META_DIR = "Meta-info"
 MANAGEMENT_FILE = f"{META_DIR}/managementinfo.json"
@@ -72,6 +73,8 @@ def _is_uri(value: object) -> bool:
 
 
 def _format_checker() -> FormatChecker:
+    from jsonschema import FormatChecker
+
     checker = FormatChecker()
     checker.checks("date-time")(_is_rfc3339_date_time)
     checker.checks("uri")(_is_uri)
@@ -103,6 +106,8 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @cache
 def _validator(name: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(_schema(name), format_checker=_format_checker())
 
 
@@ -155,6 +160,8 @@ def validate_document(name: str, doc: object, file: str) -> None:
         MetadataError: naming ``file``, the JSON path of the problem and the reason.
         UsageError: ``name`` is not a shipped schema.
     """
+    from jsonschema.exceptions import best_match
+
     error = best_match(_validator(name).iter_errors(doc))
     if error is not None:
         parts, reason = _locate(error)
