@@ -34,15 +34,14 @@ from ptmpack.format import spec
 from ptmpack.format.atomic import TEMP_PREFIX, check_target
 from ptmpack.format.manifest import TensorRecord
 from ptmpack.format.paths import check_entry_path, check_unique_paths
-from ptmpack.format.reader import PackageReader
 from ptmpack.quant.group import BITS, Scales, check_group_size, packed_size
 from ptmpack.residual.codec import LOSSY_DTYPES, dequantize, xor_decode
 from ptmpack.residual.record import RESIDUAL_JSON, FileEntry, FileMode, ResidualDoc, TensorEntry, TensorMode
 from ptmpack.residual.report import ApplyReport, tensor_rows
 from ptmpack.residual.source import TensorSource, sha256_hex
+from ptmpack.storage.facts import PackageFacts, package_facts
 from ptmpack.storage.pack import pack_tree
-from ptmpack.storage.package import FileInfo, FilePackage
-from ptmpack.storage.protect import read_protection
+from ptmpack.storage.package import FileInfo
 from ptmpack.tensors.dtypes import numpy_dtype
 from ptmpack.tensors.stwriter import PlannedWriter
 
@@ -58,17 +57,17 @@ def read_residual(delta: TensorSource) -> ResidualDoc:
         UsageError: the package is not a residual package.
         IntegrityError: flagged residual but the record is missing, malformed or disagrees.
     """
-    if not isinstance(delta.pkg, FilePackage):
+    facts = package_facts(delta.pkg)
+    if facts is None:
         raise UsageError(f"DELTA {delta.pkg.path} is a directory; it must be the .ptm that diff wrote")
-    m = delta.pkg.reader.manifest
-    if not m.flags & spec.Flags.RESIDUAL or m.residual_base is None:
+    if not facts.flags & spec.Flags.RESIDUAL or facts.residual_base is None:
         raise UsageError(f"{delta.pkg.path} is not a residual package (no RESIDUAL flag)",
                          hint="make one with 'ptmpack diff BASE TARGET -o DELTA --residual'")
     if RESIDUAL_JSON not in delta.by_path:
         raise IntegrityError(f"{delta.pkg.path} is flagged residual but has no {RESIDUAL_JSON}")
     doc = ResidualDoc.from_json(delta.pkg.read_file(RESIDUAL_JSON))
-    if doc.base_manifest_sha256 != m.residual_base:
-        raise IntegrityError(f"{RESIDUAL_JSON} names base {doc.base_manifest_sha256}, the manifest {m.residual_base}")
+    if doc.base_manifest_sha256 != facts.residual_base:
+        raise IntegrityError(f"{RESIDUAL_JSON} names base {doc.base_manifest_sha256}, the manifest {facts.residual_base}")
     try:
         for f in doc.files:
             check_entry_path(f.path)
@@ -215,7 +214,7 @@ def _find(f: FileInfo, name: str) -> TensorRecord | None:
     return next((t for t in f.tensors or () if t.name == name), None)
 
 
-def _same_protection(base: PackageReader, opener: Opener | None) -> EncryptionSpec:
+def _same_protection(base: PackageFacts, opener: Opener | None) -> EncryptionSpec:
     """Encrypt the rebuilt package for the secret that opened the inputs, with the base's cipher.
 
     An encrypted update must not come out in the clear; the device re-opens the result
@@ -223,7 +222,7 @@ def _same_protection(base: PackageReader, opener: Opener | None) -> EncryptionSp
     """
     if opener is None:
         raise KeyAccessError("an encrypted input needs a key to apply")
-    cipher = read_protection(base.keyslots)[0] if base.encrypted else Cipher.AES_256_GCM
+    cipher = base.cipher if base.encrypted else Cipher.AES_256_GCM
     return EncryptionSpec(
         cipher=cipher,
         passphrases=(opener.passphrase,) if opener.passphrase is not None else (),
@@ -255,21 +254,19 @@ def apply_residual(base: Path, delta: Path, out: Path, *, opener: Opener | None 
     with TensorSource(Path(delta), opener) as src_delta:
         doc = read_residual(src_delta)
         with TensorSource(Path(base), opener) as src_base:
-            if not isinstance(src_base.pkg, FilePackage):
+            facts = package_facts(src_base.pkg)
+            if facts is None:
                 raise UsageError(f"BASE {base} is a directory; it must be the .ptm the delta was made from")
-            reader = src_base.pkg.reader
-            digest = reader.trailer.manifest_sha256.hex()
+            digest = facts.manifest_sha256
             if digest != doc.base_manifest_sha256:
                 raise BaseMismatchError(
                     f"{delta} was made from the base with manifest sha256 {doc.base_manifest_sha256}, "
                     f"but {base} has {digest}", hint="apply it to the package it was diffed against")
-            delta_pkg = src_delta.pkg
-            encrypted = reader.encrypted or (isinstance(delta_pkg, FilePackage) and delta_pkg.reader.encrypted)
+            encrypted = facts.encrypted or src_delta.pkg.encrypted
             if config is None:
-                compressed = reader.header.flags & spec.Flags.COMPRESSED
-                config = PackConfig(compression=spec.Compression.ZSTD if compressed else spec.Compression.NONE)
+                config = PackConfig(compression=spec.Compression.ZSTD if facts.compressed else spec.Compression.NONE)
             if encrypted and config.encryption is None:
-                config = dataclasses.replace(config, encryption=_same_protection(reader, opener))
+                config = dataclasses.replace(config, encryption=_same_protection(facts, opener))
             work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out.parent))
             try:
                 tree = work / "tree"

@@ -49,8 +49,9 @@ from ptmpack.residual.record import (
 )
 from ptmpack.residual.report import DiffReport, tensor_rows
 from ptmpack.residual.source import TensorSource, sha256_hex
+from ptmpack.storage.facts import package_facts
 from ptmpack.storage.pack import pack_tree
-from ptmpack.storage.package import FileInfo, FilePackage
+from ptmpack.storage.package import FileInfo
 from ptmpack.tensors.dtypes import numpy_dtype
 from ptmpack.tensors.safetensors_index import index_safetensors
 from ptmpack.tensors.stwriter import SpoolWriter
@@ -180,16 +181,17 @@ class _Differ:
                 files.append(self._plain_file(f))
         self.shards.close()
         target_paths = {f.path for f in self.target.pkg.files}
-        reader = self.base.pkg.reader  # type: ignore[attr-defined]
-        tpkg = self.target.pkg
+        base = package_facts(self.base.pkg)
+        assert base is not None, "the base was checked to be a .ptm"
+        target = package_facts(self.target.pkg)
         return ResidualDoc(
-            base_manifest_sha256=reader.trailer.manifest_sha256.hex(),
-            base_package_id=reader.header.package_id.hex(),
+            base_manifest_sha256=base.manifest_sha256,
+            base_package_id=base.package_id,
             settings=Settings(self.opts.bits, self.opts.group_size, self.opts.max_error),
             files=tuple(files),
             removed_files=tuple(f.path for f in self.base.pkg.files if f.path not in target_paths),
             removed_tensors=tuple(k for k in self.base_tensors if k not in self.used),
-            target_manifest_sha256=tpkg.reader.trailer.manifest_sha256.hex() if isinstance(tpkg, FilePackage) else None,
+            target_manifest_sha256=None if target is None else target.manifest_sha256,
         )
 
     def _is_tensor_file(self, f: FileInfo) -> bool:

@@ -18,8 +18,9 @@ import numpy as np
 
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.errors import IntegrityError, UsageError
-from ptmpack.format.manifest import TensorRecord
-from ptmpack.storage.package import FileInfo, FilePackage, Package, is_safetensors, open_package
+from ptmpack.format.manifest import EntryRecord, TensorRecord
+from ptmpack.storage.facts import read_stored_chunk, stored_entry
+from ptmpack.storage.package import FileInfo, Package, is_safetensors, open_package
 from ptmpack.tensors.dtypes import numpy_dtype
 
 CACHE_CHUNKS = 3
@@ -32,7 +33,7 @@ class TensorSource:
     def __init__(self, path: Path, opener: Opener | None = None) -> None:
         self.pkg: Package = open_package(path, opener)
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._checked: set[str] = set()
+        self._entries: dict[str, EntryRecord] = {}
         self.by_path = {f.path: f for f in self.pkg.files}
 
     def __enter__(self) -> TensorSource:
@@ -47,7 +48,7 @@ class TensorSource:
 
     @property
     def is_file(self) -> bool:
-        return isinstance(self.pkg, FilePackage)
+        return self.pkg.is_file
 
     def safetensors_files(self) -> list[FileInfo]:
         return [f for f in self.pkg.files if is_safetensors(f.path) and f.tensors is not None]
@@ -55,12 +56,11 @@ class TensorSource:
     def read(self, f: FileInfo, begin: int, end: int) -> bytes | memoryview:
         """Raw bytes [begin, end) of file ``f``."""
         pkg = self.pkg
-        if not isinstance(pkg, FilePackage):
+        if not pkg.is_file:
             return pkg.read_range(f, begin, end)
-        e = pkg.entry(f.path)
-        if f.path not in self._checked:
-            pkg.reader.entry_header(e)  # the entry's own header must agree with the manifest
-            self._checked.add(f.path)
+        e = self._entries.get(f.path)
+        if e is None:  # the entry's own header must agree with the manifest; checked once
+            e = self._entries[f.path] = stored_entry(pkg, f.path)
         if not e.codec or begin == end:
             return pkg.read_range(f, begin, end)
         if not 0 <= begin <= end <= e.raw_length:
@@ -85,8 +85,7 @@ class TensorSource:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        assert isinstance(self.pkg, FilePackage)
-        data = self.pkg.reader.read_chunk(self.pkg.entry(path), i)
+        data = read_stored_chunk(self.pkg, path, i)
         self._cache[key] = data
         if len(self._cache) > CACHE_CHUNKS:
             self._cache.popitem(last=False)
