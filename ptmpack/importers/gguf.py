@@ -17,7 +17,6 @@ largest tensor whatever the model's size.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections import Counter
@@ -30,6 +29,7 @@ import numpy as np
 
 from ptmpack.errors import InvalidTreeError, UnsupportedError, UsageError
 from ptmpack.importers.hf_meta import spdx_license
+from ptmpack.importers.publish import write_json
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 """``general.architecture`` values this importer maps onto a Hugging Face architecture."""
@@ -331,21 +331,16 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, dtype: str = "float32") -> G
     files = ["config.json", "generation_config.json", "model.safetensors"]
     size = write_safetensors_streaming(out_dir / "model.safetensors", items, dtype,
                                        {"format": "pt", "source": "gguf"})
-    _write_json(out_dir / "config.json", config)
-    _write_json(out_dir / "generation_config.json",
+    write_json(out_dir / "config.json", config)
+    write_json(out_dir / "generation_config.json",
                 {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config})
     if meta.get("tokenizer.ggml.model") == "gpt2":
         tokenizer_from_gguf(meta).save(str(out_dir / "tokenizer.json"))
-        _write_json(out_dir / "tokenizer_config.json", tokenizer_config_from_gguf(meta))
+        write_json(out_dir / "tokenizer_config.json", tokenizer_config_from_gguf(meta))
         files += ["tokenizer.json", "tokenizer_config.json"]
     small = {k: v for k, v in meta.items() if k not in _BIG_ARRAYS}
     params = sum(math.prod(t.shape) for t in tensors)
     return GgufImport(tuple(sorted(files)), small, tensors, config, params, size)
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    with open(path, "x", encoding="utf-8") as f:
-        f.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 def management_from_gguf(meta: dict[str, Any], name: str | None = None) -> dict[str, Any]:
@@ -417,8 +412,8 @@ def init_tree_from_gguf(dest: Path, gguf_path: Path, *, name: str | None = None,
         UsageError, InvalidTreeError, UnsupportedError: as :func:`convert_gguf`;
             ``dest`` exists and is not an empty directory.
     """
-    from ptmpack.format.atomic import atomic_dir
-    from ptmpack.format.spec import SKELETON_DIRS as PACKAGE_DIRS
+    from ptmpack.importers.publish import check_destination, listing, new_tree
+    from ptmpack.ir.validate import GRAPH_FILE
     from ptmpack.metadata.documents import (
         MANAGEMENT_FILE,
         MANAGEMENT_SCHEMA,
@@ -427,25 +422,19 @@ def init_tree_from_gguf(dest: Path, gguf_path: Path, *, name: str | None = None,
         validate_document,
     )
 
-    dest = Path(dest)
-    if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
-        dest.rmdir()
-    with atomic_dir(dest.absolute(), force=False) as tmp:
-        for d in PACKAGE_DIRS:
-            (tmp / d).mkdir(parents=True, exist_ok=True)
+    check_destination(Path(dest))
+    with new_tree(Path(dest)) as tmp:
         imp = convert_gguf(Path(gguf_path), tmp / "Model", dtype=dtype)
         management = management_from_gguf(imp.metadata, name)
         technical = technical_from_gguf(imp, dtype)
         validate_document(MANAGEMENT_SCHEMA, management, MANAGEMENT_FILE)
         validate_document(TECHNICAL_SCHEMA, technical, TECHNICAL_FILE)
-        _write_json(tmp / MANAGEMENT_FILE, management)
-        _write_json(tmp / TECHNICAL_FILE, technical)
+        write_json(tmp / MANAGEMENT_FILE, management)
+        write_json(tmp / TECHNICAL_FILE, technical)
         files = [*(f"Model/{f}" for f in imp.files), MANAGEMENT_FILE, TECHNICAL_FILE]
         if graph:
             from ptmpack.ir.convert_hf import write_graph
 
             write_graph(tmp)
-            files.append("Model/graph.json")
-    dirs = {p.as_posix() + "/" for f in files for p in Path(f).parents if p != Path(".")}
-    dirs.update(d + "/" for d in PACKAGE_DIRS)
-    return sorted(dirs | set(files))
+            files.append(GRAPH_FILE)
+    return listing(files)

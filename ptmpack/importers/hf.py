@@ -13,17 +13,16 @@ inside) the destination and moved into place at the end, so a failure leaves not
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ptmpack.errors import InvalidTreeError, UsageError
-from ptmpack.format.spec import SKELETON_DIRS
 from ptmpack.importers.hf_meta import Checkpoint, Source, management_doc, read_json, technical_doc
+from ptmpack.importers.publish import check_destination, listing, new_tree, write_json
+from ptmpack.ir.validate import GRAPH_FILE
 from ptmpack.metadata.documents import (
     MANAGEMENT_FILE,
     MANAGEMENT_SCHEMA,
@@ -34,8 +33,6 @@ from ptmpack.metadata.documents import (
     validate_document,
 )
 
-PACKAGE_DIRS = SKELETON_DIRS
-GRAPH_FILE = "Model/graph.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 COPY_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken", ".md", ".jinja", ".yaml", ".yml")
 """Weights, configs, tokenizers (vocab.txt, merges.txt, *.model, *.tiktoken), chat templates, model cards."""
@@ -157,33 +154,6 @@ def management_from_hf(hf_dir: Path, name: str | None = None) -> dict[str, Any]:
     return management_doc(_open(hf_dir), name)
 
 
-def _check_dest(dest: Path) -> bool:
-    """Whether ``dest`` exists (as an empty directory); anything else that exists is refused."""
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise UsageError(f"{dest}: exists and is not a plain directory", hint="choose a new path for the package tree")
-    if dest.is_dir():
-        if any(dest.iterdir()):
-            raise UsageError(f"{dest}: directory is not empty", hint="choose a new or empty directory")
-        return True
-    return False
-
-
-def _scratch_dir(parent: Path, stem: str) -> Path:
-    """A new hidden directory in ``parent`` (created with the umask's permissions, unlike mkdtemp)."""
-    while True:
-        path = parent / f".{stem}.ptmpack-init-{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    with open(path, "x", encoding="utf-8") as f:
-        f.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-
-
 def init_tree(dest: Path, *, from_hf: Path | None = None, name: str | None = None) -> list[str]:
     """Create a package tree at ``dest`` (SPEC §1) and return what was created.
 
@@ -199,38 +169,26 @@ def init_tree(dest: Path, *, from_hf: Path | None = None, name: str | None = Non
         UsageError: ``dest`` exists and is not an empty directory; ``from_hf`` is not a directory.
         InvalidTreeError: the checkpoint is unusable (see :func:`technical_from_hf`).
     """
-    existed = _check_dest(dest)
-    target = dest.absolute()
+    check_destination(dest)
     if from_hf is None:
         sources: list[Source] = []
-        management, technical = management_template(name or target.name), technical_template()
+        management, technical = management_template(name or dest.absolute().name), technical_template()
     else:
         ck = _open(from_hf)
         sources = list(ck.sources)
         management, technical = management_doc(ck, name), technical_doc(ck)
     validate_document(MANAGEMENT_SCHEMA, management, MANAGEMENT_FILE)
     validate_document(TECHNICAL_SCHEMA, technical, TECHNICAL_FILE)
-    if not existed:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = _scratch_dir(target if existed else target.parent, target.name)
-    created = [*PACKAGE_DIRS, MANAGEMENT_FILE, TECHNICAL_FILE, *(f"Model/{s.rel}" for s in sources)]
-    try:
-        for d in PACKAGE_DIRS:
-            (scratch / d).mkdir(parents=True)
+    created = [MANAGEMENT_FILE, TECHNICAL_FILE, *(f"Model/{s.rel}" for s in sources)]
+    with new_tree(dest) as scratch:
         for s in sources:
             (scratch / "Model" / s.rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(s.path, scratch / "Model" / s.rel)
-        _write_json(scratch / MANAGEMENT_FILE, management)
-        _write_json(scratch / TECHNICAL_FILE, technical)
+        write_json(scratch / MANAGEMENT_FILE, management)
+        write_json(scratch / TECHNICAL_FILE, technical)
         if from_hf is not None and _describe_graph(scratch, management["name"]):
             created.append(GRAPH_FILE)
-        _publish(scratch, target, existed)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    dirs = {p.as_posix() + "/" for c in created for p in Path(c).parents if p != Path(".")}
-    dirs.update(d + "/" for d in PACKAGE_DIRS)
-    return sorted(dirs | {c for c in created if c not in PACKAGE_DIRS})
+    return listing(created)
 
 
 def _describe_graph(tree: Path, name: str) -> bool:
@@ -242,20 +200,3 @@ def _describe_graph(tree: Path, name: str) -> bool:
     return write_graph_if_supported(tree, name=name) is not None
 
 
-def _publish(scratch: Path, target: Path, existed: bool) -> None:
-    """Move the finished tree into place: one rename, or one per top-level entry into an
-    existing empty directory (kept, so a shell whose working directory it is keeps working)."""
-    if not existed:
-        _check_dest(target)
-        scratch.rename(target)
-        return
-    moved: list[Path] = []
-    try:
-        for child in sorted(scratch.iterdir()):
-            child.rename(target / child.name)
-            moved.append(target / child.name)
-        scratch.rmdir()
-    except BaseException:
-        for path in moved:
-            shutil.rmtree(path, ignore_errors=True)
-        raise

@@ -30,9 +30,9 @@ from typing import Any
 from ptmpack.errors import GraphError, InvalidTreeError, UnsupportedError
 from ptmpack.ir.model import Attribute, Graph, ModelStructure, OperatorNode, TensorRef, VariableNode
 from ptmpack.ir.registry import TensorType, lookup
+from ptmpack.ir.validate import GRAPH_FILE
 from ptmpack.tensors.safetensors_index import index_safetensors_file
 
-GRAPH_FILE = "Model/graph.json"
 PRODUCER = "ptmpack.ir.convert_hf"
 _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}

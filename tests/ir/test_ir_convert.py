@@ -238,7 +238,7 @@ def test_gguf_import_tree(tiny_gguf: tuple[Path, dict[str, np.ndarray]], tmp_pat
     api.pack(tmp_path / "pkg", tmp_path / "pkg.ptm", api.PackConfig(compression=spec.Compression.ZSTD))
     with LoadedModel.open(tmp_path / "pkg") as tree_lm, LoadedModel.open(tmp_path / "pkg.ptm") as file_lm:
         assert run_model(file_lm, text="the theta", top_k=4).top == run_model(tree_lm, text="the theta", top_k=4).top
-    with pytest.raises(UsageError, match="exists"):
+    with pytest.raises(UsageError, match="not empty"):
         init_tree_from_gguf(tmp_path / "pkg", path)
     with pytest.raises(InvalidTreeError, match="not a readable GGUF"):
         init_tree_from_gguf(tmp_path / "bad", tmp_path / "pkg/Model/config.json")
