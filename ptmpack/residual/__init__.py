@@ -6,20 +6,22 @@ after checking that binding and every digest; ``summarize_residual`` condenses a
 delta's ``Model/residual.json`` for ``inspect``. Format: docs/RESIDUAL.md.
 """
 
-from ptmpack.residual.apply import apply_residual
-from ptmpack.residual.diff import DiffOptions, diff_residual
-from ptmpack.residual.record import RESIDUAL_JSON, FileMode, ResidualDoc, TensorMode
-from ptmpack.residual.report import ApplyReport, DiffReport, summarize_residual
+from __future__ import annotations
 
-__all__ = [
-    "RESIDUAL_JSON",
-    "ApplyReport",
-    "DiffOptions",
-    "DiffReport",
-    "FileMode",
-    "ResidualDoc",
-    "TensorMode",
-    "apply_residual",
-    "diff_residual",
-    "summarize_residual",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "apply_residual": "apply", "DiffOptions": "diff", "diff_residual": "diff",
+    "RESIDUAL_JSON": "record", "FileMode": "record", "ResidualDoc": "record", "TensorMode": "record",
+    "ApplyReport": "report", "DiffReport": "report", "summarize_residual": "report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Load the submodule that defines ``name`` on first use (``inspect`` needs only the record)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ptmpack.residual' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ptmpack.residual.{module}"), name)
