@@ -72,12 +72,12 @@ class DiffOptions:
 
     def __post_init__(self) -> None:
         if self.bits not in (0, *BITS, "auto"):
-            raise UsageError(f"residual bit width {self.bits!r} is not one of 8, 4, 2, 0 or auto")
+            raise UsageError(f"--bits {self.bits!r} is not one of 8, 4, 2, 0 or auto")
         check_group_size(self.group_size)
         if self.max_error is not None and not (self.max_error > 0 and np.isfinite(self.max_error)):
-            raise UsageError(f"maximum relative error {self.max_error} must be a positive number")
+            raise UsageError(f"--max-error {self.max_error} must be a positive number")
         if self.bits == "auto" and self.max_error is None:
-            raise UsageError("an automatic bit width needs a maximum relative error", hint="e.g. --bits auto --max-error 0.01")
+            raise UsageError("--bits auto needs --max-error", hint="e.g. --bits auto --max-error 0.01")
 
     def candidates(self) -> tuple[int, ...]:
         """Bit widths to try in order; a tensor none of them fits is stored lossless."""
@@ -285,7 +285,7 @@ class _Differ:
         candidates = self.opts.candidates()
         reason = "lossless requested" if not candidates else "not a float tensor"
         if candidates and t.dtype in LOSSY_DTYPES:
-            reason = f"no bit width reaches the maximum relative error {self.opts.max_error}"
+            reason = f"no bit width reaches --max-error {self.opts.max_error}"
             for bits in candidates:
                 qz = quantize_delta(a, b, bits, self.opts.group_size)
                 if qz is None:
