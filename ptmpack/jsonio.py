@@ -75,7 +75,7 @@ def loads_strict(raw: bytes, where: str, *, error: ErrorFactory = IntegrityError
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{where}: not UTF-8 (byte {exc.start})") from None
+        raise error(f"{where}: not UTF-8 JSON (invalid byte at {exc.start})") from None
     if not _depth_ok(text, max_depth):
         raise error(f"{where}: nested deeper than {max_depth} levels")
     try:
