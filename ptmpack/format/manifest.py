@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,63 @@ class TensorRecord:
     end: int
 
 
+class TensorTable(Sequence[TensorRecord]):
+    """The tensor table of one safetensors entry, checked and built when first used.
+
+    Opening a package parses the whole manifest (it is digest-checked and signed as a
+    whole) but builds an entry's :class:`TensorRecord` objects, and runs every check on
+    them, only when a tensor of that entry is asked for: ``len`` and :meth:`names` read
+    the JSON as it is, anything that returns records checks the whole table first.
+    Equal to any sequence of the same records (a tuple, or another table).
+    """
+
+    __slots__ = ("_doc", "_raw_length", "_records", "_where")
+
+    def __init__(self, records: Sequence[TensorRecord] | None = None, *, doc: list[Any] | None = None,
+                 raw_length: int = 0, where: str = "") -> None:
+        self._records = None if records is None else tuple(records)
+        self._doc, self._raw_length, self._where = doc, raw_length, where
+
+    @property
+    def records(self) -> tuple[TensorRecord, ...]:
+        """Every record, in file order.
+
+        Raises:
+            IntegrityError: a record of the table is malformed (checked on first use).
+        """
+        if self._records is None:
+            assert self._doc is not None
+            self._records = tuple(_tensor(t, self._raw_length, self._where) for t in self._doc)
+        return self._records
+
+    def names(self) -> list[str]:
+        """The tensor names as listed, without checking the records (to find which entry to check)."""
+        if self._records is not None:
+            return [t.name for t in self._records]
+        assert self._doc is not None
+        return [d["name"] for d in self._doc if isinstance(d, dict) and isinstance(d.get("name"), str)]
+
+    def __len__(self) -> int:
+        return len(self._records if self._records is not None else self._doc or ())
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.records[i]
+
+    def __iter__(self) -> Iterator[TensorRecord]:
+        return iter(self.records)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (TensorTable, tuple, list)):
+            return self.records == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.records)
+
+    def __repr__(self) -> str:
+        return f"TensorTable({self.records!r})" if self._records is not None else f"TensorTable(<{len(self)} unchecked>)"
+
+
 @dataclass(frozen=True)
 class EntryRecord:
     """One file of the package tree as the manifest describes it."""
@@ -52,7 +110,8 @@ class EntryRecord:
     executable: bool = False
     chunks: tuple[tuple[int, int], ...] = ()
     """(offset relative to data_offset, stored length incl. its prefix) per chunk; empty for raw entries."""
-    tensors: tuple[TensorRecord, ...] | None = None
+    tensors: Sequence[TensorRecord] | None = None
+    """The tensor table of a safetensors entry (a :class:`TensorTable` when read from a manifest)."""
 
     @property
     def chunked(self) -> bool:
@@ -203,7 +262,7 @@ def _entry_from(doc: object, position: int) -> EntryRecord:
         sha256=_hex(p.get("sha256", str), 32, f"{where}.sha256"),
         executable=p.get("executable", bool),
         chunks=chunks,
-        tensors=None if tensors_doc is None else tuple(_tensor(t, raw_length, where) for t in tensors_doc),
+        tensors=None if tensors_doc is None else TensorTable(doc=tensors_doc, raw_length=raw_length, where=where),
     )
 
 

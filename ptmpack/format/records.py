@@ -110,9 +110,10 @@ class ModelHeader:
             raise IntegrityError(f"entry header at offset {offset}: chunk size {chunk} out of range")
         return cls(index, kind, codec, plen, stored, raw, chunk, digest)
 
-    def data_offset(self, header_offset: int) -> int:
-        """Where this entry's data starts when its header sits at ``header_offset``."""
-        return spec.align_up(header_offset + self.SIZE + self.path_length)
+    def data_offset(self, header_offset: int, path: bytes, minor: int) -> int:
+        """Where this entry's data starts when its header sits at ``header_offset`` and is
+        followed by ``path``, under the layout rule of format version 1.``minor``."""
+        return spec.data_offset(minor, header_offset, path, self.raw_length, self.codec)
 
 
 @dataclass(frozen=True)

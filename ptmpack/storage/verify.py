@@ -56,9 +56,7 @@ def verify_package(package: Path, *, opener: Opener | None = None, pubkey: Ed255
                     signature = "unchecked"
             _check_sequential(reader)
             reader.check_padding()
-            for e in reader.entries:
-                for block in reader.iter_entry(e):
-                    progress(len(block))
+            reader.check_entries(progress=progress)
             checks = ["trailer", "sequential walk", "entry headers", "padding", "digests", *checks]
             if reader.encrypted:
                 checks.append("AEAD tags")
@@ -89,11 +87,12 @@ def _verify_sealed(reader: PackageReader, pubkey: Ed25519PublicKey) -> VerifyRep
 
 
 def _check_sequential(reader: PackageReader) -> None:
+    """The header walk from the start of the file meets every entry where the manifest puts it
+    (each header's fields are then compared with the manifest by ``check_entries``)."""
     entries = reader.entries
     for (offset, _hdr, _path), e in zip(reader.walk_headers(), entries, strict=True):
         if offset != e.header_offset:
             raise IntegrityError(f"sequential walk finds entry {e.index} at {offset}, the manifest at {e.header_offset}")
-        reader.entry_header(e)
 
 
 def metadata_bytes(pkg: Package, rel: str) -> bytes:
