@@ -16,7 +16,7 @@ import hashlib
 import mmap
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -209,7 +209,10 @@ class PackageReader:
         """
         off = e.header_offset
         hdr = ModelHeader.unpack(self._mm[off: off + ModelHeader.SIZE], off)
-        path = bytes(self._mm[off + ModelHeader.SIZE: off + ModelHeader.SIZE + hdr.path_length])
+        self._agree(e, hdr, self._mm[off + ModelHeader.SIZE: off + ModelHeader.SIZE + hdr.path_length])
+        return hdr
+
+    def _agree(self, e: EntryRecord, hdr: ModelHeader, path: bytes) -> None:
         expect_path = b"" if self.encrypted else e.path.encode("utf-8")
         expect_sha = bytes(32) if self.encrypted else e.sha256
         mine = (hdr.entry_index, hdr.kind, hdr.codec, path, hdr.stored_length, hdr.raw_length, hdr.chunk_size, hdr.sha256)
@@ -218,7 +221,31 @@ class PackageReader:
             names = ("index", "kind", "codec", "path", "stored_length", "raw_length", "chunk_size", "sha256")
             diff = [n for n, a, b in zip(names, mine, theirs, strict=True) if a != b]
             raise IntegrityError(f"entry {e.index} ({e.path}): header and manifest disagree on {', '.join(diff)}")
-        return hdr
+
+    def checked_entries(self) -> Iterator[EntryRecord]:
+        """Every entry in file order, each after one read of its header by the sequential walk.
+
+        Before an entry is yielded: its header sits where the manifest puts it, agrees with the
+        manifest field by field, and the padding before its data is zero (as is the padding
+        after the key slots, checked first). This is how verify and unpack hold the sequential
+        view against the trailer view without reading any header twice.
+
+        Raises:
+            IntegrityError: the two views disagree, or a padding byte is not zero.
+        """
+        mm = self._mm
+        start, end = FileHeader.SIZE + self.header.keyslots_length, self.header.header_size
+        if end > start and mm[start:end].count(0) != end - start:
+            raise IntegrityError(f"non-zero bytes in the padding at offsets {start}-{end}: the package was altered")
+        for (pos, hdr, path), e in zip(self.walk_headers(), self.entries, strict=True):
+            if pos != e.header_offset:
+                raise IntegrityError(f"sequential walk finds entry {e.index} at {pos}, the manifest at {e.header_offset}")
+            self._agree(e, hdr, path)
+            start = pos + ModelHeader.SIZE + hdr.path_length
+            if e.data_offset > start and mm[start:e.data_offset].count(0) != e.data_offset - start:
+                raise IntegrityError(f"non-zero bytes in the padding at offsets {start}-{e.data_offset}: "
+                                     "the package was altered")
+            yield e
 
     def check_padding(self) -> None:
         """Every padding byte (after the key slots, after each header's path) must be zero.
@@ -273,9 +300,8 @@ class PackageReader:
             raise UsageError(f"{e.path} is stored compressed or encrypted; it has no raw bytes to hash")
         return hash_map(self._mm, e.data_offset, e.data_offset + e.raw_length, close=False)
 
-    def check_entries(self, entries: Sequence[EntryRecord] | None = None, *,
-                      progress: Callable[[int], None] | None = None) -> None:
-        """Check each entry's header against the manifest and its bytes against its SHA-256.
+    def check_entries(self, *, progress: Callable[[int], None] | None = None) -> None:
+        """Check every entry as :meth:`checked_entries` does, then its bytes against its SHA-256.
 
         Raw entries are hashed straight from the map: small ones inline, large ones on
         ``workers`` threads, several at once. Chunked entries are decoded (and their AEAD
@@ -284,18 +310,16 @@ class PackageReader:
         Raises:
             IntegrityError: a header disagrees with the manifest, or a digest or tag is wrong.
         """
-        entries = self.entries if entries is None else entries
         progress = progress or (lambda n: None)
         pending: deque[tuple[EntryRecord, cf.Future[bytes]]] = deque()
         view = memoryview(self._mm)
         try:
             with cf.ThreadPoolExecutor(self.workers) as pool:
-                for e in entries:
+                for e in self.checked_entries():
                     if e.codec:
                         for block in self.iter_entry(e):
                             progress(len(block))
                         continue
-                    self.entry_header(e)
                     if e.raw_length < PARALLEL_HASH_MIN:
                         with view[e.data_offset: e.data_offset + e.raw_length] as part:
                             _check_digest(e, hashlib.sha256(part).digest())

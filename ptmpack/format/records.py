@@ -67,6 +67,9 @@ class FileHeader:
         return cls(flags, models, entries, pid, slots_len, hsize, major, minor)
 
 
+_KINDS = frozenset(int(k) for k in spec.Kind)
+
+
 @dataclass(frozen=True)
 class ModelHeader:
     """The header in front of each entry's data; followed by the path and padding."""
@@ -100,7 +103,7 @@ class ModelHeader:
         magic, index, kind, codec, plen, stored, raw, chunk, digest = spec.MODEL_HEADER.unpack_from(buf)
         if magic != spec.ENTRY_MAGIC:
             raise IntegrityError(f"no entry header at offset {offset} (bad magic)")
-        if kind not in spec.Kind.__members__.values():
+        if kind not in _KINDS:
             raise IntegrityError(f"entry header at offset {offset}: unknown kind {kind}")
         if codec & spec.CODEC_RESERVED_MASK:
             raise UnsupportedError(f"entry header at offset {offset}: unknown codec bits 0x{codec:08x}")

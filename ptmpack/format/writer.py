@@ -223,8 +223,12 @@ class _Writer:
                                         digest or bytes(32), src.executable, (), plan.tensors))
 
     def _small(self, index: int, src: SourceFile, path_bytes: bytes, header_offset: int, data_offset: int) -> bytes:
-        """Read the file straight into the staging buffer after room for its header; hash it there."""
-        start = self.fill + (data_offset - header_offset)
+        """Read the file straight into the staging buffer after room for its header and path,
+        hash it there, then fill in the header, path and padding around it (no allocation but
+        the digest)."""
+        at = self.fill
+        path_at = at + spec.MODEL_HEADER.size
+        start = at + (data_offset - header_offset)
         window = self.view[start:start + src.size + 1]  # one byte more, to see a file that grew
         fd = os.open(src.source, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -237,12 +241,16 @@ class _Writer:
         finally:
             os.close(fd)
         _check_size(src, got)
-        digest = hashlib.sha256(window[:got]).digest()
+        with window[:got] as data:
+            digest = hashlib.sha256(data).digest()
         window.release()
-        self._emit(ModelHeader(index, src.kind, 0, len(path_bytes), got, got, 0, digest).pack())
-        self._emit(path_bytes)
-        self._pad_to(data_offset)
-        self.fill += got
+        spec.MODEL_HEADER.pack_into(self.stage, at, spec.ENTRY_MAGIC, index, src.kind, 0, len(path_bytes), got, got,
+                                    0, digest)
+        self.view[path_at:path_at + len(path_bytes)] = path_bytes
+        pad_at = path_at + len(path_bytes)
+        if start > pad_at:  # the buffer is reused: padding must be written, not assumed
+            self.view[pad_at:start] = ZEROS[:start - pad_at]
+        self.fill = start + got
         self.progress(got)
         return digest
 

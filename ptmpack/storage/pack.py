@@ -10,7 +10,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ptmpack.codecs.chunk import Transform, choose_transform
 from ptmpack.config import PackConfig
 from ptmpack.errors import UsageError
 from ptmpack.format import spec
@@ -73,15 +72,17 @@ def pack_tree(source: Path, target: Path, config: PackConfig | None = None, *, f
 def _plan(f: SourceFile, config: PackConfig, cipher: int) -> EntryPlan:
     tensors = tensor_records(f.source) if is_safetensors(f.path) else None
     compression = config.compression if f.size else spec.Compression.NONE
-    transform = Transform.NONE
+    transform = 0  # Transform.NONE; the codec module (numpy, zstandard) is imported only to compress
     if compression == spec.Compression.ZSTD and tensors:
         transform = _choose_transform(f, tensors, config.level)
     codec = spec.make_codec(compression, cipher, transform)
     return EntryPlan(f, codec, config.chunk_size if codec else 0, tensors)
 
 
-def _choose_transform(f: SourceFile, tensors: tuple, level: int) -> Transform:
+def _choose_transform(f: SourceFile, tensors: tuple, level: int) -> int:
     """Pick the float byte-plane transform when the entry is mostly one float width and it wins on a sample."""
+    from ptmpack.codecs.chunk import Transform, choose_transform
+
     by_width: dict[int, int] = {}
     for t in tensors:
         width = FLOAT_WIDTHS.get(t.dtype)
@@ -96,4 +97,4 @@ def _choose_transform(f: SourceFile, tensors: tuple, level: int) -> Transform:
     with open(f.source, "rb") as fh:
         fh.seek(start)
         sample = fh.read(SAMPLE_BYTES)
-    return choose_transform(sample[: len(sample) - len(sample) % width], width, level)
+    return int(choose_transform(sample[: len(sample) - len(sample) % width], width, level))

@@ -47,7 +47,6 @@ def unpack_file(package: Path, target: Path, *, opener: Opener | None = None,
             if sig is None:
                 raise IntegrityError(f"{package} is not signed, but a signature by a given public key is required")
             check_signature(sig, reader.header.package_id, pubkey)
-        reader.check_padding()
         with atomic_dir(Path(target), force=force) as tmp:
             total = _extract(reader, tmp, progress, workers)
             if finish is not None:
@@ -75,7 +74,7 @@ def _extract(reader: PackageReader, root: Path, progress: Progress, workers: int
     with cf.ThreadPoolExecutor(max(1, workers)) as pool:
         view = reader.map_view()
         try:
-            for e in reader.entries:
+            for e in reader.checked_entries():  # each header read once: layout, fields and padding checked
                 dest = os.path.join(root, *e.path.split("/"))
                 parent = os.path.dirname(dest)
                 if parent not in made:
@@ -88,14 +87,12 @@ def _extract(reader: PackageReader, root: Path, progress: Progress, workers: int
                             _write_all(fd, block)
                             progress(len(block))
                     elif e.raw_length < PARALLEL_HASH_MIN:
-                        reader.entry_header(e)
                         with view[e.data_offset: e.data_offset + e.raw_length] as part:
                             if hashlib.sha256(part).digest() != e.sha256:
                                 raise IntegrityError(f"{e.path}: sha256 mismatch: the entry is corrupt or was altered")
                             _write_all(fd, part)
                         progress(e.raw_length)
                     else:
-                        reader.entry_header(e)
                         while len(pending) >= 2 * max(1, workers):
                             _settle(*pending.popleft(), progress)
                         pending.append((e, pool.submit(reader.raw_digest, e)))
