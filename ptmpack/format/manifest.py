@@ -227,6 +227,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 ENTRY_FIELDS = frozenset({"index", "path", "kind", "header_offset", "data_offset", "stored_length", "raw_length",
                           "codec", "chunk_size", "sha256", "executable", "chunks", "tensors"})
 TENSOR_FIELDS = frozenset({"name", "dtype", "shape", "begin", "end"})
+_INT_ONLY = frozenset({int})
 MAX_INT = 10**MAX_INT_DIGITS
 
 
@@ -397,10 +398,12 @@ def _tensor(doc: object, raw_length: int, where: str) -> TensorRecord:
         get = doc.get
         name, dtype, shape, begin, end = get("name"), get("dtype"), get("shape"), get("begin"), get("end")
         if (type(name) is str and type(dtype) is str and dtype in DTYPE_SIZES and type(shape) is list
-                and len(shape) <= MAX_TENSOR_DIMS and all(type(d) is int and 0 <= d < 2**63 for d in shape)
+                and len(shape) <= MAX_TENSOR_DIMS and (not shape or (_INT_ONLY.issuperset(map(type, shape))
+                                                                    and min(shape) >= 0 and max(shape) < 2**63))
                 and type(begin) is int and type(end) is int and 0 <= begin <= end <= raw_length
                 and end - begin == math.prod(shape) * DTYPE_SIZES[dtype]):
-            check_unknown(doc, TENSOR_FIELDS, 5, f"{where}.tensors")
+            if len(doc) != len(TENSOR_FIELDS):
+                check_unknown(doc, TENSOR_FIELDS, 5, f"{where}.tensors")
             return TensorRecord(name, dtype, tuple(shape), begin, end)
     return _tensor_checked(doc, raw_length, where)
 

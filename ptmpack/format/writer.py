@@ -88,8 +88,12 @@ def write_package(
     *,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
+    before_commit: Callable[[], object] | None = None,
 ) -> Manifest:
     """Write ``plans`` as a package at ``target`` atomically and return its manifest.
+
+    ``before_commit``, when given, runs once the file is complete and before it is renamed
+    into place; whatever it raises leaves nothing at the target.
 
     Raises:
         UsageError: the target exists and ``force`` is not set.
@@ -99,6 +103,8 @@ def write_package(
     with atomic_file(target, force=force) as out, cf.ThreadPoolExecutor(max(1, options.workers)) as pool:
         w = _Writer(out, options, encode, pool, encrypted, progress or (lambda n: None))
         manifest = w.run(plans)
+        if before_commit is not None:
+            before_commit()
     return manifest
 
 
