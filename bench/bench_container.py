@@ -559,3 +559,379 @@ def micro(shard: Path, ctx: Ctx) -> list[dict[str, object]]:
     run("os.copy_file_range, sha256 on a 2nd thread", kernel_copy_hash_thread, "suggested pack/unpack raw path")
     rm(src)
     return rows
+
+
+# --------------------------------------------------------------------------- issue 8: lean core
+#
+#     python bench/bench_container.py [--quick] [--runs N] [--files 20000 --file-size 170]
+#
+# measures the targets of issue 8 items 3-4 and writes bench/out/lean-core.md (+ .json):
+# raw pack/unpack/verify against one hashlib SHA-256 pass of the same bytes (plus CLI
+# start-up) and against cp; the 4.4 GB synthetic model against cp, with peak RSS; one 8 KiB
+# tensor read against safe_open().get_tensor(); `ptmpack inspect` on the big package; and
+# 20,000 small files against tar cf / tar xf, with the .ptm size. Every comparison alternates
+# the two sides run by run and reports medians; CLI start-up is included in CLI times.
+
+SMALL_TREE_SEED = 8
+
+
+def small_tree(n: int, size: int) -> Path:
+    """A package tree with ``n`` files of ``size`` random bytes under Model/ (100 directories), cached in TMP."""
+    import random
+
+    from common import hf_tree, minilm_checkpoint
+
+    root = TMP / f"small-{n}x{size}"
+    if _small_ready(n, size):
+        return root
+    rm(root)
+    rng = random.Random(SMALL_TREE_SEED)
+    meta = hf_tree("minilm", minilm_checkpoint()) / "Meta-info"
+    (root / "Meta-info").mkdir(parents=True)
+    for f in meta.iterdir():
+        (root / "Meta-info" / f.name).write_bytes(f.read_bytes())
+    per_dir = max(1, n // 100)
+    for i in range(n):
+        d = root / "Model" / f"d{i // per_dir:03d}"
+        if i % per_dir == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}.bin").write_bytes(rng.randbytes(size))
+    (TMP / f"small-{n}x{size}.complete").write_bytes(b"")  # beside the tree: a marker inside would be packed
+    return root
+
+
+def _small_ready(n: int, size: int) -> bool:
+    return (TMP / f"small-{n}x{size}.complete").exists()
+
+
+def sha256_pass(tree: Path) -> Series:
+    """One hashlib SHA-256 pass over every file of ``tree`` (warm cache, in-process, one thread): 5 samples."""
+    files = [p for p in sorted(tree.rglob("*")) if p.is_file()]
+
+    def go() -> None:
+        for p in files:
+            with open(p, "rb") as f:
+                if os.fstat(f.fileno()).st_size:
+                    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                        hashlib.sha256(mm)
+
+    warm([tree])
+    go()
+    s = Series()
+    for _ in range(5):
+        s.add(time_call(go))
+    return s
+
+
+def _cli(*args: str) -> list[str]:
+    return [PTMPACK, *args]
+
+
+def _ratio_row(what: str, ours: Series, other_name: str, other: Series, bound: float, bound_text: str,
+               met: bool, extra: dict[str, object] | None = None) -> dict[str, object]:
+    return {"test": what, "ptmpack_s": ours.median(), "other": other_name, "other_s": other.median(),
+            "ptmpack_cpu_s": ours.median("user") + ours.median("sys"),
+            "other_cpu_s": other.median("user") + other.median("sys"),
+            "bound_s": bound, "target": bound_text, "met": met, "ptmpack_spread": ours.spread(),
+            "other_spread": other.spread(), "peak_rss_MiB": ours.maximum("maxrss") / MiB,
+            "others_cores": ours.median("others"), **(extra or {}),
+            "raw": {"ptmpack": ours.to_json(), other_name: other.to_json()}}
+
+
+def lean_hash_bound(ds: Dataset, ctx: Ctx, startup: float) -> list[dict[str, object]]:
+    """Raw pack/unpack/verify of ``ds`` (warm) against 1.3x / 1.15x one SHA-256 pass + start-up, and cp."""
+    log(f"hash bound: {ds.name}")
+    sha_series = sha256_pass(ds.tree)
+    sha, sha_cpu = sha_series.median(), sha_series.median("user") + sha_series.median("sys")
+    ptm, out_cp, out_dir, out_ptm_cp = ds.ptm, TMP / f"cp-{ds.name}", TMP / f"unpacked-{ds.name}", TMP / "cp.ptm"
+
+    def pack() -> Sample:
+        _prepare("warm", ctx, [ds.tree], ptm)
+        return run_cmd(_cli("pack", str(ds.tree), "-o", str(ptm)))
+
+    def cp_r() -> Sample:
+        _prepare("warm", ctx, [ds.tree], out_cp)
+        return run_cmd(["cp", "-r", str(ds.tree), str(out_cp)])
+
+    s = _interleave(ctx.runs, {"ptmpack": pack, "cp": cp_r})
+    rows = []
+    bound = 1.3 * sha + startup
+    rows.append(_ratio_row(f"pack raw {ds.name}", s["ptmpack"], "cp -r", s["cp"], bound,
+                           f"<= 1.3 x sha256 ({sha:.3f} s) + start-up = {bound:.3f} s; >= 0.5x cp -r",
+                           s["ptmpack"].median() <= bound and s["cp"].median() / s["ptmpack"].median() >= 0.5,
+                           {"sha256_s": sha, "sha256_cpu_s": sha_cpu, "vs_cp": s["cp"].median() / s["ptmpack"].median()}))
+    rm(out_cp)
+
+    def unpack() -> Sample:
+        _prepare("warm", ctx, [ptm], out_dir)
+        return run_cmd(_cli("unpack", str(ptm), "-o", str(out_dir)))
+
+    def cp() -> Sample:
+        _prepare("warm", ctx, [ptm], out_ptm_cp)
+        return run_cmd(["cp", str(ptm), str(out_ptm_cp)])
+
+    s = _interleave(ctx.runs, {"ptmpack": unpack, "cp": cp})
+    rows.append(_ratio_row(f"unpack raw {ds.name}", s["ptmpack"], "cp .ptm", s["cp"], bound,
+                           f"<= 1.3 x sha256 + start-up = {bound:.3f} s; >= 0.5x cp",
+                           s["ptmpack"].median() <= bound and s["cp"].median() / s["ptmpack"].median() >= 0.5,
+                           {"sha256_s": sha, "vs_cp": s["cp"].median() / s["ptmpack"].median()}))
+    rm(out_dir, out_ptm_cp)
+
+    def verify() -> Sample:
+        _prepare("warm", ctx, [ptm], write=0)
+        return run_cmd(_cli("verify", str(ptm)))
+
+    def sha256sum() -> Sample:
+        _prepare("warm", ctx, [ptm], write=0)
+        return run_cmd(["sha256sum", str(ptm)])
+
+    s = _interleave(ctx.runs, {"ptmpack": verify, "sha256sum": sha256sum})
+    vbound = 1.15 * sha + startup
+    rows.append(_ratio_row(f"verify raw {ds.name}", s["ptmpack"], "sha256sum .ptm", s["sha256sum"], vbound,
+                           f"<= 1.15 x sha256 + start-up = {vbound:.3f} s", s["ptmpack"].median() <= vbound,
+                           {"sha256_s": sha}))
+    return rows
+
+
+def lean_big(ds: Dataset, ctx: Ctx, tensor: str) -> list[dict[str, object]]:
+    """The 4.4 GB model: pack/unpack vs cp (>= 0.8x), verify, peak RSS, inspect time, one small tensor read."""
+    log(f"big model: {ds.name}")
+    rows: list[dict[str, object]] = []
+    ptm, out_cp, out_dir, out_ptm_cp = ds.ptm, TMP / f"cp-{ds.name}", TMP / f"unpacked-{ds.name}", TMP / "cp.ptm"
+
+    def pack() -> Sample:
+        _prepare("warm", ctx, [ds.tree], ptm)
+        return run_cmd(_cli("pack", str(ds.tree), "-o", str(ptm)))
+
+    def cp_r() -> Sample:
+        _prepare("warm", ctx, [ds.tree], out_cp)
+        return run_cmd(["cp", "-r", str(ds.tree), str(out_cp)])
+
+    s = _interleave(ctx.runs_big, {"ptmpack": pack, "cp": cp_r})
+    rm(out_cp)
+    ratio = s["cp"].median() / s["ptmpack"].median()
+    rows.append(_ratio_row(f"pack raw {ds.name}", s["ptmpack"], "cp -r", s["cp"], 0.0, ">= 0.8x cp; RSS <= 256 MiB",
+                           ratio >= 0.8 and s["ptmpack"].maximum("maxrss") <= 256 * MiB, {"vs_cp": ratio}))
+
+    def unpack() -> Sample:
+        _prepare("warm", ctx, [ptm], out_dir)
+        return run_cmd(_cli("unpack", str(ptm), "-o", str(out_dir)))
+
+    def cp() -> Sample:
+        _prepare("warm", ctx, [ptm], out_ptm_cp)
+        return run_cmd(["cp", str(ptm), str(out_ptm_cp)])
+
+    s = _interleave(ctx.runs_big, {"ptmpack": unpack, "cp": cp})
+    rm(out_dir, out_ptm_cp)
+    ratio = s["cp"].median() / s["ptmpack"].median()
+    rows.append(_ratio_row(f"unpack raw {ds.name}", s["ptmpack"], "cp .ptm", s["cp"], 0.0,
+                           ">= 0.8x cp; RSS <= 256 MiB",
+                           ratio >= 0.8 and s["ptmpack"].maximum("maxrss") <= 256 * MiB, {"vs_cp": ratio}))
+
+    def verify() -> Sample:
+        _prepare("warm", ctx, [ptm], write=0)
+        return run_cmd(_cli("verify", str(ptm)))
+
+    def sha256sum() -> Sample:
+        _prepare("warm", ctx, [ptm], write=0)
+        return run_cmd(["sha256sum", str(ptm)])
+
+    s = _interleave(ctx.runs_big, {"ptmpack": verify, "sha256sum": sha256sum})
+    rows.append(_ratio_row(f"verify raw {ds.name}", s["ptmpack"], "sha256sum .ptm", s["sha256sum"], 0.0,
+                           "RSS <= 256 MiB", s["ptmpack"].maximum("maxrss") <= 256 * MiB,
+                           {"vs_sha256sum": s["sha256sum"].median() / s["ptmpack"].median()}))
+
+    insp, ver = Series(), Series()
+    for _ in range(ctx.runs):
+        insp.add(run_cmd(_cli("inspect", str(ptm))))
+        ver.add(run_cmd(_cli("--version")))
+    rows.append(_ratio_row(f"inspect {ds.name}", insp, "ptmpack --version", ver, 0.4, "<= 0.4 s",
+                           insp.median() <= 0.4))
+
+    rows.append(_read_small(ds, tensor, ctx))
+    return rows
+
+
+def _read_small(ds: Dataset, name: str, ctx: Ctx) -> dict[str, object]:
+    """open_package + read_tensor + copy against safe_open + get_tensor, in-process, warm, alternating."""
+    from safetensors import safe_open
+
+    from ptmpack.storage.package import open_package
+
+    src = next(f for f in safetensors_files(ds.tree) if name in safe_open(str(f), "np").keys())  # noqa: SIM118
+    warm([ds.ptm, src])
+
+    def ours() -> Sample:
+        def go() -> None:
+            for _ in range(20):
+                with open_package(ds.ptm) as p:
+                    a = np.array(p.read_tensor(name))
+            assert a.size
+        return time_call(go)
+
+    def theirs() -> Sample:
+        def go() -> None:
+            for _ in range(20):
+                with safe_open(str(src), "np") as st:
+                    a = st.get_tensor(name)
+            assert a.size
+        return time_call(go)
+
+    ours()
+    theirs()
+    s = _interleave(max(5, ctx.runs), {"ptmpack": ours, "safetensors": theirs})
+    with safe_open(str(src), "np") as st:
+        nbytes = st.get_tensor(name).nbytes
+    ratio = s["ptmpack"].median() / s["safetensors"].median()
+    for series in s.values():  # per read, not per 20
+        for sample in series.samples:
+            sample.wall /= 20
+    return _ratio_row(f"read 1 tensor ({nbytes} B) {ds.name}", s["ptmpack"], "safe_open.get_tensor",
+                      s["safetensors"], 2 * s["safetensors"].median(), "<= 2x safe_open", ratio <= 2.0,
+                      {"ratio": ratio})
+
+
+def lean_small(ctx: Ctx, n: int, size: int) -> list[dict[str, object]]:
+    """``n`` files of ``size`` bytes: pack vs tar cf, verify and unpack vs tar xf (<= 5x), and the .ptm size."""
+    log(f"small files: {n} x {size} B")
+    if not _small_ready(n, size):
+        log(f"writing {n} files of {size} bytes (once)")
+    tree = small_tree(n, size)
+    ptm, tar, out_dir, out_tar = TMP / "small.ptm", TMP / "small.tar", TMP / "small-out", TMP / "small-tar-out"
+
+    def pack() -> Sample:
+        _prepare("warm", ctx, [tree], ptm)
+        return run_cmd(_cli("pack", str(tree), "-o", str(ptm)))
+
+    def tar_c() -> Sample:
+        _prepare("warm", ctx, [tree], tar)
+        return run_cmd(["tar", "-cf", str(tar), "-C", str(tree), "."])
+
+    rows = []
+    s = _interleave(ctx.runs, {"ptmpack": pack, "tar": tar_c})
+    rows.append(_ratio_row(f"pack {n} x {size} B", s["ptmpack"], "tar cf", s["tar"], 5 * s["tar"].median(),
+                           "<= 5x tar cf", s["ptmpack"].median() <= 5 * s["tar"].median()))
+
+    def verify() -> Sample:
+        _prepare("warm", ctx, [ptm], write=0)
+        return run_cmd(_cli("verify", str(ptm)))
+
+    def unpack() -> Sample:
+        _prepare("warm", ctx, [ptm], out_dir)
+        return run_cmd(_cli("unpack", str(ptm), "-o", str(out_dir)))
+
+    def tar_x() -> Sample:
+        _prepare("warm", ctx, [tar], out_tar)
+        out_tar.mkdir()
+        return run_cmd(["tar", "-xf", str(tar), "-C", str(out_tar)])
+
+    s = _interleave(ctx.runs, {"verify": verify, "unpack": unpack, "tar": tar_x})
+    for verb in ("verify", "unpack"):
+        rows.append(_ratio_row(f"{verb} {n} x {size} B", s[verb], "tar xf", s["tar"], 5 * s["tar"].median(),
+                               "<= 5x tar xf", s[verb].median() <= 5 * s["tar"].median()))
+    from ptmpack.format.reader import PackageReader
+
+    with PackageReader(ptm) as r:
+        manifest = r.trailer.manifest_length
+    content = n * size + sum(f.stat().st_size for f in (tree / "Meta-info").iterdir())
+    total = ptm.stat().st_size
+    rows.append({"test": f".ptm size, {n} x {size} B", "ptm_bytes": total, "content_bytes": content,
+                 "manifest_bytes": manifest, "tar_bytes": tar.stat().st_size,
+                 "ratio_excl_manifest": (total - manifest) / content,
+                 "ratio_incl_manifest": total / (content + manifest),
+                 "target": "<= 1.3 x content + manifest", "met": total <= 1.3 * content + manifest,
+                 "met_if_1.3x(content+manifest)": total <= 1.3 * (content + manifest)})
+    rm(ptm, tar, out_dir, out_tar)
+    return rows
+
+
+def render_lean(results: dict[str, object]) -> str:
+    lines = ["# Issue 8 (lean core) benchmark", "", f"Command: `{results['command']}`", "",
+             f"Machine: {results['machine']}", "",
+             f"CLI start-up (`ptmpack --version`, median): {results['startup_s']:.3f} s", "",
+             "| test | ptmpack s | other | other s | target | met | ptmpack spread | other spread "
+             "| CPU s ptmpack / other | peak RSS MiB | others' cores |",
+             "|---|---:|---|---:|---|---|---|---|---:|---:|---:|"]
+    for r in results["rows"]:  # type: ignore[union-attr]
+        if "ptmpack_s" not in r:
+            continue
+        lines.append(f"| {r['test']} | {r['ptmpack_s']:.3f} | {r['other']} | {r['other_s']:.4f} | {r['target']} | "
+                     f"{'met' if r['met'] else '**MISSED**'} | {r['ptmpack_spread']} | {r['other_spread']} | "
+                     f"{r['ptmpack_cpu_s']:.3f} / {r['other_cpu_s']:.3f} | {r['peak_rss_MiB']:.0f} | "
+                     f"{r['others_cores']:.1f} |")
+    for r in results["rows"]:  # type: ignore[union-attr]
+        if "sha256_cpu_s" in r:
+            lines += ["", f"One hashlib SHA-256 pass over {r['test'].split()[-1]}: {r['sha256_s']:.3f} s wall, "
+                      f"{r['sha256_cpu_s']:.3f} s CPU (median of 5)."]
+            break
+    for r in results["rows"]:  # type: ignore[union-attr]
+        if "ptm_bytes" in r:
+            lines += ["", f"{r['test']}: .ptm {r['ptm_bytes']:,} B, content {r['content_bytes']:,} B, manifest "
+                      f"{r['manifest_bytes']:,} B, tar {r['tar_bytes']:,} B; (.ptm - manifest) / content = "
+                      f"{r['ratio_excl_manifest']:.2f}; .ptm / (content + manifest) = {r['ratio_incl_manifest']:.2f} "
+                      f"(target {r['target']}: {'met' if r['met'] else 'MISSED'}; read as 1.3 x (content + manifest): "
+                      f"{'met' if r['met_if_1.3x(content+manifest)'] else 'MISSED'})"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import shutil
+    import sys
+    import time
+
+    import common
+
+    ap = argparse.ArgumentParser(description="issue 8 (lean core) targets; writes bench/out/lean-core.md")
+    ap.add_argument("--quick", action="store_true", help="skip the synthetic 4.4 GB model")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs-big", type=int, default=3)
+    ap.add_argument("--files", type=int, default=20_000)
+    ap.add_argument("--file-size", type=int, default=170)
+    ap.add_argument("--only", default="hash,big,small", help="comma-separated subset of hash, big, small")
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    root = Path(__file__).resolve().parent.parent
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    sys.path.insert(0, str(root))  # in-process reads use this checkout too
+    # Byte-compile the package first, as an install would: where PYTHONDONTWRITEBYTECODE is set (this
+    # machine) every CLI run would otherwise recompile every module it imports.
+    import compileall
+
+    compileall.compile_dir(str(root / "ptmpack"), quiet=1)
+    TMP.mkdir(parents=True, exist_ok=True)
+    ctx = Ctx(args.runs, args.runs_big, 1, ("warm",), False)
+    startup = Series()
+    for _ in range(5):
+        startup.add(run_cmd(_cli("--version")))
+    info = common.machine_info()
+    results: dict[str, object] = {"command": "python bench/bench_container.py " + " ".join(argv or sys.argv[1:]),
+                                  "machine": f"{info.get('cpu', '?')}, nproc {info.get('nproc', '?')}, load "
+                                             f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at start",
+                                  "startup_s": startup.median(), "rows": []}
+    rows: list[dict[str, object]] = results["rows"]  # type: ignore[assignment]
+    started = time.time()
+    try:
+        if "hash" in only:
+            rows += lean_hash_bound(Dataset("mpnet", common.hf_tree("mpnet", common.mpnet_checkpoint())), ctx,
+                                    startup.median())
+        if "big" in only and not args.quick:
+            rows += lean_big(Dataset("synth-4g", common.synth_tree()), ctx, "model.layers.10.input_layernorm.weight")
+        if "small" in only:
+            rows += lean_small(ctx, args.files, args.file_size)
+    finally:  # only what this run made: other benchmarks share TMP
+        rm(TMP / "mpnet.ptm", TMP / "synth-4g.ptm", TMP / "small.ptm")
+    results["elapsed_s"] = time.time() - started
+    text = render_lean(results)
+    print(text)
+    out = root / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lean-core.md").write_text(text)
+    (out / "lean-core.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    shutil.rmtree(TMP / "small-out", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

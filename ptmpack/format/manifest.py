@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ptmpack.errors import IntegrityError, UnsupportedError
 from ptmpack.format import spec
 from ptmpack.format.paths import check_entry_path, check_unique_paths
-from ptmpack.jsonio import Fields, is_int, loads_strict
+from ptmpack.jsonio import MAX_DEPTH, MAX_INT_DIGITS, Fields, is_int, loads_strict
 from ptmpack.tensors.safetensors_index import DTYPE_SIZES, MAX_TENSOR_DIMS
 
 FORMAT_NAME = "ptmpack"
@@ -33,6 +35,63 @@ class TensorRecord:
     shape: tuple[int, ...]
     begin: int
     end: int
+
+
+class TensorTable(Sequence[TensorRecord]):
+    """The tensor table of one safetensors entry, checked and built when first used.
+
+    Opening a package parses the whole manifest (it is digest-checked and signed as a
+    whole) but builds an entry's :class:`TensorRecord` objects, and runs every check on
+    them, only when a tensor of that entry is asked for: ``len`` and :meth:`names` read
+    the JSON as it is, anything that returns records checks the whole table first.
+    Equal to any sequence of the same records (a tuple, or another table).
+    """
+
+    __slots__ = ("_doc", "_raw_length", "_records", "_where")
+
+    def __init__(self, records: Sequence[TensorRecord] | None = None, *, doc: list[Any] | None = None,
+                 raw_length: int = 0, where: str = "") -> None:
+        self._records = None if records is None else tuple(records)
+        self._doc, self._raw_length, self._where = doc, raw_length, where
+
+    @property
+    def records(self) -> tuple[TensorRecord, ...]:
+        """Every record, in file order.
+
+        Raises:
+            IntegrityError: a record of the table is malformed (checked on first use).
+        """
+        if self._records is None:
+            assert self._doc is not None
+            self._records = tuple(_tensor(t, self._raw_length, self._where) for t in self._doc)
+        return self._records
+
+    def names(self) -> list[str]:
+        """The tensor names as listed, without checking the records (to find which entry to check)."""
+        if self._records is not None:
+            return [t.name for t in self._records]
+        assert self._doc is not None
+        return [d["name"] for d in self._doc if isinstance(d, dict) and isinstance(d.get("name"), str)]
+
+    def __len__(self) -> int:
+        return len(self._records if self._records is not None else self._doc or ())
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.records[i]
+
+    def __iter__(self) -> Iterator[TensorRecord]:
+        return iter(self.records)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (TensorTable, tuple, list)):
+            return self.records == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.records)
+
+    def __repr__(self) -> str:
+        return f"TensorTable({self.records!r})" if self._records is not None else f"TensorTable(<{len(self)} unchecked>)"
 
 
 @dataclass(frozen=True)
@@ -52,7 +111,8 @@ class EntryRecord:
     executable: bool = False
     chunks: tuple[tuple[int, int], ...] = ()
     """(offset relative to data_offset, stored length incl. its prefix) per chunk; empty for raw entries."""
-    tensors: tuple[TensorRecord, ...] | None = None
+    tensors: Sequence[TensorRecord] | None = None
+    """The tensor table of a safetensors entry (a :class:`TensorTable` when read from a manifest)."""
 
     @property
     def chunked(self) -> bool:
@@ -101,7 +161,7 @@ class Manifest:
             IntegrityError: not JSON, or a field of the wrong type or out of range.
             UnsupportedError: a newer major format version.
         """
-        p = Fields(loads_strict(raw, "manifest"), "manifest")
+        p = Fields(_load(raw), "manifest")
         if p.get("format", str) != FORMAT_NAME:
             raise IntegrityError("manifest: format is not 'ptmpack'")
         version = p.get("version", list)
@@ -115,7 +175,10 @@ class Manifest:
         entries = tuple(_entry_from(d, i) for i, d in enumerate(entries_doc))
         check_unique_paths([e.path for e in entries])
         base = p.optional("residual_base", dict)
-        known = {"format", "version", "package_id", "created", "tool", "flags", "entries", "residual_base"}
+        known = frozenset({"format", "version", "package_id", "created", "tool", "flags", "entries", "residual_base"})
+        check_unknown(p.doc, known, 1, "manifest")
+        if base is not None:
+            check_unknown(base, frozenset({"manifest_sha256"}), 2, "manifest.residual_base")
         return cls(
             package_id=_hex(p.get("package_id", str), 16, "manifest.package_id"),
             created=p.get("created", str),
@@ -153,9 +216,122 @@ def _entry_doc(e: EntryRecord) -> dict[str, Any]:
     return doc
 
 
+_PLAIN_COMPONENT = r"(?!\.\.?(?:/|\Z))[ -.0-\[\]-~]{1,255}"
+PLAIN_PATH = re.compile(rf"(?:Model|Program|Meta-info)(?:/{_PLAIN_COMPONENT})+\Z")
+"""Paths of printable ASCII that obey every rule of ``check_entry_path`` (which the others go through).
+
+ASCII is always NFC, has no control character here, and a root of Model, Program or Meta-info
+rules out a drive letter; the rest (no backslash, no empty, ``.`` or ``..`` component, components
+of at most 255 bytes) is in the pattern. The length limit is checked beside it."""
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+ENTRY_FIELDS = frozenset({"index", "path", "kind", "header_offset", "data_offset", "stored_length", "raw_length",
+                          "codec", "chunk_size", "sha256", "executable", "chunks", "tensors"})
+TENSOR_FIELDS = frozenset({"name", "dtype", "shape", "begin", "end"})
+_INT_ONLY = frozenset({int})
+MAX_INT = 10**MAX_INT_DIGITS
+
+
+def plain_entry_path(path: str) -> bool:
+    """True when ``path`` is printable ASCII and obeys the path rules (a fast, exact subset of them)."""
+    return len(path) <= spec.MAX_PATH_BYTES and PLAIN_PATH.match(path) is not None
+
+
+def _load(raw: bytes) -> Any:
+    """Parse the manifest at C speed, refusing what :func:`ptmpack.jsonio.loads_strict` refuses.
+
+    Invalid UTF-8 or JSON, duplicate keys, NaN/Infinity, numbers that overflow a double and
+    nesting beyond the interpreter's
+    recursion limit send the bytes to ``loads_strict`` for its message. The two limits that
+    ``loads_strict`` checks token by token (numbers of at most 20 digits, nesting of at most
+    ``MAX_DEPTH``) are kept without that cost: every field the format defines is type- and
+    range-checked where it is read (an integer field out of range, or a list or object where
+    a number belongs, is refused there), and :func:`check_unknown` applies both limits to the
+    values of fields it does not define.
+    """
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_refuse,
+                          parse_float=_finite)
+    except (ValueError, RecursionError):  # UnicodeError and JSONDecodeError are ValueErrors
+        return loads_strict(raw, "manifest")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise ValueError("duplicate key")
+    return doc
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:32]} overflows a double")
+    return value
+
+
+def _refuse(token: str) -> None:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def check_unknown(doc: dict[str, Any], known: frozenset[str], depth: int, where: str) -> None:
+    """Apply the strict loader's limits to the fields of ``doc`` (itself at nesting ``depth``)
+    that are not in ``known``: at most ``MAX_DEPTH`` levels, integers of at most 20 digits,
+    finite numbers.
+
+    Raises:
+        IntegrityError: a value breaks a limit.
+    """
+    if len(doc) > len(known) or not known.issuperset(doc):
+        for key in doc.keys() - known:
+            _check_value(doc[key], depth, f"{where}.{key}")
+
+
+def _check_value(value: Any, depth: int, where: str) -> None:
+    if isinstance(value, (dict, list)):
+        if depth + 1 > MAX_DEPTH:
+            raise IntegrityError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        for v in value.values() if isinstance(value, dict) else value:
+            _check_value(v, depth + 1, where)
+    elif type(value) is int and not -MAX_INT < value < MAX_INT:
+        raise IntegrityError(f"{where}: integer of more than {MAX_INT_DIGITS} digits")
+    elif type(value) is float and not math.isfinite(value):
+        raise IntegrityError(f"{where}: number overflows a double")
+
+
 def _entry_from(doc: object, position: int) -> EntryRecord:
+    """One entry of the manifest, checked. Plain raw entries (the common case, and the only
+    one with many thousands of entries) take a fast path; anything it does not recognise as
+    valid goes through :func:`_entry_checked`, which names what is wrong."""
+    if type(doc) is dict:
+        get = doc.get
+        index, kind_name, path, raw_length, stored_length = (
+            get("index"), get("kind"), get("path"), get("raw_length"), get("stored_length"))
+        codec, chunk_size, data_offset, header_offset = get("codec"), get("chunk_size"), get("data_offset"), \
+            get("header_offset")
+        sha, executable, chunks, tensors = get("sha256"), get("executable"), get("chunks"), get("tensors")
+        if (type(index) is int and index == position and type(kind_name) is str and kind_name in KINDS_BY_NAME
+                and type(path) is str and plain_entry_path(path)
+                and spec.KIND_ROOTS[path.split("/", 1)[0]] == KINDS_BY_NAME[kind_name]
+                and type(raw_length) is int and 0 <= raw_length < 2**64 and stored_length == raw_length
+                and type(stored_length) is int and codec == 0 and type(codec) is int
+                and type(chunk_size) is int and chunk_size == 0 and chunks == [] and type(chunks) is list
+                and type(data_offset) is int and 0 <= data_offset < 2**64
+                and type(header_offset) is int and 0 <= header_offset < 2**64
+                and type(sha) is str and _HEX64.match(sha) and type(executable) is bool
+                and (tensors is None or (type(tensors) is list and path.lower().endswith(".safetensors")))):
+            check_unknown(doc, ENTRY_FIELDS, 3, f"manifest.entries[{position}]")
+            return EntryRecord(
+                index, path, KINDS_BY_NAME[kind_name], header_offset, data_offset, stored_length, raw_length, 0, 0,
+                bytes.fromhex(sha), executable, (),
+                None if tensors is None else TensorTable(doc=tensors, raw_length=raw_length,
+                                                         where=f"manifest.entries[{position}]"))
+    return _entry_checked(doc, position)
+
+
+def _entry_checked(doc: object, position: int) -> EntryRecord:
     where = f"manifest.entries[{position}]"
     p = Fields(doc, where)
+    check_unknown(p.doc, ENTRY_FIELDS, 3, where)
     index = p.uint("index", 2**32 - 1)
     if index != position:
         raise IntegrityError(f"{where}: index {index} out of order")
@@ -203,7 +379,7 @@ def _entry_from(doc: object, position: int) -> EntryRecord:
         sha256=_hex(p.get("sha256", str), 32, f"{where}.sha256"),
         executable=p.get("executable", bool),
         chunks=chunks,
-        tensors=None if tensors_doc is None else tuple(_tensor(t, raw_length, where) for t in tensors_doc),
+        tensors=None if tensors_doc is None else TensorTable(doc=tensors_doc, raw_length=raw_length, where=where),
     )
 
 
@@ -217,7 +393,24 @@ def _chunk(doc: object, where: str) -> tuple[int, int]:
 
 
 def _tensor(doc: object, raw_length: int, where: str) -> TensorRecord:
+    """One record of a tensor table, checked (fast when valid; :func:`_tensor_checked` says what is wrong)."""
+    if type(doc) is dict:
+        get = doc.get
+        name, dtype, shape, begin, end = get("name"), get("dtype"), get("shape"), get("begin"), get("end")
+        if (type(name) is str and type(dtype) is str and dtype in DTYPE_SIZES and type(shape) is list
+                and len(shape) <= MAX_TENSOR_DIMS and (not shape or (_INT_ONLY.issuperset(map(type, shape))
+                                                                    and min(shape) >= 0 and max(shape) < 2**63))
+                and type(begin) is int and type(end) is int and 0 <= begin <= end <= raw_length
+                and end - begin == math.prod(shape) * DTYPE_SIZES[dtype]):
+            if len(doc) != len(TENSOR_FIELDS):
+                check_unknown(doc, TENSOR_FIELDS, 5, f"{where}.tensors")
+            return TensorRecord(name, dtype, tuple(shape), begin, end)
+    return _tensor_checked(doc, raw_length, where)
+
+
+def _tensor_checked(doc: object, raw_length: int, where: str) -> TensorRecord:
     p = Fields(doc, f"{where}.tensors")
+    check_unknown(p.doc, TENSOR_FIELDS, 5, f"{where}.tensors")
     shape = p.get("shape", list)
     if len(shape) > MAX_TENSOR_DIMS or not all(is_int(d) and 0 <= d < 2**63 for d in shape):
         raise IntegrityError(f"{where}: tensor shape {shape!r} is invalid "

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ptmpack.errors import IntegrityError, KeyAccessError, UsageError
+from ptmpack.errors import IntegrityError, KeyAccessError, UnsupportedError, UsageError
 from ptmpack.format import spec
-from ptmpack.format.digest import prefix_digest
+from ptmpack.format.digest import hash_map, prefix_digest
 from ptmpack.format.manifest import EntryRecord, Manifest
 from ptmpack.format.records import FileHeader, ModelHeader, Trailer
 
@@ -79,6 +79,10 @@ class PackageReader:
             raise IntegrityError(f"{self.path}: {self.size} bytes is too short to be a ptmpack package (truncated?)")
         self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         self.header = FileHeader.unpack(self._mm[: FileHeader.SIZE])
+        if self.header.version_minor not in spec.KNOWN_MINORS:
+            # From 1.1 a minor version may change where data starts; guessing would misreport corruption.
+            raise UnsupportedError(f"package format version 1.{self.header.version_minor} is newer than this "
+                                   f"ptmpack reads (1.0 and 1.1)", hint="upgrade ptmpack")
         if self.header.header_size > self.size:
             raise IntegrityError("file header: key slots run past the end of the file (truncated)")
         self.keyslots = bytes(self._mm[FileHeader.SIZE: FileHeader.SIZE + self.header.keyslots_length])
@@ -172,15 +176,16 @@ class PackageReader:
         if bool(h.flags & spec.Flags.SIGNED) != bool(self.trailer.signature_offset):
             raise IntegrityError("SIGNED flag and signature block disagree (signature stripped or added)")
         cursor = h.header_size
+        minor, encrypted, data_offset = h.version_minor, self.encrypted, spec.data_offset
         for e in m.entries:
-            where = f"entry {e.index} ({e.path})"
             if e.header_offset != cursor:
-                raise IntegrityError(f"{where}: header at {e.header_offset}, expected {cursor}")
-            path_len = 0 if self.encrypted else len(e.path.encode("utf-8"))
-            if e.data_offset != spec.align_up(e.header_offset + ModelHeader.SIZE + path_len):
-                raise IntegrityError(f"{where}: data offset {e.data_offset} is not where the header puts it")
-            if self.encrypted and not e.codec:
-                raise IntegrityError(f"{where}: stored unencrypted inside an encrypted package")
+                raise IntegrityError(f"entry {e.index} ({e.path}): header at {e.header_offset}, expected {cursor}")
+            path = b"" if encrypted else e.path.encode("utf-8")
+            if e.data_offset != data_offset(minor, cursor, path, e.raw_length, e.codec):
+                raise IntegrityError(f"entry {e.index} ({e.path}): data offset {e.data_offset} is not where the "
+                                     f"header puts it")
+            if encrypted and not e.codec:
+                raise IntegrityError(f"entry {e.index} ({e.path}): stored unencrypted inside an encrypted package")
             cursor = e.data_offset + e.stored_length
         if cursor != self.trailer.manifest_offset:
             raise IntegrityError(f"entries end at {cursor}, manifest starts at {self.trailer.manifest_offset}")
@@ -204,7 +209,10 @@ class PackageReader:
         """
         off = e.header_offset
         hdr = ModelHeader.unpack(self._mm[off: off + ModelHeader.SIZE], off)
-        path = bytes(self._mm[off + ModelHeader.SIZE: off + ModelHeader.SIZE + hdr.path_length])
+        self._agree(e, hdr, self._mm[off + ModelHeader.SIZE: off + ModelHeader.SIZE + hdr.path_length])
+        return hdr
+
+    def _agree(self, e: EntryRecord, hdr: ModelHeader, path: bytes) -> None:
         expect_path = b"" if self.encrypted else e.path.encode("utf-8")
         expect_sha = bytes(32) if self.encrypted else e.sha256
         mine = (hdr.entry_index, hdr.kind, hdr.codec, path, hdr.stored_length, hdr.raw_length, hdr.chunk_size, hdr.sha256)
@@ -213,7 +221,31 @@ class PackageReader:
             names = ("index", "kind", "codec", "path", "stored_length", "raw_length", "chunk_size", "sha256")
             diff = [n for n, a, b in zip(names, mine, theirs, strict=True) if a != b]
             raise IntegrityError(f"entry {e.index} ({e.path}): header and manifest disagree on {', '.join(diff)}")
-        return hdr
+
+    def checked_entries(self) -> Iterator[EntryRecord]:
+        """Every entry in file order, each after one read of its header by the sequential walk.
+
+        Before an entry is yielded: its header sits where the manifest puts it, agrees with the
+        manifest field by field, and the padding before its data is zero (as is the padding
+        after the key slots, checked first). This is how verify and unpack hold the sequential
+        view against the trailer view without reading any header twice.
+
+        Raises:
+            IntegrityError: the two views disagree, or a padding byte is not zero.
+        """
+        mm = self._mm
+        start, end = FileHeader.SIZE + self.header.keyslots_length, self.header.header_size
+        if end > start and mm[start:end].count(0) != end - start:
+            raise IntegrityError(f"non-zero bytes in the padding at offsets {start}-{end}: the package was altered")
+        for (pos, hdr, path), e in zip(self.walk_headers(), self.entries, strict=True):
+            if pos != e.header_offset:
+                raise IntegrityError(f"sequential walk finds entry {e.index} at {pos}, the manifest at {e.header_offset}")
+            self._agree(e, hdr, path)
+            start = pos + ModelHeader.SIZE + hdr.path_length
+            if e.data_offset > start and mm[start:e.data_offset].count(0) != e.data_offset - start:
+                raise IntegrityError(f"non-zero bytes in the padding at offsets {start}-{e.data_offset}: "
+                                     "the package was altered")
+            yield e
 
     def check_padding(self) -> None:
         """Every padding byte (after the key slots, after each header's path) must be zero.
@@ -221,10 +253,13 @@ class PackageReader:
         Padding is not covered by digests or the signature; requiring zeros makes a
         verified package byte-canonical, so nothing can hide in it.
         """
+        minor = self.header.version_minor
         gaps = [(FileHeader.SIZE + self.header.keyslots_length, self.header.header_size)]
-        gaps += [(pos + ModelHeader.SIZE + hdr.path_length, hdr.data_offset(pos)) for pos, hdr, _ in self.walk_headers()]
+        gaps += [(pos + ModelHeader.SIZE + hdr.path_length, hdr.data_offset(pos, path, minor))
+                 for pos, hdr, path in self.walk_headers()]
+        mm = self._mm
         for start, end in gaps:
-            if end > start and self._pread(start, end - start).count(0) != end - start:
+            if end > start and mm[start:end].count(0) != end - start:
                 raise IntegrityError(f"non-zero bytes in the padding at offsets {start}-{end}: the package was altered")
 
     def walk_headers(self) -> Iterator[tuple[int, ModelHeader, bytes]]:
@@ -233,13 +268,14 @@ class PackageReader:
         This is the sequential view; ``verify`` checks it against the trailer view.
         """
         pos = self.header.header_size
+        minor, end, mm = self.header.version_minor, self.trailer.manifest_offset, self._mm
         for _ in range(self.header.entry_count):
-            if pos + ModelHeader.SIZE > self.trailer.manifest_offset:
+            if pos + ModelHeader.SIZE > end:
                 raise IntegrityError(f"sequential walk: entry header at {pos} runs into the manifest")
-            hdr = ModelHeader.unpack(self._mm[pos: pos + ModelHeader.SIZE], pos)
-            path = bytes(self._mm[pos + ModelHeader.SIZE: pos + ModelHeader.SIZE + hdr.path_length])
+            hdr = ModelHeader.unpack(mm[pos: pos + ModelHeader.SIZE], pos)
+            path = mm[pos + ModelHeader.SIZE: pos + ModelHeader.SIZE + hdr.path_length]
             yield pos, hdr, path
-            pos = hdr.data_offset(pos) + hdr.stored_length
+            pos = hdr.data_offset(pos, path, minor) + hdr.stored_length
         if pos != self.trailer.manifest_offset:
             raise IntegrityError(f"sequential walk ends at {pos}, the trailer puts the manifest at {self.trailer.manifest_offset}")
 
@@ -248,6 +284,54 @@ class PackageReader:
         if e.codec:
             raise UsageError(f"{e.path} is stored compressed or encrypted; it has no raw view")
         return memoryview(self._mm)[e.data_offset: e.data_offset + e.raw_length]
+
+    def map_view(self) -> memoryview:
+        """A zero-copy view of the whole file; release it before closing the reader."""
+        return memoryview(self._mm)
+
+    def fileno(self) -> int:
+        """The package's file descriptor (for kernel-side copies of raw entries)."""
+        return self._file.fileno()
+
+    def raw_digest(self, e: EntryRecord) -> bytes:
+        """SHA-256 of a raw entry's bytes, hashed straight from the map (thread-safe; the
+        hashed windows are dropped from the resident set as it goes)."""
+        if e.codec:
+            raise UsageError(f"{e.path} is stored compressed or encrypted; it has no raw bytes to hash")
+        return hash_map(self._mm, e.data_offset, e.data_offset + e.raw_length, close=False)
+
+    def check_entries(self, *, progress: Callable[[int], None] | None = None) -> None:
+        """Check every entry as :meth:`checked_entries` does, then its bytes against its SHA-256.
+
+        Raw entries are hashed straight from the map: small ones inline, large ones on
+        ``workers`` threads, several at once. Chunked entries are decoded (and their AEAD
+        tags checked) by :meth:`iter_entry`.
+
+        Raises:
+            IntegrityError: a header disagrees with the manifest, or a digest or tag is wrong.
+        """
+        progress = progress or (lambda n: None)
+        pending: deque[tuple[EntryRecord, cf.Future[bytes]]] = deque()
+        view = memoryview(self._mm)
+        try:
+            with cf.ThreadPoolExecutor(self.workers) as pool:
+                for e in self.checked_entries():
+                    if e.codec:
+                        for block in self.iter_entry(e):
+                            progress(len(block))
+                        continue
+                    if e.raw_length < PARALLEL_HASH_MIN:
+                        with view[e.data_offset: e.data_offset + e.raw_length] as part:
+                            _check_digest(e, hashlib.sha256(part).digest())
+                        progress(e.raw_length)
+                        continue
+                    while len(pending) >= 2 * self.workers:
+                        _settle(*pending.popleft(), progress)
+                    pending.append((e, pool.submit(self.raw_digest, e)))
+                while pending:
+                    _settle(*pending.popleft(), progress)
+        finally:
+            view.release()
 
     def _pread(self, offset: int, length: int) -> bytes:
         """Read bytes with pread rather than through the map, so streaming does not grow RSS."""
@@ -299,6 +383,12 @@ class PackageReader:
         on mismatch, so a consumer must not commit what it received before the iterator ends.
         """
         self.entry_header(e)
+        if e.raw_length <= block and (not e.codec or len(e.chunks) == 1):  # one piece: no helper threads
+            part = self._pread(e.data_offset, e.raw_length) if not e.codec else self.read_chunk(e, 0)
+            if check_digest:
+                _check_digest(e, hashlib.sha256(part).digest())
+            yield part
+            return
         h = hashlib.sha256() if check_digest else None
         if not e.codec:
             # Hash each block on a helper thread while the consumer writes it (both release the GIL).
@@ -322,8 +412,22 @@ class PackageReader:
                     if h is not None:
                         h.update(part)
                     yield part
-        if h is not None and h.digest() != e.sha256:
-            raise IntegrityError(f"{e.path}: sha256 mismatch: the entry is corrupt or was altered")
+        if h is not None:
+            _check_digest(e, h.digest())
+
+
+PARALLEL_HASH_MIN = 1024 * 1024
+"""Raw entries at least this large are hashed on the worker threads; smaller ones inline."""
+
+
+def _check_digest(e: EntryRecord, digest: bytes) -> None:
+    if digest != e.sha256:
+        raise IntegrityError(f"{e.path}: sha256 mismatch: the entry is corrupt or was altered")
+
+
+def _settle(e: EntryRecord, fut: cf.Future[bytes], progress: Callable[[int], None]) -> None:
+    _check_digest(e, fut.result())
+    progress(e.raw_length)
 
 
 def is_package_file(path: Path) -> bool:

@@ -67,6 +67,9 @@ class FileHeader:
         return cls(flags, models, entries, pid, slots_len, hsize, major, minor)
 
 
+_KINDS = frozenset(int(k) for k in spec.Kind)
+
+
 @dataclass(frozen=True)
 class ModelHeader:
     """The header in front of each entry's data; followed by the path and padding."""
@@ -100,7 +103,7 @@ class ModelHeader:
         magic, index, kind, codec, plen, stored, raw, chunk, digest = spec.MODEL_HEADER.unpack_from(buf)
         if magic != spec.ENTRY_MAGIC:
             raise IntegrityError(f"no entry header at offset {offset} (bad magic)")
-        if kind not in spec.Kind.__members__.values():
+        if kind not in _KINDS:
             raise IntegrityError(f"entry header at offset {offset}: unknown kind {kind}")
         if codec & spec.CODEC_RESERVED_MASK:
             raise UnsupportedError(f"entry header at offset {offset}: unknown codec bits 0x{codec:08x}")
@@ -110,9 +113,10 @@ class ModelHeader:
             raise IntegrityError(f"entry header at offset {offset}: chunk size {chunk} out of range")
         return cls(index, kind, codec, plen, stored, raw, chunk, digest)
 
-    def data_offset(self, header_offset: int) -> int:
-        """Where this entry's data starts when its header sits at ``header_offset``."""
-        return spec.align_up(header_offset + self.SIZE + self.path_length)
+    def data_offset(self, header_offset: int, path: bytes, minor: int) -> int:
+        """Where this entry's data starts when its header sits at ``header_offset`` and is
+        followed by ``path``, under the layout rule of format version 1.``minor``."""
+        return spec.data_offset(minor, header_offset, path, self.raw_length, self.codec)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,18 @@ ENTRY_MAGIC = b"PTME"
 END_MAGIC = b"PTMEND\0\0"
 
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1
+"""The minor version this writer produces. 1.1 packs small entries tightly (see ``data_aligned``)."""
+KNOWN_MINORS = (0, 1)
+"""Minor versions this reader understands; a newer minor may change the layout, so it is refused."""
 
 ALIGNMENT = 4096
-"""Entry data starts on a multiple of this, so raw entries can be mmap-ed in place."""
+"""Aligned entry data starts on a multiple of this, so raw entries can be mmap-ed in place."""
+
+LARGE_ENTRY = 64 * 1024
+"""From version 1.1, entries of at least this many raw bytes are aligned (padding then costs under 6.25 %)."""
+
+SAFETENSORS_SUFFIX = b".safetensors"
 
 FILE_HEADER = struct.Struct("<8sHHIIII16sII")
 """magic, major, minor, flags, model_count, entry_count, reserved, package_id, keyslots_length, header_size."""
@@ -97,3 +105,23 @@ AEAD_TAG_SIZE = 16
 def align_up(offset: int, alignment: int = ALIGNMENT) -> int:
     """The first multiple of ``alignment`` at or after ``offset``."""
     return -(-offset // alignment) * alignment
+
+
+def data_aligned(minor: int, raw_length: int, codec: int, header_path: bytes) -> bool:
+    """Whether an entry's data starts on an ``ALIGNMENT`` boundary (FORMAT.md §4).
+
+    Version 1.0 aligns every entry. From 1.1 only entries where alignment serves are
+    aligned: raw (codec 0) safetensors files, which can then be memory-mapped in place,
+    and large entries (``raw_length >= LARGE_ENTRY``); every other entry's data follows
+    its header path directly. The rule reads only what the entry header holds, so a
+    sequential walk can follow it; ``header_path`` is empty in encrypted packages.
+    """
+    if minor == 0:
+        return True
+    return raw_length >= LARGE_ENTRY or (codec == 0 and header_path[-len(SAFETENSORS_SUFFIX):].lower() == SAFETENSORS_SUFFIX)
+
+
+def data_offset(minor: int, header_offset: int, header_path: bytes, raw_length: int, codec: int) -> int:
+    """Where an entry's data starts when its header sits at ``header_offset`` (FORMAT.md §4)."""
+    end = header_offset + MODEL_HEADER.size + len(header_path)
+    return align_up(end) if data_aligned(minor, raw_length, codec, header_path) else end

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ptmpack.errors import InvalidTreeError
 from ptmpack.format import spec
+from ptmpack.format.manifest import plain_entry_path
 from ptmpack.format.paths import check_entry_path, check_unique_paths
 
 REQUIRED_FILES = ("Meta-info/managementinfo.json", "Meta-info/technicalinfo.json")
@@ -20,10 +21,11 @@ REQUIRED_FILES = ("Meta-info/managementinfo.json", "Meta-info/technicalinfo.json
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A regular file of the tree: its entry path, location on disk, size and kind."""
+    """A regular file of the tree: its entry path, location on disk (a plain string: no
+    path object per file), size and kind."""
 
     path: str
-    source: Path
+    source: str
     size: int
     kind: spec.Kind
     executable: bool
@@ -64,6 +66,7 @@ def _walk(directory: Path, rel: str, out: list[SourceFile]) -> None:
         raise InvalidTreeError(f"{directory}: expected a directory, found {_describe(st.st_mode)}")
     with os.scandir(directory) as it:
         children = sorted(it, key=lambda e: e.name)
+    kind = spec.KIND_ROOTS[rel.split("/", 1)[0]]
     for child in children:
         child_rel = f"{rel}/{child.name}"
         st = child.stat(follow_symlinks=False)
@@ -72,10 +75,10 @@ def _walk(directory: Path, rel: str, out: list[SourceFile]) -> None:
         elif stat.S_ISREG(st.st_mode):
             out.append(
                 SourceFile(
-                    path=check_entry_path(child_rel),
-                    source=Path(child.path),
+                    path=child_rel if plain_entry_path(child_rel) else check_entry_path(child_rel),
+                    source=child.path,
                     size=st.st_size,
-                    kind=spec.KIND_ROOTS[rel.split("/", 1)[0]],
+                    kind=kind,
                     executable=bool(st.st_mode & stat.S_IXUSR),
                 )
             )

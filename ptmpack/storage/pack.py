@@ -6,18 +6,17 @@ engines (residual updates, compression, pulls) call it to publish what they buil
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ptmpack.codecs.chunk import Transform, choose_transform
 from ptmpack.config import PackConfig
 from ptmpack.errors import UsageError
 from ptmpack.format import spec
 from ptmpack.format.manifest import Manifest
 from ptmpack.format.tree import SourceFile, scan_tree
 from ptmpack.format.writer import EntryPlan, PackageOptions, write_package
-from ptmpack.metadata import documents as meta
 from ptmpack.metadata.clock import now_rfc3339
 from ptmpack.storage.package import is_safetensors, tensor_records
 from ptmpack.storage.pipeline import ChunkPipeline
@@ -26,14 +25,55 @@ from ptmpack.storage.protect import protect, signer
 Progress = Callable[[int], None]
 FLOAT_WIDTHS = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 SAMPLE_BYTES = 4 * 1024 * 1024
-METADATA_FILES = ((meta.MANAGEMENT_SCHEMA, meta.MANAGEMENT_FILE), (meta.TECHNICAL_SCHEMA, meta.TECHNICAL_FILE))
+
+
+def __getattr__(name: str) -> object:
+    """``METADATA_FILES``, the (schema, path) of both Meta-info documents, is built on first use:
+    importing this module must not import the schema checker (jsonschema), see ``check_metadata_files``."""
+    if name == "METADATA_FILES":
+        from ptmpack.metadata import documents as meta
+
+        return ((meta.MANAGEMENT_SCHEMA, meta.MANAGEMENT_FILE), (meta.TECHNICAL_SCHEMA, meta.TECHNICAL_FILE))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_metadata_files(source: Path) -> None:
+    """Both Meta-info documents of the tree at ``source`` parse strictly and pass their schemas.
+
+    Raises:
+        InvalidTreeError / MetadataError: a document is missing or invalid.
+    """
+    from ptmpack.metadata import documents as meta
+
+    for name, rel in ((meta.MANAGEMENT_SCHEMA, meta.MANAGEMENT_FILE), (meta.TECHNICAL_SCHEMA, meta.TECHNICAL_FILE)):
+        meta.load_metadata(source / rel, name)
+
+
+def in_background(fn: Callable[[], object]) -> cf.Future[object]:
+    """Run ``fn`` on a daemon thread. Used for the metadata check, whose import of jsonschema is a
+    large share of a short pack or verify: done beside the copying and hashing (which release
+    the GIL) it costs little wall time."""
+    import threading
+
+    fut: cf.Future[object] = cf.Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:  # handed to whoever waits on the future
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name="ptmpack-metadata", daemon=True).start()
+    return fut
 
 
 def pack_tree(source: Path, target: Path, config: PackConfig | None = None, *, force: bool = False,
               progress: Progress | None = None, package_id: bytes | None = None) -> Manifest:
     """Pack the package tree at ``source`` into the ``.ptm`` file ``target``.
 
-    Checks the tree rules and both metadata files against their schemas first.
+    Checks the tree rules first, and both metadata files against their schemas on a helper
+    thread while the package is written: the output is published only once that check has
+    passed (a failure is raised at the next entry, or before the rename at the latest).
 
     Raises:
         UsageError: ``source`` does not exist, or the target exists without ``force``.
@@ -43,9 +83,23 @@ def pack_tree(source: Path, target: Path, config: PackConfig | None = None, *, f
     source = Path(source)
     if not source.exists():
         raise UsageError(f"{source} does not exist", hint="pack takes a package tree made by init or unpack")
-    files = scan_tree(source)
-    for name, rel in METADATA_FILES:
-        meta.load_metadata(source / rel, name)
+    metadata = in_background(lambda: check_metadata_files(source))
+    try:
+        files = scan_tree(source)
+    except BaseException:
+        metadata.exception()  # let the check finish (a daemon thread must not be left importing)
+        raise
+    try:
+        return _write(files, target, config, force, progress, package_id, metadata)
+    except Exception:
+        failed = metadata.exception()  # waits: the thread is never left importing
+        if failed is not None:
+            raise failed from None  # an invalid metadata file is reported first, as when it was checked first
+        raise
+
+
+def _write(files: list[SourceFile], target: Path, config: PackConfig, force: bool, progress: Progress | None,
+           package_id: bytes | None, metadata: cf.Future[object]) -> Manifest:
     package_id = package_id or os.urandom(16)
     flags = spec.Flags(0)
     pipeline = ChunkPipeline(package_id, config.level)
@@ -67,21 +121,31 @@ def pack_tree(source: Path, target: Path, config: PackConfig | None = None, *, f
         residual_base=config.residual_base, workers=config.workers,
         sign=None if config.sign_key is None else signer(config.sign_key, package_id),
     )
-    return write_package(Path(target), plans, options, pipeline.encode, force=force, progress=progress)
+    report = progress or (lambda n: None)
+
+    def step(n: int) -> None:
+        if metadata.done():
+            metadata.result()
+        report(n)
+
+    return write_package(Path(target), plans, options, pipeline.encode, force=force, progress=step,
+                         before_commit=metadata.result)
 
 
 def _plan(f: SourceFile, config: PackConfig, cipher: int) -> EntryPlan:
     tensors = tensor_records(f.source) if is_safetensors(f.path) else None
     compression = config.compression if f.size else spec.Compression.NONE
-    transform = Transform.NONE
+    transform = 0  # Transform.NONE; the codec module (numpy, zstandard) is imported only to compress
     if compression == spec.Compression.ZSTD and tensors:
         transform = _choose_transform(f, tensors, config.level)
     codec = spec.make_codec(compression, cipher, transform)
     return EntryPlan(f, codec, config.chunk_size if codec else 0, tensors)
 
 
-def _choose_transform(f: SourceFile, tensors: tuple, level: int) -> Transform:
+def _choose_transform(f: SourceFile, tensors: tuple, level: int) -> int:
     """Pick the float byte-plane transform when the entry is mostly one float width and it wins on a sample."""
+    from ptmpack.codecs.chunk import Transform, choose_transform
+
     by_width: dict[int, int] = {}
     for t in tensors:
         width = FLOAT_WIDTHS.get(t.dtype)
@@ -96,4 +160,4 @@ def _choose_transform(f: SourceFile, tensors: tuple, level: int) -> Transform:
     with open(f.source, "rb") as fh:
         fh.seek(start)
         sample = fh.read(SAMPLE_BYTES)
-    return choose_transform(sample[: len(sample) - len(sample) % width], width, level)
+    return int(choose_transform(sample[: len(sample) - len(sample) % width], width, level))

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.errors import IntegrityError, UsageError
 from ptmpack.format import spec
-from ptmpack.format.manifest import EntryRecord, TensorRecord
+from ptmpack.format.manifest import EntryRecord, TensorRecord, TensorTable
 from ptmpack.format.reader import PackageReader, is_package_file
 from ptmpack.format.tree import SourceFile, scan_tree
-from ptmpack.tensors.dtypes import numpy_dtype
 from ptmpack.tensors.safetensors_index import index_safetensors_file
+
+if TYPE_CHECKING:  # numpy is imported only when a tensor is read, so listing and checking packages stay light
+    import numpy as np
 
 MAX_SMALL_FILE = 64 * 1024 * 1024
 """Largest file ``read_file`` returns whole (metadata, configs); stream anything bigger."""
@@ -37,7 +38,8 @@ class FileInfo:
     size: int
     executable: bool
     sha256: bytes | None
-    tensors: tuple[TensorRecord, ...] | None
+    tensors: Sequence[TensorRecord] | None
+    """The tensor table of a safetensors file; in a ``.ptm`` each entry's table is checked when first used."""
 
 
 def is_safetensors(path: str) -> bool:
@@ -57,6 +59,7 @@ class Package(abc.ABC):
         self.path = path
         self.files = files
         self._by_path = {f.path: f for f in files}
+        self._by_tensor: dict[str, list[FileInfo]] | None = None
 
     def __enter__(self) -> Package:
         return self
@@ -99,26 +102,48 @@ class Package(abc.ABC):
             UsageError: no such tensor, or the name is ambiguous.
         """
         file_part, sep, tensor_part = name.rpartition(":")
-        hits = [
-            (f, t) for f in self.files if f.tensors and (not sep or f.path == file_part)
-            for t in f.tensors if t.name == (tensor_part if sep else name)
-        ]
+        hits = self._lookup(tensor_part, file_part) if sep else self._lookup(name, None)
         if not hits and sep:
-            hits = [(f, t) for f in self.files if f.tensors for t in f.tensors if t.name == name]
+            hits = self._lookup(name, None)
         if not hits:
             raise UsageError(f"no tensor {name!r} in {self.path}", hint="list them with 'ptmpack inspect --tensors'")
         if len(hits) > 1:
             raise UsageError(f"tensor {name!r} is in several files; name it as FILE:TENSOR")
         return hits[0]
 
+    def _lookup(self, name: str, path: str | None) -> list[tuple[FileInfo, TensorRecord]]:
+        """The (file, record) pairs of tensor ``name`` (in file ``path`` when given).
+
+        Only the tables of the files that list the name are built and checked, so reading one
+        tensor does not pay for every tensor table of the package.
+        """
+        if self._by_tensor is None:
+            index: dict[str, list[FileInfo]] = {}
+            for f in self.files:
+                if f.tensors:
+                    names = f.tensors.names() if isinstance(f.tensors, TensorTable) else [t.name for t in f.tensors]
+                    for n in dict.fromkeys(names):
+                        index.setdefault(n, []).append(f)
+            self._by_tensor = index
+        return [(f, t) for f in self._by_tensor.get(name, ()) if path is None or f.path == path
+                for t in f.tensors or () if t.name == name]
+
     def read_tensor(self, name: str) -> np.ndarray:
         """Read one tensor as a read-only numpy array, touching only its own bytes."""
+        import numpy as np
+
+        from ptmpack.tensors.dtypes import numpy_dtype
+
         f, t = self.find_tensor(name)
         data = self.read_range(f, t.begin, t.end)
         return np.frombuffer(data, dtype=numpy_dtype(t.dtype)).reshape(t.shape)
 
     def iter_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         """Every tensor in file order, one at a time."""
+        import numpy as np
+
+        from ptmpack.tensors.dtypes import numpy_dtype
+
         for f in self.files:
             for t in f.tensors or ():
                 data = self.read_range(f, t.begin, t.end)
@@ -200,6 +225,8 @@ class TreePackage(Package):
         src = self.sources[f.path].source
         if os.path.getsize(src) < end:
             raise IntegrityError(f"{src} is shorter than its safetensors header says")
+        import numpy as np
+
         return np.memmap(src, dtype=np.uint8, mode="r", offset=begin, shape=(end - begin,)).data
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ptmpack.codecs.chunk import Transform, decode_chunk, encode_chunk
 from ptmpack.crypto.aead import Sealer, chunk_aad, chunk_nonce
 from ptmpack.errors import IntegrityError, UnsupportedError
 from ptmpack.format import spec
@@ -33,7 +32,12 @@ class ChunkPipeline:
     def encode(self, index: int, codec: int, path: str, kind: int, counter: int, last: bool, raw: bytes) -> bytes:
         codec = self._codec(index, codec)
         compression, encryption, transform = spec.split_codec(codec)
-        body = encode_chunk(raw, Transform(transform), self.level) if compression == spec.Compression.ZSTD else raw
+        if compression == spec.Compression.ZSTD:
+            from ptmpack.codecs.chunk import Transform, encode_chunk  # numpy and zstandard only when compressing
+
+            body = encode_chunk(raw, Transform(transform), self.level)
+        else:
+            body = raw
         if encryption:
             assert self.sealer is not None, "an encrypted codec needs a sealer"
             aad = chunk_aad(self.package_id, index, kind, codec, path)
@@ -50,6 +54,8 @@ class ChunkPipeline:
             aad = chunk_aad(self.package_id, index, kind, codec, path)
             body = self.sealer.open(chunk_nonce(index, counter, last), body, aad)
         if compression == spec.Compression.ZSTD:
+            from ptmpack.codecs.chunk import Transform, decode_chunk
+
             try:
                 t = Transform(transform)
             except ValueError:

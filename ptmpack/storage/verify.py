@@ -11,9 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.errors import IntegrityError, InvalidTreeError
 from ptmpack.format.reader import PackageReader
-from ptmpack.metadata import documents as meta
 from ptmpack.reports import VerifyReport
-from ptmpack.storage.pack import METADATA_FILES
 from ptmpack.storage.package import FilePackage, Package, is_safetensors, open_package
 from ptmpack.storage.protect import check_signature, signer_fingerprint
 from ptmpack.tensors.safetensors_index import index_safetensors
@@ -35,6 +33,16 @@ def verify_package(package: Path, *, opener: Opener | None = None, pubkey: Ed255
     """
     progress = progress or (lambda n: None)
     path = Path(package)
+    from ptmpack.storage.pack import in_background
+
+    loading = in_background(_import_metadata_checker)  # overlaps the digests; check_metadata waits for it
+    try:
+        return _verify(path, opener, pubkey, progress)
+    finally:
+        loading.exception()  # never leave the thread importing
+
+
+def _verify(path: Path, opener: Opener | None, pubkey: Ed25519PublicKey | None, progress: Progress) -> VerifyReport:
     if opener is None and pubkey is not None and path.is_file():
         with PackageReader(path, sealed_ok=True) as sealed:
             if sealed.sealed:
@@ -54,11 +62,7 @@ def verify_package(package: Path, *, opener: Opener | None = None, pubkey: Ed255
                     signature = "verified"
                 else:
                     signature = "unchecked"
-            _check_sequential(reader)
-            reader.check_padding()
-            for e in reader.entries:
-                for block in reader.iter_entry(e):
-                    progress(len(block))
+            reader.check_entries(progress=progress)  # sequential walk, headers, padding, digests
             checks = ["trailer", "sequential walk", "entry headers", "padding", "digests", *checks]
             if reader.encrypted:
                 checks.append("AEAD tags")
@@ -88,14 +92,6 @@ def _verify_sealed(reader: PackageReader, pubkey: Ed25519PublicKey) -> VerifyRep
                         decrypted=False)
 
 
-def _check_sequential(reader: PackageReader) -> None:
-    entries = reader.entries
-    for (offset, _hdr, _path), e in zip(reader.walk_headers(), entries, strict=True):
-        if offset != e.header_offset:
-            raise IntegrityError(f"sequential walk finds entry {e.index} at {offset}, the manifest at {e.header_offset}")
-        reader.entry_header(e)
-
-
 def metadata_bytes(pkg: Package, rel: str) -> bytes:
     """The bytes of one Meta-info document of ``pkg``.
 
@@ -107,8 +103,15 @@ def metadata_bytes(pkg: Package, rel: str) -> bytes:
     return pkg.read_file(rel)
 
 
+def _import_metadata_checker() -> None:
+    import ptmpack.metadata.documents  # noqa: F401 - jsonschema, a large share of a short verify
+
+
 def check_metadata(pkg: Package) -> None:
     """Both Meta-info documents of ``pkg`` parse strictly and pass their schemas (raises MetadataError)."""
+    from ptmpack.metadata import documents as meta
+    from ptmpack.storage.pack import METADATA_FILES
+
     for name, rel in METADATA_FILES:
         meta.parse_metadata(metadata_bytes(pkg, rel), name, rel)
 

@@ -171,7 +171,8 @@ def build(
         stored, table = e.stored()
         path_bytes = e.path.encode("utf-8", "surrogatepass") if e.header_path is None else e.header_path
         header_offset = len(out)
-        data_offset = spec.align_up(header_offset + spec.MODEL_HEADER.size + len(path_bytes))
+        minor = fh["minor"] if fh["minor"] in spec.KNOWN_MINORS else spec.VERSION_MINOR
+        data_offset = spec.data_offset(minor, header_offset, path_bytes, len(e.data), e.codec)
         sha = hashlib.sha256(e.data).digest()
         mh = {
             "magic": spec.ENTRY_MAGIC, "entry_index": index, "kind": e.kind, "codec": e.codec,

@@ -1,13 +1,15 @@
 """Golden packages pin the container format byte for byte.
 
-``fixtures/golden/`` holds ``raw.ptm`` and ``zstd.ptm`` made by ``fixtures/make_golden.py``
-from a tiny tree whose every byte that script writes by hand. These tests only read the
-golden files; they are rewritten solely by running ``python fixtures/make_golden.py``.
+``fixtures/golden/v<major>.<minor>/`` holds ``raw.ptm`` and ``zstd.ptm`` made by
+``fixtures/make_golden.py`` from a tiny tree whose every byte that script writes by hand, one
+directory per format version: ``v1.0`` (every entry aligned) was made by the 1.0 writer and is
+kept as it is, ``v1.1`` (small entries packed tightly) by the current one. These tests only read
+the golden files; they are rewritten solely by ``python fixtures/make_golden.py --write``.
 
-(a) Reading a golden file gives exactly the stored inspect document, the stored tensor
-    values, and the tree back on unpack.
+(a) Reading a golden file of any version gives exactly the stored inspect document, the
+    stored tensor values, and the tree back on unpack.
 (b) Packing the same tree again, with the same package id and SOURCE_DATE_EPOCH, gives
-    the same bytes.
+    the same bytes as the golden file of the version this writer writes.
 
 About the tool string: the manifest records ``"tool": "ptmpack <version>"``, so a plain
 version bump would change the bytes without changing the format. Test (b) therefore
@@ -41,8 +43,11 @@ from ptmpack.format.records import FileHeader, ModelHeader, Trailer
 from ptmpack.storage.package import open_package
 from tests._support.trees import FIXTURES, tree_files
 
-GOLDEN = FIXTURES / "golden"
 NAMES = ("raw", "zstd")
+VERSIONS = ("1.0", "1.1")
+CURRENT = f"{spec.VERSION_MAJOR}.{spec.VERSION_MINOR}"
+GOLDEN = FIXTURES / "golden" / f"v{CURRENT}"
+CASES = [(v, n) for v in VERSIONS for n in NAMES]
 
 
 def _load_maker() -> ModuleType:
@@ -57,8 +62,12 @@ def _load_maker() -> ModuleType:
 make_golden = _load_maker()
 
 
-def _stored_json(name: str) -> object:
-    return json.loads((GOLDEN / name).read_text())
+def _dir(version: str) -> Path:
+    return FIXTURES / "golden" / f"v{version}"
+
+
+def _stored_json(name: str, version: str = CURRENT) -> object:
+    return json.loads((_dir(version) / name).read_text())
 
 
 @pytest.fixture
@@ -67,26 +76,30 @@ def golden_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_golden_files_exist_and_are_small() -> None:
-    for name in NAMES:
-        size = (GOLDEN / f"{name}.ptm").stat().st_size
+    assert CURRENT in VERSIONS, "the writer's version needs golden files: python fixtures/make_golden.py --write"
+    for version, name in CASES:
+        size = (_dir(version) / f"{name}.ptm").stat().st_size
         assert 0 < size < 64 * 1024
-        assert (GOLDEN / f"{name}.inspect.json").is_file()
+        assert (_dir(version) / f"{name}.inspect.json").is_file()
+        header = FileHeader.unpack((_dir(version) / f"{name}.ptm").read_bytes()[:FileHeader.SIZE])
+        assert f"{header.version_major}.{header.version_minor}" == version
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_golden_inspect_document_is_exactly_the_stored_one(name: str) -> None:
-    doc = api.inspect(GOLDEN / f"{name}.ptm", tensors=True).to_json()
+@pytest.mark.parametrize(("version", "name"), CASES)
+def test_golden_inspect_document_is_exactly_the_stored_one(version: str, name: str) -> None:
+    doc = api.inspect(_dir(version) / f"{name}.ptm", tensors=True).to_json()
     doc["path"] = f"{name}.ptm"
     # Round-trip through JSON so tuples and lists compare alike, as the CLI would print them.
-    assert json.loads(json.dumps(doc)) == _stored_json(f"{name}.inspect.json")
+    assert json.loads(json.dumps(doc)) == _stored_json(f"{name}.inspect.json", version)
+    assert doc["header"]["version"] == version
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_golden_verifies_and_tensors_have_the_stored_values(name: str) -> None:
-    api.verify(GOLDEN / f"{name}.ptm")
-    table = _stored_json("tensors.json")
+@pytest.mark.parametrize(("version", "name"), CASES)
+def test_golden_verifies_and_tensors_have_the_stored_values(version: str, name: str) -> None:
+    api.verify(_dir(version) / f"{name}.ptm")
+    table = _stored_json("tensors.json", version)
     assert isinstance(table, dict)
-    with open_package(GOLDEN / f"{name}.ptm") as pkg:
+    with open_package(_dir(version) / f"{name}.ptm") as pkg:
         assert sorted(t.name for _, t in pkg.tensors()) == sorted(table)
         for tensor, want in table.items():
             arr = pkg.read_tensor(tensor)
@@ -100,9 +113,9 @@ def test_golden_verifies_and_tensors_have_the_stored_values(name: str) -> None:
             assert got.dtype == arr.dtype and got.tobytes() == arr.tobytes(), tensor
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_golden_unpacks_to_the_golden_tree(name: str, tmp_path: Path) -> None:
-    api.unpack(GOLDEN / f"{name}.ptm", tmp_path / "out")
+@pytest.mark.parametrize(("version", "name"), CASES)
+def test_golden_unpacks_to_the_golden_tree(version: str, name: str, tmp_path: Path) -> None:
+    api.unpack(_dir(version) / f"{name}.ptm", tmp_path / "out")
     expected = make_golden.build_tree(tmp_path / "tree")
     assert tree_files(tmp_path / "out") == tree_files(tmp_path / "tree") == expected
     assert (tmp_path / "out" / "Program" / "Scripts" / "run.sh").stat().st_mode & 0o111
@@ -112,12 +125,17 @@ def test_golden_unpacks_to_the_golden_tree(name: str, tmp_path: Path) -> None:
         assert weights[tensor].tobytes() == arr.tobytes()
 
 
-def test_golden_raw_layout_fields() -> None:
-    """Spot checks of FORMAT.md against the raw golden file, independent of the inspect code."""
-    blob = (GOLDEN / "raw.ptm").read_bytes()
+@pytest.mark.parametrize("version", VERSIONS)
+def test_golden_raw_layout_fields(version: str) -> None:
+    """Spot checks of FORMAT.md against the raw golden file, independent of the inspect code.
+
+    The alignment rule is restated here from FORMAT.md §4 rather than taken from spec.py:
+    1.0 aligns every entry's data to 4096; 1.1 only raw ``*.safetensors`` files and entries of
+    at least 64 KiB, and every other entry's data follows its path with no padding."""
+    blob = (_dir(version) / "raw.ptm").read_bytes()
     header = FileHeader.unpack(blob[:FileHeader.SIZE])
     assert blob[:8] == b"PTMPACK\0" and blob[-8:] == b"PTMEND\0\0"
-    assert (header.version_major, header.version_minor) == (1, 0)
+    assert f"{header.version_major}.{header.version_minor}" == version
     assert header.package_id == make_golden.PACKAGE_ID
     assert header.flags == 0 and header.entry_count == 4 and header.model_count == 1
     assert header.header_size == 4096 and not any(blob[FileHeader.SIZE:4096])
@@ -131,7 +149,11 @@ def test_golden_raw_layout_fields() -> None:
         h = ModelHeader.unpack(blob[offset:offset + ModelHeader.SIZE], offset)
         path = blob[offset + 72: offset + 72 + h.path_length].decode()
         assert (h.entry_index, path, h.codec, h.chunk_size) == (i, e["path"], 0, 0)
-        assert e["data_offset"] % 4096 == 0 == h.data_offset(offset) - e["data_offset"]
+        path_end = offset + 72 + h.path_length
+        aligned = version == "1.0" or h.raw_length >= 65536 or path.endswith(".safetensors")
+        expected = -(-path_end // 4096) * 4096 if aligned else path_end
+        assert e["data_offset"] == expected == h.data_offset(offset, path.encode(), header.version_minor)
+        assert not any(blob[path_end:expected])
         data = blob[e["data_offset"]:e["data_offset"] + h.raw_length]
         assert hashlib.sha256(data).digest() == h.sha256
         offset = e["data_offset"] + h.stored_length
@@ -143,14 +165,15 @@ def test_golden_raw_layout_fields() -> None:
         manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def test_golden_zstd_uses_chunks_and_the_plane_transform() -> None:
-    doc = _stored_json("zstd.inspect.json")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_golden_zstd_uses_chunks_and_the_plane_transform(version: str) -> None:
+    doc = _stored_json("zstd.inspect.json", version)
     assert isinstance(doc, dict)
     weights = next(e for e in doc["entries"] if e["path"] == "Model/model.safetensors")
     assert weights["chunks"] == 2 and weights["chunk_size"] == 4096
     assert weights["codec"]["compression"] == "zstd"
     assert doc["header"]["flags"] == ["COMPRESSED"]
-    blob = (GOLDEN / "zstd.ptm").read_bytes()
+    blob = (_dir(version) / "zstd.ptm").read_bytes()
     header = FileHeader.unpack(blob[:FileHeader.SIZE])
     assert header.flags == spec.Flags.COMPRESSED
 
@@ -183,7 +206,7 @@ def test_packing_again_is_byte_identical(name: str, tmp_path: Path, golden_env: 
     if mine != golden:
         first = next((i for i, (a, b) in enumerate(zip(mine, golden, strict=False)) if a != b), min(len(mine), len(golden)))
         pytest.fail(f"{name}.ptm differs from the golden file from byte {first} (sizes {len(mine)} vs {len(golden)}); "
-                    "if the format change is intended, run: python fixtures/make_golden.py")
+                    "if the format change is intended, bump the minor version and run: python fixtures/make_golden.py --write")
 
 
 def test_golden_tree_is_deterministic(tmp_path: Path) -> None:
@@ -195,12 +218,14 @@ def test_golden_tree_is_deterministic(tmp_path: Path) -> None:
 def test_make_golden_writes_elsewhere_on_request(tmp_path: Path, golden_env: None,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The script run with --out reproduces the stored inspect documents (and the golden
-    directory is untouched)."""
-    before = {p.name: p.read_bytes() for p in GOLDEN.iterdir() if p.is_file()}
+    directory is untouched); without --write or --out it writes nothing."""
+    with pytest.raises(SystemExit):
+        make_golden.main([])
+    before = {p.relative_to(GOLDEN.parent): p.read_bytes() for p in GOLDEN.parent.rglob("*") if p.is_file()}
     monkeypatch.setattr("ptmpack.format.writer.__version__", _recorded_version("raw"))
     assert make_golden.main(["--out", str(tmp_path / "g")]) == 0
     for name in NAMES if _same_zstd() else ("raw",):
         assert json.loads((tmp_path / "g" / f"{name}.inspect.json").read_text()) == _stored_json(f"{name}.inspect.json")
         assert (tmp_path / "g" / f"{name}.ptm").read_bytes() == (GOLDEN / f"{name}.ptm").read_bytes()
     assert json.loads((tmp_path / "g" / "tensors.json").read_text()) == _stored_json("tensors.json")
-    assert {p.name: p.read_bytes() for p in GOLDEN.iterdir() if p.is_file()} == before
+    assert {p.relative_to(GOLDEN.parent): p.read_bytes() for p in GOLDEN.parent.rglob("*") if p.is_file()} == before

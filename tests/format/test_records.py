@@ -148,7 +148,7 @@ def entry_records(draw: st.DrawFn, index: int) -> EntryRecord:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=8)
+    st.none() | st.booleans() | st.integers(-(10**20 - 1), 10**20 - 1) | st.text(max_size=8)  # the strict loader refuses integers of more than 20 digits
     | st.floats(allow_nan=False, allow_infinity=False),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,

@@ -33,13 +33,25 @@ def test_pack_unpack_is_byte_exact(tree: Path, tmp_path: Path, config: api.PackC
     assert (tmp_path / "back" / "Program").is_dir()
 
 
-def test_raw_entries_are_aligned_and_byte_exact_in_the_file(tree: Path, tmp_path: Path) -> None:
+def test_raw_entries_are_aligned_where_it_serves_and_byte_exact_in_the_file(tree: Path, tmp_path: Path) -> None:
+    """Format 1.1: safetensors files and entries of 64 KiB or more start on a 4096 boundary
+    (mmap-able in place); the other entries follow their header path with no padding."""
+    (tree / "Model" / "big.bin").write_bytes(bytes(range(256)) * 256)  # exactly 64 KiB
+    (tree / "Model" / "almost.bin").write_bytes(b"x" * (64 * 1024 - 1))
     out = tmp_path / "m.ptm"
     manifest = api.pack(tree, out).manifest
+    assert manifest.version == (1, 1)
     blob = out.read_bytes()
+    seen = set()
     for e in manifest.entries:
-        assert e.data_offset % spec.ALIGNMENT == 0
+        path_end = e.header_offset + spec.MODEL_HEADER.size + len(e.path.encode())
+        aligned = e.path.endswith(".safetensors") or e.raw_length >= 64 * 1024
+        seen.add(aligned)
+        assert e.data_offset == (spec.align_up(path_end) if aligned else path_end), e.path
+        if aligned:
+            assert e.data_offset % spec.ALIGNMENT == 0
         assert blob[e.data_offset:e.data_offset + e.raw_length] == (tree / e.path).read_bytes()
+    assert seen == {True, False}
 
 
 def test_layout_records(tree: Path, tmp_path: Path) -> None:
