@@ -1,0 +1,33 @@
+"""Distribution (GB/T 42382.2 §8.3, SPEC §8): push and pull packages through OCI registries and layouts.
+
+``push`` cuts a ``.ptm`` into content-addressed blobs aligned with its chunks and
+publishes them with an OCI image manifest; ``pull`` fetches only the blobs the
+local cache lacks, verifies each and the assembled package, and renames it into
+place; ``ls_ref`` describes a repository without downloading packages. Format and
+operations: docs/DISTRIBUTION.md.
+"""
+
+from ptmpack.distribution.listing import LsReport, PackageListing, ls_ref
+from ptmpack.distribution.pull import PullOptions, PullReport, pull
+from ptmpack.distribution.push import PushOptions, PushReport, push
+from ptmpack.distribution.reference import Reference, parse_reference
+from ptmpack.distribution.registry import ClientOptions, RegistryError
+from ptmpack.distribution.stores import TransferProgress, residual_tag
+
+__all__ = [
+    "ClientOptions",
+    "LsReport",
+    "PackageListing",
+    "PullOptions",
+    "PullReport",
+    "PushOptions",
+    "PushReport",
+    "Reference",
+    "RegistryError",
+    "TransferProgress",
+    "ls_ref",
+    "parse_reference",
+    "pull",
+    "push",
+    "residual_tag",
+]

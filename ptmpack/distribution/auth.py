@@ -1,0 +1,204 @@
+"""Registry credentials and the HTTP authentication flows of the distribution API.
+
+Where credentials come from, first match wins:
+
+1. ``PTMPACK_REGISTRY_USER`` / ``PTMPACK_REGISTRY_PASSWORD`` (both set);
+2. the Docker ``config.json`` (``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``):
+   a ``credHelpers`` entry for the host, then an ``auths`` entry (``auth`` = base64
+   ``user:password``), then the ``credsStore`` helper; helpers are run as
+   ``docker-credential-<name> get`` with the host on standard input (the Docker
+   credential-helper protocol);
+3. none: anonymous.
+
+:class:`RegistryAuth` answers a ``401`` challenge (``WWW-Authenticate``): ``Basic``
+resends with the credentials; ``Bearer`` asks the challenge's token ``realm`` for a
+token with the challenge's ``service`` and ``scope`` (with the credentials when
+there are any, anonymously otherwise) and resends with it. Tokens are kept per
+scope and sent up front on later requests, so a pull costs one token request.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ptmpack.errors import KeyAccessError, UsageError
+
+ENV_USER = "PTMPACK_REGISTRY_USER"
+ENV_PASSWORD = "PTMPACK_REGISTRY_PASSWORD"
+HELPER_TIMEOUT_S = 30
+_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A user name and a password (or an access token used as one)."""
+
+    username: str
+    password: str
+    source: str
+    """Where they came from, for messages: 'environment', 'docker config', 'helper NAME'."""
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"Credentials(username={self.username!r}, source={self.source!r})"
+
+
+def find_credentials(host: str, env: dict[str, str] | None = None) -> Credentials | None:
+    """The credentials for registry ``host`` (``host[:port]``), or None for anonymous access.
+
+    Raises:
+        UsageError: only one of the two environment variables is set, or config.json is unreadable.
+        KeyAccessError: a credential helper named in config.json fails.
+    """
+    env = dict(os.environ) if env is None else env
+    user, password = env.get(ENV_USER), env.get(ENV_PASSWORD)
+    if user is not None or password is not None:
+        if not user or password is None:
+            raise UsageError(f"set both {ENV_USER} and {ENV_PASSWORD}, or neither")
+        return Credentials(user, password, "environment")
+    path = Path(env["DOCKER_CONFIG"]) / "config.json" if env.get("DOCKER_CONFIG") else Path.home() / ".docker" / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read Docker config {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"Docker config {path} is not a JSON object")
+    helpers = config.get("credHelpers") or {}
+    if isinstance(helpers, dict) and isinstance(helpers.get(host), str):
+        return _from_helper(helpers[host], host)
+    entry = _auth_entry(config.get("auths") or {}, host)
+    if entry is not None:
+        return entry
+    if isinstance(config.get("credsStore"), str) and config["credsStore"]:
+        return _from_helper(config["credsStore"], host)
+    return None
+
+
+def _auth_entry(auths: object, host: str) -> Credentials | None:
+    if not isinstance(auths, dict):
+        return None
+    for key, value in auths.items():
+        name = re.sub(r"^https?://", "", str(key)).split("/", 1)[0]
+        if name != host or not isinstance(value, dict):
+            continue
+        if isinstance(value.get("auth"), str) and value["auth"]:
+            try:
+                user, sep, password = base64.b64decode(value["auth"]).decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise UsageError(f"Docker config: the auth entry for {host} is not base64 of user:password") from None
+            if sep:
+                return Credentials(user, password, "docker config")
+        if isinstance(value.get("username"), str) and isinstance(value.get("password"), str):
+            return Credentials(value["username"], value["password"], "docker config")
+    return None
+
+
+def _from_helper(name: str, host: str) -> Credentials | None:
+    exe = shutil.which(f"docker-credential-{name}")
+    if exe is None:
+        raise KeyAccessError(f"Docker config names credential helper {name!r}, but docker-credential-{name} is not on PATH")
+    try:
+        done = subprocess.run([exe, "get"], input=host.encode(), capture_output=True, timeout=HELPER_TIMEOUT_S,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KeyAccessError(f"credential helper docker-credential-{name} failed: {exc}") from None
+    if done.returncode != 0:
+        if b"credentials not found" in done.stdout.lower() + done.stderr.lower():
+            return None
+        raise KeyAccessError(f"credential helper docker-credential-{name} failed for {host}: "
+                             f"{done.stderr.decode(errors='replace').strip()[:200]}")
+    try:
+        doc = json.loads(done.stdout)
+        user, secret = doc["Username"], doc["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise KeyAccessError(f"credential helper docker-credential-{name} printed no Username/Secret") from None
+    if user == "<token>":
+        raise KeyAccessError(f"credential helper {name} holds an identity token for {host}; ptmpack needs a user and "
+                             f"password or access token", hint=f"set {ENV_USER} and {ENV_PASSWORD}")
+    return Credentials(str(user), str(secret), f"helper {name}")
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """The scheme (lowercase) and parameters of a ``WWW-Authenticate`` header."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3) for m in _PARAM.finditer(rest)}
+    return scheme.lower(), params
+
+
+class RegistryAuth(httpx.Auth):
+    """httpx authentication for one registry: Basic and Bearer-token challenges, tokens cached by scope."""
+
+    def __init__(self, credentials: Credentials | None) -> None:
+        self.credentials = credentials
+        self._lock = threading.Lock()
+        self._tokens: dict[str, str] = {}
+        self._current: str | None = None
+        self.token_requests = 0
+
+    def _basic(self) -> str:
+        assert self.credentials is not None
+        raw = f"{self.credentials.username}:{self.credentials.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        with self._lock:
+            current = self._current
+        if current is not None and "Authorization" not in request.headers:
+            request.headers["Authorization"] = current
+        response = yield request
+        if response.status_code != 401 or "www-authenticate" not in response.headers:
+            return
+        scheme, params = parse_challenge(response.headers["www-authenticate"])
+        if scheme == "basic":
+            if self.credentials is None:
+                return
+            header = self._basic()
+        elif scheme == "bearer" and "realm" in params:
+            scope = params.get("scope", "")
+            with self._lock:
+                header = self._tokens.get(scope)
+            if header is None or header == request.headers.get("Authorization"):
+                header = yield from self._token(params)
+                if header is None:
+                    return
+                with self._lock:
+                    self._tokens[scope] = header
+        else:
+            return
+        with self._lock:
+            self._current = header
+        request.headers["Authorization"] = header
+        yield request
+
+    def _token(self, params: dict[str, str]) -> Generator[httpx.Request, httpx.Response, str | None]:
+        query = {k: params[k] for k in ("service", "scope") if params.get(k)}
+        headers = {"Authorization": self._basic()} if self.credentials is not None else {}
+        self.token_requests += 1
+        response = yield httpx.Request("GET", params["realm"], params=query, headers=headers)
+        response.read()
+        if response.status_code in (401, 403):
+            raise KeyAccessError(f"the token service {params['realm']} refused the credentials"
+                                 + (f" from {self.credentials.source}" if self.credentials else " (none given)"),
+                                 hint=f"check {ENV_USER}/{ENV_PASSWORD} or docker login")
+        if response.status_code != 200:
+            return None
+        try:
+            doc = response.json()
+            token = doc.get("token") or doc.get("access_token")
+        except ValueError:
+            token = None
+        if not isinstance(token, str) or not token:
+            raise KeyAccessError(f"the token service {params['realm']} answered without a token")
+        return f"Bearer {token}"

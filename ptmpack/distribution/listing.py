@@ -1,0 +1,67 @@
+"""``ls``: the tags of a repository or layout, or one package's description, without downloading it.
+
+Only the manifest and the small config blob are read: the annotations (from
+``managementinfo.json``, absent for encrypted packages), size, flags and blob count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ptmpack.distribution.cache import BlobCache
+from ptmpack.distribution.reference import Reference, parse_reference
+from ptmpack.distribution.registry import ClientOptions
+from ptmpack.distribution.stores import open_store
+
+
+@dataclass(frozen=True)
+class PackageListing:
+    """One package as a store describes it."""
+
+    digest: str
+    size: int
+    flags: tuple[str, ...]
+    blobs: int
+    blob_bytes: int
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True)
+class LsReport:
+    """Tags of a repository, and the package a tag or digest names when the reference names one."""
+
+    reference: str
+    tags: tuple[str, ...]
+    package: PackageListing | None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"ok": True, "command": "ls", "reference": self.reference, "tags": list(self.tags)}
+        if self.package is not None:
+            doc["package"] = {**self.package.__dict__, "flags": list(self.package.flags)}
+        return doc
+
+
+def ls_ref(reference: Reference | str, client: ClientOptions | None = None, cache_dir: Any = None) -> LsReport:
+    """List ``reference``: every tag, plus the named package's description when it names a tag or digest.
+
+    Raises:
+        UsageError: the named tag does not exist, or the layout directory does not.
+        KeyAccessError / RegistryError: as for pull.
+    """
+    from ptmpack.distribution.pull import resolve
+
+    ref = parse_reference(reference) if isinstance(reference, str) else reference
+    store = open_store(ref, client or ClientOptions(), create=False)
+    try:
+        tags = tuple(store.tags())
+        package = None
+        if ref.tag or ref.digest:
+            got = resolve(store, ref, BlobCache(cache_dir))
+            package = PackageListing(got.digest, got.config.size, tuple(got.config.flag_names()),
+                                     len(got.manifest.layers) + 1,
+                                     sum(d.size for d in got.manifest.layers) + got.manifest.config.size,
+                                     dict(got.manifest.annotations))
+    finally:
+        store.close()
+    return LsReport(str(ref), tags, package)

@@ -1,0 +1,292 @@
+"""Split a ``.ptm`` into content-addressed blobs and put it back together byte for byte.
+
+The file is cut into *spans* in file order. Entry data of at least ``SMALL_ENTRY``
+bytes becomes chunk blobs; everything else (file header, key slots, entry headers
+and their padding, small entries, the manifest, the signature and the trailer) is
+*literal* and travels inside one small recipe blob that lists the spans.
+
+Blob boundaries follow the container's own chunking, relative to each entry's data
+start, never to file offsets: a raw entry is cut every ``PIECE_SIZE`` bytes; a
+chunked entry (compressed and/or encrypted) is cut on its frame boundaries, ``k``
+frames to a blob with ``k = max(1, PIECE_SIZE // chunk_size)``. Two versions of a
+package therefore share every blob whose bytes did not change, wherever the entry
+moved in the file. Only the clear headers are read to cut (the sequential walk and
+the frame length prefixes), so encrypted packages are cut without their key.
+
+Recipe blob (zstd-compressed): ``b"PTMRCP\\0\\1"``, u32 length of a canonical JSON
+document ``{"size", "sha256", "spans": [[0, len] | [1, digest, len], ...]}``, then
+the literal bytes in file order. ``0`` spans take the next ``len`` literal bytes;
+``1`` spans copy the blob ``digest``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import zstandard
+
+from ptmpack.container import spec
+from ptmpack.container.reader import PackageReader
+from ptmpack.container.records import ModelHeader
+from ptmpack.distribution.oci import canonical_json, load_document
+from ptmpack.errors import IntegrityError, UnsupportedError
+
+PIECE_SIZE = spec.DEFAULT_CHUNK_SIZE
+"""Raw bytes per blob of a raw entry; the container's default chunk size, so both cut alike."""
+SMALL_ENTRY = 64 * 1024
+"""Entries whose stored data is smaller than this travel inside the recipe."""
+RECIPE_MAGIC = b"PTMRCP\x00\x01"
+RECIPE_HEAD = struct.Struct("<8sI")
+RECIPE_LEVEL = 10
+MAX_RECIPE_BYTES = 256 * 1024 * 1024 + 64 * 1024 * 1024
+"""Decompressed recipe limit: literals are headers, small entries and the manifest (≤ 256 MiB)."""
+MAX_SPANS = 4_000_000
+HASH_BLOCK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Span:
+    """``length`` bytes of the file at ``offset``; ``blob`` when they travel as their own blob."""
+
+    offset: int
+    length: int
+    blob: bool
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A blob of the package: its span and digest."""
+
+    offset: int
+    length: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A package cut into spans, with the digest of every blob span and of the whole file."""
+
+    size: int
+    sha256: str
+    spans: tuple[Span, ...]
+    digests: tuple[str | None, ...]
+    """One per span: the blob digest, or None for a literal span."""
+
+    def pieces(self) -> list[Piece]:
+        """Each distinct blob once, in file order."""
+        seen: set[str] = set()
+        out = []
+        for s, d in zip(self.spans, self.digests, strict=True):
+            if d is not None and d not in seen:
+                seen.add(d)
+                out.append(Piece(s.offset, s.length, d))
+        return out
+
+
+def cut_spans(reader: PackageReader) -> list[Span]:
+    """The spans of an open package, from its clear headers only (no key needed).
+
+    Raises:
+        IntegrityError: a header or chunk frame runs past where the layout allows.
+    """
+    spans: list[Span] = []
+    cursor = 0
+    with open(reader.path, "rb") as f:
+        for pos, hdr, _path in reader.walk_headers():
+            cursor = _cut_entry(f.fileno(), spans, cursor, hdr.data_offset(pos), hdr)
+    spans.append(Span(cursor, reader.size - cursor, False))
+    return spans
+
+
+def _cut_entry(fd: int, spans: list[Span], cursor: int, start: int, hdr: ModelHeader) -> int:
+    """Append the spans of one entry's data (and the literal before it); return the new cursor."""
+    if hdr.stored_length < SMALL_ENTRY:
+        return cursor
+    if start > cursor:
+        spans.append(Span(cursor, start - cursor, False))
+    end = start + hdr.stored_length
+    bounds = _raw_bounds(start, end) if not hdr.codec else _frame_bounds(fd, start, end, hdr.chunk_size)
+    spans += [Span(a, b - a, True) for a, b in bounds]
+    return end
+
+
+def _raw_bounds(start: int, end: int) -> list[tuple[int, int]]:
+    return [(a, min(a + PIECE_SIZE, end)) for a in range(start, end, PIECE_SIZE)]
+
+
+def _frame_bounds(fd: int, start: int, end: int, chunk_size: int) -> list[tuple[int, int]]:
+    per_blob = max(1, PIECE_SIZE // max(chunk_size, 1))
+    out: list[tuple[int, int]] = []
+    pos, first, n = start, start, 0
+    while pos < end:
+        if pos + 4 > end:
+            raise IntegrityError(f"chunk frame prefix at {pos} runs past its entry's data (ends at {end})")
+        (length,) = spec.CHUNK_PREFIX.unpack(os.pread(fd, 4, pos))
+        pos += 4 + length
+        n += 1
+        if pos > end:
+            raise IntegrityError(f"chunk frame at {pos - 4 - length} runs past its entry's data (ends at {end})")
+        if n == per_blob or pos == end:
+            out.append((first, pos))
+            first, n = pos, 0
+    return out
+
+
+def hash_cut(path: Path, spans: list[Span], *, workers: int = 4,
+             progress: Callable[[int], None] | None = None) -> Cut:
+    """Digest every blob span (in parallel) and the whole file (alongside)."""
+    progress = progress or (lambda n: None)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, cf.ThreadPoolExecutor(max(1, workers)) as pool:
+        fd = f.fileno()
+        whole = pool.submit(_hash_range, fd, 0, size, None)
+        jobs = [pool.submit(_hash_range, fd, s.offset, s.length, progress) if s.blob else None for s in spans]
+        digests = tuple(None if j is None else "sha256:" + j.result() for j in jobs)
+        return Cut(size, whole.result(), tuple(spans), digests)
+
+
+def _hash_range(fd: int, offset: int, length: int, progress: Callable[[int], None] | None) -> str:
+    h = hashlib.sha256()
+    end = offset + length
+    while offset < end:
+        block = os.pread(fd, min(HASH_BLOCK, end - offset), offset)
+        if not block:
+            raise IntegrityError(f"the package shrank while it was read (offset {offset})")
+        h.update(block)
+        offset += len(block)
+        if progress is not None:
+            progress(len(block))
+    return h.hexdigest()
+
+
+def encode_recipe(path: Path, cut: Cut) -> bytes:
+    """The recipe blob of a cut package: the span list and the literal bytes, zstd-compressed."""
+    doc: dict[str, Any] = {"size": cut.size, "sha256": cut.sha256, "spans": [
+        [1, d, s.length] if d is not None else [0, s.length] for s, d in zip(cut.spans, cut.digests, strict=True)
+    ]}
+    head = canonical_json(doc)
+    cctx = zstandard.ZstdCompressor(level=RECIPE_LEVEL, write_content_size=True)
+    with open(path, "rb") as f:
+        parts = [RECIPE_HEAD.pack(RECIPE_MAGIC, len(head)), head]
+        parts += [os.pread(f.fileno(), s.length, s.offset) for s in cut.spans if not s.blob]
+    return cctx.compress(b"".join(parts))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to rebuild the file: spans in order, literals held here, blobs by digest."""
+
+    size: int
+    sha256: str
+    spans: tuple[tuple[str | None, int], ...]
+    """(digest or None for literal, length) in file order."""
+    literals: bytes
+
+    def blobs(self) -> dict[str, int]:
+        """Every distinct blob digest the file needs, with its size."""
+        return {d: n for d, n in self.spans if d is not None}
+
+
+def decode_recipe(data: bytes, layers: dict[str, int], where: str) -> Recipe:
+    """Parse a recipe blob and check it against the manifest's layer list.
+
+    Raises:
+        IntegrityError: malformed, lengths that do not add up, or a blob the manifest does not list.
+        UnsupportedError: a newer recipe version.
+    """
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_RECIPE_BYTES)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{where}: recipe is not valid zstd ({exc})") from None
+    if len(raw) < RECIPE_HEAD.size:
+        raise IntegrityError(f"{where}: recipe too short")
+    magic, n = RECIPE_HEAD.unpack_from(raw)
+    if magic[:6] != RECIPE_MAGIC[:6]:
+        raise IntegrityError(f"{where}: not a ptmpack recipe")
+    if magic != RECIPE_MAGIC:
+        raise UnsupportedError(f"{where}: recipe version {magic[6:].hex()} is newer than this ptmpack",
+                               hint="upgrade ptmpack")
+    if RECIPE_HEAD.size + n > len(raw):
+        raise IntegrityError(f"{where}: recipe header runs past its end")
+    doc = load_document(raw[RECIPE_HEAD.size: RECIPE_HEAD.size + n], f"{where} recipe")
+    literals = raw[RECIPE_HEAD.size + n:]
+    size, sha, spans = doc.get("size"), doc.get("sha256"), doc.get("spans")
+    if type(size) is not int or not isinstance(sha, str) or len(sha) != 64 or not isinstance(spans, list):
+        raise IntegrityError(f"{where}: recipe needs size, sha256 and spans")
+    if len(spans) > MAX_SPANS:
+        raise IntegrityError(f"{where}: {len(spans)} spans is more than any package has")
+    out: list[tuple[str | None, int]] = []
+    lit = 0
+    for i, s in enumerate(spans):
+        out.append(_span(s, layers, f"{where} span {i}"))
+        if out[-1][0] is None:
+            lit += out[-1][1]
+    if lit != len(literals):
+        raise IntegrityError(f"{where}: spans take {lit} literal bytes, the recipe holds {len(literals)}")
+    if sum(n for _, n in out) != size:
+        raise IntegrityError(f"{where}: spans add up to {sum(n for _, n in out)} bytes, the recipe says {size}")
+    return Recipe(size, sha, tuple(out), literals)
+
+
+def _span(s: Any, layers: dict[str, int], where: str) -> tuple[str | None, int]:
+    if isinstance(s, list) and len(s) == 2 and s[0] == 0 and type(s[1]) is int and s[1] >= 0:
+        return None, s[1]
+    if isinstance(s, list) and len(s) == 3 and s[0] == 1 and isinstance(s[1], str) and type(s[2]) is int:
+        if layers.get(s[1]) != s[2]:
+            raise IntegrityError(f"{where}: blob {s[1][:80]} of {s[2]} bytes is not a layer of the manifest")
+        return s[1], s[2]
+    raise IntegrityError(f"{where}: malformed span")
+
+
+def assemble(recipe: Recipe, blob_path: Callable[[str], Path], out: BinaryIO,
+             progress: Callable[[int], None] | None = None) -> None:
+    """Write the file the recipe describes to ``out``, copying blobs in the kernel where it can."""
+    progress = progress or (lambda n: None)
+    lit = 0
+    out.flush()
+    for digest, length in recipe.spans:
+        if digest is None:
+            out.write(recipe.literals[lit: lit + length])
+            lit += length
+        else:
+            out.flush()
+            _copy(blob_path(digest), out, length)
+        progress(length)
+    out.flush()
+
+
+def _copy(src: Path, out: BinaryIO, length: int) -> None:
+    with open(src, "rb") as f:
+        if os.fstat(f.fileno()).st_size != length:
+            raise IntegrityError(f"cached blob {src.name} has the wrong size; delete it and pull again")
+        done = 0
+        try:
+            while done < length:
+                n = os.copy_file_range(f.fileno(), out.fileno(), length - done)
+                if n <= 0:
+                    break
+                done += n
+        except OSError:
+            done = 0
+        if done != length:
+            f.seek(done)
+            out.seek(0, os.SEEK_END)
+            shutil.copyfileobj(f, out, 8 * 1024 * 1024)
+    out.seek(0, os.SEEK_END)
+
+
+def layer_sizes(pairs: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """digest -> size of the chunk layers, refusing one digest listed with two sizes."""
+    out: dict[str, int] = {}
+    for d, n in pairs:
+        if out.setdefault(d, n) != n:
+            raise IntegrityError(f"manifest lists blob {d} with two sizes")
+    return out

@@ -1,0 +1,159 @@
+"""OCI media types, descriptors and the image manifest of a ptmpack package (docs/DISTRIBUTION.md §2).
+
+Every constant a registry or a layout directory sees is here. A package is an OCI
+image manifest (schemaVersion 2) whose ``artifactType`` and config media type are
+ptmpack's own, so registries and tools (``oras``, ``crane``) list it as an artifact
+and no container runtime mistakes it for an image. Documents are serialized
+canonically (sorted keys, no whitespace) so pushing the same package twice yields
+the same manifest digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ptmpack.errors import IntegrityError, UnsupportedError
+
+ARTIFACT_TYPE = "application/vnd.ptmpack.package.v1+json"
+CONFIG_MEDIA_TYPE = "application/vnd.ptmpack.package.config.v1+json"
+RECIPE_MEDIA_TYPE = "application/vnd.ptmpack.recipe.v1+zstd"
+CHUNK_MEDIA_TYPE = "application/vnd.ptmpack.chunk.v1"
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+ACCEPT_MANIFESTS = f"{MANIFEST_MEDIA_TYPE}, {INDEX_MEDIA_TYPE}"
+
+REF_NAME = "org.opencontainers.image.ref.name"
+"""Annotation naming a tag in an OCI layout's index.json."""
+ANN_RESIDUAL_BASE = "org.ptmpack.residual.base"
+ANN_RESIDUAL_TARGET = "org.ptmpack.residual.target"
+ANN_PACKAGE_SHA256 = "org.ptmpack.package.sha256"
+ANN_ENCRYPTED = "org.ptmpack.encrypted"
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+"""Largest manifest we read (the distribution spec's registries cap them at 4 MiB)."""
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def sha256_digest(data: bytes) -> str:
+    """The OCI digest string of ``data``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(doc: Any) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: one byte string per document."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor: what a manifest says about one blob."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            doc["annotations"] = dict(self.annotations)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> Descriptor:
+        if not isinstance(doc, dict):
+            raise IntegrityError(f"{where}: a descriptor must be an object")
+        media, digest, size = doc.get("mediaType"), doc.get("digest"), doc.get("size")
+        if not isinstance(media, str) or not isinstance(digest, str) or type(size) is not int or size < 0:
+            raise IntegrityError(f"{where}: descriptor needs mediaType, digest and a non-negative size")
+        if not digest.startswith("sha256:") or len(digest) != 71 or not all(c in "0123456789abcdef" for c in digest[7:]):
+            raise UnsupportedError(f"{where}: digest {digest[:80]!r} is not a sha256 digest", hint="ptmpack reads sha256 only")
+        ann = doc.get("annotations") or {}
+        if not isinstance(ann, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ann.items()):
+            raise IntegrityError(f"{where}: annotations must map strings to strings")
+        return cls(media, digest, size, tuple(sorted(ann.items())))
+
+
+@dataclass(frozen=True)
+class PackageManifest:
+    """The OCI image manifest of one package: config, recipe first, then the chunk blobs."""
+
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    annotations: tuple[tuple[str, str], ...] = ()
+    subject: Descriptor | None = None
+
+    @property
+    def recipe(self) -> Descriptor:
+        return self.layers[0]
+
+    def to_bytes(self) -> bytes:
+        doc: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "artifactType": ARTIFACT_TYPE,
+            "config": self.config.to_json(),
+            "layers": [d.to_json() for d in self.layers],
+        }
+        if self.annotations:
+            doc["annotations"] = dict(self.annotations)
+        if self.subject is not None:
+            doc["subject"] = self.subject.to_json()
+        return canonical_json(doc)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> PackageManifest:
+        """Parse and check a manifest fetched from a store.
+
+        Raises:
+            IntegrityError: not valid JSON or malformed.
+            UnsupportedError: a manifest of something other than a ptmpack package.
+        """
+        doc = _load(data, where)
+        if doc.get("mediaType") == INDEX_MEDIA_TYPE or "manifests" in doc:
+            raise UnsupportedError(f"{where} is an image index, not a ptmpack package",
+                                   hint="pull a tag that ptmpack push wrote")
+        config = Descriptor.from_json(doc.get("config"), f"{where} config")
+        if doc.get("artifactType", config.media_type) != ARTIFACT_TYPE and config.media_type != CONFIG_MEDIA_TYPE:
+            kind = doc.get("artifactType") or config.media_type
+            raise UnsupportedError(f"{where} is not a ptmpack package (it holds {str(kind)[:100]})",
+                                   hint="ptmpack pulls what ptmpack push wrote; use docker/oras for other artifacts")
+        layers = doc.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise IntegrityError(f"{where}: a ptmpack manifest needs at least its recipe layer")
+        descs = tuple(Descriptor.from_json(d, f"{where} layer {i}") for i, d in enumerate(layers))
+        if descs[0].media_type != RECIPE_MEDIA_TYPE:
+            raise UnsupportedError(f"{where}: first layer is {descs[0].media_type}, expected {RECIPE_MEDIA_TYPE}")
+        ann = doc.get("annotations") or {}
+        if not isinstance(ann, dict) or not all(isinstance(v, str) for v in ann.values()):
+            raise IntegrityError(f"{where}: annotations must map strings to strings")
+        return cls(config, descs, tuple(sorted(ann.items())))
+
+
+def _load(data: bytes, where: str) -> dict[str, Any]:
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise IntegrityError(f"{where}: {len(data)} bytes is larger than any manifest should be")
+    try:
+        doc = json.loads(data, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"{where}: not a JSON object")
+    return doc
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def load_document(data: bytes, where: str) -> dict[str, Any]:
+    """A small JSON object read from a store (config, index.json, tag list), strictly."""
+    return _load(data, where)

@@ -1,0 +1,266 @@
+"""``pull``: fetch a package, verify every blob and the assembled file, then rename it into place.
+
+Order of trust: the manifest is checked against the digest the registry announces
+(or the one asked for); the config and recipe against the manifest; every chunk
+blob against its digest as it streams in, before it enters the content cache; the
+assembled file against the recipe's size and the checks of ``ptmpack verify``
+(keyless structural checks and the whole-file digest for encrypted packages).
+Only then is the temporary file renamed to the output. Blobs already in the cache
+are re-hashed, not fetched; interrupted downloads resume with ``Range``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptmpack.container.atomic import TEMP_PREFIX, check_target
+from ptmpack.container.reader import PackageReader
+from ptmpack.distribution.cache import BlobCache, damaged
+from ptmpack.distribution.describe import PackageConfig
+from ptmpack.distribution.layout import LayoutStore
+from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, decode_recipe, layer_sizes
+from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest
+from ptmpack.distribution.reference import Reference, parse_reference
+from ptmpack.distribution.registry import ClientOptions, RegistryStore
+from ptmpack.distribution.stores import NoProgress, TransferProgress, open_store
+from ptmpack.errors import IntegrityError, UsageError
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    """How to pull: registry connection, parallelism, cache, delta updates."""
+
+    client: ClientOptions = field(default_factory=ClientOptions)
+    workers: int = 4
+    cache_dir: Path | None = None
+    """Content cache root; default ``$XDG_CACHE_HOME/ptmpack``."""
+    force: bool = False
+    delta: bool = False
+    """Use a published residual when the local base (``base``, else the output file) matches (§5)."""
+    base: Path | None = None
+    opener: Any = None
+    """Keys for encrypted packages (needed only to apply an encrypted residual)."""
+
+
+@dataclass(frozen=True)
+class PullReport:
+    """What a pull moved and checked."""
+
+    reference: str
+    digest: str
+    output: str
+    method: str
+    """'full', 'delta' (a residual was applied) or 'up-to-date' (the base already is this package)."""
+    package_bytes: int
+    blobs: int
+    blobs_downloaded: int
+    blobs_cached: int
+    bytes_downloaded: int
+    seconds: float
+    checks: tuple[str, ...]
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": True, "command": "pull", **{k: list(v) if isinstance(v, tuple) else v
+                                                 for k, v in self.__dict__.items()}}
+
+
+@dataclass
+class Fetched:
+    """A package resolved in a store, its blobs not yet fetched."""
+
+    ref: Reference
+    digest: str
+    manifest: PackageManifest
+    config: PackageConfig
+    recipe: Recipe
+    small_bytes: int = 0
+    """Bytes of the config and recipe blobs that had to be fetched (not in the cache)."""
+
+
+@dataclass
+class _Tally:
+    downloaded: int = 0
+    cached: int = 0
+    bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def pull(reference: Reference | str, output: Path | str, options: PullOptions = PullOptions(),
+         progress: TransferProgress | None = None) -> PullReport:
+    """Pull ``reference`` into the ``.ptm`` file ``output``.
+
+    Raises:
+        UsageError: no such tag or digest (exit 2), or the output exists without ``force``.
+        IntegrityError: a blob, the recipe or the assembled package fails its digest or checks (exit 3;
+            nothing is written).
+        KeyAccessError: the registry refuses the credentials (exit 4).
+        UnsupportedError: the reference holds something other than a ptmpack package.
+        RegistryError: the registry cannot be reached or fails.
+    """
+    started = time.perf_counter()
+    progress = progress or NoProgress()
+    ref = parse_reference(reference) if isinstance(reference, str) else reference
+    out = Path(output)
+    if options.delta:
+        from ptmpack.distribution.delta import pull_delta
+
+        return pull_delta(ref, out, options, progress, started)
+    check_target(out, force=options.force, want_dir=False)
+    store = open_store(ref, options.client, create=False)
+    try:
+        fetched = resolve(store, ref, BlobCache(options.cache_dir))
+        tally, checks = fetch_into(store, fetched, out, options, progress)
+    finally:
+        store.close()
+    return report(fetched, out, "full", tally, checks, started)
+
+
+def report(fetched: Fetched, out: Path, method: str, tally: _Tally, checks: tuple[str, ...], started: float,
+           note: str = "") -> PullReport:
+    return PullReport(str(fetched.ref), fetched.digest, str(out), method, fetched.config.size,
+                      len(fetched.manifest.layers) + 1, tally.downloaded, tally.cached, tally.bytes + fetched.small_bytes,
+                      round(time.perf_counter() - started, 3), checks, note)
+
+
+def resolve(store: LayoutStore | RegistryStore, ref: Reference, cache: BlobCache) -> Fetched:
+    """Fetch and check the manifest, config and recipe of ``ref``.
+
+    Raises:
+        UsageError: the store has no such tag or digest.
+    """
+    got = store.get_manifest(ref.target)
+    if got is None:
+        known = ", ".join(store.tags()[:10]) or "none"
+        raise UsageError(f"{ref}: no package tagged {ref.target!r} there (tags: {known})",
+                         hint=f"list the tags with 'ptmpack ls {ref.untagged()}'")
+    data, digest = got
+    manifest = PackageManifest.from_bytes(data, str(ref))
+    moved = [0]
+    config = PackageConfig.from_bytes(_small(store, cache, manifest.config.digest, manifest.config.size,
+                                             MAX_CONFIG_BYTES, moved), f"{ref} config")
+    layers = layer_sizes((d.digest, d.size) for d in manifest.layers[1:])
+    recipe = decode_recipe(_small(store, cache, manifest.recipe.digest, manifest.recipe.size, MAX_RECIPE_BYTES,
+                                  moved), layers, str(ref))
+    if recipe.size != config.size or recipe.sha256 != config.sha256:
+        raise IntegrityError(f"{ref}: the recipe and the config describe different files")
+    return Fetched(ref, digest, manifest, config, recipe, moved[0])
+
+
+def _small(store: LayoutStore | RegistryStore, cache: BlobCache, digest: str, size: int, limit: int,
+           moved: list[int]) -> bytes:
+    if size > limit:
+        raise IntegrityError(f"blob {digest}: {size} bytes is larger than such a blob may be")
+    if isinstance(store, LayoutStore):
+        moved[0] += size
+        return store.read_small(digest, limit)
+    data = cache.read_small(digest, limit)
+    if data is not None:
+        return data
+    moved[0] += store.fetch_blob(digest, size, cache.partial_path(digest), lambda n: None)
+    return cache.commit(digest).read_bytes()
+
+
+def fetch_into(store: LayoutStore | RegistryStore, fetched: Fetched, out: Path, options: PullOptions,
+               progress: TransferProgress) -> tuple[_Tally, tuple[str, ...]]:
+    """Fetch every blob, assemble, verify and rename to ``out``; returns the tally and the checks run."""
+    cache = BlobCache(options.cache_dir)
+    tally = _Tally()
+    paths = _blobs(store, fetched.recipe.blobs(), cache, options, progress, tally)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out.parent, suffix=".ptm")
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            progress.start("assembling", fetched.recipe.size)
+            assemble(fetched.recipe, paths.__getitem__, f, progress.advance)  # type: ignore[arg-type]
+            if f.tell() != fetched.recipe.size:
+                raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
+        progress.start("verifying", fetched.recipe.size)
+        checks = check_package(Path(tmp), fetched.config.encrypted, fetched.config.sha256, progress)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return tally, checks
+
+
+def _blobs(store: LayoutStore | RegistryStore, needed: dict[str, int], cache: BlobCache, options: PullOptions,
+           progress: TransferProgress, tally: _Tally) -> dict[str, Path]:
+    """A verified local file for every needed blob: from the layout, the cache, or downloaded into the cache."""
+    if isinstance(store, LayoutStore):
+        paths = {d: store.blob_path(d) for d in needed}
+        missing = [d for d, p in paths.items() if not store.has_blob(d, needed[d])]
+        if missing:
+            raise IntegrityError(f"{store.root} lacks blob {missing[0]} (or holds it at the wrong size)")
+        bad = damaged(paths, options.workers)
+        if bad:
+            raise IntegrityError(f"{paths[bad[0]]} does not match its digest: the layout is corrupt",
+                                 hint="nothing was written")
+        tally.downloaded, tally.bytes = len(paths), sum(needed.values())
+        return paths
+    cached = {d: cache.blob_path(d) for d, n in needed.items() if cache.has(d, n)}
+    for d in damaged(cached, options.workers):
+        cache.drop(d)
+        del cached[d]
+    todo = {d: n for d, n in needed.items() if d not in cached}
+    progress.start("downloading", sum(todo.values()))
+    tally.cached = len(cached)
+
+    def one(item: tuple[str, int]) -> None:
+        d, n = item
+        got = store.fetch_blob(d, n, cache.partial_path(d), progress.advance)
+        cache.commit(d)
+        with tally.lock:
+            tally.downloaded += 1
+            tally.bytes += got
+
+    with cf.ThreadPoolExecutor(max(1, options.workers)) as pool:
+        for job in [pool.submit(one, item) for item in sorted(todo.items(), key=lambda kv: -kv[1])]:
+            job.result()
+    return {d: cache.blob_path(d) for d in needed}
+
+
+def check_package(path: Path, encrypted: bool, sha256: str | None, progress: TransferProgress) -> tuple[str, ...]:
+    """Verify an assembled package like ``ptmpack verify``; encrypted ones keylessly plus the file digest.
+
+    ``sha256`` is the digest the whole file must have (checked for encrypted packages,
+    whose entries cannot be checked without the key); None skips it (a package
+    rebuilt by apply, which checked every plaintext digest itself).
+
+    Raises:
+        IntegrityError (or another PtmError of verify): the package fails a check.
+    """
+    if encrypted:
+        with PackageReader(path, sealed_ok=True) as reader:
+            reader.check_padding()
+            for _ in reader.walk_headers():
+                pass
+        if sha256 is None:
+            return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(8 * 1024 * 1024):
+                h.update(block)
+                progress.advance(len(block))
+        if h.hexdigest() != sha256:
+            raise IntegrityError("the assembled package does not match the pushed file's sha256")
+        return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding", "file sha256")
+    report = _verify(path, progress)
+    return ("blob digests", *report.checks)
+
+
+def _verify(path: Path, progress: TransferProgress) -> Any:
+    try:
+        from ptmpack.storage.verify import verify  # type: ignore[import-not-found]
+    except ImportError:  # before the storage/ layout lands
+        from ptmpack.api import verify
+    return verify(path, progress=progress.advance)
