@@ -173,8 +173,7 @@ class RegistryStore:
 
     def mount_blob(self, digest: str, source_repo: str) -> bool:
         """Ask the registry to link a blob from another repository; True when it did."""
-        r = self._request("POST", f"{self.base}/blobs/uploads/", f"mount of {digest}",
-                          params={"mount": digest, "from": source_repo})
+        r = self._request("POST", f"{self.base}/blobs/uploads/?mount={digest}&from={source_repo}", f"mount of {digest}")
         if r.status_code == 201:
             return True
         if r.status_code == 202 and r.headers.get("location"):  # not mounted: an upload session was opened; drop it
@@ -198,7 +197,7 @@ class RegistryStore:
         location = self._location(r)
         chunk = max(1, self.options.upload_chunk)
         if size <= chunk:
-            r = self._request("PUT", location, what, params={"digest": digest}, content=read(0, size),
+            r = self._request("PUT", _with_digest(location, digest), what, content=read(0, size),
                               headers={"Content-Type": "application/octet-stream"})
             self._check_committed(r, what)
             progress(size)
@@ -213,7 +212,7 @@ class RegistryStore:
             location = self._location(r)
             sent += len(data)
             progress(len(data))
-        self._check_committed(self._request("PUT", location, what, params={"digest": digest}), what)
+        self._check_committed(self._request("PUT", _with_digest(location, digest), what), what)
         return size
 
     def _check_committed(self, r: httpx.Response, what: str) -> None:
@@ -295,6 +294,11 @@ class RegistryStore:
                 pos += len(block)
                 count[0] += len(block)
                 progress(len(block))
+
+
+def _with_digest(location: str, digest: str) -> str:
+    """The upload URL with ``digest=`` added to the query the registry gave (httpx ``params`` would replace it)."""
+    return str(httpx.URL(location).copy_add_param("digest", digest))
 
 
 class _Restart(Exception):
