@@ -144,6 +144,7 @@ class RegistryAuth(httpx.Auth):
         self.credentials = credentials
         self._lock = threading.Lock()
         self._tokens: dict[str, str] = {}
+        self._scope_locks: dict[str, threading.Lock] = {}
         self._current: str | None = None
         self.token_requests = 0
 
@@ -168,13 +169,16 @@ class RegistryAuth(httpx.Auth):
         elif scheme == "bearer" and "realm" in params:
             scope = params.get("scope", "")
             with self._lock:
-                header = self._tokens.get(scope)
-            if header is None or header == request.headers.get("Authorization"):
-                header = yield from self._token(params)
-                if header is None:
-                    return
+                scope_lock = self._scope_locks.setdefault(scope, threading.Lock())
+            with scope_lock:  # parallel transfers meeting the same challenge share one token request
                 with self._lock:
-                    self._tokens[scope] = header
+                    header = self._tokens.get(scope)
+                if header is None or header == request.headers.get("Authorization"):
+                    header = yield from self._token(params)
+                    if header is None:
+                        return
+                    with self._lock:
+                        self._tokens[scope] = header
         else:
             return
         with self._lock:

@@ -72,6 +72,16 @@ class BlobCache:
                 os.unlink(tmp)
         return target
 
+    def put_checked(self, digest: str, data: bytes) -> Path:
+        """Store bytes found locally (e.g. in a package on disk) after checking their digest.
+
+        Raises:
+            ValueError: the bytes do not match ``digest`` (nothing is stored).
+        """
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"bytes do not match {digest}")
+        return self.put_bytes(digest, data)
+
     def read_small(self, digest: str, limit: int) -> bytes | None:
         """A small cached blob, re-checked against its digest; None (and dropped) when absent or damaged."""
         p = self.blob_path(digest)

@@ -1,19 +1,29 @@
-"""``pull --delta``: update a local package to a tag by fetching only the published residual.
+"""``pull --delta``: update a local package to a tag, moving only the published residual.
 
 The residual from base ``B`` to the package tagged ``T`` is published as
 ``T.residual-<first 16 hex digits of B's manifest sha256>`` (``push --residual``).
-When the local base's manifest digest matches, only the residual's blobs move;
-:func:`ptmpack.residual.apply.apply_residual` then rebuilds the target from the base
-and it is verified before it replaces the output. The residual must carry the
-RESIDUAL flag, name the same base and have been published against the manifest
-``T`` points at now (annotation ``org.ptmpack.residual.target``); otherwise the
-pull falls back to a full pull and says why in the report.
+When the local base's manifest digest matches, only the residual's blobs move, and
+:func:`ptmpack.residual.apply.apply_residual` rebuilds the target's files. The
+rebuilt package and the local base are then cut like a push would cut them: every
+blob of ``T`` found among their pieces is put in the content cache, and ``T`` is
+assembled from its own recipe, so the output is the published package byte for
+byte whenever the residual was lossless and the entries use the same codec. When
+blobs are still missing (a quantized residual, an encrypted target: its ciphertext
+never repeats) the rebuilt package is kept instead: it holds the same files and
+tensors as ``T`` (exactly, for lossless residuals) but is not the same bytes, and
+the report says so.
+
+The residual must carry the RESIDUAL flag, name the same base and have been
+published against the manifest ``T`` points at now (annotation
+``org.ptmpack.residual.target``); otherwise the pull falls back to a full pull
+(which still reuses every unchanged blob of the base) and the report says why.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,13 +31,14 @@ from typing import TYPE_CHECKING
 from ptmpack.container.atomic import TEMP_PREFIX
 from ptmpack.container.reader import PackageReader, is_package_file
 from ptmpack.distribution.cache import BlobCache
+from ptmpack.distribution.mapping import cut_spans, hash_cut
 from ptmpack.distribution.oci import ANN_RESIDUAL_TARGET
-from ptmpack.distribution.reference import Reference
+from ptmpack.distribution.reference import DEFAULT_TAG, Reference
 from ptmpack.distribution.stores import TransferProgress, open_store, residual_tag
 from ptmpack.errors import UsageError
 
 if TYPE_CHECKING:
-    from ptmpack.distribution.pull import PullOptions, PullReport
+    from ptmpack.distribution.pull import Fetched, PullOptions, PullReport
 
 
 def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: TransferProgress,
@@ -39,61 +50,89 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
     if not base.is_file() or not is_package_file(base):
         raise UsageError(f"--delta needs the local base package, and {base} is not a .ptm",
                          hint="pull without --delta first, or name the base with --base")
-    if options.base is not None and out.exists() and out.resolve() != base.resolve() and not options.force:
+    if out.exists() and out.resolve() != base.resolve() and not options.force:
         raise UsageError(f"{out} already exists", hint="pass --force to replace it")
-    with PackageReader(base, sealed_ok=True) as reader:
-        base_digest = reader.trailer.manifest_sha256.hex()
     if ref.digest:
         raise UsageError("--delta needs a tag: residuals are published per tag")
+    with PackageReader(base, sealed_ok=True) as reader:
+        base_digest = reader.trailer.manifest_sha256.hex()
     cache = BlobCache(options.cache_dir)
     store = open_store(ref, options.client, create=False)
+    work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out.parent))
     try:
         target = resolve(store, ref, cache)
         if target.config.manifest_sha256 == base_digest:
-            if base != out:
-                raise UsageError(f"{base} already is {ref}; copy it to {out} if you need a second copy")
+            if base.resolve() != out.resolve():
+                shutil.copyfile(base, work / "copy.ptm")
+                os.replace(work / "copy.ptm", out)
             return report(target, out, "up-to-date", _Tally(), ("manifest digest",), started,
                           "the local package already is this version")
-        note = ""
-        rref = ref.with_tag(residual_tag(ref.tag or "latest", base_digest))
-        residual = None
-        if store.get_manifest(rref.target) is None:
-            note = f"no residual {rref.tag} published for this base: pulled in full"
-        else:
-            residual = resolve(store, rref, cache)
-            ann = dict(residual.manifest.annotations)
-            if not residual.config.residual:
-                note = f"{rref.tag} is not a residual package: pulled in full"
-                residual = None
-            elif residual.config.residual_base not in (None, base_digest):
-                note = f"{rref.tag} was made from another base: pulled in full"
-                residual = None
-            elif ann.get(ANN_RESIDUAL_TARGET, target.digest) != target.digest:
-                note = f"{rref.tag} leads to an older version of {ref.tag}: pulled in full"
-                residual = None
-        if residual is None:
-            tally, checks = fetch_into(store, target, out, options, progress)
-            return report(target, out, "full", tally, checks, started, note)
-        work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out.parent))
-        try:
-            delta_file = work / "residual.ptm"
-            tally, _ = fetch_into(store, residual, delta_file, options, progress)
-            built = work / "target.ptm"
+        rref = ref.with_tag(residual_tag(ref.tag or DEFAULT_TAG, base_digest))
+        residual, note = _residual(store, rref, target, base_digest, cache, resolve)
+        seeds = [base]
+        moved = 0
+        if residual is not None:
+            delta_file, built = work / "residual.ptm", work / "rebuilt.ptm"
+            fetched_tally, _ = fetch_into(store, residual, delta_file, options, progress)
+            moved = fetched_tally.bytes + residual.small_bytes
             from ptmpack.residual.apply import apply_residual
 
             apply_residual(base, delta_file, built, opener=options.opener)
+            seeds.insert(0, built)
+        _seed(cache, target.recipe.blobs(), seeds, options.workers)
+        missing = {d for d, n in target.recipe.blobs().items() if not cache.has(d, n)}
+        if residual is not None and missing:
+            built = work / "rebuilt.ptm"
             with PackageReader(built, sealed_ok=True) as reader:
                 encrypted = reader.encrypted
-            progress.start("verifying", built.stat().st_size)
             checks = check_package(built, encrypted, None, progress)
             os.replace(built, out)
-        finally:
-            with contextlib.suppress(OSError):
-                for p in work.iterdir():
-                    p.unlink()
-                work.rmdir()
+            tally = _Tally(bytes=moved)
+            return report(target, out, "delta", tally, ("residual digests", "apply digests", *checks[1:]), started,
+                          f"applied {rref.tag}; the rebuilt package has the same files and tensors as {ref} but "
+                          f"not its bytes ({len(missing)} blobs differ)")
+        tally, checks = fetch_into(store, target, out, options, progress)
+        tally.bytes += moved
+        method = "delta" if residual is not None else "full"
+        return report(target, out, method, tally, checks, started,
+                      f"applied {rref.tag}, then assembled {ref} byte for byte" if residual is not None else note)
     finally:
         store.close()
-    return report(target, out, "delta", tally, ("residual blob digests", "residual base digest", "apply digests",
-                                                *checks[1:]), started, f"applied {rref.tag}")
+        shutil.rmtree(work, ignore_errors=True)
 
+
+def _residual(store: object, rref: Reference, target: Fetched, base_digest: str, cache: BlobCache,
+              resolve: object) -> tuple[Fetched | None, str]:
+    """The published residual for this base and target, or None and the reason it cannot be used."""
+    if store.get_manifest(rref.target) is None:  # type: ignore[attr-defined]
+        return None, f"no residual {rref.tag} published for this base: pulled in full, reusing unchanged blobs"
+    residual = resolve(store, rref, cache)  # type: ignore[operator]
+    ann = dict(residual.manifest.annotations)
+    if not residual.config.residual:
+        return None, f"{rref.tag} is not a residual package (no RESIDUAL flag): pulled in full"
+    if residual.config.residual_base not in (None, base_digest):
+        return None, f"{rref.tag} was made from another base: pulled in full"
+    if ann.get(ANN_RESIDUAL_TARGET, target.digest) != target.digest:
+        return None, f"{rref.tag} leads to an older version of {rref.untagged()}: pulled in full"
+    return residual, ""
+
+
+def _seed(cache: BlobCache, needed: dict[str, int], sources: list[Path], workers: int) -> int:
+    """Copy into the cache every needed blob that a local package holds; returns how many were added."""
+    added = 0
+    for src in sources:
+        want = {d for d, n in needed.items() if not cache.has(d, n)}
+        if not want:
+            break
+        with PackageReader(src, sealed_ok=True) as reader:
+            spans = cut_spans(reader)
+        cut = hash_cut(src, spans, workers=workers)
+        with open(src, "rb") as f:
+            for piece in cut.pieces():
+                if piece.digest in want:
+                    data = os.pread(f.fileno(), piece.length, piece.offset)
+                    with contextlib.suppress(ValueError):
+                        cache.put_checked(piece.digest, data)
+                        added += 1
+                    want.discard(piece.digest)
+    return added

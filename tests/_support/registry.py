@@ -180,7 +180,7 @@ class TokenServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            def do_GET(self) -> None:
                 server.requests += 1
                 query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
                 auth = self.headers.get("Authorization", "")

@@ -13,6 +13,7 @@ import pytest
 
 from tests._support.registry import Registry, registry_available
 
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own content cache and no credentials from the user's environment."""
