@@ -172,15 +172,17 @@ def _small(store: LayoutStore | RegistryStore, cache: BlobCache, digest: str, si
 
 def fetch_into(store: LayoutStore | RegistryStore, fetched: Fetched, out: Path, options: PullOptions,
                progress: TransferProgress) -> tuple[_Tally, tuple[str, ...]]:
-    """Fetch every blob, assemble, verify and rename to ``out``; returns the tally and the checks run."""
-    cache = BlobCache(options.cache_dir)
+    """Fetch every blob, assemble, verify and rename to ``out``; returns the tally and the checks run.
+
+    Assembly runs alongside the downloads: blobs are fetched in file order and each is
+    copied into place as soon as it and everything before it are there.
+    """
     tally = _Tally()
-    paths = _blobs(store, fetched.recipe.blobs(), cache, options, progress, tally)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out.parent, suffix=".ptm")
     try:
-        with os.fdopen(fd, "wb", buffering=0) as f:
-            progress.start("assembling", fetched.recipe.size)
-            assemble(fetched.recipe, paths.__getitem__, f, progress.advance)  # type: ignore[arg-type]
+        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, BlobCache(options.cache_dir),
+                                                           options, progress, tally) as blobs:
+            assemble(fetched.recipe, blobs.path, f)  # type: ignore[arg-type]
             if f.tell() != fetched.recipe.size:
                 raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
         progress.start("verifying", fetched.recipe.size)
@@ -193,40 +195,65 @@ def fetch_into(store: LayoutStore | RegistryStore, fetched: Fetched, out: Path, 
     return tally, checks
 
 
-def _blobs(store: LayoutStore | RegistryStore, needed: dict[str, int], cache: BlobCache, options: PullOptions,
-           progress: TransferProgress, tally: _Tally) -> dict[str, Path]:
-    """A verified local file for every needed blob: from the layout, the cache, or downloaded into the cache."""
-    if isinstance(store, LayoutStore):
-        paths = {d: store.blob_path(d) for d in needed}
-        missing = [d for d, p in paths.items() if not store.has_blob(d, needed[d])]
+class _Blobs:
+    """A verified local file for every blob of a recipe: from the layout, the cache, or downloaded into the cache.
+
+    Downloads start on entering, in file order, on ``options.workers`` threads;
+    :meth:`path` waits for one blob. Leaving cancels what has not started.
+    """
+
+    def __init__(self, store: LayoutStore | RegistryStore, recipe: Recipe, cache: BlobCache, options: PullOptions,
+                 progress: TransferProgress, tally: _Tally) -> None:
+        self.store, self.cache, self.options, self.progress, self.tally = store, cache, options, progress, tally
+        self.needed = recipe.blobs()
+        self.order = list(dict.fromkeys(d for d, _ in recipe.spans if d is not None))
+        self.paths: dict[str, Path] = {}
+        self.jobs: dict[str, cf.Future[Path]] = {}
+        self.pool: cf.ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> _Blobs:
+        if isinstance(self.store, LayoutStore):
+            self._layout(self.store)
+            return self
+        cached = {d: self.cache.blob_path(d) for d, n in self.needed.items() if self.cache.has(d, n)}
+        for d in damaged(cached, self.options.workers):
+            self.cache.drop(d)
+            del cached[d]
+        self.paths.update(cached)
+        self.tally.cached = len(cached)
+        todo = [d for d in self.order if d not in cached]
+        self.progress.start("downloading", sum(self.needed[d] for d in todo))
+        self.pool = cf.ThreadPoolExecutor(max(1, self.options.workers))
+        self.jobs = {d: self.pool.submit(self._download, self.store, d) for d in todo}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def path(self, digest: str) -> Path:
+        job = self.jobs.get(digest)
+        return job.result() if job is not None else self.paths[digest]
+
+    def _download(self, store: RegistryStore, digest: str) -> Path:
+        got = store.fetch_blob(digest, self.needed[digest], self.cache.partial_path(digest), self.progress.advance)
+        path = self.cache.commit(digest)
+        with self.tally.lock:
+            self.tally.downloaded += 1
+            self.tally.bytes += got
+        return path
+
+    def _layout(self, store: LayoutStore) -> None:
+        paths = {d: store.blob_path(d) for d in self.needed}
+        missing = [d for d in paths if not store.has_blob(d, self.needed[d])]
         if missing:
             raise IntegrityError(f"{store.root} lacks blob {missing[0]} (or holds it at the wrong size)")
-        bad = damaged(paths, options.workers)
+        bad = damaged(paths, self.options.workers)
         if bad:
             raise IntegrityError(f"{paths[bad[0]]} does not match its digest: the layout is corrupt",
                                  hint="nothing was written")
-        tally.downloaded, tally.bytes = len(paths), sum(needed.values())
-        return paths
-    cached = {d: cache.blob_path(d) for d, n in needed.items() if cache.has(d, n)}
-    for d in damaged(cached, options.workers):
-        cache.drop(d)
-        del cached[d]
-    todo = {d: n for d, n in needed.items() if d not in cached}
-    progress.start("downloading", sum(todo.values()))
-    tally.cached = len(cached)
-
-    def one(item: tuple[str, int]) -> None:
-        d, n = item
-        got = store.fetch_blob(d, n, cache.partial_path(d), progress.advance)
-        cache.commit(d)
-        with tally.lock:
-            tally.downloaded += 1
-            tally.bytes += got
-
-    with cf.ThreadPoolExecutor(max(1, options.workers)) as pool:
-        for job in [pool.submit(one, item) for item in sorted(todo.items(), key=lambda kv: -kv[1])]:
-            job.result()
-    return {d: cache.blob_path(d) for d in needed}
+        self.paths = paths
+        self.tally.downloaded, self.tally.bytes = len(paths), sum(self.needed.values())
 
 
 def check_package(path: Path, encrypted: bool, sha256: str | None, progress: TransferProgress) -> tuple[str, ...]:

@@ -1,0 +1,265 @@
+"""Distribution benchmark: push/pull throughput against a loopback registry vs curl, and bytes moved per update.
+
+    python bench/bench_distribution.py                  # all-mpnet-base-v2 (438 MB) + the MiniLM fine-tune pair
+    python bench/bench_distribution.py --model minilm   # all-MiniLM-L6-v2 only (90 MB), quicker
+    python bench/bench_distribution.py --json bench/out/distribution.json
+
+Registry: Debian's docker-registry (CNCF distribution v2.8) on 127.0.0.1, filesystem
+storage under /tmp, plain HTTP (loopback only). Each round pushes the package to a fresh
+repository (so every blob is uploaded; the registry's repositories do not see each
+other's blobs), pulls it with an empty cache (download, digest checks, assembly and the
+full ``verify``), then fetches the same blobs with curl (4 parallel transfers, like
+ptmpack's 4 workers, written to files like ptmpack's cache). Ratios are throughputs:
+ptmpack / curl (≥ 1 means ptmpack is as fast).
+
+Bytes moved for version N+1 after N (with N's blobs in the cache):
+  1. a metadata-only change (managementinfo version bump) of the large model;
+  2. a real fine-tune: all-MiniLM-L6-v2 A and B = A fine-tuned (bench_residual's pair,
+     300 AdamW steps on the Lee corpus): every tensor moved;
+  3. the same pair with ``pull --delta`` against a published residual (int8 and lossless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import common  # noqa: E402
+
+from ptmpack import api  # noqa: E402
+from ptmpack.distribution import ClientOptions, PullOptions, PushOptions, pull, push  # noqa: E402
+from ptmpack.distribution.cache import BlobCache  # noqa: E402
+from ptmpack.distribution.pull import resolve  # noqa: E402
+from ptmpack.distribution.reference import parse_reference  # noqa: E402
+from ptmpack.distribution.registry import RegistryStore  # noqa: E402
+from tests._support.registry import Registry, registry_available  # noqa: E402
+
+PLAIN = ClientOptions(plain_http=True)
+WORK = common.TMP / "distribution"
+
+
+class Phases:
+    """Progress hook recording when each phase (hashing, uploading, downloading, ...) starts."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[str, float]] = []
+
+    def start(self, label: str, total: int) -> None:
+        self.marks.append((label, time.perf_counter()))
+
+    def advance(self, n: int) -> None:
+        return
+
+    def durations(self, end: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (label, t0), (_, t1) in zip(self.marks, [*self.marks[1:], ("end", end)], strict=True):
+            out[label] = out.get(label, 0.0) + (t1 - t0)
+        return out
+
+
+def blob_urls(host: str, ref: str) -> list[tuple[str, int]]:
+    store = RegistryStore(parse_reference(ref), PLAIN)
+    try:
+        got = resolve(store, parse_reference(ref), BlobCache(WORK / "probe-cache"))
+        descs = [got.manifest.config, *got.manifest.layers]
+    finally:
+        store.close()
+    repo = parse_reference(ref).repository
+    return [(f"http://{host}/v2/{repo}/blobs/{d.digest}", d.size) for d in descs]
+
+
+def curl_fetch(urls: list[tuple[str, int]], dest: Path) -> float:
+    common.rm(dest)
+    dest.mkdir(parents=True)
+    argv = ["curl", "-sS", "--no-progress-meter", "--fail", "--parallel", "--parallel-max", "4"]
+    for i, (url, _) in enumerate(urls):
+        argv += [url, "-o", str(dest / f"b{i}")]
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True)
+    took = time.perf_counter() - t0
+    got = sum(p.stat().st_size for p in dest.iterdir())
+    if got != sum(n for _, n in urls):
+        raise RuntimeError(f"curl fetched {got} bytes, expected {sum(n for _, n in urls)}")
+    common.rm(dest)
+    return took
+
+
+def model_tree(name: str) -> Path:
+    if name == "mpnet":
+        return common.hf_tree("mpnet", common.mpnet_checkpoint())
+    return common.hf_tree("minilm", common.minilm_checkpoint())
+
+
+def bumped_copy(tree: Path, dest: Path, version: str) -> Path:
+    """The same tree with only managementinfo.json's version changed (weights hard-linked)."""
+    common.rm(dest)
+    shutil.copytree(tree, dest, copy_function=os.link)
+    mi = dest / "Meta-info" / "managementinfo.json"
+    doc = json.loads(mi.read_text())
+    doc["version"] = version
+    mi.unlink()
+    mi.write_text(json.dumps(doc, indent=2))
+    return dest
+
+
+def throughput(reg: Registry, pkg: Path, repeat: int) -> dict[str, object]:
+    size = pkg.stat().st_size
+    rows = []
+    for i in range(repeat):
+        ref = f"{reg.host}/bench/tp{i}:v1"
+        common.wait_idle(20)
+        ph = Phases()
+        t0 = time.perf_counter()
+        pr = push(pkg, ref, PushOptions(client=PLAIN), ph)
+        t_push = time.perf_counter() - t0
+        push_phases = ph.durations(time.perf_counter())
+        out = WORK / "pulled.ptm"
+        common.rm(out, WORK / "cache")
+        ph = Phases()
+        t0 = time.perf_counter()
+        pl = pull(ref, out, PullOptions(client=PLAIN, cache_dir=WORK / "cache"), ph)
+        t_pull = time.perf_counter() - t0
+        pull_phases = ph.durations(time.perf_counter())
+        if out.stat().st_size != size:
+            raise RuntimeError("pulled package has the wrong size")
+        common.rm(out, WORK / "cache")
+        t_curl = curl_fetch(blob_urls(reg.host, ref), WORK / "curl")
+        rows.append({"push_s": t_push, "pull_s": t_pull, "curl_s": t_curl, "pull_download_s": pull_phases.get(
+            "downloading", 0.0), "push_phases": push_phases, "pull_phases": pull_phases,
+            "bytes_uploaded": pr.bytes_uploaded, "bytes_downloaded": pl.bytes_downloaded})
+        common.log(f"round {i}: push {t_push:.2f}s, pull {t_pull:.2f}s "
+                   f"(download phase {pull_phases.get('downloading', 0):.2f}s), curl {t_curl:.2f}s")
+
+    def med(k: str) -> float:
+        return statistics.median(float(r[k]) for r in rows)  # type: ignore[arg-type]
+
+    return {"package_bytes": size, "rounds": rows, "push_MBps": size / med("push_s") / common.MB,
+            "pull_MBps": size / med("pull_s") / common.MB, "curl_MBps": size / med("curl_s") / common.MB,
+            "pull_vs_curl": med("curl_s") / med("pull_s"),
+            "pull_download_phase_vs_curl": med("curl_s") / med("pull_download_s"),
+            "push_vs_curl": med("curl_s") / med("push_s")}
+
+
+def moved(reg: Registry, repo: str, v1: Path, v2: Path, cache: Path) -> dict[str, object]:
+    """Push v1 and v2, pull v1 then v2 through one cache: what v2 cost on each side."""
+    push(v1, f"{reg.host}/{repo}:v1", PushOptions(client=PLAIN))
+    up = push(v2, f"{reg.host}/{repo}:v2", PushOptions(client=PLAIN))
+    common.rm(cache)
+    local = WORK / f"{repo.replace('/', '_')}.ptm"
+    common.rm(local)
+    pull(f"{reg.host}/{repo}:v1", local, PullOptions(client=PLAIN, cache_dir=cache))
+    down = pull(f"{reg.host}/{repo}:v2", WORK / "v2.ptm", PullOptions(client=PLAIN, cache_dir=cache, force=True))
+    identical = (WORK / "v2.ptm").read_bytes() == v2.read_bytes()
+    common.rm(WORK / "v2.ptm")
+    return {"v2_bytes": v2.stat().st_size, "uploaded": up.bytes_uploaded, "downloaded": down.bytes_downloaded,
+            "download_fraction": down.bytes_downloaded / v2.stat().st_size, "identical": identical, "local_v1": local}
+
+
+def delta_case(reg: Registry, repo: str, a: Path, b: Path, bits: int | str, cache: Path) -> dict[str, object]:
+    from ptmpack.residual import diff_residual
+
+    delta = WORK / f"delta-{bits}.ptm"
+    common.rm(delta)
+    diff_residual(a, b, delta, bits=bits)
+    push(a, f"{reg.host}/{repo}:v1", PushOptions(client=PLAIN))
+    push(b, f"{reg.host}/{repo}:v2", PushOptions(client=PLAIN))
+    push(delta, f"{reg.host}/{repo}:v2", PushOptions(client=PLAIN, residual=True))
+    common.rm(cache)
+    local = WORK / f"local-{bits}.ptm"
+    common.rm(local)
+    pull(f"{reg.host}/{repo}:v1", local, PullOptions(client=PLAIN, cache_dir=cache))
+    r = pull(f"{reg.host}/{repo}:v2", local, PullOptions(client=PLAIN, cache_dir=cache, delta=True))
+    out = {"bits": bits, "residual_bytes": delta.stat().st_size, "downloaded": r.bytes_downloaded,
+           "download_fraction": r.bytes_downloaded / b.stat().st_size, "method": r.method,
+           "identical": local.read_bytes() == b.read_bytes(), "note": r.note}
+    common.rm(delta, local)
+    return out
+
+
+def finetune_pair() -> tuple[Path, Path]:
+    import bench_residual as br
+
+    b_weights = br.finetuned_weights()
+    return (br.tree_for("a", common.minilm_checkpoint() / "model.safetensors"), br.tree_for("ft", b_weights))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("mpnet", "minilm"), default="mpnet")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-finetune", action="store_true", help="skip the fine-tune and --delta cases")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    if not registry_available() or not shutil.which("curl"):
+        sys.exit("needs docker-registry (apt install docker-registry) and curl")
+    common.rm(WORK)
+    WORK.mkdir(parents=True)
+    results: dict[str, object] = {"machine": common.machine_info(), "model": args.model}
+    tree = model_tree(args.model)
+    pkg = WORK / f"{args.model}.ptm"
+    api.pack(tree, pkg)
+    try:
+        with Registry(WORK / "registry") as reg:
+            common.log(f"registry at {reg.host}; package {pkg.stat().st_size / common.MB:.1f} MB")
+            tp = throughput(reg, pkg, args.repeat)
+            results["throughput"] = tp
+            v2 = WORK / f"{args.model}-v2.ptm"
+            api.pack(bumped_copy(tree, WORK / "tree-v2", "9.9.9"), v2)
+            meta = moved(reg, "bench/meta", pkg, v2, WORK / "cache-meta")
+            meta.pop("local_v1")
+            results["metadata_only"] = meta
+            common.rm(v2, WORK / "tree-v2")
+            if not args.no_finetune:
+                a_tree, b_tree = finetune_pair()
+                a, b = WORK / "ft-a.ptm", WORK / "ft-b.ptm"
+                api.pack(a_tree, a)
+                api.pack(b_tree, b)
+                ft = moved(reg, "bench/finetune", a, b, WORK / "cache-ft")
+                ft.pop("local_v1")
+                results["finetune_full"] = ft
+                results["finetune_delta"] = [delta_case(reg, f"bench/delta{bits}", a, b, bits, WORK / f"cache-d{bits}")
+                                             for bits in (8, 0)]
+    finally:
+        pass
+    report(results)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    common.rm(WORK)
+
+
+def report(r: dict[str, object]) -> None:
+    tp = r["throughput"]
+    assert isinstance(tp, dict)
+    print(f"\n## Distribution ({r['model']}, {tp['package_bytes'] / common.MB:.1f} MB, loopback docker-registry)\n")
+    print(f"push  {tp['push_MBps']:.0f} MB/s   pull (download+verify+assemble) {tp['pull_MBps']:.0f} MB/s   "
+          f"curl -Z (4 parallel) {tp['curl_MBps']:.0f} MB/s")
+    print(f"ratio pull/curl {tp['pull_vs_curl']:.2f}x   download phase/curl {tp['pull_download_phase_vs_curl']:.2f}x   "
+          f"push/curl-pull {tp['push_vs_curl']:.2f}x   (target pull >= 0.8x)")
+    m = r["metadata_only"]
+    assert isinstance(m, dict)
+    print(f"metadata-only N+1: uploaded {m['uploaded']:,} B, downloaded {m['downloaded']:,} B "
+          f"= {m['download_fraction']:.5f} of {m['v2_bytes']:,} B (identical: {m['identical']})")
+    if "finetune_full" in r:
+        f = r["finetune_full"]
+        assert isinstance(f, dict)
+        print(f"fine-tune N+1 (full pull): downloaded {f['downloaded']:,} B = {f['download_fraction']:.3f} of B")
+        for d in r["finetune_delta"]:  # type: ignore[union-attr]
+            print(f"fine-tune N+1 (pull --delta, residual bits={d['bits']}): downloaded {d['downloaded']:,} B = "
+                  f"{d['download_fraction']:.3f} of B (residual {d['residual_bytes']:,} B, method {d['method']}, "
+                  f"byte-identical to B: {d['identical']})")
+
+
+if __name__ == "__main__":
+    main()
