@@ -30,8 +30,6 @@ from ptmpack.distribution.oci import ACCEPT_MANIFESTS, MANIFEST_MEDIA_TYPE, MAX_
 from ptmpack.distribution.reference import Reference, is_loopback
 from ptmpack.errors import IntegrityError, KeyAccessError, PtmError, UsageError
 
-READ_BLOCK = 1024 * 1024
-
 
 class RegistryError(PtmError):
     """The registry could not be reached or answered with an error that is not the package's fault."""
@@ -285,7 +283,7 @@ class RegistryStore:
                 r.read()
                 raise self._fail(r, what)
             pos = have
-            for block in r.iter_raw(READ_BLOCK):
+            for block in r.iter_raw():  # the transport's own reads: no re-chunking copies
                 if pos + len(block) > size:
                     raise IntegrityError(f"{what}: the registry sent more bytes than the manifest says")
                 h.update(block)
