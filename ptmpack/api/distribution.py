@@ -41,6 +41,7 @@ __all__ = [
     "Reference",
     "RegistryError",
     "TransferProgress",
+    "ls",
     "ls_ref",
     "parse_reference",
     "pull",
@@ -64,3 +65,7 @@ def pull(reference: str | Reference, output: Path | str, options: PullOptions | 
 def ls_ref(reference: str | Reference, client: ClientOptions | None = None) -> LsReport:
     """The tags at ``reference`` and, when it names a tag or digest, that package's annotations (no download)."""
     return _ls_ref(reference, client)
+
+
+ls = ls_ref
+"""``ptmpack.api.ls``: the same verb as :func:`ls_ref`."""

@@ -28,14 +28,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ptmpack.container.atomic import TEMP_PREFIX
-from ptmpack.container.reader import PackageReader, is_package_file
 from ptmpack.distribution.cache import BlobCache
 from ptmpack.distribution.mapping import cut_spans, hash_cut
 from ptmpack.distribution.oci import ANN_RESIDUAL_TARGET
 from ptmpack.distribution.reference import DEFAULT_TAG, Reference
 from ptmpack.distribution.stores import TransferProgress, open_store, residual_tag
 from ptmpack.errors import UsageError
+from ptmpack.format.atomic import TEMP_PREFIX
+from ptmpack.format.reader import PackageReader, is_package_file
 
 if TYPE_CHECKING:
     from ptmpack.distribution.pull import Fetched, PullOptions, PullReport

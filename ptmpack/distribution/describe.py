@@ -10,12 +10,9 @@ ciphertext (SPEC §8).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptmpack.container import spec
-from ptmpack.container.reader import PackageReader
 from ptmpack.distribution.oci import (
     ANN_ENCRYPTED,
     ANN_PACKAGE_SHA256,
@@ -25,6 +22,9 @@ from ptmpack.distribution.oci import (
     load_document,
 )
 from ptmpack.errors import IntegrityError
+from ptmpack.format import spec
+from ptmpack.format.reader import PackageReader
+from ptmpack.jsonio import loads_strict
 
 MANAGEMENT_FILE = "Meta-info/managementinfo.json"
 ANNOTATION_KEYS = {
@@ -118,15 +118,12 @@ def annotations(path: Path, config: PackageConfig) -> dict[str, str]:
 
 
 def _management(path: Path) -> dict[str, object]:
-    from ptmpack.package import open_package
+    from ptmpack.storage.package import open_package
 
     with open_package(path) as pkg:
         if not any(f.path == MANAGEMENT_FILE for f in pkg.files):
             return {}
         data = pkg.read_file(MANAGEMENT_FILE)
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise IntegrityError(f"{path}: {MANAGEMENT_FILE} is not JSON") from None
+    doc = loads_strict(data, f"{path}: {MANAGEMENT_FILE}")
     return doc if isinstance(doc, dict) else {}
 

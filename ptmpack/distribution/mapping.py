@@ -33,11 +33,11 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from ptmpack.container import spec
-from ptmpack.container.reader import PackageReader
-from ptmpack.container.records import ModelHeader
 from ptmpack.distribution.oci import canonical_json, load_document
 from ptmpack.errors import IntegrityError, UnsupportedError
+from ptmpack.format import spec
+from ptmpack.format.reader import PackageReader
+from ptmpack.format.records import ModelHeader
 
 PIECE_SIZE = spec.DEFAULT_CHUNK_SIZE
 """Raw bytes per blob of a raw entry; the container's default chunk size, so both cut alike."""

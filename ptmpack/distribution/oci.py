@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptmpack.errors import IntegrityError, UnsupportedError
+from ptmpack.jsonio import loads_strict
 
 ARTIFACT_TYPE = "application/vnd.ptmpack.package.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.ptmpack.package.config.v1+json"
@@ -136,22 +137,10 @@ class PackageManifest:
 def _load(data: bytes, where: str) -> dict[str, Any]:
     if len(data) > MAX_MANIFEST_BYTES:
         raise IntegrityError(f"{where}: {len(data)} bytes is larger than any manifest should be")
-    try:
-        doc = json.loads(data, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as exc:
-        raise IntegrityError(f"{where}: not valid JSON ({exc})") from None
+    doc = loads_strict(data, where)
     if not isinstance(doc, dict):
         raise IntegrityError(f"{where}: not a JSON object")
     return doc
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
 
 
 def load_document(data: bytes, where: str) -> dict[str, Any]:

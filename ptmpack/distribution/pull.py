@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptmpack.container.atomic import TEMP_PREFIX, check_target
-from ptmpack.container.reader import PackageReader
 from ptmpack.distribution.cache import BlobCache, damaged
 from ptmpack.distribution.describe import PackageConfig
 from ptmpack.distribution.layout import LayoutStore
@@ -33,6 +31,8 @@ from ptmpack.distribution.reference import Reference, parse_reference
 from ptmpack.distribution.registry import ClientOptions, RegistryStore
 from ptmpack.distribution.stores import NoProgress, TransferProgress, open_store
 from ptmpack.errors import IntegrityError, UsageError
+from ptmpack.format.atomic import TEMP_PREFIX, check_target
+from ptmpack.format.reader import PackageReader
 
 
 @dataclass(frozen=True)
@@ -286,8 +286,6 @@ def check_package(path: Path, encrypted: bool, sha256: str | None, progress: Tra
 
 
 def _verify(path: Path, progress: TransferProgress) -> Any:
-    try:
-        from ptmpack.storage.verify import verify  # type: ignore[import-not-found]
-    except ImportError:  # before the storage/ layout lands
-        from ptmpack.api import verify
-    return verify(path, progress=progress.advance)
+    from ptmpack.storage.verify import verify_package
+
+    return verify_package(path, progress=progress.advance)

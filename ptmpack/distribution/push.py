@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptmpack.container import spec
-from ptmpack.container.reader import PackageReader, is_package_file
 from ptmpack.distribution.describe import PackageConfig, annotations, read_facts
 from ptmpack.distribution.mapping import Cut, cut_spans, encode_recipe, hash_cut
 from ptmpack.distribution.oci import (
@@ -36,6 +34,8 @@ from ptmpack.distribution.reference import DEFAULT_TAG, Reference, parse_referen
 from ptmpack.distribution.registry import ClientOptions, RegistryStore
 from ptmpack.distribution.stores import NoProgress, Store, TransferProgress, open_store, residual_tag
 from ptmpack.errors import UsageError
+from ptmpack.format import spec
+from ptmpack.format.reader import PackageReader, is_package_file
 
 
 @dataclass(frozen=True)

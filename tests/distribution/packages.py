@@ -10,9 +10,10 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.numpy import save_file
 
-from ptmpack import api, meta
-from ptmpack.container import spec
-from ptmpack.protect import EncryptionSpec
+from ptmpack import api
+from ptmpack.config import EncryptionSpec
+from ptmpack.format import spec
+from ptmpack.metadata import documents as meta
 
 PASSPHRASE = b"correct horse battery staple"
 KINDS = ("raw", "zstd", "encrypted", "signed")

@@ -79,7 +79,8 @@ def test_token_realm(tmp_path: Path, package: Path, creds: None, monkeypatch: py
             assert report.blobs_uploaded == report.blobs
             pull(ref, tmp_path / "out.ptm", PullOptions(client=plain))
             assert (tmp_path / "out.ptm").read_bytes() == package.read_bytes()
-            assert 1 <= token.requests <= 3  # one token per scope (pull; pull,push), shared by parallel transfers
+            # tokens are kept per scope and shared by the parallel transfers: a handful for ~60 requests
+            assert 1 <= token.requests <= 5
             monkeypatch.setenv("PTMPACK_REGISTRY_PASSWORD", "wrong")
             with pytest.raises(KeyAccessError) as err:
                 ls_ref(ref, plain)

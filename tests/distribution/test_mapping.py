@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ptmpack.container.reader import PackageReader
 from ptmpack.distribution import push
 from ptmpack.distribution.describe import PackageConfig
 from ptmpack.distribution.mapping import PIECE_SIZE, Recipe, assemble, cut_spans, decode_recipe, encode_recipe, hash_cut
 from ptmpack.distribution.oci import PackageManifest
 from ptmpack.errors import PtmError
+from ptmpack.format.reader import PackageReader
 from tests.distribution.packages import KINDS, pack_kind, write_model_tree
 
 

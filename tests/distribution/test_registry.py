@@ -15,7 +15,7 @@ from ptmpack.distribution.pull import resolve
 from ptmpack.distribution.reference import parse_reference
 from ptmpack.distribution.registry import RegistryStore
 from ptmpack.errors import IntegrityError, UsageError
-from ptmpack.package import open_package
+from ptmpack.storage.package import open_package
 from tests._support.registry import Registry
 from tests.distribution.packages import KINDS, pack_kind, write_model_tree
 
