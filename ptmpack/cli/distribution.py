@@ -8,7 +8,6 @@ PtmErrors that the root command turns into exit codes.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from collections.abc import Callable
@@ -21,14 +20,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemai
 from rich.table import Table
 
 from ptmpack.api.distribution import ClientOptions, PullOptions, PushOptions, ls_ref, pull, push
-
-
-def _console() -> Console:
-    return Console(stderr=not sys.stdout.isatty())
-
-
-def _emit_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+from ptmpack.cli._common import console as _console
+from ptmpack.cli._common import emit_json as _emit_json
+from ptmpack.cli._common import opener, opener_options
 
 
 def _size(n: int) -> str:
@@ -118,12 +112,17 @@ def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | No
               help="Update the local package (OUTPUT, or --base) with a published residual when one matches it.")
 @click.option("--base", type=click.Path(path_type=Path, dir_okay=False), help="Local base package for --delta.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@opener_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | None, workers: int, delta: bool,
-             base: Path | None, force: bool, as_json: bool) -> None:
-    """Pull REFERENCE into OUTPUT, verifying every blob and the package before it is renamed into place."""
+             base: Path | None, force: bool, passphrase_file: Path | None, key_file: Path | None,
+             identity: Path | None, as_json: bool) -> None:
+    """Pull REFERENCE into OUTPUT, verifying every blob and the package before it is renamed into place.
+
+    Key options are needed only to apply an encrypted residual with --delta.
+    """
     options = PullOptions(client=_client(plain_http, ca_file, workers), workers=workers, force=force, delta=delta,
-                          base=base)
+                          base=base, opener=opener(passphrase_file, key_file, identity))
     with _Bars(not as_json) as bars:
         report = pull(reference, output, options, bars)
     if as_json:

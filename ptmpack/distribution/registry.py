@@ -252,7 +252,7 @@ class RegistryStore:
                 time.sleep(min(4.0, 0.25 * 2 ** (attempt - 1)))
                 continue
             except IntegrityError:
-                os.truncate(partial, 0)
+                partial.unlink()
                 raise
             if "sha256:" + h.hexdigest() == digest and os.path.getsize(partial) == size:
                 return count[0]
@@ -260,6 +260,7 @@ class RegistryStore:
             if have and fresh_retry:  # a stale partial from an earlier run: start over once
                 fresh_retry = False
                 continue
+            partial.unlink()
             raise IntegrityError(f"blob {digest} from {self.ref.location}/{self.ref.repository} does not match its "
                                  f"digest: the registry's copy is corrupt or was altered", hint="nothing was written")
 
