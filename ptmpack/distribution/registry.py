@@ -166,8 +166,8 @@ class RegistryStore:
             return False
         if r.status_code != 200:
             raise self._fail(r, f"blob {digest}")
-        length = r.headers.get("content-length")
-        return length is None or int(length) == size
+        length = r.headers.get("content-length", "")
+        return not length.isdigit() or int(length) == size
 
     def mount_blob(self, digest: str, source_repo: str) -> bool:
         """Ask the registry to link a blob from another repository; True when it did."""
@@ -280,6 +280,8 @@ class RegistryStore:
             if have and r.status_code == 200:  # the server ignored Range: start again from zero
                 os.truncate(f.name, 0)
                 raise _Restart("server ignored the Range request")
+            if r.status_code == 429 or r.status_code >= 500:  # busy or failing: back off and resume
+                raise _Restart(f"HTTP {r.status_code}")
             if r.status_code not in (200, 206):
                 r.read()
                 raise self._fail(r, what)
