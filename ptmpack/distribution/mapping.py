@@ -6,9 +6,12 @@ and their padding, small entries, the manifest, the signature and the trailer) i
 *literal* and travels inside one small recipe blob that lists the spans.
 
 Blob boundaries follow the container's own chunking, relative to each entry's data
-start, never to file offsets: a raw entry is cut every ``PIECE_SIZE`` bytes; a
+start, never to file offsets: a raw entry is cut every ``piece`` bytes; a
 chunked entry (compressed and/or encrypted) is cut on its frame boundaries, ``k``
-frames to a blob with ``k = max(1, PIECE_SIZE // chunk_size)``. Two versions of a
+frames to a blob with ``k = max(1, piece // chunk_size)``. ``piece`` is 4 MiB (the
+container's default chunk size), doubled until the package has at most
+``MAX_BLOBS`` blobs (past 40 GB of entry data), so the manifest stays under the
+4 MiB registries accept. Two versions of a
 package therefore share every blob whose bytes did not change, wherever the entry
 moved in the file. Only the clear headers are read to cut (the sequential walk and
 the frame length prefixes), so encrypted packages are cut without their key.
@@ -40,7 +43,9 @@ from ptmpack.format.reader import PackageReader
 from ptmpack.format.records import ModelHeader
 
 PIECE_SIZE = spec.DEFAULT_CHUNK_SIZE
-"""Raw bytes per blob of a raw entry; the container's default chunk size, so both cut alike."""
+"""Smallest blob of a raw entry; the container's default chunk size, so both cut alike."""
+MAX_BLOBS = 10_000
+"""Blobs per package before the piece size doubles (a layer descriptor is ~150 bytes of manifest)."""
 SMALL_ENTRY = 64 * 1024
 """Entries whose stored data is smaller than this travel inside the recipe."""
 RECIPE_MAGIC = b"PTMRCP\x00\x01"
@@ -99,31 +104,41 @@ def cut_spans(reader: PackageReader) -> list[Span]:
     """
     spans: list[Span] = []
     cursor = 0
+    headers = [(pos, hdr) for pos, hdr, _path in reader.walk_headers()]
+    piece = piece_size(sum(h.stored_length for _, h in headers if h.stored_length >= SMALL_ENTRY))
     with open(reader.path, "rb") as f:
-        for pos, hdr, _path in reader.walk_headers():
-            cursor = _cut_entry(f.fileno(), spans, cursor, hdr.data_offset(pos), hdr)
+        for pos, hdr in headers:
+            cursor = _cut_entry(f.fileno(), spans, cursor, hdr.data_offset(pos), hdr, piece)
     spans.append(Span(cursor, reader.size - cursor, False))
     return spans
 
 
-def _cut_entry(fd: int, spans: list[Span], cursor: int, start: int, hdr: ModelHeader) -> int:
+def piece_size(large_bytes: int) -> int:
+    """4 MiB, doubled until ``large_bytes`` of entry data make at most ``MAX_BLOBS`` blobs."""
+    piece = PIECE_SIZE
+    while large_bytes > piece * MAX_BLOBS and piece < spec.MAX_CHUNK_SIZE * 16:
+        piece *= 2
+    return piece
+
+
+def _cut_entry(fd: int, spans: list[Span], cursor: int, start: int, hdr: ModelHeader, piece: int) -> int:
     """Append the spans of one entry's data (and the literal before it); return the new cursor."""
     if hdr.stored_length < SMALL_ENTRY:
         return cursor
     if start > cursor:
         spans.append(Span(cursor, start - cursor, False))
     end = start + hdr.stored_length
-    bounds = _raw_bounds(start, end) if not hdr.codec else _frame_bounds(fd, start, end, hdr.chunk_size)
+    bounds = _raw_bounds(start, end, piece) if not hdr.codec else _frame_bounds(fd, start, end, hdr.chunk_size, piece)
     spans += [Span(a, b - a, True) for a, b in bounds]
     return end
 
 
-def _raw_bounds(start: int, end: int) -> list[tuple[int, int]]:
-    return [(a, min(a + PIECE_SIZE, end)) for a in range(start, end, PIECE_SIZE)]
+def _raw_bounds(start: int, end: int, piece: int) -> list[tuple[int, int]]:
+    return [(a, min(a + piece, end)) for a in range(start, end, piece)]
 
 
-def _frame_bounds(fd: int, start: int, end: int, chunk_size: int) -> list[tuple[int, int]]:
-    per_blob = max(1, PIECE_SIZE // max(chunk_size, 1))
+def _frame_bounds(fd: int, start: int, end: int, chunk_size: int, piece: int) -> list[tuple[int, int]]:
+    per_blob = max(1, piece // max(chunk_size, 1))
     out: list[tuple[int, int]] = []
     pos, first, n = start, start, 0
     while pos < end:

@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 
 from ptmpack.distribution import push
 from ptmpack.distribution.describe import PackageConfig
-from ptmpack.distribution.mapping import PIECE_SIZE, Recipe, assemble, cut_spans, decode_recipe, encode_recipe, hash_cut
+from ptmpack.distribution.mapping import (
+    MAX_BLOBS,
+    PIECE_SIZE,
+    Recipe,
+    assemble,
+    cut_spans,
+    decode_recipe,
+    encode_recipe,
+    hash_cut,
+)
 from ptmpack.distribution.oci import PackageManifest
 from ptmpack.errors import PtmError
 from ptmpack.format.reader import PackageReader
@@ -60,6 +69,15 @@ def test_versions_share_blobs(trees: tuple[Path, Path, Path], tmp_path: Path, ki
     tuned = push(v3, f"{layout}:v3")
     assert meta.blobs_uploaded == 2  # config and recipe; every chunk blob reused
     assert 0 < tuned.blobs_uploaded - 2 <= 2 and tuned.bytes_uploaded < 0.5 * first.bytes_uploaded
+
+
+def test_piece_size_keeps_manifests_small() -> None:
+    from ptmpack.distribution.mapping import piece_size
+
+    assert piece_size(0) == piece_size(PIECE_SIZE * MAX_BLOBS) == PIECE_SIZE
+    for total in (PIECE_SIZE * MAX_BLOBS + 1, 10**12, 10**13):
+        piece = piece_size(total)
+        assert piece > PIECE_SIZE and -(-total // piece) <= MAX_BLOBS
 
 
 @given(st.binary(max_size=2048))
