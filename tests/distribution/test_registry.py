@@ -159,10 +159,12 @@ def test_interrupted_pull_resumes_with_range(own_registry: Registry, tmp_path: P
     _push(pkg, ref)
     hook = _KillMidBlob(own_registry, after=1536 * 1024)
     out = tmp_path / "out.ptm"
-    report = pull(ref, out, PullOptions(client=PLAIN, workers=1), hook)
+    try:
+        report = pull(ref, out, PullOptions(client=PLAIN, workers=1), hook)
+    finally:
+        if hook.restarter is not None:  # never leave a registry started after the fixture's teardown
+            hook.restarter.join()
     assert hook.killed
-    if hook.restarter is not None:
-        hook.restarter.join()
     assert out.read_bytes() == pkg.read_bytes()
     blob_bytes = sum(d.size for d in RegistryStoreView.layers(ref))
     # every byte arrived once: the interrupted blob resumed where it stopped instead of starting over
