@@ -11,8 +11,7 @@ from typing import Any
 
 from ptmpack.distribution.cache import BlobCache
 from ptmpack.distribution.reference import Reference, parse_reference
-from ptmpack.distribution.registry import ClientOptions
-from ptmpack.distribution.stores import open_store
+from ptmpack.distribution.stores import ClientOptions, open_store
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ptmpack.distribution.cache import BlobCache, damaged
 from ptmpack.distribution.describe import PackageConfig
@@ -28,9 +28,11 @@ from ptmpack.distribution.layout import LayoutStore
 from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, decode_recipe, layer_sizes
 from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest
 from ptmpack.distribution.reference import Reference, parse_reference
-from ptmpack.distribution.registry import ClientOptions, RegistryStore
-from ptmpack.distribution.stores import NoProgress, TransferProgress, open_store
+from ptmpack.distribution.stores import ClientOptions, NoProgress, TransferProgress, open_store
 from ptmpack.errors import IntegrityError, UsageError
+
+if TYPE_CHECKING:
+    from ptmpack.distribution.registry import RegistryStore
 from ptmpack.format.atomic import TEMP_PREFIX, check_target
 from ptmpack.format.reader import PackageReader
 

@@ -31,8 +31,7 @@ from ptmpack.distribution.oci import (
     sha256_digest,
 )
 from ptmpack.distribution.reference import DEFAULT_TAG, Reference, parse_reference
-from ptmpack.distribution.registry import ClientOptions, RegistryStore
-from ptmpack.distribution.stores import NoProgress, Store, TransferProgress, open_store, residual_tag
+from ptmpack.distribution.stores import ClientOptions, NoProgress, Store, TransferProgress, open_store, residual_tag
 from ptmpack.errors import UsageError
 from ptmpack.format import spec
 from ptmpack.format.reader import PackageReader, is_package_file
@@ -173,9 +172,10 @@ def _one(store: Store, digest: str, size: int, read: Any, options: PushOptions, 
             tally.reused += 1
         progress.advance(size)
         return
-    if isinstance(store, RegistryStore):
+    mount = getattr(store, "mount_blob", None)  # registries only
+    if mount is not None:
         for repo in options.mount_from:
-            if repo != store.ref.repository and store.mount_blob(digest, repo):
+            if repo != store.ref.repository and mount(digest, repo):  # type: ignore[attr-defined]
                 with tally.lock:
                     tally.mounted += 1
                 progress.advance(size)

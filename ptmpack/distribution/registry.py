@@ -19,7 +19,6 @@ import os
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,33 +27,15 @@ import httpx
 from ptmpack.distribution.auth import RegistryAuth, find_credentials
 from ptmpack.distribution.oci import ACCEPT_MANIFESTS, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, sha256_digest
 from ptmpack.distribution.reference import Reference, is_loopback
+from ptmpack.distribution.stores import ClientOptions, RegistryError
 from ptmpack.errors import IntegrityError, KeyAccessError, PtmError, UsageError
-
-
-class RegistryError(PtmError):
-    """The registry could not be reached or answered with an error that is not the package's fault."""
-
-    exit_code = 1
-
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """How to reach a registry."""
-
-    plain_http: bool = False
-    ca_file: Path | None = None
-    workers: int = 4
-    timeout_s: float = 60.0
-    retries: int = 6
-    """Attempts per blob download after a connection failure (each resumes with Range)."""
-    upload_chunk: int = 16 * 1024 * 1024
-    """Blobs larger than this are uploaded in PATCH chunks of this size."""
 
 
 class RegistryStore:
     """One repository of one registry. Thread-safe: blobs may be moved from several threads."""
 
-    def __init__(self, ref: Reference, options: ClientOptions = ClientOptions()) -> None:
+    def __init__(self, ref: Reference, options: ClientOptions | None = None) -> None:
+        options = options or ClientOptions()
         if options.plain_http and not is_loopback(ref.location):
             raise UsageError(f"--plain-http is allowed only for loopback registries, not {ref.location}",
                              hint="use HTTPS (add --ca-file for a private CA)")

@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from ptmpack.distribution.layout import LayoutStore
 from ptmpack.distribution.reference import Reference, check_tag
-from ptmpack.distribution.registry import ClientOptions, RegistryStore
-from ptmpack.errors import UsageError
+from ptmpack.errors import PtmError, UnsupportedError, UsageError
+
+if TYPE_CHECKING:
+    from ptmpack.distribution.registry import RegistryStore
 
 RESIDUAL_TAG_INFIX = ".residual-"
 RESIDUAL_TAG_HEX = 16
+
+
+class RegistryError(PtmError):
+    """The registry could not be reached or answered with an error that is not the package's fault."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How to reach a registry."""
+
+    plain_http: bool = False
+    ca_file: Path | None = None
+    workers: int = 4
+    timeout_s: float = 60.0
+    retries: int = 6
+    """Attempts per blob download after a connection failure (each resumes with Range)."""
+    upload_chunk: int = 16 * 1024 * 1024
+    """Blobs larger than this are uploaded in PATCH chunks of this size."""
 
 
 class Store(Protocol):
@@ -49,6 +73,11 @@ def open_store(ref: Reference, client: ClientOptions, *, create: bool) -> Layout
         if client.plain_http or client.ca_file is not None:
             raise UsageError("--plain-http and --ca-file apply to registries, not to oci: layout directories")
         return LayoutStore(ref, create=create)
+    try:
+        from ptmpack.distribution.registry import RegistryStore
+    except ImportError as exc:  # httpx is what speaks to registries; oci: layouts do not need it
+        raise UnsupportedError(f"talking to registries needs httpx ({exc.name} is not installed)",
+                               hint="pip install 'ptmpack[distribution]', or use an oci:DIR layout") from None
     return RegistryStore(ref, client)
 
 
