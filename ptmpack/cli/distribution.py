@@ -86,14 +86,16 @@ def _client(plain_http: bool, ca_file: Path | None, workers: int) -> ClientOptio
 @client_options
 @click.option("--mount-from", "mount_from", multiple=True, metavar="REPO",
               help="Repository of the same registry to mount blobs from instead of uploading; repeatable.")
+@click.option("--no-auto-mount", "no_auto_mount", is_flag=True,
+              help="Do not mount blobs from the repositories the local cache saw holding them.")
 @click.option("--residual", is_flag=True,
               help="Publish this residual package as the delta to REFERENCE's tag (tag TAG.residual-<base>).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | None, workers: int,
-             mount_from: tuple[str, ...], residual: bool, as_json: bool) -> None:
+             mount_from: tuple[str, ...], no_auto_mount: bool, residual: bool, as_json: bool) -> None:
     """Push PACKAGE (.ptm) to REFERENCE: oci:DIR[:TAG] or HOST[:PORT]/REPO[:TAG]. Only new blobs are uploaded."""
     options = PushOptions(client=_client(plain_http, ca_file, workers), workers=workers, mount_from=mount_from,
-                          residual=residual)
+                          auto_mount=not no_auto_mount, residual=residual)
     with _Bars(not as_json) as bars:
         report = push(package, reference, options, bars)
     if as_json:

@@ -4,6 +4,7 @@ Layout under ``$XDG_CACHE_HOME/ptmpack`` (default ``~/.cache/ptmpack``)::
 
     blobs/sha256/<hex>      complete blobs, digest-checked before they were renamed here, read-only
     partial/sha256/<hex>    downloads in progress; a later pull resumes them with HTTP Range
+    origins/<host>.json     digest -> a repository of that registry known to hold it (for mounts)
 
 Blobs are content-addressed, so the cache is shared by every registry and
 repository and needs no index. Deleting the folder is always safe.
@@ -13,12 +14,18 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import fcntl
 import hashlib
+import json
 import os
+import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 CACHE_SUBDIR = "ptmpack"
+MAX_ORIGINS = 200_000
+"""Digests remembered per registry host (the oldest are forgotten first)."""
 
 
 def default_cache_dir() -> Path:
@@ -95,6 +102,37 @@ class BlobCache:
             self.drop(digest)
             return None
         return data
+
+    def _origins_file(self, host: str) -> Path:
+        return self.root / "origins" / (re.sub(r"[^A-Za-z0-9._-]", "_", host) + ".json")
+
+    def origins(self, host: str) -> dict[str, str]:
+        """digest -> a repository of registry ``host`` that held it when last pushed or pulled (best effort)."""
+        try:
+            doc = json.loads(self._origins_file(host).read_text("utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(doc, dict) else {}
+
+    def remember(self, host: str, repository: str, digests: Iterable[str]) -> None:
+        """Note that ``repository`` on ``host`` holds ``digests``, so a push elsewhere on that host can mount them."""
+        path = self._origins_file(host)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            known = self.origins(host)
+            for d in digests:
+                known.pop(d, None)
+                known[d] = repository
+            kept = dict(list(known.items())[-MAX_ORIGINS:])
+            fd, tmp = tempfile.mkstemp(prefix=".ptmpack-tmp-", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(kept, f, separators=(",", ":"))
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
     def drop(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -120,8 +120,12 @@ def pull(reference: Reference | str, output: Path | str, options: PullOptions = 
     check_target(out, force=options.force, want_dir=False)
     store = open_store(ref, options.client, create=False)
     try:
-        fetched = resolve(store, ref, BlobCache(options.cache_dir))
+        cache = BlobCache(options.cache_dir)
+        fetched = resolve(store, ref, cache)
         tally, checks = fetch_into(store, fetched, out, options, progress)
+        if not ref.is_layout:
+            cache.remember(ref.location, ref.repository, [fetched.manifest.config.digest,
+                                                          *(d.digest for d in fetched.manifest.layers)])
     finally:
         store.close()
     return report(fetched, out, "full", tally, checks, started)

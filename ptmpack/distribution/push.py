@@ -14,10 +14,12 @@ import concurrent.futures as cf
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptmpack.distribution.cache import BlobCache
 from ptmpack.distribution.describe import PackageConfig, annotations, read_facts
 from ptmpack.distribution.mapping import Cut, cut_spans, encode_recipe, hash_cut
 from ptmpack.distribution.oci import (
@@ -45,6 +47,10 @@ class PushOptions:
     workers: int = 4
     mount_from: tuple[str, ...] = ()
     """Repositories of the same registry to mount blobs from before uploading them."""
+    auto_mount: bool = True
+    """Also try the repository of that registry the local cache last saw holding each blob."""
+    cache_dir: Path | None = None
+    """Content cache root (it remembers which repositories hold which blobs); default ``$XDG_CACHE_HOME/ptmpack``."""
     residual: bool = False
     """Publish a residual package under the residual tag of the reference's tag (docs/DISTRIBUTION.md §5)."""
 
@@ -109,8 +115,12 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
         manifest = _manifest(cut, recipe, config_bytes, ann)
         tally = _Tally()
         small = {sha256_digest(config_bytes): config_bytes, sha256_digest(recipe): recipe}
-        _upload(store, path, cut, small, options, progress, tally)
+        cache = BlobCache(options.cache_dir)
+        mounts = _mount_sources(ref, options, cache)
+        _upload(store, path, cut, small, mounts, options, progress, tally)
         digest, changed = store.put_manifest(manifest.to_bytes(), tag, ARTIFACT_TYPE)
+        if not ref.is_layout:
+            cache.remember(ref.location, ref.repository, [*small, *(p.digest for p in cut.pieces())])
         if ref.digest and digest != ref.digest:
             raise UsageError(f"the package's manifest digest is {digest}, not {ref.digest}",
                              hint="push by tag; a digest reference must name exactly this package")
@@ -151,21 +161,34 @@ def _manifest(cut: Cut, recipe: bytes, config: bytes, ann: dict[str, str]) -> Pa
                            tuple(sorted(ann.items())))
 
 
-def _upload(store: Store, path: Path, cut: Cut, small: dict[str, bytes], options: PushOptions,
-            progress: TransferProgress, tally: _Tally) -> None:
+def _mount_sources(ref: Reference, options: PushOptions, cache: BlobCache) -> Callable[[str], list[str]]:
+    """For a digest: the repositories of the same registry to try mounting it from (named ones first)."""
+    if ref.is_layout:
+        return lambda digest: []
+    known = cache.origins(ref.location) if options.auto_mount else {}
+
+    def sources(digest: str) -> list[str]:
+        found = [*options.mount_from, *([known[digest]] if digest in known else [])]
+        return [r for r in dict.fromkeys(found) if r != ref.repository]
+
+    return sources
+
+
+def _upload(store: Store, path: Path, cut: Cut, small: dict[str, bytes], mounts: Callable[[str], list[str]],
+            options: PushOptions, progress: TransferProgress, tally: _Tally) -> None:
     pieces = cut.pieces()
     progress.start("uploading", sum(p.length for p in pieces) + sum(len(b) for b in small.values()))
     with open(path, "rb") as f, cf.ThreadPoolExecutor(max(1, options.workers)) as pool:
         fd = f.fileno()
-        jobs = [pool.submit(_one, store, d, len(b), lambda pos, n, b=b: b[pos: pos + n], options, progress, tally)
+        jobs = [pool.submit(_one, store, d, len(b), lambda pos, n, b=b: b[pos: pos + n], mounts(d), progress, tally)
                 for d, b in small.items()]
         jobs += [pool.submit(_one, store, p.digest, p.length, lambda pos, n, o=p.offset: os.pread(fd, n, o + pos),
-                             options, progress, tally) for p in pieces]
+                             mounts(p.digest), progress, tally) for p in pieces]
         for j in jobs:
             j.result()
 
 
-def _one(store: Store, digest: str, size: int, read: Any, options: PushOptions, progress: TransferProgress,
+def _one(store: Store, digest: str, size: int, read: Any, mount_from: list[str], progress: TransferProgress,
          tally: _Tally) -> None:
     if store.has_blob(digest, size):
         with tally.lock:
@@ -174,8 +197,8 @@ def _one(store: Store, digest: str, size: int, read: Any, options: PushOptions, 
         return
     mount = getattr(store, "mount_blob", None)  # registries only
     if mount is not None:
-        for repo in options.mount_from:
-            if repo != store.ref.repository and mount(digest, repo):  # type: ignore[attr-defined]
+        for repo in mount_from:
+            if mount(digest, repo):
                 with tally.lock:
                     tally.mounted += 1
                 progress.advance(size)

@@ -137,3 +137,8 @@ def test_chunked_upload_and_cross_repository_mount(registry: Registry, package: 
     assert mounted.bytes_uploaded == 0 and mounted.blobs_mounted == mounted.blobs
     pull(f"{registry.host}/team/copy:v1", tmp_path / "out.ptm", PullOptions(client=plain))
     assert (tmp_path / "out.ptm").read_bytes() == package.read_bytes()
+    # without --mount-from: the cache remembers which repository of this registry holds each blob
+    auto = push(package, f"{registry.host}/team/third:v1", PushOptions(client=plain))
+    assert auto.bytes_uploaded == 0 and auto.blobs_mounted == auto.blobs
+    manual = push(package, f"{registry.host}/team/fourth:v1", PushOptions(client=plain, auto_mount=False))
+    assert manual.blobs_mounted == 0 and manual.blobs_uploaded == manual.blobs
