@@ -198,40 +198,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("mpnet", "minilm"), default="mpnet")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--no-finetune", action="store_true", help="skip the fine-tune and --delta cases")
+    parser.add_argument("--cases", default="throughput,metadata,finetune",
+                        help="comma-separated subset of throughput, metadata, finetune")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if not registry_available() or not shutil.which("curl"):
         sys.exit("needs docker-registry (apt install docker-registry) and curl")
     common.rm(WORK)
     WORK.mkdir(parents=True)
+    cases = set(args.cases.split(","))
     results: dict[str, object] = {"machine": common.machine_info(), "model": args.model}
     tree = model_tree(args.model)
     pkg = WORK / f"{args.model}.ptm"
     api.pack(tree, pkg)
-    try:
-        with Registry(WORK / "registry") as reg:
-            common.log(f"registry at {reg.host}; package {pkg.stat().st_size / common.MB:.1f} MB")
-            tp = throughput(reg, pkg, args.repeat)
-            results["throughput"] = tp
+    with Registry(WORK / "registry") as reg:
+        common.log(f"registry at {reg.host}; package {pkg.stat().st_size / common.MB:.1f} MB")
+        if "throughput" in cases:
+            results["throughput"] = throughput(reg, pkg, args.repeat)
+        if "metadata" in cases:
             v2 = WORK / f"{args.model}-v2.ptm"
             api.pack(bumped_copy(tree, WORK / "tree-v2", "9.9.9"), v2)
             meta = moved(reg, "bench/meta", pkg, v2, WORK / "cache-meta")
             meta.pop("local_v1")
             results["metadata_only"] = meta
             common.rm(v2, WORK / "tree-v2")
-            if not args.no_finetune:
-                a_tree, b_tree = finetune_pair()
-                a, b = WORK / "ft-a.ptm", WORK / "ft-b.ptm"
-                api.pack(a_tree, a)
-                api.pack(b_tree, b)
-                ft = moved(reg, "bench/finetune", a, b, WORK / "cache-ft")
-                ft.pop("local_v1")
-                results["finetune_full"] = ft
-                results["finetune_delta"] = [delta_case(reg, f"bench/delta{bits}", a, b, bits, WORK / f"cache-d{bits}")
-                                             for bits in (8, 0)]
-    finally:
-        pass
+        if "finetune" in cases:
+            a_tree, b_tree = finetune_pair()
+            a, b = WORK / "ft-a.ptm", WORK / "ft-b.ptm"
+            api.pack(a_tree, a)
+            api.pack(b_tree, b)
+            ft = moved(reg, "bench/finetune", a, b, WORK / "cache-ft")
+            ft.pop("local_v1")
+            results["finetune_full"] = ft
+            results["finetune_delta"] = [delta_case(reg, f"bench/delta{bits}", a, b, bits, WORK / f"cache-d{bits}")
+                                         for bits in (8, 0)]
     report(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -240,25 +240,25 @@ def main() -> None:
 
 
 def report(r: dict[str, object]) -> None:
-    tp = r["throughput"]
-    assert isinstance(tp, dict)
-    print(f"\n## Distribution ({r['model']}, {tp['package_bytes'] / common.MB:.1f} MB, loopback docker-registry)\n")
-    print(f"push  {tp['push_MBps']:.0f} MB/s   pull (download+verify+assemble) {tp['pull_MBps']:.0f} MB/s   "
-          f"curl -Z (4 parallel) {tp['curl_MBps']:.0f} MB/s")
-    print(f"ratio pull/curl {tp['pull_vs_curl']:.2f}x   download phase/curl {tp['pull_download_phase_vs_curl']:.2f}x   "
-          f"push/curl-pull {tp['push_vs_curl']:.2f}x   (target pull >= 0.8x)")
-    m = r["metadata_only"]
-    assert isinstance(m, dict)
-    print(f"metadata-only N+1: uploaded {m['uploaded']:,} B, downloaded {m['downloaded']:,} B "
-          f"= {m['download_fraction']:.5f} of {m['v2_bytes']:,} B (identical: {m['identical']})")
-    if "finetune_full" in r:
-        f = r["finetune_full"]
-        assert isinstance(f, dict)
-        print(f"fine-tune N+1 (full pull): downloaded {f['downloaded']:,} B = {f['download_fraction']:.3f} of B")
+    print(f"\n## Distribution ({r['model']}, loopback docker-registry, {r['machine'].get('cpu', '')})\n")  # type: ignore[union-attr]
+    tp = r.get("throughput")
+    if isinstance(tp, dict):
+        print(f"package {tp['package_bytes'] / common.MB:.1f} MB: push {tp['push_MBps']:.0f} MB/s, pull "
+              f"(download + assembly + verify) {tp['pull_MBps']:.0f} MB/s, curl (4 parallel) {tp['curl_MBps']:.0f} MB/s")
+        print(f"ratio pull/curl {tp['pull_vs_curl']:.2f}x, download phase/curl {tp['pull_download_phase_vs_curl']:.2f}x, "
+              f"push/curl {tp['push_vs_curl']:.2f}x (target pull >= 0.8x)")
+    m = r.get("metadata_only")
+    if isinstance(m, dict):
+        print(f"metadata-only N+1: uploaded {m['uploaded']:,} B, downloaded {m['downloaded']:,} B "
+              f"= {m['download_fraction']:.5f} of {m['v2_bytes']:,} B (byte-identical: {m['identical']})")
+    f = r.get("finetune_full")
+    if isinstance(f, dict):
+        print(f"fine-tune N+1, plain pull: downloaded {f['downloaded']:,} B = {f['download_fraction']:.3f} of B "
+              f"({f['v2_bytes']:,} B)")
         for d in r["finetune_delta"]:  # type: ignore[union-attr]
-            print(f"fine-tune N+1 (pull --delta, residual bits={d['bits']}): downloaded {d['downloaded']:,} B = "
-                  f"{d['download_fraction']:.3f} of B (residual {d['residual_bytes']:,} B, method {d['method']}, "
-                  f"byte-identical to B: {d['identical']})")
+            print(f"fine-tune N+1, pull --delta (residual bits={d['bits']}): downloaded {d['downloaded']:,} B = "
+                  f"{d['download_fraction']:.3f} of B (residual package {d['residual_bytes']:,} B, "
+                  f"method {d['method']}, byte-identical to B: {d['identical']})")
 
 
 if __name__ == "__main__":

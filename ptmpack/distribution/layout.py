@@ -28,7 +28,7 @@ from ptmpack.distribution.oci import (
     load_document,
     sha256_digest,
 )
-from ptmpack.distribution.reference import DEFAULT_TAG, Reference
+from ptmpack.distribution.reference import Reference
 from ptmpack.errors import IntegrityError, UsageError
 
 LAYOUT_FILE = "oci-layout"
@@ -144,15 +144,21 @@ class LayoutStore:
         if not self.has_blob(digest, len(data)):
             self.put_blob(digest, len(data), lambda pos, n: data[pos: pos + n], lambda n: None)
             changed = True
-        tag = tag or DEFAULT_TAG
+        entry: dict[str, Any] = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": len(data),
+                                 "artifactType": artifact_type}
         with self._locked():
             index = self.index()
-            old = [m for m in index.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) == tag]
-            if len(old) == 1 and old[0].get("digest") == digest:
-                return digest, changed
-            keep = [m for m in index.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) != tag]
-            keep.append({"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": len(data),
-                         "artifactType": artifact_type, "annotations": {REF_NAME: tag}})
+            manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)]
+            if tag is None:  # by digest: listed without a name, so layout tools keep it
+                if any(m.get("digest") == digest for m in manifests):
+                    return digest, changed
+                keep = [*manifests, entry]
+            else:
+                old = [m for m in manifests if (m.get("annotations") or {}).get(REF_NAME) == tag]
+                if len(old) == 1 and old[0].get("digest") == digest:
+                    return digest, changed
+                keep = [m for m in manifests if (m.get("annotations") or {}).get(REF_NAME) != tag]
+                keep.append({**entry, "annotations": {REF_NAME: tag}})
             index["manifests"] = keep
             self._write_atomic(self.root / INDEX_FILE, canonical_json(index))
         return digest, True

@@ -113,6 +113,9 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
         recipe = encode_recipe(path, cut)
         config_bytes = config.to_bytes()
         manifest = _manifest(cut, recipe, config_bytes, ann)
+        if ref.digest and sha256_digest(manifest.to_bytes()) != ref.digest:
+            raise UsageError(f"the package's manifest digest is {sha256_digest(manifest.to_bytes())}, not {ref.digest}",
+                             hint="push by tag; a digest reference must name exactly this package")
         tally = _Tally()
         small = {sha256_digest(config_bytes): config_bytes, sha256_digest(recipe): recipe}
         cache = BlobCache(options.cache_dir)
@@ -121,9 +124,6 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
         digest, changed = store.put_manifest(manifest.to_bytes(), tag, ARTIFACT_TYPE)
         if not ref.is_layout:
             cache.remember(ref.location, ref.repository, [*small, *(p.digest for p in cut.pieces())])
-        if ref.digest and digest != ref.digest:
-            raise UsageError(f"the package's manifest digest is {digest}, not {ref.digest}",
-                             hint="push by tag; a digest reference must name exactly this package")
     finally:
         store.close()
     blobs = len(manifest.layers) + 1

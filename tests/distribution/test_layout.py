@@ -78,3 +78,14 @@ def test_same_version_twice_writes_nothing(packages: dict[str, Path], tmp_path: 
     push(packages["signed"], f"oci:{layout}:v1")
     again = push(packages["signed"], f"oci:{layout}:v1")
     assert (again.bytes_uploaded, again.blobs_uploaded, again.manifest_uploaded) == (0, 0, False)
+
+
+def test_push_and_pull_by_digest(packages: dict[str, Path], tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    digest = push(packages["raw"], f"oci:{layout}:v1").digest
+    assert push(packages["raw"], f"oci:{layout}@{digest}").digest == digest  # the same package: accepted
+    with pytest.raises(UsageError):  # a digest that is not this package's is refused before anything is written
+        push(packages["zstd"], f"oci:{layout}@{digest}")
+    assert ls_ref(f"oci:{layout}").tags == ("v1",)  # a push by digest adds no tag
+    pull(f"oci:{layout}@{digest}", tmp_path / "out.ptm")
+    assert (tmp_path / "out.ptm").read_bytes() == packages["raw"].read_bytes()
