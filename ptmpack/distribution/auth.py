@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from ptmpack.distribution.reference import is_loopback
 from ptmpack.errors import KeyAccessError, UsageError
 
 ENV_USER = "PTMPACK_REGISTRY_USER"
@@ -187,6 +188,10 @@ class RegistryAuth(httpx.Auth):
         yield request
 
     def _token(self, params: dict[str, str]) -> Generator[httpx.Request, httpx.Response, str | None]:
+        realm = httpx.URL(params["realm"])
+        if realm.scheme != "https" and not is_loopback(realm.host):
+            raise KeyAccessError(f"the registry sends credentials to the token service {params['realm']} over "
+                                 f"plain HTTP; refused", hint="the token realm must use HTTPS")
         query = {k: params[k] for k in ("service", "scope") if params.get(k)}
         headers = {"Authorization": self._basic()} if self.credentials is not None else {}
         self.token_requests += 1

@@ -131,6 +131,8 @@ def host_name(location: str) -> str:
     """The host part of ``host[:port]`` (brackets of an IPv6 literal removed)."""
     if location.startswith("["):
         return location[1:location.index("]")]
+    if location.count(":") > 1:  # a bare IPv6 address (no port)
+        return location
     return location.rpartition(":")[0] if ":" in location else location
 
 

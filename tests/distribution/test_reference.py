@@ -46,7 +46,7 @@ def test_bad_references_are_usage_errors(text: str) -> None:
 
 def test_loopback() -> None:
     assert is_loopback("localhost:5000") and is_loopback("127.0.0.1:80") and is_loopback("[::1]:5000")
-    assert is_loopback("127.8.9.10")
+    assert is_loopback("127.8.9.10") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("10.0.0.1:5000") and not is_loopback("registry.example.com")
 
 
