@@ -187,11 +187,22 @@ def delta_case(reg: Registry, repo: str, a: Path, b: Path, bits: int | str, cach
     return out
 
 
-def finetune_pair() -> tuple[Path, Path]:
+def finetune_pair(steps: int) -> tuple[Path, Path]:
+    """A = all-MiniLM-L6-v2, B = A fine-tuned: bench_residual's cached 300-step pair, or a shorter run of the
+    same recipe (same seed, batch, length, learning rate) when ``steps`` asks for one."""
     import bench_residual as br
 
-    b_weights = br.finetuned_weights()
-    return (br.tree_for("a", common.minilm_checkpoint() / "model.safetensors"), br.tree_for("ft", b_weights))
+    if steps == br.FT["steps"]:
+        b_weights = br.finetuned_weights()
+    else:
+        b_weights = common.CACHE / "distribution" / f"minilm-ft-s{steps}.safetensors"
+        if not b_weights.exists():
+            b_weights.parent.mkdir(parents=True, exist_ok=True)
+            common.log(f"fine-tuning MiniLM for {steps} steps on the CPU")
+            tmp = b_weights.with_suffix(".partial")
+            br.real.finetune(common.minilm_checkpoint(), tmp, **{**br.FT, "steps": steps})  # type: ignore[arg-type]
+            tmp.rename(b_weights)
+    return (br.tree_for("a", common.minilm_checkpoint() / "model.safetensors"), br.tree_for(f"ft{steps}", b_weights))
 
 
 def main() -> None:
@@ -200,6 +211,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default="throughput,metadata,finetune",
                         help="comma-separated subset of throughput, metadata, finetune")
+    parser.add_argument("--ft-steps", type=int, default=300,
+                        help="fine-tune steps of the MiniLM pair (300 = bench_residual's cached pair)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if not registry_available() or not shutil.which("curl"):
@@ -223,7 +236,8 @@ def main() -> None:
             results["metadata_only"] = meta
             common.rm(v2, WORK / "tree-v2")
         if "finetune" in cases:
-            a_tree, b_tree = finetune_pair()
+            a_tree, b_tree = finetune_pair(args.ft_steps)
+            results["finetune_steps"] = args.ft_steps
             a, b = WORK / "ft-a.ptm", WORK / "ft-b.ptm"
             api.pack(a_tree, a)
             api.pack(b_tree, b)
@@ -253,6 +267,7 @@ def report(r: dict[str, object]) -> None:
               f"= {m['download_fraction']:.5f} of {m['v2_bytes']:,} B (byte-identical: {m['identical']})")
     f = r.get("finetune_full")
     if isinstance(f, dict):
+        print(f"fine-tune pair: all-MiniLM-L6-v2 and {r.get('finetune_steps')} AdamW steps of it (real text)")
         print(f"fine-tune N+1, plain pull: downloaded {f['downloaded']:,} B = {f['download_fraction']:.3f} of B "
               f"({f['v2_bytes']:,} B)")
         for d in r["finetune_delta"]:  # type: ignore[union-attr]
