@@ -121,7 +121,7 @@ def throughput(reg: Registry, pkg: Path, repeat: int) -> dict[str, object]:
         common.wait_idle(20)
         ph = Phases()
         t0 = time.perf_counter()
-        pr = push(pkg, ref, PushOptions(client=PLAIN), ph)
+        pr = push(pkg, ref, PushOptions(client=PLAIN, auto_mount=False), ph)  # a real upload, not a mount
         t_push = time.perf_counter() - t0
         push_phases = ph.durations(time.perf_counter())
         out = WORK / "pulled.ptm"
@@ -131,8 +131,8 @@ def throughput(reg: Registry, pkg: Path, repeat: int) -> dict[str, object]:
         pl = pull(ref, out, PullOptions(client=PLAIN, cache_dir=WORK / "cache"), ph)
         t_pull = time.perf_counter() - t0
         pull_phases = ph.durations(time.perf_counter())
-        if out.stat().st_size != size:
-            raise RuntimeError("pulled package has the wrong size")
+        if out.stat().st_size != size or pr.bytes_uploaded < size * 0.99:
+            raise RuntimeError("the round did not move the whole package")
         common.rm(out, WORK / "cache")
         t_curl = curl_fetch(blob_urls(reg.host, ref), WORK / "curl")
         rows.append({"push_s": t_push, "pull_s": t_pull, "curl_s": t_curl, "pull_download_s": pull_phases.get(
