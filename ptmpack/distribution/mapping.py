@@ -104,11 +104,12 @@ def cut_spans(reader: PackageReader) -> list[Span]:
     """
     spans: list[Span] = []
     cursor = 0
-    headers = [(pos, hdr) for pos, hdr, _path in reader.walk_headers()]
+    minor = reader.header.version_minor
+    headers = [(hdr.data_offset(pos, bytes(path), minor), hdr) for pos, hdr, path in reader.walk_headers()]
     piece = piece_size(sum(h.stored_length for _, h in headers if h.stored_length >= SMALL_ENTRY))
     with open(reader.path, "rb") as f:
-        for pos, hdr in headers:
-            cursor = _cut_entry(f.fileno(), spans, cursor, hdr.data_offset(pos), hdr, piece)
+        for start, hdr in headers:
+            cursor = _cut_entry(f.fileno(), spans, cursor, start, hdr, piece)
     spans.append(Span(cursor, reader.size - cursor, False))
     return spans
 
