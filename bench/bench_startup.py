@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, cmd in commands.items():
             series[name].add(common.run_cmd(cmd))
     floor = series["python -c 'import click'"].median()
-    rows = ["| command | median (s) | range (s) | × import click |", "|---|---:|---:|---:|"]
+    rows = ["| command | median (s) | range (s) | ratio to import click |", "|---|---:|---:|---:|"]
     for name, s in series.items():
         rows.append(f"| `{name}` | {s.median():.3f} | {s.spread()} | {s.median() / floor:.2f} |")
     table = "\n".join(rows)
