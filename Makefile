@@ -13,7 +13,7 @@ DEMO := demo-out
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,ir]'
+	$(PY) -m pip install --quiet -e '.[dev,ir,distribution]'
 	touch $(STAMP)
 
 install: $(STAMP)
