@@ -329,9 +329,14 @@ def _peaks(root: Path, count: int, bits: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("bits", [8, 0])
 def test_memory_does_not_grow_with_the_model(tmp_path: Path, bits: int) -> None:
-    """Diff and apply hold a few tensors at a time: 4x the model, same peak (never both models whole)."""
-    small = _peaks(tmp_path / "small", 4, bits)
-    large = _peaks(tmp_path / "large", 16, bits)
-    tensor = 1 << 19
+    """Diff and apply hold a few tensors at a time: 4x the model, same peak (never both models whole).
+
+    Both models are at least the 4 MiB that pack samples to choose a codec, so that bounded
+    sample is the same size in both. Pack's fixed buffers (the 4 MiB write stage, the codec
+    sample) live on different threads, so how much of them overlaps at the peak varies by one
+    such buffer; holding either model whole would add 12 MiB."""
+    small = _peaks(tmp_path / "small", 8, bits)
+    large = _peaks(tmp_path / "large", 32, bits)
+    slack = (1 << 19) + (4 << 20)
     for s, big in zip(small, large, strict=True):
-        assert big <= s + tensor, (small, large)
+        assert big <= s + slack, (small, large)
