@@ -119,5 +119,8 @@ class KernelCopier:
         return n
 
 
-_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF,
+# Errors meaning "this method cannot copy between these two files" (cross-device on older kernels,
+# a file system or file type without support, sendfile wanting a socket): try the next method.
+# Anything else (ENOSPC, EIO, ...) is a real failure and is raised.
+_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.ENOTSOCK,
                 errno.ETXTBSY, errno.EPERM}

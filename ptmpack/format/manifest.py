@@ -17,8 +17,9 @@ from typing import Any
 
 from ptmpack.errors import IntegrityError, UnsupportedError
 from ptmpack.format import spec
+from ptmpack.format.fastcheck import check_unknown, load_manifest_json, plain_entry_path
 from ptmpack.format.paths import check_entry_path, check_unique_paths
-from ptmpack.jsonio import MAX_DEPTH, MAX_INT_DIGITS, Fields, is_int, loads_strict
+from ptmpack.jsonio import Fields, is_int
 from ptmpack.tensors.safetensors_index import DTYPE_SIZES, MAX_TENSOR_DIMS
 
 FORMAT_NAME = "ptmpack"
@@ -161,7 +162,7 @@ class Manifest:
             IntegrityError: not JSON, or a field of the wrong type or out of range.
             UnsupportedError: a newer major format version.
         """
-        p = Fields(_load(raw), "manifest")
+        p = Fields(load_manifest_json(raw), "manifest")
         if p.get("format", str) != FORMAT_NAME:
             raise IntegrityError("manifest: format is not 'ptmpack'")
         version = p.get("version", list)
@@ -216,86 +217,11 @@ def _entry_doc(e: EntryRecord) -> dict[str, Any]:
     return doc
 
 
-_PLAIN_COMPONENT = r"(?!\.\.?(?:/|\Z))[ -.0-\[\]-~]{1,255}"
-PLAIN_PATH = re.compile(rf"(?:Model|Program|Meta-info)(?:/{_PLAIN_COMPONENT})+\Z")
-"""Paths of printable ASCII that obey every rule of ``check_entry_path`` (which the others go through).
-
-ASCII is always NFC, has no control character here, and a root of Model, Program or Meta-info
-rules out a drive letter; the rest (no backslash, no empty, ``.`` or ``..`` component, components
-of at most 255 bytes) is in the pattern. The length limit is checked beside it."""
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 ENTRY_FIELDS = frozenset({"index", "path", "kind", "header_offset", "data_offset", "stored_length", "raw_length",
                           "codec", "chunk_size", "sha256", "executable", "chunks", "tensors"})
 TENSOR_FIELDS = frozenset({"name", "dtype", "shape", "begin", "end"})
 _INT_ONLY = frozenset({int})
-MAX_INT = 10**MAX_INT_DIGITS
-
-
-def plain_entry_path(path: str) -> bool:
-    """True when ``path`` is printable ASCII and obeys the path rules (a fast, exact subset of them)."""
-    return len(path) <= spec.MAX_PATH_BYTES and PLAIN_PATH.match(path) is not None
-
-
-def _load(raw: bytes) -> Any:
-    """Parse the manifest at C speed, refusing what :func:`ptmpack.jsonio.loads_strict` refuses.
-
-    Invalid UTF-8 or JSON, duplicate keys, NaN/Infinity, numbers that overflow a double and
-    nesting beyond the interpreter's
-    recursion limit send the bytes to ``loads_strict`` for its message. The two limits that
-    ``loads_strict`` checks token by token (numbers of at most 20 digits, nesting of at most
-    ``MAX_DEPTH``) are kept without that cost: every field the format defines is type- and
-    range-checked where it is read (an integer field out of range, or a list or object where
-    a number belongs, is refused there), and :func:`check_unknown` applies both limits to the
-    values of fields it does not define.
-    """
-    try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_refuse,
-                          parse_float=_finite)
-    except (ValueError, RecursionError):  # UnicodeError and JSONDecodeError are ValueErrors
-        return loads_strict(raw, "manifest")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc = dict(pairs)
-    if len(doc) != len(pairs):
-        raise ValueError("duplicate key")
-    return doc
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:32]} overflows a double")
-    return value
-
-
-def _refuse(token: str) -> None:
-    raise ValueError(f"{token} is not valid JSON")
-
-
-def check_unknown(doc: dict[str, Any], known: frozenset[str], depth: int, where: str) -> None:
-    """Apply the strict loader's limits to the fields of ``doc`` (itself at nesting ``depth``)
-    that are not in ``known``: at most ``MAX_DEPTH`` levels, integers of at most 20 digits,
-    finite numbers.
-
-    Raises:
-        IntegrityError: a value breaks a limit.
-    """
-    if len(doc) > len(known) or not known.issuperset(doc):
-        for key in doc.keys() - known:
-            _check_value(doc[key], depth, f"{where}.{key}")
-
-
-def _check_value(value: Any, depth: int, where: str) -> None:
-    if isinstance(value, (dict, list)):
-        if depth + 1 > MAX_DEPTH:
-            raise IntegrityError(f"{where}: nested deeper than {MAX_DEPTH} levels")
-        for v in value.values() if isinstance(value, dict) else value:
-            _check_value(v, depth + 1, where)
-    elif type(value) is int and not -MAX_INT < value < MAX_INT:
-        raise IntegrityError(f"{where}: integer of more than {MAX_INT_DIGITS} digits")
-    elif type(value) is float and not math.isfinite(value):
-        raise IntegrityError(f"{where}: number overflows a double")
 
 
 def _entry_from(doc: object, position: int) -> EntryRecord:

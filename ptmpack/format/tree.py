@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ptmpack.errors import InvalidTreeError
 from ptmpack.format import spec
-from ptmpack.format.manifest import plain_entry_path
+from ptmpack.format.fastcheck import plain_entry_path
 from ptmpack.format.paths import check_entry_path, check_unique_paths
 
 REQUIRED_FILES = ("Meta-info/managementinfo.json", "Meta-info/technicalinfo.json")
