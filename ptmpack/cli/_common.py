@@ -103,11 +103,17 @@ def pack_config(*, compress: str, chunk_size: str, encrypt: bool, passphrase_fil
 
 
 @contextmanager
-def progress_bar(label: str, total: int | None, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A byte-progress callback drawing a rich bar on a terminal's stderr (a no-op elsewhere)."""
+def progress_bar(label: str, total: int | Callable[[], int | None] | None,
+                 enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A byte-progress callback drawing a rich bar on a terminal's stderr (a no-op elsewhere).
+
+    ``total`` may be a function, called only when a bar is drawn (it may walk a tree).
+    """
     if not enabled or not sys.stderr.isatty():
         yield lambda n: None
         return
+    if callable(total):
+        total = total()
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 

@@ -44,7 +44,7 @@ def pack_cmd(directory: Path, output: Path, compress: str, chunk_size: str, forc
              **protection: Any) -> None:
     """Pack a package tree into a .ptm container."""
     config = pack_config(compress=compress, chunk_size=chunk_size, **protection)
-    with progress_bar("packing", api.tree_bytes(directory), not as_json) as progress:
+    with progress_bar("packing", lambda: api.tree_bytes(directory), not as_json) as progress:
         report = api.pack(directory, output, config, force=force, progress=progress)
     if as_json:
         emit_json(report.to_json())

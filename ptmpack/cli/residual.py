@@ -44,8 +44,7 @@ def diff_cmd(base: Path, target: Path, output: Path, residual: bool, bits: str, 
     compression, level = api.parse_compression(f"zstd:{level}")
     config = api.PackConfig(compression=compression, level=level, encryption=encryption,
                             sign_key=api.load_signing_key(sign_key) if sign_key else None)
-    total = api.tree_bytes(target) if target.is_dir() else None
-    with progress_bar("diffing", total, not as_json) as progress:
+    with progress_bar("diffing", lambda: api.tree_bytes(target), not as_json) as progress:
         report = api.diff(base, target, output, bits=bits if bits == "auto" else int(bits), group_size=group_size,
                           max_error=max_error, opener=opener(passphrase_file, key_file, identity), force=force,
                           config=config, progress=progress)

@@ -10,7 +10,6 @@ multiple of the caller's ``raw_length`` is ever allocated, and any inconsistency
 
 from __future__ import annotations
 
-import enum
 import struct
 import threading
 
@@ -18,29 +17,9 @@ import numpy as np
 import zstandard
 
 from ptmpack.codecs.planes import join_planes, split_planes
+from ptmpack.codecs.transform import _BY_WIDTH, Transform
 from ptmpack.errors import IntegrityError, UnsupportedError, UsageError
 from ptmpack.format.spec import MAX_CHUNK_SIZE
-
-
-class Transform(enum.IntEnum):
-    """How a chunk is rearranged before zstd; stored in the entry's codec field, so frozen."""
-
-    NONE = 0
-    EXP_PLANES_16 = 1
-    """2-byte floats (float16, bfloat16): two byte planes."""
-    EXP_PLANES_32 = 2
-    """4-byte floats (float32): four byte planes."""
-    EXP_PLANES_64 = 3
-    """8-byte floats (float64): eight byte planes."""
-
-    @property
-    def width(self) -> int:
-        """Bytes per element the transform splits (0 for NONE)."""
-        return _WIDTH[self]
-
-
-_WIDTH = {Transform.NONE: 0, Transform.EXP_PLANES_16: 2, Transform.EXP_PLANES_32: 4, Transform.EXP_PLANES_64: 8}
-_BY_WIDTH = {width: transform for transform, width in _WIDTH.items() if width}
 
 MAX_RAW_LENGTH = MAX_CHUNK_SIZE
 """Largest raw chunk (SPEC §3: chunk ≤ 64 MiB); bounds every decode allocation."""

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ptmpack.codecs.chunk import Transform
 from ptmpack.crypto.aead import Cipher
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.format import spec
@@ -70,6 +69,8 @@ def inspect_package(package: Path, *, opener: Opener | None = None, tensors: boo
 
 def codec_names(codec: int) -> dict[str, str]:
     """The names of a codec field's compression, encryption and transform ids."""
+    from ptmpack.codecs.transform import Transform
+
     compression, encryption, transform = spec.split_codec(codec)
 
     def name(enum_cls: Any, value: int) -> str:
