@@ -89,11 +89,12 @@ class _Torch:
         return a.detach().cpu().numpy()
 
     def inverse_upper_cholesky(self, h: np.ndarray) -> Any:
-        if self.device == "cpu":
-            return self.asarray(inverse_upper_cholesky(h))
         t = self.torch
         low = t.linalg.cholesky(t.tensor(h, dtype=t.float64, device=self.device))
-        return t.linalg.cholesky(t.cholesky_inverse(low), upper=True).to(t.float32)
+        u = t.linalg.cholesky(t.cholesky_inverse(low), upper=True)
+        if not bool(t.isfinite(u).all()):
+            raise ValueError("non-finite factor")
+        return u.to(t.float32)
 
     def outer(self, a: Any, b: Any) -> Any:
         return self.torch.outer(a, b)
@@ -168,17 +169,17 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, bits: int, group_size
         for g in range(groups):
             scales[:, g], zeros[:, g] = group_params(w[:, g * group_size:(g + 1) * group_size], bits, symmetric,
                                                      scale_dtype)
-    try:
-        u = xp.inverse_upper_cholesky(h[np.ix_(perm, perm)])
-    except Exception as exc:  # numpy LinAlgError / torch linalg error
-        raise NotPositiveDefinite(f"the damped Hessian is not positive definite ({type(exc).__name__})",
-                                  hint="use more calibration samples or check the activations for NaN") from None
     # Work on the transpose (one input column = one contiguous row) so column updates are row updates.
     Wt = xp.asarray(np.ascontiguousarray(w[:, perm].T))
     Qt = xp.asarray(np.zeros((cols, rows), np.float32))
     col_group = perm // group_size
     S, Z = xp.asarray(scales), xp.asarray(zeros)
     with xp.session():
+        try:
+            u = xp.inverse_upper_cholesky(h[np.ix_(perm, perm)])
+        except Exception as exc:  # numpy LinAlgError / torch linalg error
+            raise NotPositiveDefinite(f"the damped Hessian is not positive definite ({type(exc).__name__})",
+                                      hint="use more calibration samples or check the activations for NaN") from None
         _solve(xp, Wt, Qt, u, S, Z, scales, zeros, col_group, bits, group_size, symmetric, act_order, block,
                scale_dtype)
     deq = np.empty_like(w)
