@@ -45,7 +45,7 @@ def _layer_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--bits", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True, help="Weight bits.")
 @click.option("--act-bits", type=int, help="Activation bits (--quant ptq).")
 @click.option("--group-size", type=int, help="Input columns per scale; must divide every layer's input width "
-                                             "(default: the largest of 128, 64, 32 that does).")
+                                             "(default: the largest of 128, 64, 32 that does; 0: per output channel).")
 @click.option("--sym/--asym", "symmetric", default=False, show_default=True, help="Symmetric or asymmetric (zero point).")
 @click.option("--act-order", is_flag=True, help="GPTQ: visit columns by decreasing Hessian diagonal (static groups).")
 @click.option("--calib", type=click.Path(path_type=Path, dir_okay=False), help="Calibration text file.")

@@ -117,7 +117,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     def run(targets: list[Target], tensors: ModelTensors, group: int) -> dict[str, QuantizedWeight]:
         def solve(w: np.ndarray, h: np.ndarray) -> QuantizedWeight:
             scale_dtype = w.dtype if w.dtype in (np.float16, np.float32) else np.float32
-            return gptq_quantize(w, h, spec.bits, group, spec.symmetric, act_order=spec.act_order, xp=xp,
+            return gptq_quantize(w, h, spec.bits, group or w.shape[1], spec.symmetric, act_order=spec.act_order, xp=xp,
                                  scale_dtype=scale_dtype)
 
         return calibrate_and_quantize(tree, targets, tensors, calib.windows, solve, ctx.progress)

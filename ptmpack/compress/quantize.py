@@ -87,11 +87,15 @@ def largest_valid_group(widths: list[int], limit: int) -> int | None:
 def choose_group_size(targets: list[Target], requested: int | None) -> int:
     """The group size to use: ``requested`` when it divides every input width, else the default.
 
+    0 means per output channel (compressed-tensors strategy ``channel``): each layer's own input width.
+
     Raises:
         UsageError: ``requested`` does not divide some layer's input width (names the largest
             size that would), or no default group size fits.
     """
     widths = sorted({t.in_features for t in targets})
+    if requested == 0:  # per output channel: one group spanning each layer's whole input
+        return 0
     if requested is not None:
         bad = [t for t in targets if t.in_features % requested]
         if bad:
@@ -107,6 +111,11 @@ def choose_group_size(targets: list[Target], requested: int | None) -> int:
     if best is None:
         raise UsageError(f"no group size of 32 or less divides every input width {widths}")
     return best
+
+
+def group_of(target: Target, group: int) -> int:
+    """The group size used for ``target``: ``group``, or its whole input width when ``group`` is 0 (per channel)."""
+    return group or target.in_features
 
 
 class ModelTensors:
@@ -221,7 +230,8 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: LayerFn, *, extra: Map
                   ) -> dict[str, Any]:
     """Quantize the tree's linears with ``run`` and rewrite ``Model/``; return the step record.
 
-    ``run(targets, tensors, group_size)`` returns the quantized weight of each target prefix.
+    ``run(targets, tensors, group_size)`` returns the quantized weight of each target prefix
+    (group size 0: per channel, each target's ``in_features``; see :func:`group_of`).
 
     Raises:
         UsageError: a bad group size.
@@ -258,14 +268,15 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: LayerFn, *, extra: Map
     config = read_json(config_path)
     decoder = model.metadata.get("structure") == "decoder-only"
     actorder = "weight" if getattr(spec, "act_order", False) else None
-    config["quantization_config"] = quantization_config(spec.bits, group, spec.symmetric,
+    config["quantization_config"] = quantization_config(spec.bits, group or None, spec.symmetric,
                                                         ignored_linears(tensors, targets, decoder), actorder=actorder)
     write_json(config_path, config)
     regraph(tree)
     size_after = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
     after = measure(tree, calibration, reference=before)
     record: dict[str, Any] = {
-        "step": "quant", "method": method, "bits": spec.bits, "group_size": group, "symmetric": spec.symmetric,
+        "step": "quant", "method": method, "bits": spec.bits, "group_size": group or "channel",
+        "symmetric": spec.symmetric,
         "format": "compressed-tensors/pack-quantized", "layers_quantized": len(targets),
         "size_before": size_before, "size_after": size_after, "seconds": round(seconds, 3),
         "calibration": calibration.record() if calibration is not None else None,

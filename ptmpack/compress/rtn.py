@@ -89,13 +89,14 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         UsageError: a group size that does not divide a layer's input width.
         UnsupportedError: a model the IR converter does not know.
     """
-    from ptmpack.compress.quantize import ModelTensors, Target, quantize_tree
+    from ptmpack.compress.quantize import ModelTensors, Target, group_of, quantize_tree
 
     def run(targets: list[Target], tensors: ModelTensors, group: int) -> dict[str, QuantizedWeight]:
         done: dict[str, QuantizedWeight] = {}
         for i, t in enumerate(targets):
             w = tensors[t.weight]
-            done[t.prefix] = quantize_rtn(w.T if t.transposed else w, ctx.spec.bits, group, ctx.spec.symmetric)
+            done[t.prefix] = quantize_rtn(w.T if t.transposed else w, ctx.spec.bits, group_of(t, group),
+                                          ctx.spec.symmetric)
             ctx.progress("rtn", i + 1, len(targets))
         return done
 

@@ -34,7 +34,7 @@ class CompressSpec:
     """Activation bits (ptq only, e.g. 8)."""
     group_size: int | None = None
     """Input columns sharing one scale; None: the method's default (the largest of 128, 64, 32
-    dividing every quantized input width; per-channel for ptq)."""
+    dividing every quantized input width; per-channel for ptq); 0: per output channel."""
     symmetric: bool = False
     calib: Path | None = None
     """Calibration text file, tokenized with the package's own tokenizer."""
@@ -69,8 +69,8 @@ class CompressSpec:
             raise UsageError(f"--bits {self.bits} is not supported", hint=f"use one of {', '.join(map(str, WEIGHT_BITS))}")
         if self.act_bits is not None and (self.quant != "ptq" or self.act_bits not in (4, 8, 16)):
             raise UsageError("--act-bits takes 4, 8 or 16 and goes with --quant ptq only")
-        if self.group_size is not None and (isinstance(self.group_size, bool) or self.group_size < 1):
-            raise UsageError(f"--group-size must be a positive integer, got {self.group_size!r}")
+        if self.group_size is not None and (isinstance(self.group_size, bool) or self.group_size < 0):
+            raise UsageError(f"--group-size must be a positive integer (or 0: per channel), got {self.group_size!r}")
         if self.nsamples < 1 or self.seqlen < 2:
             raise UsageError("--nsamples must be at least 1 and --seqlen at least 2")
         if self.epochs < 0:

@@ -145,14 +145,15 @@ def read_quantized_linear(tensors: Mapping[str, np.ndarray], prefix: str, bits: 
     return QuantizedWeight(codes, np.asarray(scale), zero, bits, group_size, g_idx)
 
 
-def weights_config(bits: int, group_size: int, symmetric: bool, *, actorder: str | None = None) -> dict:
-    """The ``weights`` quantization arguments of one compressed-tensors config group."""
-    return {"num_bits": bits, "type": "int", "symmetric": symmetric, "group_size": group_size, "strategy": "group",
+def weights_config(bits: int, group_size: int | None, symmetric: bool, *, actorder: str | None = None) -> dict:
+    """The ``weights`` quantization arguments of one compressed-tensors config group (``group_size`` None: per channel)."""
+    return {"num_bits": bits, "type": "int", "symmetric": symmetric, "group_size": group_size,
+            "strategy": "group" if group_size else "channel",
             "dynamic": False, "actorder": actorder, "block_structure": None, "observer": "minmax",
             "observer_kwargs": {}}
 
 
-def quantization_config(bits: int, group_size: int, symmetric: bool, ignore: Iterable[str] = (),
+def quantization_config(bits: int, group_size: int | None, symmetric: bool, ignore: Iterable[str] = (),
                         *, actorder: str | None = None, targets: Iterable[str] = ("Linear",)) -> dict:
     """The ``quantization_config`` block for ``config.json`` (compressed-tensors, pack-quantized).
 

@@ -149,3 +149,19 @@ def test_calibration_windows_first_or_seeded() -> None:
 def test_spec_check_refuses(bad: CompressSpec) -> None:
     with pytest.raises(UsageError):
         bad.check()
+
+
+def test_per_channel_is_the_channel_strategy(bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "w8.ptm"
+    report = compress(bert, out, CompressSpec(quant="rtn", bits=8, group_size=0), PackConfig())
+    assert report.steps[0]["group_size"] == "channel"
+    tree = _unpack(out, tmp_path / "tree")
+    weights = json.loads((tree / "Model" / "config.json").read_text())["quantization_config"]["config_groups"][
+        "group_0"]["weights"]
+    assert (weights["strategy"], weights["group_size"]) == ("channel", None)
+    float_tree = _unpack(out, tmp_path / "deq")
+    dequantize_tree(float_tree)
+    ids = np.arange(5, 30)[None]
+    with LoadedModel.open(out) as q, LoadedModel.open(float_tree) as f, LoadedModel.open(bert) as orig:
+        np.testing.assert_allclose(q.forward(ids), f.forward(ids), rtol=1e-4, atol=1e-4)
+        assert np.abs(q.forward(ids) - orig.forward(ids)).max() < 0.05
