@@ -49,6 +49,8 @@ WORK = Path(os.environ.get("PTMPACK_BENCH_TMP") or "/tmp/ptmpack-bench") / "quan
 CACHE = common.CACHE / "quant"
 PEER_PY = Path(os.environ.get("PTMPACK_PEER_PYTHON") or "/work/venv-peer/bin/python")
 NSAMPLES, SEQLEN, EVAL_TOKENS, WINDOW = 32, 512, 2048, 512
+PARALLEL = 3
+"""Rows compressed and evaluated at the same time (each in its own processes)."""
 TEXTS = ("lee_unseen", "enwiki", "technical")
 AUTHOR = {"FP": (31.50, 21.21, 15.45), "RTN W4": (39.70, 29.04, 19.28), "GPTQ(llm-compressor) W4": (35.91, 27.33, 20.80),
           "RTN W3": (107.06, 79.40, 43.65), "GPTQ W3": (57.87, 82.07, 47.65)}
@@ -166,24 +168,36 @@ def transformers_perplexity(model_dir: Path, windows: list[list[int]]) -> float:
 
 
 def compress_row(name: str, fp: Path, files: dict[str, Path], windows: dict[str, Any], *args: object) -> dict:
+    """Compress with the CLI, then evaluate in a child process (rows run in parallel threads)."""
     target = WORK / f"{name.replace(' ', '_')}.ptm"
     common.log(f"compress {name}")
     out, wall = cli("compress", fp, "-o", target, "--force", "--calib", files["calib"], "--nsamples", NSAMPLES,
                     "--seqlen", SEQLEN, "--json", *args)
     report = json.loads(out)
-    common.log(f"  {wall:.0f}s; evaluating")
-    ppl = ptm_perplexity(target, windows)
-    common.log(f"  {ppl}")
+    common.log(f"{name}: compressed in {wall:.0f}s; evaluating")
+    ppl = eval_in_child(target, windows)
+    common.log(f"{name}: {ppl}")
     return {"name": name, "args": [str(a) for a in args], "size": target.stat().st_size, "wall_seconds": round(wall, 1),
             "perplexity": ppl, "step": report["steps"][-1] if report["steps"] else None, "package": str(target)}
 
 
+def eval_in_child(package: Path, windows: dict[str, Any]) -> dict[str, float]:
+    job = package.with_suffix(".eval.json")
+    job.write_text(json.dumps({"package": str(package), "windows": windows}))
+    subprocess.run([sys.executable, __file__, "--eval-job", str(job)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(job.with_suffix(".out.json").read_text())
+
+
 def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     fp_tree = smollm_tree()
     windows = eval_windows(fp_tree, files)
     WORK.mkdir(parents=True, exist_ok=True)
     fp = WORK / "FP.ptm"
-    cli("pack", fp_tree, "-o", fp, "--force")
+    if not fp.is_file():
+        cli("pack", fp_tree, "-o", fp, "--force")
     rows = results.setdefault("rows", {})
     if "FP" not in rows:
         rows["FP"] = {"name": "FP", "size": fp.stat().st_size, "wall_seconds": 0.0,
@@ -192,9 +206,7 @@ def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) ->
     plan = [("RTN W4 g64", "--quant", "rtn", "--bits", 4, "--group-size", 64),
             ("GPTQ W4 g64", "--quant", "gptq", "--bits", 4, "--group-size", 64),
             ("RTN W3 g64", "--quant", "rtn", "--bits", 3, "--group-size", 64),
-            ("GPTQ W3 g64", "--quant", "gptq", "--bits", 3, "--group-size", 64),
-            ("RTN W4 g64 sym", "--quant", "rtn", "--bits", 4, "--group-size", 64, "--sym"),
-            ("GPTQ W4 g64 sym", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--sym")]
+            ("GPTQ W3 g64", "--quant", "gptq", "--bits", 3, "--group-size", 64)]
     try:
         import ptmpack.compress.affine  # noqa: F401
 
@@ -202,31 +214,39 @@ def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) ->
                  ("AffineQuant W3 g64", "--quant", "affine", "--bits", 3, "--group-size", 64)]
     except ImportError:
         results["affine"] = "ptmpack.compress.affine is not in this tree: no AffineQuant rows"
-    for name, *args in plan:
-        if name not in rows:
-            rows[name] = compress_row(name, fp, files, windows, *args)
-            save(results)
+    lee = {"lee_unseen": windows["lee_unseen"]}
+    sym = [("RTN W4 g64 sym", "--quant", "rtn", "--bits", 4, "--group-size", 64, "--sym"),
+           ("GPTQ W4 g64 sym", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--sym")]
     interop = results.setdefault("interop", {})
-    for name in ("RTN W4 g64 sym", "GPTQ W4 g64 sym"):
-        if name in interop:
+    jobs = [(name, windows, args, rows) for name, *args in plan if name not in rows]
+    jobs += [(name, lee, args, interop) for name, *args in sym if name not in interop]
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        futures = {pool.submit(compress_row, name, fp, files, w, *args): (name, where)
+                   for name, w, args, where in jobs}
+        for future, (name, where) in futures.items():
+            where[name] = future.result()
+            save(results)
+    for name, *_ in sym:
+        row = interop[name]
+        if "transformers" in row:
             continue
         tree = WORK / f"{name.replace(' ', '_')}.tree"
-        cli("unpack", rows[name]["package"], "-o", tree, "--force")
+        cli("unpack", row["package"], "-o", tree, "--force")
         theirs = transformers_perplexity(tree / "Model", windows["lee_unseen"])
-        ours = rows[name]["perplexity"]["lee_unseen"]
-        interop[name] = {"transformers": theirs, "ptmpack": ours, "rel_diff": abs(theirs - ours) / ours}
+        ours = row["perplexity"]["lee_unseen"]
+        row.update({"transformers": theirs, "ptmpack": ours, "rel_diff": abs(theirs - ours) / ours})
         save(results)
+    peer_out = WORK / "peer_out.json"
     if not skip_peer and "peer" not in results:
-        job = {"model": str(fp_tree / "Model"), "eval": windows, "fp": True,
-               "calib": _calib_windows(fp_tree, files["calib"]).tolist(),
-               "schemes": [{"bits": 4, "group_size": 64}, {"bits": 3, "group_size": 64}]}
-        (WORK / "peer_job.json").write_text(json.dumps(job))
-        common.log("peer: llm-compressor GPTQModifier")
-        t0 = time.perf_counter()
-        subprocess.run([str(PEER_PY), str(ROOT / "bench" / "peer_llmcompressor.py"), str(WORK / "peer_job.json"),
-                        str(WORK / "peer_out.json")], check=True)
-        results["peer"] = json.loads((WORK / "peer_out.json").read_text())
-        results["peer"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        if not peer_out.is_file():
+            job = {"model": str(fp_tree / "Model"), "eval": windows, "fp": True,
+                   "calib": _calib_windows(fp_tree, files["calib"]).tolist(),
+                   "schemes": [{"bits": 4, "group_size": 64}, {"bits": 3, "group_size": 64}]}
+            (WORK / "peer_job.json").write_text(json.dumps(job))
+            common.log("peer: llm-compressor GPTQModifier")
+            subprocess.run([str(PEER_PY), str(ROOT / "bench" / "peer_llmcompressor.py"), str(WORK / "peer_job.json"),
+                            str(peer_out)], check=True)
+        results["peer"] = json.loads(peer_out.read_text())
         save(results)
 
 
@@ -318,7 +338,7 @@ def render(results: dict[str, Any]) -> str:
         ratio = w4["size"] / fp["size"]
         lines.append(f"- W4 g64 package ≤ 0.35x the float32 package: **{'met' if ratio <= 0.35 else 'missed'}** "
                      f"({ratio:.3f}x)")
-    for name, r in results.get("interop", {}).items():
+    for name, r in ((n, r) for n, r in results.get("interop", {}).items() if "transformers" in r):
         lines.append(f"- transformers loads the unpacked {name} package; perplexity {r['transformers']:.3f} vs "
                      f"ptmpack {r['ptmpack']:.3f}: **{'met' if r['rel_diff'] <= 0.005 else 'missed'}** "
                      f"({r['rel_diff']:.3%}, target ≤ 0.5%)")
@@ -351,7 +371,13 @@ def main() -> None:
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--skip-encoder", action="store_true")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--eval-job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.eval_job:
+        job = json.loads(args.eval_job.read_text())
+        ppl = ptm_perplexity(Path(job["package"]), job["windows"])
+        args.eval_job.with_suffix(".out.json").write_text(json.dumps(ppl))
+        return
     path = OUT / "quant.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     if not args.render_only:
