@@ -48,8 +48,10 @@ OUT = ROOT / "bench" / "out"
 WORK = Path(os.environ.get("PTMPACK_BENCH_TMP") or "/tmp/ptmpack-bench") / "quant"
 CACHE = common.CACHE / "quant"
 PEER_PY = Path(os.environ.get("PTMPACK_PEER_PYTHON") or "/work/venv-peer/bin/python")
-NSAMPLES, SEQLEN, EVAL_TOKENS, WINDOW = 32, 512, 2048, 512
+NSAMPLES, SEQLEN, EVAL_TOKENS, WINDOW = int(os.environ.get("PTMPACK_BENCH_NSAMPLES", "32")), 512, 2048, 512
 PARALLEL = 3
+THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Children run single-threaded: on a busy 2-core machine BLAS thread wake-ups cost more than they give."""
 """Rows compressed and evaluated at the same time (each in its own processes)."""
 TEXTS = ("lee_unseen", "enwiki", "technical")
 AUTHOR = {"FP": (31.50, 21.21, 15.45), "RTN W4": (39.70, 29.04, 19.28), "GPTQ(llm-compressor) W4": (35.91, 27.33, 20.80),
@@ -62,7 +64,7 @@ def cli(*args: object) -> tuple[str, float]:
     """Run ``python -m ptmpack.cli`` with the worktree first on the path; return stdout and wall seconds."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ptmpack.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+                          env={**os.environ, **THREADS, "PYTHONPATH": str(ROOT)}, check=False)
     if proc.returncode:
         raise RuntimeError(f"ptmpack {' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return proc.stdout, time.perf_counter() - t0
@@ -185,7 +187,7 @@ def eval_in_child(package: Path, windows: dict[str, Any]) -> dict[str, float]:
     job = package.with_suffix(".eval.json")
     job.write_text(json.dumps({"package": str(package), "windows": windows}))
     subprocess.run([sys.executable, __file__, "--eval-job", str(job)], check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+                   env={**os.environ, **THREADS, "PYTHONPATH": str(ROOT)})
     return json.loads(job.with_suffix(".out.json").read_text())
 
 
@@ -236,17 +238,24 @@ def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) ->
         ours = row["perplexity"]["lee_unseen"]
         row.update({"transformers": theirs, "ptmpack": ours, "rel_diff": abs(theirs - ours) / ours})
         save(results)
-    peer_out = WORK / "peer_out.json"
+    outs = {bits: WORK / f"peer_out_{bits}.json" for bits in (4, 3)}
     if not skip_peer and "peer" not in results:
-        if not peer_out.is_file():
-            job = {"model": str(fp_tree / "Model"), "eval": windows, "fp": True,
-                   "calib": _calib_windows(fp_tree, files["calib"]).tolist(),
-                   "schemes": [{"bits": 4, "group_size": 64}, {"bits": 3, "group_size": 64}]}
-            (WORK / "peer_job.json").write_text(json.dumps(job))
-            common.log("peer: llm-compressor GPTQModifier")
-            subprocess.run([str(PEER_PY), str(ROOT / "bench" / "peer_llmcompressor.py"), str(WORK / "peer_job.json"),
-                            str(peer_out)], check=True)
-        results["peer"] = json.loads(peer_out.read_text())
+        job_path = WORK / "peer_job.json"
+        job = {"model": str(fp_tree / "Model"), "eval": windows, "fp": True,
+               "calib": _calib_windows(fp_tree, files["calib"]).tolist(),
+               "schemes": [{"bits": 4, "group_size": 64}, {"bits": 3, "group_size": 64}]}
+        if not job_path.is_file() or json.loads(job_path.read_text()) != job:
+            job_path.write_text(json.dumps(job))
+            for out in outs.values():
+                out.unlink(missing_ok=True)
+        common.log("peer: llm-compressor GPTQModifier, W4 and W3 in parallel")
+        procs = [subprocess.Popen([str(PEER_PY), str(ROOT / "bench" / "peer_llmcompressor.py"), str(job_path),
+                                   str(out), str(bits)], env={**os.environ, **THREADS})
+                 for bits, out in outs.items() if not out.is_file()]
+        if any(p.wait() for p in procs):
+            raise RuntimeError("the llm-compressor peer run failed")
+        docs = [json.loads(out.read_text()) for out in outs.values()]
+        results["peer"] = {**docs[0], "rows": [r for d in docs for r in d["rows"]]}
         save(results)
 
 

@@ -4,7 +4,7 @@ Runs in its own venv (/work/venv-peer: llmcompressor, transformers, torch CPU), 
 ptmpack's. Input: a JSON job written by bench_quant.py (model directory, calibration windows,
 evaluation windows per text, schemes); output: JSON with perplexities and wall times.
 
-    /work/venv-peer/bin/python bench/peer_llmcompressor.py JOB.json OUT.json
+    /work/venv-peer/bin/python bench/peer_llmcompressor.py JOB.json OUT.json [BITS...]
 
 The model is the float checkpoint ptmpack imported from GGUF (Model/ of the FP package). Each
 scheme is W{bits} asymmetric, group 64 (strategy group), dampening_frac 0.01, ignore lm_head,
@@ -49,7 +49,10 @@ def main() -> None:
                         "torch": torch.__version__}, "rows": []}
     calib = np.asarray(job["calib"], dtype=np.int64)
     ds = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": np.ones_like(calib).tolist()})
+    only = {int(b) for b in sys.argv[3:]}
     for scheme in job["schemes"]:
+        if only and scheme["bits"] not in only:
+            continue
         model = transformers.AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.float32)
         recipe = GPTQModifier(
             config_groups={"group_0": {"targets": ["Linear"], "weights": {
@@ -64,7 +67,7 @@ def main() -> None:
         out["rows"].append({"scheme": scheme, "seconds": round(seconds, 1), "perplexity": ppl})
         print(json.dumps(out["rows"][-1]), flush=True)
         del model
-    if job.get("fp"):
+    if job.get("fp") and (not only or 4 in only):
         model = transformers.AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.float32)
         out["fp_transformers"] = {name: perplexity(model, windows) for name, windows in job["eval"].items()}
     with open(sys.argv[2], "w") as f:

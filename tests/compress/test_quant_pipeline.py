@@ -165,3 +165,20 @@ def test_per_channel_is_the_channel_strategy(bert: Path, tmp_path: Path) -> None
     with LoadedModel.open(out) as q, LoadedModel.open(float_tree) as f, LoadedModel.open(bert) as orig:
         np.testing.assert_allclose(q.forward(ids), f.forward(ids), rtol=1e-4, atol=1e-4)
         assert np.abs(q.forward(ids) - orig.forward(ids)).max() < 0.05
+
+
+def test_gpt2_conv1d_weights_are_quantized_as_their_transpose(tmp_path: Path) -> None:
+    tree = tiny_tree(tmp_path, "gpt2")
+    out = tmp_path / "q.ptm"
+    report = compress(tree, out, CompressSpec(quant="rtn", bits=4, group_size=32), PackConfig())
+    assert report.steps[0]["layers_quantized"] == 8
+    float_tree = _unpack(out, tmp_path / "deq")
+    dequantize_tree(float_tree)
+    from safetensors.numpy import load_file
+
+    back = load_file(str(float_tree / "Model" / "model.safetensors"))
+    assert back["h.0.mlp.c_fc.weight"].shape == (64, 256)  # [in, out] again, as GPT-2 stores Conv1D
+    ids = np.arange(5, 30)[None]
+    with LoadedModel.open(out) as q, LoadedModel.open(float_tree) as f, LoadedModel.open(tree) as orig:
+        np.testing.assert_allclose(q.forward(ids), f.forward(ids), rtol=1e-4, atol=1e-4)
+        assert np.abs(q.forward(ids) - orig.forward(ids)).max() < 0.5 * np.abs(orig.forward(ids)).max()

@@ -108,11 +108,36 @@ def tiny_bert(directory: Path, *, hidden: int = 64, inter: int = 128, layers: in
     return directory
 
 
+def tiny_gpt2(directory: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0) -> Path:
+    """A GPT-2 checkpoint directory (Conv1D weights stored ``[in, out]``); returns it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = _tokenizer(directory / "tokenizer.json", 320)
+    rng = np.random.default_rng(seed)
+    t: dict[str, np.ndarray] = {"wte.weight": rng.normal(0, 0.5, (vocab, hidden)),
+                                "wpe.weight": rng.normal(0, 0.1, (128, hidden)),
+                                "ln_f.weight": np.ones(hidden), "ln_f.bias": np.zeros(hidden)}
+    for i in range(layers):
+        p = f"h.{i}."
+        for name, (n_in, n_out) in {"attn.c_attn": (hidden, 3 * hidden), "attn.c_proj": (hidden, hidden),
+                                    "mlp.c_fc": (hidden, 4 * hidden), "mlp.c_proj": (4 * hidden, hidden)}.items():
+            t[f"{p}{name}.weight"] = rng.normal(0, 1 / np.sqrt(n_in), (n_in, n_out))
+            t[f"{p}{name}.bias"] = rng.normal(0, 0.02, n_out)
+        for norm in ("ln_1", "ln_2"):
+            t[f"{p}{norm}.weight"] = 1 + 0.1 * rng.normal(size=hidden)
+            t[f"{p}{norm}.bias"] = 0.02 * rng.normal(size=hidden)
+    _save(directory / "model.safetensors", t)
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": hidden, "n_layer": layers,
+              "n_head": heads, "vocab_size": vocab, "n_positions": 128, "layer_norm_epsilon": 1e-5,
+              "activation_function": "gelu_new", "bos_token_id": 0, "eos_token_id": 1}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
 def tiny_tree(tmp: Path, kind: str = "llama") -> Path:
     """A ptmpack package tree imported (``init --from-hf``) from a tiny checkpoint; returns the tree."""
     from ptmpack.importers.hf import init_tree
 
-    ck = (tiny_llama if kind == "llama" else tiny_bert)(tmp / f"{kind}-hf")
+    ck = {"llama": tiny_llama, "bert": tiny_bert, "gpt2": tiny_gpt2}[kind](tmp / f"{kind}-hf")
     tree = tmp / f"{kind}-tree"
     init_tree(tree, from_hf=ck)
     return tree
