@@ -66,3 +66,12 @@ def test_encrypted_output_and_input_and_dequantized_unpack(llama: Path, tmp_path
     config = json.loads((tree / "Model" / "config.json").read_text())
     assert "quantization_config" not in config
     assert cli("run", tree, "--tokens", "3,4,5").code == 0
+
+
+def test_signed_output_verifies(llama: Path, tmp_path: Path) -> None:
+    assert cli("keygen", "--type", "ed25519", "-o", tmp_path / "signer").code == 0
+    out = tmp_path / "signed.ptm"
+    run = cli("compress", llama, "-o", out, "--quant", "rtn", "--group-size", "32", "--sign-key",
+              tmp_path / "signer.key")
+    assert run.code == 0, run.err
+    assert cli("verify", out, "--pubkey", tmp_path / "signer.pub").code == 0
