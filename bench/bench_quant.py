@@ -13,7 +13,8 @@ the enwiki-…-shortened.bz2 of the same wheel (markup stripped), (3) gensim's o
 documentation (technical prose with code). Perplexity = exp(mean next-token NLL) over the 4x511
 predictions, computed by ptmpack's IR for ptmpack packages and by transformers for the peer.
 Peer: llm-compressor's GPTQModifier in /work/venv-peer (bench/peer_llmcompressor.py) on the very
-same calibration token ids. Interop: the symmetric W4 packages unpacked and loaded by transformers.
+same calibration token ids; its default activation ordering is "static", so ptmpack's GPTQ rows
+run with --act-order (static groups) too. Interop: the symmetric W4 packages unpacked and loaded by transformers.
 Encoder: all-MiniLM-L6-v2, cosine of sentence embeddings vs float32 at W8 (per channel) and W4 g128.
 Raw numbers: bench/out/quant.json; table: bench/out/quant.md; plot: bench/out/quant_ppl_vs_size.png.
 """
@@ -49,7 +50,7 @@ WORK = Path(os.environ.get("PTMPACK_BENCH_TMP") or "/tmp/ptmpack-bench") / "quan
 CACHE = common.CACHE / "quant"
 PEER_PY = Path(os.environ.get("PTMPACK_PEER_PYTHON") or "/work/venv-peer/bin/python")
 NSAMPLES, SEQLEN, EVAL_TOKENS, WINDOW = int(os.environ.get("PTMPACK_BENCH_NSAMPLES", "32")), 512, 2048, 512
-PARALLEL = 3
+PARALLEL = 4
 THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 """Children run single-threaded: on a busy 2-core machine BLAS thread wake-ups cost more than they give."""
 """Rows compressed and evaluated at the same time (each in its own processes)."""
@@ -206,9 +207,9 @@ def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) ->
                       "perplexity": ptm_perplexity(fp, windows), "package": str(fp)}
         save(results)
     plan = [("RTN W4 g64", "--quant", "rtn", "--bits", 4, "--group-size", 64),
-            ("GPTQ W4 g64", "--quant", "gptq", "--bits", 4, "--group-size", 64),
+            ("GPTQ W4 g64", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--act-order"),
             ("RTN W3 g64", "--quant", "rtn", "--bits", 3, "--group-size", 64),
-            ("GPTQ W3 g64", "--quant", "gptq", "--bits", 3, "--group-size", 64)]
+            ("GPTQ W3 g64", "--quant", "gptq", "--bits", 3, "--group-size", 64, "--act-order")]
     try:
         import ptmpack.compress.affine  # noqa: F401
 
@@ -218,7 +219,7 @@ def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) ->
         results["affine"] = "ptmpack.compress.affine is not in this tree: no AffineQuant rows"
     lee = {"lee_unseen": windows["lee_unseen"]}
     sym = [("RTN W4 g64 sym", "--quant", "rtn", "--bits", 4, "--group-size", 64, "--sym"),
-           ("GPTQ W4 g64 sym", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--sym")]
+           ("GPTQ W4 g64 sym", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--sym", "--act-order")]
     interop = results.setdefault("interop", {})
     jobs = [(name, windows, args, rows) for name, *args in plan if name not in rows]
     jobs += [(name, lee, args, interop) for name, *args in sym if name not in interop]
