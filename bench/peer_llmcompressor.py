@@ -8,7 +8,8 @@ evaluation windows per text, schemes); output: JSON with perplexities and wall t
 
 The model is the float checkpoint ptmpack imported from GGUF (Model/ of the FP package). Each
 scheme is W{bits} asymmetric, group 64 (strategy group), dampening_frac 0.01, ignore lm_head,
-oneshot over exactly the calibration windows ptmpack used (token ids, not text). Perplexity is
+oneshot over exactly the calibration windows ptmpack used (token ids, not text), with the
+modifier's default activation ordering (``static``: act-order with groups fixed beforehand). Perplexity is
 taken on the quantized model in memory (fake-quantized forward): asymmetric pack-quantized
 checkpoints do not reload in transformers 5.x (llm-compressor issue #1618).
 """
