@@ -39,8 +39,8 @@ def test_real_encoder_keeps_its_embeddings(minilm: Path, tmp_path: Path, method:
     calib = tmp_path / "calib.txt"
     calib.write_text(" ".join(SENTENCES * 40), encoding="utf-8")
     out = tmp_path / "q.ptm"
-    report = compress(minilm, out, CompressSpec(quant=method, bits=bits, group_size=group, calib=calib, nsamples=4,
-                                                seqlen=64), PackConfig())
+    report = compress(minilm, out, CompressSpec(quant=method, bits=bits, group_size=group, calib=calib, nsamples=2,
+                                                seqlen=32), PackConfig())
     assert report.steps[0]["layers_quantized"] == 36
     with LoadedModel.open(minilm) as f, LoadedModel.open(out) as q:
         a, b = embed_texts(f, SENTENCES), embed_texts(q, SENTENCES)
