@@ -422,10 +422,17 @@ def render(results: dict[str, Any]) -> str:
                       f"| ptmpack RTN W8 asym, per output channel | {mean['ptmpack_asym_rel_error']:.5f} |", "",
                       f"ptmpack sym is at least as close as theirs on {better} of {len(i8)} tensors "
                       "(their MatMul weights are scaled per input row; ours per output channel)."]
-    lines += ["", "## Reproduce", "", "```", "python bench/bench_quant.py", "```", "",
+    lines += ["", "## Reproduce", "", "```", f"PTMPACK_BENCH_NSAMPLES={NSAMPLES} python bench/bench_quant.py", "```", "",
               "Each row is one command, e.g. `ptmpack compress FP.ptm -o GPTQ_W4.ptm --quant gptq --bits 4 "
-              f"--group-size 64 --calib calib.txt --nsamples {NSAMPLES} --seqlen {SEQLEN}`; the FP package is "
-              "`ptmpack init smol --from-gguf SmolLM2-135M-Instruct.Q4_1.gguf && ptmpack pack smol -o FP.ptm`."]
+              f"--group-size 64 --act-order --calib calib.txt --nsamples {NSAMPLES} --seqlen {SEQLEN}` (RTN rows: "
+              "`--quant rtn`, no --act-order); the FP package is `ptmpack init smol --from-gguf "
+              "SmolLM2-135M-Instruct.Q4_1.gguf && ptmpack pack smol -o FP.ptm`. The peer: "
+              "`/work/venv-peer/bin/python bench/peer_llmcompressor.py peer_job.json out.json 4` (job written by "
+              "the bench: model directory, calibration and evaluation token ids)."]
+    if NSAMPLES != 32:
+        lines += ["", f"Calibration used {NSAMPLES}x{SEQLEN} tokens, not the issue's 32x512: on the shared 2-core "
+                  "machine (load average 12-18 from other jobs) a 32x512 llm-compressor run was projected at about "
+                  "2.5 hours per scheme. ptmpack and llm-compressor saw the same windows."]
     return "\n".join(lines) + "\n"
 
 
