@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS: dict[str, str] = {
+_EXPORTS: dict[str, str] = {  # verb -> module under ptmpack.api (never named like a verb: it would shadow it)
     # package container (storage engine)
     "init": "container", "pack": "container", "unpack": "container", "verify": "container",
     "inspect": "container", "keygen": "container", "open_package": "container",
@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     # chapter-6 IR
     "graph_check": "ir", "graph_show": "ir", "run": "ir", "evaluate": "ir",
     # chapter-7 compression
-    "compress": "compress", "CompressSpec": "compress", "dequantize": "compress",
+    "compress": "compression", "CompressSpec": "compression", "dequantize": "compression",
     # distribution (§8.3)
     "push": "distribution", "pull": "distribution", "ls": "distribution",
 }

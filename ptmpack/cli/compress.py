@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ptmpack import api
-from ptmpack.api.compress import CompressSpec, compress
+from ptmpack.api import CompressSpec, compress
 from ptmpack.cli._common import console, emit_json, pack_config, protection_options
 
 _METHODS = ("rtn", "gptq", "affine", "ptq")
