@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptmpack.api import PackConfig
 from ptmpack.compress import pipeline
 from ptmpack.compress.calibration import windows_of
 from ptmpack.compress.dequantize import dequantize_tree
 from ptmpack.compress.pipeline import compress
 from ptmpack.compress.spec import CompressSpec
+from ptmpack.config import PackConfig
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 from ptmpack.ir.runner import LoadedModel
@@ -38,9 +38,9 @@ def calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _unpack(ptm: Path, dest: Path) -> Path:
-    from ptmpack.api import unpack
+    from ptmpack.storage.unpack import unpack_file
 
-    unpack(ptm, dest)
+    unpack_file(ptm, dest)
     return dest
 
 
