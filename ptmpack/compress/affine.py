@@ -1,4 +1,4 @@
-# ruff: noqa: RUF002 - formulas use mathematical symbols
+
 """The ``--quant affine`` step: AffineQuant (GB/T 42382.2 §7.3.1.1, Table 44) on a LLaMA-family tree.
 
 What happens to ``Model/``:

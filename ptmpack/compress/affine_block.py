@@ -1,4 +1,4 @@
-# ruff: noqa: RUF002, RUF003 - formulas quote the standard's symbols
+# ruff: noqa: RUF001, RUF002 - formulas quote the standard's symbols
 """AffineQuant on one LLaMA decoder block (GB/T 42382.2 §7.3.1.1, Table 44; Ma et al., ICLR 2024).
 
 Three transforms are learned per block, with learnable weight clipping for all seven linears:
@@ -204,7 +204,7 @@ class _Learner:
                 transforms[norm] = (u_inv.T.contiguous(), None if shift is None else (shift / d).detach().clone())
             if shift is not None:
                 for n in IN_PROJ[key]:
-                    b = p[f"{n}.weight"] @ shift + (p[f"{n}.bias"] if f"{n}.bias" in p else 0)
+                    b = p[f"{n}.weight"] @ shift + p.get(f"{n}.bias", 0)
                     floats[f"{n}.bias"] = b
         s_vo = self.t["attn_vo"].shift
         if s_vo is not None:

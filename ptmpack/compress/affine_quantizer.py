@@ -1,3 +1,4 @@
+# ruff: noqa: RUF002 - formulas use mathematical symbols
 """Group-wise uniform weight quantization in torch, with learnable weight clipping (LWC).
 
 The integer convention is compressed-tensors' (what ``pack-quantized`` stores): signed codes

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF002, RUF003 - formulas quote the standard's symbols
+# ruff: noqa: RUF002 - formulas quote the standard's symbols
 """Learnable affine transforms of AffineQuant (GB/T 42382.2 §7.3.1.1, Table 44): matrices, gradual
 mask, stability check.
 

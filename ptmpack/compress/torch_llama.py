@@ -1,4 +1,4 @@
-# ruff: noqa: RUF002 - formulas use mathematical symbols
+# ruff: noqa: RUF001, RUF002 - formulas use mathematical symbols
 """A small functional PyTorch LLaMA-family decoder, built from Hugging Face-named tensors.
 
 What the calibration-based compressors (AffineQuant, GPTQ) need from a decoder: run one block

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF002, RUF003
+# ruff: noqa: RUF003
 """The ``--quant affine`` step on a tiny LLaMA tree, and the ``affine_transform`` IR operator."""
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def _step(tree, calib, **kw):
 
 def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(tmp_path):
     from safetensors.numpy import load_file
-    from tests.compress.tiny import sample_text, tiny_tree
 
     from ptmpack.compress.affine import apply
     from ptmpack.compress.storage import read_quantized_linear
     from ptmpack.compress.torch_llama import CausalLM, LlamaConfig
     from ptmpack.ir.runner import LoadedModel
+    from tests.compress.tiny import sample_text, tiny_tree
 
     tree = tiny_tree(tmp_path)
     calib = tmp_path / "calib.txt"
@@ -94,10 +94,9 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
 
 
 def test_apply_refuses_encoders_and_bad_groups(tmp_path):
-    from tests.compress.tiny import sample_text, tiny_tree
-
     from ptmpack.compress.affine import apply
     from ptmpack.errors import UnsupportedError, UsageError
+    from tests.compress.tiny import sample_text, tiny_tree
 
     calib = tmp_path / "calib.txt"
     calib.write_text(sample_text(2000), encoding="utf-8")

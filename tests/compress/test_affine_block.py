@@ -1,4 +1,3 @@
-# ruff: noqa: RUF002, RUF003
 """AffineQuant on a tiny synthetic LLaMA block with grouped-query attention (hidden 48, 6 query / 2 kv heads)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001, RUF002 - formulas quote the standard's symbols
+# ruff: noqa: RUF002 - formulas quote the standard's symbols
 """``affine_transform``: an AffineQuant transform that could not be merged (GB/T 42382.2 §7.3.1.1, Table 44).
 
 AffineQuant multiplies a layer's weights by ``(A⊙GM)ᵀ`` and its input activations by
