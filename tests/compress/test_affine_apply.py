@@ -106,3 +106,34 @@ def test_apply_refuses_encoders_and_bad_groups(tmp_path):
     llama = tiny_tree(tmp_path)
     with pytest.raises(UsageError):
         apply(llama, _step(llama, calib, group_size=48, epochs=1))
+
+
+def test_compress_pipeline_packs_an_affine_package_that_ptmpack_runs(tmp_path):
+    from ptmpack.compress.pipeline import compress
+    from ptmpack.compress.spec import CompressSpec
+    from ptmpack.config import PackConfig
+    from ptmpack.ir.runner import LoadedModel, perplexity
+    from tests.compress.tiny import sample_text, tiny_tree
+
+    tree = tiny_tree(tmp_path)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(sample_text(3000, seed=2), encoding="utf-8")
+    spec = CompressSpec(quant="affine", bits=4, group_size=32, calib=calib, nsamples=4, seqlen=32, epochs=1)
+    report = compress(tree, tmp_path / "out.ptm", spec, PackConfig())
+    (step,) = report.steps
+    assert step["method"] == "affine" and step["calibration"]["tokens"] == 128
+    with LoadedModel.open(tmp_path / "out.ptm") as lm:
+        result = perplexity(lm, sample_text(200, seed=9), window=64)
+    assert np.isfinite(result.perplexity)
+
+
+def test_without_torch_the_step_is_unsupported_with_a_hint(monkeypatch):
+    import sys
+
+    from ptmpack.compress import affine
+    from ptmpack.errors import UnsupportedError
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(UnsupportedError) as info:
+        affine._torch()
+    assert info.value.exit_code == 6 and "ptmpack[torch]" in (info.value.hint or "")

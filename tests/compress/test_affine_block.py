@@ -15,6 +15,7 @@ from ptmpack.compress.affine_transforms import (  # noqa: E402
     gradual_mask,
     strictly_dominant,
 )
+from ptmpack.compress.rtn import quantize_rtn  # noqa: E402
 from ptmpack.compress.torch_llama import AFFINE, LINEARS, DecoderLayer, LlamaConfig  # noqa: E402
 
 CFG = LlamaConfig(hidden_size=48, num_heads=6, num_kv_heads=2, head_dim=8, intermediate_size=96, num_layers=1,
@@ -61,6 +62,9 @@ def test_identity_transform_equals_rtn():
         np.testing.assert_array_equal(got.q.numpy(), q)
         np.testing.assert_array_equal(got.zero_point.numpy(), zero)
         np.testing.assert_allclose(got.scale.numpy(), scale, rtol=1e-6)
+        project = quantize_rtn(layer.params[f"{name}.weight"].numpy(), 3, 16)   # ptmpack's own --quant rtn
+        np.testing.assert_array_equal(got.q.numpy(), project.codes)
+        np.testing.assert_array_equal(got.zero_point.numpy(), project.zero_point)
     # training with A fixed to the identity and no clipping has nothing to learn: still RTN
     trained = affine_quantize_block(layer, x, AffineOptions(bits=3, group_size=16, epochs=2, transform="identity",
                                                             lwc=False, batch_size=2))
