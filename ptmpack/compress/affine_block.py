@@ -195,7 +195,7 @@ class _Learner:
         if self.opts.transform == "identity":
             return quantized, floats, transforms
         for key, norm in NORM_OF.items():
-            cmat, shift = m[key], self.t[key].shift
+            cmat, shift = m[key], _nonzero(self.t[key].shift)
             d = cmat.diagonal()
             floats[f"{norm}.weight"] = p[f"{norm}.weight"] / d          # diagonal part merged into the norm
             u_inv = torch.linalg.inv(cmat / d[None, :])                   # C = U·D, C⁻¹ = D⁻¹·U⁻¹
@@ -206,7 +206,7 @@ class _Learner:
                 for n in IN_PROJ[key]:
                     b = p[f"{n}.weight"] @ shift + p.get(f"{n}.bias", 0)
                     floats[f"{n}.bias"] = b
-        s_vo = self.t["attn_vo"].shift
+        s_vo = _nonzero(self.t["attn_vo"].shift)
         if s_vo is not None:
             kv = floats.get("self_attn.v_proj.bias", p.get("self_attn.v_proj.bias"))
             kv = (torch.zeros(c.kv_dim, device=self.dev) if kv is None else kv) - s_vo
@@ -219,6 +219,11 @@ class _Learner:
         for key, t in self.t.items():
             if t.A.requires_grad:
                 t.enforce_dominance(masks[key])
+
+
+def _nonzero(shift: torch.Tensor | None) -> torch.Tensor | None:
+    """A learned shift, or None when there is none or it stayed zero (then nothing needs to store it)."""
+    return None if shift is None or not bool(shift.detach().any()) else shift.detach()
 
 
 @torch.no_grad()

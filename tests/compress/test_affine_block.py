@@ -153,3 +153,17 @@ def test_affinequant_beats_rtn_on_block_error():
     assert aq.stats["final_mse"] < 0.8 * rtn.stats["final_mse"]
     assert aq.stats["final_mse"] < init.stats["final_mse"]          # learning improves on the SmoothQuant start
     assert aq.stats["loss_per_epoch"][-1] < aq.stats["loss_per_epoch"][0]
+
+
+def test_smoothquant_start_merges_completely():
+    """Before any epoch A is diagonal (SmoothQuant scales act_max^0.5 / w_max^0.5) and δ = 0: all of it merges."""
+    layer, x = tiny_layer(5), tiny_inputs(4)
+    res = affine_quantize_block(layer, x, AffineOptions(bits=4, group_size=16, epochs=0, batch_size=2))
+    assert not res.transforms and not any(k.endswith(".bias") for k in res.floats)
+    with torch.no_grad():
+        act = torch.nn.functional.rms_norm(x, (48,), layer.params["input_layernorm.weight"], 1e-5)
+        wmax = torch.cat([layer.params[f"self_attn.{p}_proj.weight"] for p in "qkv"]).abs().amax(0)
+        want = layer.params["input_layernorm.weight"] / (act.abs().amax((0, 1)).sqrt() / wmax.sqrt())
+    torch.testing.assert_close(res.floats["input_layernorm.weight"], want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed_layer(layer, res)(x), res.outputs, rtol=1e-4, atol=1e-4)
