@@ -194,8 +194,8 @@ def main() -> None:
     calib_file = scratch / "lee_calib.txt"
     calib_file.write_text(corpus["calib"], encoding="utf-8")
     eval_ids = {}
-    for name in ("lee-unseen", "enwiki", "technical"):
-        (scratch / f"{name}.txt").write_text(corpus[name], encoding="utf-8")
+    for name in ("lee-unseen", "enwiki", "technical"):  # 8 characters per token is more than enough
+        (scratch / f"{name}.txt").write_text(corpus[name][:8 * args.eval_tokens], encoding="utf-8")
         eval_ids[name] = np.asarray(tokenize_file(tree, scratch / f"{name}.txt")[0][:args.eval_tokens])
     ids, _ = tokenize_file(tree, calib_file)
     windows, _ = windows_of(ids, args.nsamples, args.seqlen, None)
@@ -208,15 +208,16 @@ def main() -> None:
     if "fp" in args.methods:
         t0 = time.perf_counter()
         report.add("FP (float32)", "32", evaluate(load_float(tree)), time.perf_counter() - t0)
-    for bits in args.bits:
+    # RTN and AffineQuant at every width first, GPTQ last: the comparison that matters most lands first
+    for bits, method in [(b, m) for m in ("rtn+affine", "gptq") for b in args.bits]:
         label = f"W{bits} g{args.group_size}"
-        if "rtn" in args.methods:
+        if "rtn" in args.methods and method == "rtn+affine":
             t0 = time.perf_counter()
             model = load_float(tree)
             opts = AffineOptions(bits=bits, group_size=args.group_size, epochs=0, transform="identity", lwc=False)
             affine_quantize_model(model, windows[:1], opts, replace=True)
             report.add("RTN", label, evaluate(model), time.perf_counter() - t0)
-        if "affine" in args.methods:
+        if "affine" in args.methods and method == "rtn+affine":
             t0 = time.perf_counter()
             model = load_float(tree)
             opts = AffineOptions(bits=bits, group_size=args.group_size, epochs=args.epochs, alpha=args.alpha,
@@ -229,7 +230,7 @@ def main() -> None:
             report.add("AffineQuant", label, evaluate(model), time.perf_counter() - t0,
                        notes=f"train {train:.0f} s; dominance violations {v['violations']}/{v['checks']} steps; "
                              f"{unmerged} unmerged transforms")
-        if "gptq" in args.methods:
+        if "gptq" in args.methods and method == "gptq":
             from ptmpack.compress.context import CalibrationData, StepContext
             from ptmpack.compress.gptq import apply as gptq_apply
             from ptmpack.compress.spec import CompressSpec
