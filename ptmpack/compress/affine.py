@@ -80,6 +80,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     from ptmpack.compress.quality import measure
     from ptmpack.compress.quantize import (
         ModelTensors,
+        Target,
         choose_group_size,
         find_targets,
         ignored_linears,
@@ -87,7 +88,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         read_json,
         write_json,
     )
-    from ptmpack.compress.storage import QuantizedWeight, quantization_config, write_quantized_linear
+    from ptmpack.compress.storage import QuantizedWeight, quantization_config
     from ptmpack.compress.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, CausalLM, LlamaConfig
 
     spec, tree = ctx.spec, Path(tree)
@@ -114,12 +115,8 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         for name, qt in r.quantized.items():
             q = QuantizedWeight(qt.q.cpu().numpy(), qt.scale.cpu().numpy(),
                                 None if qt.zero_point is None else qt.zero_point.cpu().numpy(), spec.bits, group)
-            wfile = tensors.where[f"{head}{name}.weight"]
-            write_quantized_linear(tensors.files[wfile], f"{head}{name}", q)
-            del tensors.where[f"{head}{name}.weight"]
-            for k in (n for n in tensors.files[wfile] if n.startswith(f"{head}{name}.")):
-                tensors.where[k] = wfile
-            tensors.changed.add(wfile)
+            rows, cols = q.shape
+            tensors.store(Target(f"{head}{name}", f"{head}{name}.weight", name, cols, rows), q)
         for name, value in r.floats.items():
             _store(tensors, f"{head}{name}", value.detach().cpu().numpy().astype(np.float32), file)
             biased = biased or name.endswith(".bias")
@@ -139,9 +136,8 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
                            tensors.where[f"{LAYER_PREFIX}{i}.input_layernorm.weight"])
         config["attention_bias"] = config["mlp_bias"] = True
     tensors.save()
-    decoder = True
-    config["quantization_config"] = quantization_config(spec.bits, group, spec.symmetric,
-                                                        ignored_linears(tensors, targets, decoder))
+    ignore = [n for n in ignored_linears(tensors, targets, decoder=True) if not n.endswith(f".{AFFINE}")]
+    config["quantization_config"] = quantization_config(spec.bits, group, spec.symmetric, ignore)
     write_json(config_path, config)
     _write_graph(tree)
     size_after = sum((tree / "Model" / f).stat().st_size for f in tensors.files)

@@ -64,6 +64,7 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
     config = json.loads((tree / "Model" / "config.json").read_text())
     assert config["quantization_config"]["format"] == "pack-quantized"
     assert config["attention_bias"] and config["mlp_bias"]
+    assert config["quantization_config"]["ignore"] == ["lm_head"]
     tensors = load_file(str(tree / "Model" / "model.safetensors"))
     assert "model.layers.0.self_attn.q_proj.weight" not in tensors
     assert tensors["model.layers.0.input_layernorm.affine_transform.weight"].shape == (64, 64)
