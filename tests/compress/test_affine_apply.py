@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ptmpack.ir.model import ModelStructure
 from ptmpack.ir.registry import ExecContext, TensorType, lookup
@@ -138,3 +140,21 @@ def test_without_torch_the_step_is_unsupported_with_a_hint(monkeypatch):
     with pytest.raises(UnsupportedError) as info:
         affine._torch()
     assert info.value.exit_code == 6 and "ptmpack[torch]" in (info.value.hint or "")
+
+
+@given(data=st.data())
+@settings(max_examples=20, deadline=None)
+def test_affine_transform_operator_properties(data):
+    """Inferred types equal the kernel's outputs (also with unknown leading dims); float16 tracks float32."""
+    from tests._support.opcheck import check_float16, check_infer, randn
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    lead = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    d_in, d_out = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
+    inputs = {"X": randn(rng, *lead, d_in), "M": randn(rng, d_out, d_in, scale=0.3)}
+    if data.draw(st.booleans()):
+        inputs["Shift"] = randn(rng, d_in)
+    check_infer("affine_transform", inputs)
+    check_float16("affine_transform", inputs)
+    opdef = lookup("affine_transform")
+    assert opdef.table == "Table 44" and len(opdef.doc) > 150 and all(s.dtypes for s in opdef.inputs)

@@ -52,7 +52,14 @@ def _infer(inputs: Values, attrs: Mapping[str, Any]) -> dict[str, Any]:
             Slot("Shift", "shift δ subtracted first [D_in]", optional=True, dtypes=FLOAT_DTYPES)],
     outputs=[Slot("Y", "[..., D_out]")])
 def _affine_transform(ctx: ExecContext, inputs: Values, attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """Y = (X − Shift)·Mᵀ: the activation side of an AffineQuant transform that no neighbour absorbed."""
+    """Y = (X − Shift)·Mᵀ: the activation side of an AffineQuant transform that no neighbour absorbed.
+
+    AffineQuant (§7.3.1.1, Table 44) multiplies the weights of the linears reading ``X`` by
+    ``(A⊙GM)ᵀ`` and their input by ``(A⊙GM)⁻¹``; after a norm only the diagonal part merges
+    into the norm weight, and this operator applies the rest: ``M`` is the remaining inverse,
+    transposed (``[D_out, D_in]``, like a linear weight), ``Shift`` the learned shift divided
+    by the merged diagonal. Computed in the context's compute dtype.
+    """
     x = work(ctx, inputs["X"])
     if inputs["Shift"] is not None:
         x = x - work(ctx, inputs["Shift"])
