@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import hashlib
 import json
 import re
 import shutil
@@ -203,6 +204,8 @@ def main() -> None:
     windows, _ = windows_of(ids, args.nsamples, args.seqlen, None)
     report = Report(args, list(eval_ids))
     report.extra["eval_tokens"] = {k: len(v) for k, v in eval_ids.items()}
+    report.extra["eval_text_sha256"] = {k: hashlib.sha256((scratch / f"{k}.txt").read_bytes()).hexdigest()
+                                        for k in eval_ids}
 
     def evaluate(model) -> dict[str, float]:
         return {k: perplexity(model, v) for k, v in eval_ids.items()}
