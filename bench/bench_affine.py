@@ -19,7 +19,7 @@ same quantizer (``transform="identity"``, no clipping, no training is RTN); GPTQ
 
     PYTHONPATH=. python bench/bench_affine.py --bits 4 3 --nsamples 16 --epochs 5
 
-Writes ``bench/out/affine.md`` and ``bench/out/affine.json`` after every result.
+Writes ``bench/out/affine.md`` and ``bench/out/affine.json`` (``--name``) after every result.
 """
 
 from __future__ import annotations
@@ -163,8 +163,8 @@ class Report:
             cells = " | ".join(f"{r['ppl'][n]:.2f}" for n in self.names)
             lines.append(f"| {r['method']} | {r['bits']} | {cells} | {r['seconds']} | {r.get('notes', '')} |")
         lines += ["", "Machine: " + ", ".join(f"{k}: {v}" for k, v in machine_info().items()), ""]
-        (OUT / "affine.md").write_text("\n".join(lines), encoding="utf-8")
-        (OUT / "affine.json").write_text(json.dumps({"args": vars(a), "rows": self.rows, **self.extra}, indent=2,
+        (OUT / f"{a.name}.md").write_text("\n".join(lines), encoding="utf-8")
+        (OUT / f"{a.name}.json").write_text(json.dumps({"args": vars(a), "rows": self.rows, **self.extra}, indent=2,
                                                     default=str), encoding="utf-8")
 
 
@@ -181,6 +181,7 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--methods", nargs="+", default=["fp", "rtn", "affine", "gptq"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="affine", help="output stem under bench/out/")
     args = ap.parse_args()
 
     import torch
