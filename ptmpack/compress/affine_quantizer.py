@@ -90,7 +90,7 @@ class Clipping(torch.nn.Module):
 
 
 def _qparams(w: torch.Tensor, fmt: QuantFormat, clip: Clipping | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and (unsigned-domain, unrounded-free) zero point per group of ``w`` viewed ``[rows, groups, g]``."""
+    """Scale and zero point (unsigned domain, rounded) per group of ``w`` viewed ``[rows, groups, g]``."""
     wmax = w.amax(dim=-1, keepdim=True)
     wmin = w.amin(dim=-1, keepdim=True)
     if clip is not None:
