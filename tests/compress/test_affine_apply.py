@@ -1,0 +1,160 @@
+# ruff: noqa: RUF003
+"""The ``--quant affine`` step on a tiny LLaMA tree, and the ``affine_transform`` IR operator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptmpack.ir.model import ModelStructure
+from ptmpack.ir.registry import ExecContext, TensorType, lookup
+
+torch = pytest.importorskip("torch")
+
+
+def test_affine_transform_kernel_and_inference():
+    opdef = lookup("affine_transform")
+    rng = np.random.default_rng(0)
+    x, m, s = rng.normal(size=(2, 5, 6)).astype(np.float32), rng.normal(size=(4, 6)).astype(np.float32), \
+        rng.normal(size=6).astype(np.float32)
+    y = opdef.kernel(ExecContext(), {"X": x, "M": m, "Shift": s}, {})["Y"]
+    np.testing.assert_allclose(y, (x - s) @ m.T, rtol=1e-5, atol=1e-5)
+    y0 = opdef.kernel(ExecContext(), {"X": x, "M": m, "Shift": None}, {})["Y"]
+    np.testing.assert_allclose(y0, x @ m.T, rtol=1e-5, atol=1e-5)
+    t = opdef.infer({"X": TensorType("float32", (-1, -1, 6)), "M": TensorType("float32", (4, 6)),
+                     "Shift": TensorType("float32", (6,))}, {})
+    assert t["Y"] == TensorType("float32", (-1, -1, 4))
+    from ptmpack.errors import GraphError
+
+    with pytest.raises(GraphError):
+        opdef.infer({"X": TensorType("float32", (-1, 5)), "M": TensorType("float32", (4, 6)), "Shift": None}, {})
+
+
+def _step(tree, calib, **kw):
+    from ptmpack.compress.calibration import load_calibration
+    from ptmpack.compress.context import StepContext
+    from ptmpack.compress.spec import CompressSpec
+
+    spec = CompressSpec(quant="affine", calib=calib, nsamples=4, seqlen=32, **kw)
+    data = load_calibration(tree, spec)
+    return StepContext(spec, calibration=lambda: data)
+
+
+def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(tmp_path):
+    from safetensors.numpy import load_file
+
+    from ptmpack.compress.affine import apply
+    from ptmpack.compress.storage import read_quantized_linear
+    from ptmpack.compress.torch_llama import CausalLM, LlamaConfig
+    from ptmpack.ir.runner import LoadedModel
+    from tests.compress.tiny import sample_text, tiny_tree
+
+    tree = tiny_tree(tmp_path)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(sample_text(3000), encoding="utf-8")
+    ctx = _step(tree, calib, bits=4, group_size=32, epochs=2)
+    record = apply(tree, ctx)
+
+    assert record["method"] == "affine" and record["group_size"] == 32
+    assert record["affine"]["unmerged_transforms"] == 4 and "note" in record   # 2 layers × 2 norms
+    assert set(record["affine"]["dominance"]) == {"violations", "checks"}
+    assert record["quality"]["after"] is not None and np.isfinite(record["quality"]["after"])
+    config = json.loads((tree / "Model" / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "pack-quantized"
+    assert config["attention_bias"] and config["mlp_bias"]
+    assert config["quantization_config"]["ignore"] == ["lm_head"]
+    tensors = load_file(str(tree / "Model" / "model.safetensors"))
+    assert "model.layers.0.self_attn.q_proj.weight" not in tensors
+    assert tensors["model.layers.0.input_layernorm.affine_transform.weight"].shape == (64, 64)
+    assert tensors["model.layers.1.post_attention_layernorm.affine_transform.shift"].shape == (64,)
+    assert tensors["model.layers.0.mlp.down_proj.bias"].shape == (64,)
+
+    graph = ModelStructure.loads((tree / "Model" / "graph.json").read_bytes())
+    ops = [o for o in graph.main_graph.operators if o.type == "affine_transform"]
+    assert len(ops) == 4 and sum(o.type == "quantized_linear" for o in graph.main_graph.operators) == 14
+
+    # the IR run of the package equals the torch forward of the deployed tensors
+    deq = dict(tensors)
+    for i in range(2):
+        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+            p = f"model.layers.{i}.{name}"
+            deq[f"{p}.weight"] = read_quantized_linear(tensors, p, 4).dequantize()
+    model = CausalLM.from_tensors(deq, LlamaConfig.from_dict(config))
+    ids = ctx.calibration().windows[0][:16]
+    with torch.no_grad():
+        x = model.embeddings(torch.as_tensor(ids)[None])
+        for layer in model.layers:
+            x = layer(x)
+        want = model.logits(x)[0].numpy()
+    with LoadedModel.open(tree) as lm:
+        got = lm.forward(np.asarray(ids)[None])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_apply_refuses_encoders_and_bad_groups(tmp_path):
+    from ptmpack.compress.affine import apply
+    from ptmpack.errors import UnsupportedError, UsageError
+    from tests.compress.tiny import sample_text, tiny_tree
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text(sample_text(2000), encoding="utf-8")
+    bert = tiny_tree(tmp_path, "bert")
+    with pytest.raises(UnsupportedError):
+        apply(bert, _step(bert, calib, epochs=1))
+    llama = tiny_tree(tmp_path)
+    with pytest.raises(UsageError):
+        apply(llama, _step(llama, calib, group_size=48, epochs=1))
+
+
+def test_compress_pipeline_packs_an_affine_package_that_ptmpack_runs(tmp_path):
+    from ptmpack.compress.pipeline import compress
+    from ptmpack.compress.spec import CompressSpec
+    from ptmpack.config import PackConfig
+    from ptmpack.ir.runner import LoadedModel, perplexity
+    from tests.compress.tiny import sample_text, tiny_tree
+
+    tree = tiny_tree(tmp_path)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(sample_text(3000, seed=2), encoding="utf-8")
+    spec = CompressSpec(quant="affine", bits=4, group_size=32, calib=calib, nsamples=4, seqlen=32, epochs=1)
+    report = compress(tree, tmp_path / "out.ptm", spec, PackConfig())
+    (step,) = report.steps
+    assert step["method"] == "affine" and step["calibration"]["tokens"] == 128
+    with LoadedModel.open(tmp_path / "out.ptm") as lm:
+        result = perplexity(lm, sample_text(200, seed=9), window=64)
+    assert np.isfinite(result.perplexity)
+
+
+def test_without_torch_the_step_is_unsupported_with_a_hint(monkeypatch):
+    import sys
+
+    from ptmpack.compress import affine
+    from ptmpack.errors import UnsupportedError
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(UnsupportedError) as info:
+        affine._torch()
+    assert info.value.exit_code == 6 and "ptmpack[torch]" in (info.value.hint or "")
+
+
+@given(data=st.data())
+@settings(max_examples=20, deadline=None)
+def test_affine_transform_operator_properties(data):
+    """Inferred types equal the kernel's outputs (also with unknown leading dims); float16 tracks float32."""
+    from tests._support.opcheck import check_float16, check_infer, randn
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    lead = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    d_in, d_out = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
+    inputs = {"X": randn(rng, *lead, d_in), "M": randn(rng, d_out, d_in, scale=0.3)}
+    if data.draw(st.booleans()):
+        inputs["Shift"] = randn(rng, d_in)
+    check_infer("affine_transform", inputs)
+    check_float16("affine_transform", inputs)
+    opdef = lookup("affine_transform")
+    assert opdef.table == "Table 44" and len(opdef.doc) > 150 and all(s.dtypes for s in opdef.inputs)
