@@ -50,16 +50,16 @@ def _store(tensors: Any, name: str, value: np.ndarray, file: str) -> None:
 
 
 def _write_graph(tree: Path) -> None:
-    """Rebuild ``Model/graph.json`` from the checkpoint and add the ``affine_transform`` operators."""
-    from ptmpack.ir.convert_hf import checkpoint_tensors, model_from_dir
+    """Rebuild ``Model/graph.json`` from the checkpoint, keeping the model's name (the converter
+    describes the unmerged transforms as ``affine_transform`` operators)."""
+    from ptmpack.ir.convert_hf import model_from_dir
     from ptmpack.ir.model import ModelStructure
-    from ptmpack.ir.ops.affine import insert_affine_transforms
 
     path = tree / "Model" / "graph.json"
     if not path.exists():
         return
     name = ModelStructure.loads(path.read_bytes(), str(path)).name
-    model = insert_affine_transforms(model_from_dir(tree / "Model", name=name), checkpoint_tensors(tree / "Model"))
+    model = model_from_dir(tree / "Model", name=name)
     tmp = path.with_name(".graph.json.tmp")
     tmp.write_bytes(model.dumps())
     os.replace(tmp, path)

@@ -357,8 +357,12 @@ def build_model(config: Mapping[str, Any], tensors: Mapping[str, TensorMeta], *,
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if isinstance(config.get(key), int):
             meta[key] = str(config[key])
-    return ModelStructure(name=name, graphs=(b.graph(),), inputs=tuple(inputs), outputs=tuple(outputs),
-                          producer=PRODUCER, metadata=meta)
+    model = ModelStructure(name=name, graphs=(b.graph(),), inputs=tuple(inputs), outputs=tuple(outputs),
+                           producer=PRODUCER, metadata=meta)
+    # transforms AffineQuant could not merge are tensors beside their norm: describe them as operators
+    from ptmpack.ir.ops.affine import insert_affine_transforms
+
+    return insert_affine_transforms(model, tensors)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
