@@ -72,10 +72,72 @@ def step_text(ctx: Any) -> str | None:
         raise UsageError(f"{calib}: cannot read the text ({exc})") from None
 
 
-def held_out_lines(text: str | None, *, limit: int = 16) -> list[str]:
+HELD_OUT = 16
+"""How many of the text's last non-empty lines are held out of calibration and used for the quality report."""
+
+
+def held_out_lines(text: str | None, *, limit: int = HELD_OUT) -> list[str]:
     """The held-out sentences: the last ``limit`` non-empty lines of ``text`` (or the built-in text)."""
     lines = [ln.strip() for ln in (text or DEFAULT_TEXT).splitlines() if ln.strip()]
     return lines[-limit:]
+
+
+def calibration_part(text: str) -> str:
+    """``text`` without its held-out lines (what calibration may see)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "\n".join(lines[:-HELD_OUT] if len(lines) > 2 * HELD_OUT else lines[: len(lines) // 2])
+
+
+def calibration_windows(tree: Path, text: str, *, nsamples: int = 8, seqlen: int = 128) -> np.ndarray:
+    """Up to ``nsamples`` consecutive ``seqlen``-token windows ``[n, seqlen]`` of the calibration part of ``text``.
+
+    Raises:
+        UsageError: the text gives fewer than ``seqlen`` tokens (a shorter single window is used when it gives at least 8).
+    """
+    from ptmpack.ir.runner import LoadedModel
+
+    with LoadedModel.open(tree) as lm:
+        ids = np.asarray(lm.encode(calibration_part(text)), np.int64)
+        limit = lm.config.get("max_position_embeddings")
+    if isinstance(limit, int):
+        seqlen = min(seqlen, limit)
+    if len(ids) < seqlen:
+        if len(ids) < 8:
+            raise UsageError(f"the calibration text gives only {len(ids)} tokens", hint="give a longer --calib text")
+        return ids[None]
+    n = min(nsamples, len(ids) // seqlen)
+    return ids[: n * seqlen].reshape(n, seqlen)
+
+
+def step_windows(tree: Path, ctx: Any, *, nsamples: int = 8, seqlen: int = 128) -> np.ndarray:
+    """Calibration windows for a pipeline step: the StepContext's own calibration when it has one, else
+    :func:`calibration_windows` of ``ctx.spec.calib``.
+
+    Raises:
+        UsageError: no calibration text was given.
+    """
+    calib = getattr(ctx, "calibration", None)
+    if callable(calib) and getattr(getattr(ctx, "spec", None), "calib", None) is not None:
+        data = calib()
+        for attr in ("windows", "tokens", "ids"):
+            if isinstance(getattr(data, attr, None), np.ndarray):
+                return np.asarray(getattr(data, attr), np.int64)
+    text = step_text(ctx)
+    if text is None:
+        raise UsageError("this step needs calibration text", hint="give --calib TEXT")
+    spec = getattr(ctx, "spec", None)
+    return calibration_windows(tree, text, nsamples=int(getattr(spec, "nsamples", nsamples) or nsamples),
+                               seqlen=int(getattr(spec, "seqlen", seqlen) or seqlen))
+
+
+def feeds_for(model: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The executor feeds for ``[batch, seq]`` ids (all-ones mask, zero token types where the model takes them)."""
+    feeds = {"input_ids": np.asarray(ids, np.int64)}
+    if "attention_mask" in model.inputs:
+        feeds["attention_mask"] = np.ones_like(feeds["input_ids"])
+    if "token_type_ids" in model.inputs:
+        feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+    return feeds
 
 
 @dataclass

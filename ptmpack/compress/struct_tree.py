@@ -156,6 +156,7 @@ def rebuild_graph(tree: Path) -> bool:
     Raises:
         UnsupportedError: the converter cannot express the new checkpoint.
     """
+    from ptmpack.compress.fold_norm import patch_graph
     from ptmpack.ir.convert_hf import model_from_dir
 
     tree = Path(tree)
@@ -164,8 +165,18 @@ def rebuild_graph(tree: Path) -> bool:
         return False
     old = json.loads(target.read_text(encoding="utf-8"))
     model = model_from_dir(tree / MODEL, name=str(old.get("name") or tree.name))
+    model = patch_graph(model, read_json(tree, CONFIG))
     write_bytes(target, model.dumps())
     return True
+
+
+def open_tree(tree: Path) -> Any:
+    """The package tree opened with the storage layer's ``open_package`` (a context manager)."""
+    try:
+        from ptmpack.storage.package import open_package  # type: ignore[import-not-found]
+    except ImportError:
+        from ptmpack.package import open_package
+    return open_package(Path(tree))
 
 
 def write_bytes(path: Path, data: bytes) -> None:

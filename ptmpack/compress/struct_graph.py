@@ -1,0 +1,111 @@
+"""Small edits of a chapter-6 IR model that :mod:`ptmpack.ir.convert_hf` cannot express by itself.
+
+The structure steps rebuild ``Model/graph.json`` from config.json + safetensors whenever they can;
+a few results have no Hugging Face spelling (a normalization folded away, an explicit
+``unified_norm``, activation fake-quant). Those are applied to the converter's graph here, on
+the frozen IR records, and the result is validated before it is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ptmpack.errors import GraphError
+from ptmpack.ir.model import Attribute, Graph, ModelStructure, OperatorNode, TensorRef, VariableNode
+from ptmpack.ir.registry import lookup
+
+
+def consumers(graph: Graph) -> dict[str, list[tuple[OperatorNode, str]]]:
+    """Variable name → the (operator, input slot) pairs that read it."""
+    found: dict[str, list[tuple[OperatorNode, str]]] = {}
+    for node in graph.operators:
+        for slot, names in node.inputs.items():
+            for n in names:
+                found.setdefault(n, []).append((node, slot))
+    return found
+
+
+def op_by_name(graph: Graph, name: str) -> OperatorNode:
+    for node in graph.operators:
+        if node.name == name:
+            return node
+    raise GraphError(f"the graph has no operator {name!r}")
+
+
+def _with(model: ModelStructure, graph: Graph) -> ModelStructure:
+    graphs = tuple(graph if g.graph_id == graph.graph_id else g for g in model.graphs)
+    return dataclasses.replace(model, graphs=graphs)
+
+
+def bypass(model: ModelStructure, op_name: str, *, through: str = "X", out: str = "Y") -> ModelStructure:
+    """Remove operator ``op_name``; whatever read its ``out`` reads its ``through`` input instead.
+
+    Raises:
+        GraphError: no such operator, or its output is a model output.
+    """
+    g = model.main_graph
+    node = op_by_name(g, op_name)
+    src, dst = node.inputs[through][0], node.outputs[out][0]
+    if dst in model.outputs:
+        raise GraphError(f"{op_name}: its output {dst!r} is a model output and cannot be bypassed")
+    gone = {n for names in node.outputs.values() for n in names}
+    ops = tuple(dataclasses.replace(o, inputs={k: tuple(src if n == dst else n for n in v) for k, v in o.inputs.items()})
+                for o in g.operators if o.name != op_name)
+    variables = tuple(v for v in g.variables if v.name not in gone)
+    return _with(model, dataclasses.replace(g, operators=ops, variables=variables))
+
+
+def replace_op(model: ModelStructure, op_name: str, op_type: str, inputs: Mapping[str, Sequence[str]],
+               params: Sequence[VariableNode] = (), **attrs: Any) -> ModelStructure:
+    """Swap operator ``op_name`` for an ``op_type`` node of the same name writing the same ``Y``.
+
+    ``params`` are new parameter variables to declare; every other output slot the new type has
+    is declared as ``<op_name>.<slot>`` with its inferred type.
+
+    Raises:
+        GraphError: unknown operator type or attribute.
+    """
+    g = model.main_graph
+    old = op_by_name(g, op_name)
+    opdef = lookup(op_type)
+    if opdef is None:
+        raise GraphError(f"unknown operator type {op_type!r}")
+    declared = {**g.variable_map(), **{p.name: p for p in params}}
+    from ptmpack.ir.registry import TensorType
+
+    types = {s: TensorType(declared[v[0]].dtype, declared[v[0]].shape) for s, v in inputs.items()}
+    resolved = opdef.resolve_attributes(attrs, f"operator {op_name!r}")
+    inferred = opdef.infer({s.name: types.get(s.name) for s in opdef.inputs}, resolved)
+    outputs: dict[str, tuple[str, ...]] = {"Y": old.outputs["Y"]}
+    extra: list[VariableNode] = []
+    for slot, t in inferred.items():
+        if slot == "Y" or t is None:
+            continue
+        name = f"{op_name}.{slot}"
+        outputs[slot] = (name,)
+        extra.append(VariableNode(name, t.dtype, tuple(t.shape)))
+    typed = {k: Attribute(opdef.attribute(k).type, v) for k, v in attrs.items()}  # type: ignore[union-attr]
+    node = OperatorNode(op_type, op_name, {k: tuple(v) for k, v in inputs.items()}, outputs, typed)
+    dropped = {n for s, names in old.outputs.items() if s != "Y" for n in names}
+    ops = tuple(node if o.name == op_name else o for o in g.operators)
+    variables = tuple(v for v in g.variables if v.name not in dropped) + tuple(params) + tuple(extra)
+    return _with(model, dataclasses.replace(g, operators=ops, variables=variables))
+
+
+def param(name: str, dtype: str, shape: Sequence[int], file: str = "Model/model.safetensors") -> VariableNode:
+    """A parameter variable backed by tensor ``name`` of ``file``."""
+    return VariableNode(name, dtype, tuple(shape), True, TensorRef(file, name))
+
+
+def checked(model: ModelStructure) -> ModelStructure:
+    """``model`` after :func:`ptmpack.ir.validate.validate` accepted it.
+
+    Raises:
+        GraphError: the edited model breaks an IR rule.
+    """
+    from ptmpack.ir.validate import validate
+
+    validate(model)
+    return model
