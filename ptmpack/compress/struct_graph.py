@@ -109,3 +109,41 @@ def checked(model: ModelStructure) -> ModelStructure:
 
     validate(model)
     return model
+
+
+def insert(model: ModelStructure, op_type: str, name: str, inputs: Mapping[str, Sequence[str]], *, redirect: str,
+           readers: set[str] | None = None, params: Sequence[VariableNode] = (), **attrs: Any) -> ModelStructure:
+    """Insert operator ``name`` reading ``inputs``; its ``Y`` (``<name>.Y``) replaces ``redirect`` for ``readers``.
+
+    ``readers`` are operator names (None: every operator that read ``redirect``). The new node goes
+    right after the producer of ``redirect``; ``params`` are new parameter variables to declare.
+
+    Raises:
+        GraphError: unknown operator type or attribute, or inputs of the wrong shape.
+    """
+    from ptmpack.ir.registry import TensorType
+
+    g = model.main_graph
+    opdef = lookup(op_type)
+    if opdef is None:
+        raise GraphError(f"unknown operator type {op_type!r}")
+    declared = {**g.variable_map(), **{p.name: p for p in params}}
+    types = {s: TensorType(declared[v[0]].dtype, declared[v[0]].shape) for s, v in inputs.items()}
+    resolved = opdef.resolve_attributes(attrs, f"operator {name!r}")
+    inferred = opdef.infer({s.name: types.get(s.name) for s in opdef.inputs}, resolved)
+    y = f"{name}.Y"
+    new_vars = [VariableNode(y, inferred["Y"].dtype, tuple(inferred["Y"].shape))]
+    outputs: dict[str, tuple[str, ...]] = {"Y": (y,)}
+    for slot, t in inferred.items():
+        if slot != "Y" and t is not None:
+            outputs[slot] = (f"{name}.{slot}",)
+            new_vars.append(VariableNode(f"{name}.{slot}", t.dtype, tuple(t.shape)))
+    typed = {k: Attribute(opdef.attribute(k).type, v) for k, v in attrs.items()}  # type: ignore[union-attr]
+    node = OperatorNode(op_type, name, {k: tuple(v) for k, v in inputs.items()}, outputs, typed)
+    ops = [dataclasses.replace(o, inputs={k: tuple(y if n == redirect else n for n in v) for k, v in o.inputs.items()})
+           if (readers is None or o.name in readers) else o for o in g.operators]
+    produced_at = [i for i, o in enumerate(ops) if any(redirect in names for names in o.outputs.values())]
+    at = produced_at[0] + 1 if produced_at else 0
+    ops.insert(at, node)
+    variables = tuple(g.variables) + tuple(params) + tuple(new_vars)
+    return _with(model, dataclasses.replace(g, operators=tuple(ops), variables=variables))

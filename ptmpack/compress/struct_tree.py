@@ -156,18 +156,32 @@ def rebuild_graph(tree: Path) -> bool:
     Raises:
         UnsupportedError: the converter cannot express the new checkpoint.
     """
-    from ptmpack.compress.fold_norm import patch_graph
-    from ptmpack.ir.convert_hf import model_from_dir
+    from ptmpack.compress.adapters import FOLDER, WEIGHTS_NAME, attach, read_adapters
 
     tree = Path(tree)
     target = tree / GRAPH
     if not target.exists():
         return False
     old = json.loads(target.read_text(encoding="utf-8"))
-    model = model_from_dir(tree / MODEL, name=str(old.get("name") or tree.name))
-    model = patch_graph(model, read_json(tree, CONFIG))
+    model = base_model(tree, name=str(old.get("name") or tree.name))
+    found = read_adapters(tree)
+    if found is not None:
+        model = attach(model, *found, file=f"{FOLDER}/{WEIGHTS_NAME}")
     write_bytes(target, model.dumps())
     return True
+
+
+def base_model(tree: Path, *, name: str | None = None) -> Any:
+    """The IR model of ``Model/`` as convert_hf builds it, with a unified-norm record applied (no adapters).
+
+    Raises:
+        UnsupportedError: the converter cannot express the checkpoint.
+    """
+    from ptmpack.compress.fold_norm import patch_graph
+    from ptmpack.ir.convert_hf import model_from_dir
+
+    model = model_from_dir(Path(tree) / MODEL, name=name or Path(tree).name)
+    return patch_graph(model, read_json(tree, CONFIG))
 
 
 def open_tree(tree: Path) -> Any:
