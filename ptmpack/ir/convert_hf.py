@@ -161,6 +161,31 @@ def _prefix(b: _Builder, probe: str, candidates: Sequence[str]) -> str:
     raise UnsupportedError(f"checkpoint has no {probe!r} under any of the prefixes {list(candidates)}")
 
 
+def _linear(b: _Builder, cfg: Mapping[str, Any], name: str, x_in: str, prefix: str, bias: str | None) -> str:
+    """A ``linear`` on ``prefix.weight``, or a ``quantized_linear`` when the checkpoint stores it
+    compressed-tensors ``pack-quantized`` (``prefix.weight_packed`` …, see docs/COMPRESSION.md)."""
+    if not b.has(f"{prefix}.weight_packed"):
+        return b.op("linear", name, {"X": x_in, "W": b.param(f"{prefix}.weight"),
+                                     "Bias": b.param(bias) if bias else None})[0]
+    from ptmpack.quant.scheme import scheme_of
+
+    scheme = scheme_of(cfg)
+    if scheme is None:
+        raise UnsupportedError(f"{prefix} is stored quantized but config.json has no quantization_config")
+    if scheme.strategy not in ("group", "channel"):
+        raise UnsupportedError(f"compressed-tensors strategy {scheme.strategy!r} is not supported (group or channel)")
+    cols = b.types[x_in].shape[-1]
+    if cols < 1:
+        raise UnsupportedError(f"{prefix}: the input width of a quantized linear must be known")
+    group = scheme.group_size if scheme.strategy == "group" and scheme.group_size else cols
+    inputs = {"X": x_in, "Packed": b.param(f"{prefix}.weight_packed"), "Scale": b.param(f"{prefix}.weight_scale"),
+              "Bias": b.param(bias) if bias else None}
+    for slot, tail in (("ZeroPoint", "weight_zero_point"), ("GIdx", "weight_g_idx")):
+        if b.has(f"{prefix}.{tail}"):
+            inputs[slot] = b.param(f"{prefix}.{tail}")
+    return b.op("quantized_linear", name, inputs, bits=scheme.bits, group_size=int(group), in_features=int(cols))[0]
+
+
 def _bert(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     p = _prefix(b, "embeddings.word_embeddings.weight", ("", "bert.", "model."))
     if cfg.get("position_embedding_type", "absolute") != "absolute":
@@ -192,8 +217,7 @@ def _bert(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         w, n = f"{p}encoder.layer.{i}.", f"layers.{i}."
 
         def lin(part: str, x_in: str, tag: str, w: str = w, n: str = n) -> str:
-            return b.op("linear", f"{n}{tag}", {"X": x_in, "W": b.param(f"{w}{part}.weight"),
-                                                "Bias": b.param(f"{w}{part}.bias")})[0]
+            return _linear(b, cfg, f"{n}{tag}", x_in, f"{w}{part}", f"{w}{part}.bias")
 
         def norm(part: str, x_in: str, op_name: str, w: str = w) -> str:
             return b.op("layer_norm", op_name, {"X": x_in, "Scale": b.param(f"{w}{part}.weight"),
@@ -226,6 +250,8 @@ def _gpt2(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         w, n = f"{p}h.{i}.", f"layers.{i}."
 
         def conv1d(part: str, x_in: str, tag: str, w: str = w, n: str = n) -> str:
+            if b.has(f"{w}{part}.weight_packed"):  # quantized Conv1D: stored as its [out, in] transpose
+                return _linear(b, cfg, f"{n}{tag}", x_in, f"{w}{part}", f"{w}{part}.bias")
             y = b.op("matmul", f"{n}{tag}", {"A": x_in, "B": b.param(f"{w}{part}.weight")})[0]
             return b.op("add", f"{n}{tag}_bias", {"A": y, "B": b.param(f"{w}{part}.bias")})[0]
 
@@ -272,8 +298,7 @@ def _llama(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
 
         def lin(part: str, x_in: str, tag: str, w: str = w, n: str = n) -> str:
             bias = f"{w}{part}.bias"
-            return b.op("linear", f"{n}{tag}", {"X": x_in, "W": b.param(f"{w}{part}.weight"),
-                                                "Bias": b.param(bias) if b.has(bias) else None})[0]
+            return _linear(b, cfg, f"{n}{tag}", x_in, f"{w}{part}", bias if b.has(bias) else None)
 
         def rope(t: str, count: int, tag: str, n: str = n) -> str:
             t4 = b.op("reshape", f"{n}{tag}_heads", {"X": t}, shape=[0, 0, count, head_dim])[0]

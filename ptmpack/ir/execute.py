@@ -34,6 +34,12 @@ from ptmpack.ir.validate import find_tensor, shapes_match, validate, where
 from ptmpack.package import Package
 from ptmpack.tensors.dtypes import numpy_dtype
 
+OPERATOR_HOOK = "ptmpack.operator_hook"
+"""``ctx.state`` key of an optional ``hook(graph, node, inputs) -> inputs`` called before each kernel.
+
+Calibration uses it (GPTQ collects a linear's inputs and swaps in the quantized weight before
+the layer runs, so later layers see the quantized model's activations); it may raise to stop a run.
+"""
 _KERNEL_ERRORS = (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError, FloatingPointError)
 
 
@@ -235,6 +241,9 @@ class Executor:
                 names = node.inputs.get(s.name, ())
                 values = [self._get(scope, n) for n in names]
                 inputs[s.name] = values if s.variadic else (values[0] if values else None)
+            hook = self.ctx.state.get(OPERATOR_HOOK)
+            if hook is not None:
+                inputs = hook(g, node, inputs)
             self.ctx.state[SUBGRAPH_RUNNER] = partial(self.run_graph, parent=scope)
             try:
                 result = opdef.kernel(self.ctx, inputs, step.attrs)

@@ -1,0 +1,176 @@
+"""The GPTQ solver for one linear weight (Frantar et al., 2022), in torch when present, numpy otherwise.
+
+Given ``W`` ``[rows, cols]`` and the Hessian ``H = 2/n · Σ x xᵀ`` of the layer's inputs:
+
+1. dead inputs (``H_jj = 0``) get ``H_jj = 1`` and their weights are zeroed;
+2. damping: ``H += damp · mean(diag H) · I`` (``damp`` = 0.01);
+3. ``U`` = upper Cholesky factor of ``H⁻¹`` (Cholesky, Cholesky inverse, Cholesky again);
+4. columns are quantized left to right in blocks of 128; each column's rounding error,
+   divided by ``U_ii``, is spread over the block's remaining columns at once and over the
+   columns after the block in one matrix product (lazy batch updates);
+5. group parameters (scale, zero point) are taken, when a group starts, from the group's
+   columns *as updated so far*; with act-order the columns are visited by decreasing
+   ``H_jj`` and the group parameters are fixed beforehand from the original weight ("static
+   groups"), so each column keeps the group of its original position and the stored groups
+   stay contiguous (no ``g_idx`` needed).
+
+With ``H = I`` and ``damp = 0`` the error feedback vanishes (``U = I`` and the updates are
+zero off the block), so GPTQ gives exactly RTN: the unit tests check it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ptmpack.compress.rtn import group_params
+from ptmpack.compress.storage import QuantizedWeight, qrange
+from ptmpack.errors import PtmError
+
+BLOCK = 128
+DAMP = 0.01
+
+
+class _Numpy:
+    """Array operations of the solver in numpy (float64 for the factorizations, float32 otherwise)."""
+
+    name = "numpy"
+
+    def asarray(self, a: np.ndarray) -> Any:
+        return np.array(a, dtype=np.float32)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        return np.asarray(a)
+
+    def inverse_upper_cholesky(self, h: Any) -> Any:
+        h64 = h.astype(np.float64)
+        low = np.linalg.cholesky(h64)
+        inv_low = np.linalg.solve(low, np.eye(len(h64)))
+        hinv = inv_low.T @ inv_low
+        return np.linalg.cholesky(hinv).T.astype(np.float32)
+
+    def outer(self, a: Any, b: Any) -> Any:
+        return np.outer(a, b)
+
+    def quantize(self, w: Any, scale: Any, zero: Any, lo: int, hi: int) -> Any:
+        return (np.clip(np.round(w / scale + zero), lo, hi) - zero) * scale
+
+
+class _Torch:
+    """The same operations in torch (CPU or CUDA), float32 except the factorizations."""
+
+    name = "torch"
+
+    def __init__(self, torch: Any, device: str) -> None:
+        self.torch = torch
+        self.device = device
+
+    def asarray(self, a: np.ndarray) -> Any:
+        return self.torch.tensor(np.asarray(a, dtype=np.float32), device=self.device)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        return a.detach().cpu().numpy()
+
+    def inverse_upper_cholesky(self, h: Any) -> Any:
+        t = self.torch
+        h64 = h.to(t.float64)
+        low = t.linalg.cholesky(h64)
+        hinv = t.cholesky_inverse(low)
+        return t.linalg.cholesky(hinv, upper=True).to(t.float32)
+
+    def outer(self, a: Any, b: Any) -> Any:
+        return self.torch.outer(a, b)
+
+    def quantize(self, w: Any, scale: Any, zero: Any, lo: int, hi: int) -> Any:
+        return (self.torch.clamp(self.torch.round(w / scale + zero), lo, hi) - zero) * scale
+
+
+def backend(device: str = "cpu") -> Any:
+    """torch when importable (on ``device``), else numpy (CPU only).
+
+    Raises:
+        PtmError (UnsupportedError): ``device="cuda"`` without torch or without a CUDA device.
+    """
+    from ptmpack.errors import UnsupportedError
+
+    try:
+        import torch
+    except ImportError:
+        if device != "cpu":
+            raise UnsupportedError("--device cuda needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
+        return _Numpy()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UnsupportedError("--device cuda asked for but PyTorch sees no CUDA device")
+    return _Torch(torch, device)
+
+
+class NotPositiveDefinite(PtmError):
+    """The damped Hessian has no Cholesky factor (non-finite activations, or damping too small)."""
+
+
+def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, symmetric: bool = False, *,
+                  damp: float = DAMP, block: int = BLOCK, act_order: bool = False, xp: Any = None,
+                  scale_dtype: Any = np.float32) -> QuantizedWeight:
+    """GPTQ-quantize ``weight`` ``[rows, cols]`` given its input Hessian ``[cols, cols]``.
+
+    Raises:
+        NotPositiveDefinite: the damped Hessian cannot be factorized.
+    """
+    xp = xp or backend()
+    lo, hi = qrange(bits)
+    rows, cols = weight.shape
+    groups = math.ceil(cols / group_size)
+    w = weight.astype(np.float32).copy()
+    h = np.array(hessian, dtype=np.float32)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    if damp:
+        h[np.diag_indices(cols)] += np.float32(damp * float(np.mean(np.diag(h))))
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(cols)
+    scales = np.zeros((rows, groups), np.float32)
+    zeros = np.zeros((rows, groups), np.float32)
+    if act_order:  # static groups: parameters from the original weight, in original column order
+        for g in range(groups):
+            scales[:, g], zeros[:, g] = group_params(w[:, g * group_size:(g + 1) * group_size], bits, symmetric,
+                                                     scale_dtype)
+    try:
+        u = xp.inverse_upper_cholesky(xp.asarray(h[np.ix_(perm, perm)]))
+    except Exception as exc:  # numpy LinAlgError / torch linalg error
+        raise NotPositiveDefinite(f"the damped Hessian is not positive definite ({type(exc).__name__})",
+                                  hint="use more calibration samples or check the activations for NaN") from None
+    W = xp.asarray(w[:, perm])
+    Q = xp.asarray(np.zeros_like(w))
+    col_group = perm // group_size
+    S, Z = xp.asarray(scales), xp.asarray(zeros)
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        W1 = W[:, i1:i2].clone() if xp.name == "torch" else W[:, i1:i2].copy()
+        E1 = xp.asarray(np.zeros((rows, i2 - i1), np.float32))
+        U1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            c = i1 + i
+            g = int(col_group[c])
+            if not act_order and c % group_size == 0:
+                span = xp.to_numpy(W1[:, i:i + group_size])
+                if span.shape[1] < min(group_size, cols - c):  # the group runs past the block
+                    span = np.concatenate([span, xp.to_numpy(W[:, i2:c + group_size])], axis=1)
+                s, z = group_params(span, bits, symmetric, scale_dtype)
+                scales[:, g], zeros[:, g] = s, z
+                S[:, g], Z[:, g] = xp.asarray(s), xp.asarray(z)
+            col = W1[:, i]
+            q = xp.quantize(col, S[:, g], Z[:, g], lo, hi)
+            Q[:, c] = q
+            err = (col - q) / U1[i, i]
+            W1[:, i:] -= xp.outer(err, U1[i, i:])
+            E1[:, i] = err
+        W[:, i2:] -= E1 @ u[i1:i2, i2:]
+    deq = np.empty_like(w)
+    deq[:, perm] = xp.to_numpy(Q)
+    cols_group = np.arange(cols) // group_size
+    codes = np.round(deq / scales[:, cols_group] + zeros[:, cols_group])
+    codes = np.clip(codes, lo, hi).astype(np.int8)
+    return QuantizedWeight(codes, scales.astype(scale_dtype), None if symmetric else zeros.astype(np.int8),
+                           bits, group_size)

@@ -1,0 +1,274 @@
+"""The weight-quantization step shared by RTN and GPTQ: which layers, which group size, and the tree edit.
+
+Targets are read from the model's IR (built afresh from ``Model/config.json`` and the
+safetensors headers by :mod:`ptmpack.ir.convert_hf`): every ``linear`` whose weight is a
+2-D parameter, and every ``matmul`` by a 2-D parameter (GPT-2's ``Conv1D``, stored
+``[in, out]`` and quantized as its transpose), except the operators producing a model
+output (the LM head) — embeddings and norms are not linears and stay float too.
+
+The step rewrites ``Model/`` in place: each quantized linear's ``weight`` becomes the
+compressed-tensors tensors of :mod:`ptmpack.compress.storage` (files rewritten by the
+safetensors library through a temporary file and a rename), ``config.json`` gains the
+``quantization_config``, and ``graph.json`` is rebuilt so it runs ``quantized_linear``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptmpack.compress.rtn import error_row
+from ptmpack.compress.storage import QuantizedWeight, quantization_config, write_quantized_linear
+from ptmpack.errors import InvalidTreeError, UnsupportedError, UsageError
+from ptmpack.ir.model import ModelStructure
+
+GROUP_CANDIDATES = (128, 64, 32)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One linear layer to quantize."""
+
+    prefix: str
+    """Module name (tensor name without ``.weight``): where the quantized tensors go."""
+    weight: str
+    """The float weight tensor's name."""
+    op: str
+    """The IR operator using it."""
+    in_features: int
+    out_features: int
+    transposed: bool = False
+    """True for weights stored ``[in, out]`` (GPT-2 Conv1D, run by ``matmul``)."""
+
+
+def find_targets(model: ModelStructure) -> list[Target]:
+    """The linears of ``model``'s main graph that quantization replaces, in execution order."""
+    graph = model.main_graph
+    variables = graph.variable_map()
+    outputs = set(model.outputs)
+    found: list[Target] = []
+    seen: set[str] = set()
+    for node in graph.operators:
+        slot = {"linear": "W", "matmul": "B"}.get(node.type)
+        if slot is None or not node.inputs.get(slot):
+            continue
+        name = node.inputs[slot][0]
+        v = variables.get(name)
+        produced = {n for ns in node.outputs.values() for n in ns}
+        if v is None or not v.persistable or len(v.shape) != 2 or produced & outputs or name in seen:
+            continue
+        if not name.endswith(".weight"):
+            continue
+        seen.add(name)
+        rows, cols = v.shape
+        transposed = node.type == "matmul"
+        out_f, in_f = (cols, rows) if transposed else (rows, cols)
+        found.append(Target(name[: -len(".weight")], name, node.name, int(in_f), int(out_f), transposed))
+    return found
+
+
+def largest_valid_group(widths: list[int], limit: int) -> int | None:
+    """The largest power of two ≤ ``limit`` (and ≥ 8) dividing every width, or None."""
+    g = 1 << max(0, int(limit).bit_length() - 1)
+    while g >= 8:
+        if all(w % g == 0 for w in widths):
+            return g
+        g //= 2
+    return None
+
+
+def choose_group_size(targets: list[Target], requested: int | None) -> int:
+    """The group size to use: ``requested`` when it divides every input width, else the default.
+
+    Raises:
+        UsageError: ``requested`` does not divide some layer's input width (names the largest
+            size that would), or no default group size fits.
+    """
+    widths = sorted({t.in_features for t in targets})
+    if requested is not None:
+        bad = [t for t in targets if t.in_features % requested]
+        if bad:
+            best = largest_valid_group(widths, requested)
+            hint = f"use --group-size {best}" if best else "no power-of-two group size fits every layer"
+            raise UsageError(f"group size {requested} does not divide the input width {bad[0].in_features} of "
+                             f"{bad[0].prefix} (compressed-tensors has no ragged groups)", hint=hint)
+        return requested
+    for g in GROUP_CANDIDATES:
+        if all(w % g == 0 for w in widths):
+            return g
+    best = largest_valid_group(widths, GROUP_CANDIDATES[-1])
+    if best is None:
+        raise UsageError(f"no group size of 32 or less divides every input width {widths}")
+    return best
+
+
+class ModelTensors:
+    """The top-level safetensors files of a tree's ``Model/``, loaded for editing."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from safetensors import safe_open
+
+        self.model_dir = Path(model_dir)
+        self.files: dict[str, dict[str, np.ndarray]] = {}
+        self.where: dict[str, str] = {}
+        self.metadata: dict[str, dict[str, str] | None] = {}
+        paths = sorted(p for p in self.model_dir.glob("*.safetensors") if p.is_file())
+        if not paths:
+            raise UnsupportedError(f"{self.model_dir}: no *.safetensors weights to quantize")
+        for p in paths:
+            try:
+                with safe_open(str(p), framework="numpy") as f:
+                    self.metadata[p.name] = f.metadata()
+                    self.files[p.name] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            except (OSError, ValueError, TypeError) as exc:
+                raise UnsupportedError(f"{p}: cannot load the weights with numpy ({exc})",
+                                       hint="bfloat16 checkpoints are not quantized by ptmpack yet") from None
+            for k in self.files[p.name]:
+                self.where[k] = p.name
+        self.changed: set[str] = set()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.files[self.where[name]][name]
+
+    def names(self) -> list[str]:
+        return list(self.where)
+
+    def store(self, target: Target, q: QuantizedWeight) -> None:
+        """Replace ``target``'s float weight by the quantized tensors, in the file that held it."""
+        file = self.where[target.weight]
+        tensors = self.files[file]
+        write_quantized_linear(tensors, target.prefix, q)
+        del self.where[target.weight]
+        for k in tensors:
+            self.where[k] = file
+        self.changed.add(file)
+
+    def save(self) -> None:
+        """Write every changed file through a temporary file and a rename."""
+        from safetensors.numpy import save_file
+
+        for name in sorted(self.changed):
+            path = self.model_dir / name
+            tmp = path.with_name(f".{name}.tmp")
+            meta = dict(self.metadata.get(name) or {})
+            meta.setdefault("format", "pt")
+            save_file({k: np.ascontiguousarray(v) for k, v in self.files[name].items()}, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        self.changed.clear()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidTreeError(f"{path}: missing") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidTreeError(f"{path}: not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InvalidTreeError(f"{path}: not a JSON object")
+    return doc
+
+
+def write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_model(tree: Path) -> ModelStructure:
+    """The IR of the tree's checkpoint, built from config.json and the weights (not graph.json).
+
+    Raises:
+        UnsupportedError: an architecture the IR converter does not know.
+    """
+    from ptmpack.ir.convert_hf import model_from_dir
+
+    return model_from_dir(Path(tree) / "Model")
+
+
+def ignored_linears(tensors: ModelTensors, targets: list[Target], decoder: bool) -> list[str]:
+    """Module names of 2-D weights left float (the LM head, a pooler): compressed-tensors' ``ignore``."""
+    done = {t.weight for t in targets}
+    ignore = {n[: -len(".weight")] for n in tensors.names()
+              if n.endswith(".weight") and n not in done and tensors[n].ndim == 2
+              and not any(e in n for e in ("embed", "wte", "wpe"))}
+    if decoder:
+        ignore.add("lm_head")
+    return sorted(ignore)
+
+
+def regraph(tree: Path) -> None:
+    """Rebuild ``Model/graph.json`` from the edited config.json and weights (if the tree had one)."""
+    from ptmpack.ir.convert_hf import write_graph
+
+    graph = Path(tree) / "Model" / "graph.json"
+    if graph.exists():
+        graph.unlink()
+        write_graph(Path(tree))
+
+
+LayerFn = Callable[[list[Target], ModelTensors, int], dict[str, QuantizedWeight]]
+
+
+def quantize_tree(tree: Path, ctx: Any, method: str, run: LayerFn, *, extra: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Quantize the tree's linears with ``run`` and rewrite ``Model/``; return the step record.
+
+    ``run(targets, tensors, group_size)`` returns the quantized weight of each target prefix.
+
+    Raises:
+        UsageError: a bad group size.
+        UnsupportedError: an unknown architecture, or no linear to quantize.
+    """
+    from ptmpack.compress.quality import measure
+
+    spec = ctx.spec
+    tree = Path(tree)
+    model = load_model(tree)
+    targets = find_targets(model)
+    if not targets:
+        raise UnsupportedError(f"{tree}: the model has no linear layer to quantize")
+    group = choose_group_size(targets, spec.group_size)
+    calibration = ctx.calib() if ctx.calibration is not None else None
+    before = measure(tree, calibration)
+    tensors = ModelTensors(tree / "Model")
+    size_before = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
+    originals = {t.prefix: (tensors[t.weight].T if t.transposed else tensors[t.weight]) for t in targets}
+    start = time.perf_counter()
+    quantized = run(targets, tensors, group)
+    seconds = time.perf_counter() - start
+    rows = []
+    for t in targets:
+        q = quantized[t.prefix]
+        rows.append(error_row(t.prefix, originals[t.prefix], q))
+        tensors.store(t, q)
+    del originals
+    tensors.save()
+    config_path = tree / "Model" / "config.json"
+    config = read_json(config_path)
+    decoder = model.metadata.get("structure") == "decoder-only"
+    actorder = "weight" if getattr(spec, "act_order", False) else None
+    config["quantization_config"] = quantization_config(spec.bits, group, spec.symmetric,
+                                                        ignored_linears(tensors, targets, decoder), actorder=actorder)
+    write_json(config_path, config)
+    regraph(tree)
+    size_after = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
+    after = measure(tree, calibration, reference=before)
+    record: dict[str, Any] = {
+        "step": "quant", "method": method, "bits": spec.bits, "group_size": group, "symmetric": spec.symmetric,
+        "format": "compressed-tensors/pack-quantized", "layers_quantized": len(targets),
+        "size_before": size_before, "size_after": size_after, "seconds": round(seconds, 3),
+        "calibration": calibration.record() if calibration is not None else None,
+        "quality": {"before": before.get("value"), "after": after.get("value"), **after.get("about", {})},
+        "layers": rows, "mean_rel_error": float(np.mean([r["rel_error"] for r in rows])),
+    }
+    record.update(extra or {})
+    return record
+

@@ -1,0 +1,105 @@
+"""What ``ptmpack compress`` is asked to do: one frozen record shared by every step.
+
+The fields are the contract of docs/COMPRESSION.md and of the three step authors
+(quantization, AffineQuant, structure); :meth:`CompressSpec.check` refuses combinations
+that cannot be run before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ptmpack.errors import UsageError
+
+QUANT_METHODS = ("rtn", "gptq", "affine", "ptq")
+WEIGHT_BITS = (2, 3, 4, 8)
+DEFAULT_GROUPS = (128, 64, 32)
+"""Candidate default group sizes, largest first: the default is the largest dividing every input width."""
+FOLD_NORMS = ("affine", "unified")
+PRUNE_TARGETS = ("heads", "ffn", "both")
+PRUNE_METHODS = ("structure", "magnitude")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class CompressSpec:
+    """The steps and settings of one ``compress`` run (SPEC §6, §7; issues 9 and 10)."""
+
+    quant: str | None = None
+    """``"rtn"`` | ``"gptq"`` | ``"affine"`` | ``"ptq"``; None: no quantization step."""
+    bits: int = 4
+    """Weight bits: 2, 3, 4 or 8."""
+    act_bits: int | None = None
+    """Activation bits (ptq only, e.g. 8)."""
+    group_size: int | None = None
+    """Input columns sharing one scale; None: the method's default (the largest of 128, 64, 32
+    dividing every quantized input width; per-channel for ptq)."""
+    symmetric: bool = False
+    calib: Path | None = None
+    """Calibration text file, tokenized with the package's own tokenizer."""
+    nsamples: int = 32
+    seqlen: int = 512
+    calib_seed: int | None = None
+    """None: the first ``nsamples`` consecutive windows; an int: windows drawn at random with this seed."""
+    epochs: int = 10
+    """Reconstruction epochs (affine, ptq)."""
+    device: str = "cpu"
+    fold_norm: str | None = None
+    prune: str | None = None
+    flops_budget: float | None = None
+    """Fraction of the original FLOPs to keep, e.g. 0.7."""
+    prune_method: str = "structure"
+    merge_lora: Path | None = None
+    """A PEFT adapter directory to merge."""
+    merge_adapter: bool = False
+    act_order: bool = False
+    """GPTQ: quantize columns in order of decreasing Hessian diagonal (static groups, so groups stay contiguous)."""
+
+    def check(self) -> CompressSpec:
+        """Return self when the settings are consistent.
+
+        Raises:
+            UsageError: an unknown method, bit width or device, a bad group size, window or budget,
+                options given without the step they belong to, or no step at all.
+        """
+        if self.quant is not None and self.quant not in QUANT_METHODS:
+            raise UsageError(f"unknown quantization method {self.quant!r}", hint=f"use one of {', '.join(QUANT_METHODS)}")
+        if self.bits not in WEIGHT_BITS:
+            raise UsageError(f"--bits {self.bits} is not supported", hint=f"use one of {', '.join(map(str, WEIGHT_BITS))}")
+        if self.act_bits is not None and (self.quant != "ptq" or self.act_bits not in (4, 8, 16)):
+            raise UsageError("--act-bits takes 4, 8 or 16 and goes with --quant ptq only")
+        if self.group_size is not None and (isinstance(self.group_size, bool) or self.group_size < 1):
+            raise UsageError(f"--group-size must be a positive integer, got {self.group_size!r}")
+        if self.nsamples < 1 or self.seqlen < 2:
+            raise UsageError("--nsamples must be at least 1 and --seqlen at least 2")
+        if self.epochs < 0:
+            raise UsageError("--epochs must not be negative")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.fold_norm is not None and self.fold_norm not in FOLD_NORMS:
+            raise UsageError(f"--fold-norm takes {' or '.join(FOLD_NORMS)}, got {self.fold_norm!r}")
+        if self.prune is not None and self.prune not in PRUNE_TARGETS:
+            raise UsageError(f"--prune takes {', '.join(PRUNE_TARGETS)}, got {self.prune!r}")
+        if self.prune_method not in PRUNE_METHODS:
+            raise UsageError(f"--prune-method takes {' or '.join(PRUNE_METHODS)}, got {self.prune_method!r}")
+        if (self.prune is None) != (self.flops_budget is None):
+            raise UsageError("--prune and --flops-budget go together")
+        if self.flops_budget is not None and not 0.0 < self.flops_budget <= 1.0:
+            raise UsageError(f"--flops-budget must lie in (0, 1], got {self.flops_budget}")
+        if self.act_order and self.quant != "gptq":
+            raise UsageError("--act-order goes with --quant gptq only")
+        if not self.steps():
+            raise UsageError("nothing to do: give --quant, --prune, --fold-norm, --merge-lora or --merge-adapter")
+        return self
+
+    def steps(self) -> tuple[str, ...]:
+        """The steps this spec runs, in the pipeline's fixed order."""
+        wanted = {"merge_lora": self.merge_lora is not None, "merge_adapter": self.merge_adapter,
+                  "fold_norm": self.fold_norm is not None, "prune": self.prune is not None,
+                  "quant": self.quant is not None}
+        return tuple(step for step, on in wanted.items() if on)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.quant in ("gptq", "affine", "ptq") or (self.prune is not None and self.prune_method == "structure")
