@@ -147,3 +147,45 @@ def insert(model: ModelStructure, op_type: str, name: str, inputs: Mapping[str, 
     ops.insert(at, node)
     variables = tuple(g.variables) + tuple(params) + tuple(new_vars)
     return _with(model, dataclasses.replace(g, operators=tuple(ops), variables=variables))
+
+
+def retype(model: ModelStructure, params: Mapping[str, Sequence[int]],
+           attrs: Mapping[str, Mapping[str, Any]] = {}) -> ModelStructure:
+    """Give parameters new shapes and operators new attribute values, then re-infer every operator's outputs.
+
+    How a pruned checkpoint (per-layer head counts or FFN widths the converter's config cannot
+    say) gets a graph: build it for the unpruned shapes, then call this with the real ones.
+
+    Raises:
+        GraphError: the new shapes do not fit the operators.
+    """
+    from ptmpack.ir.registry import TensorType
+
+    g = model.main_graph
+    variables = {v.name: (dataclasses.replace(v, shape=tuple(params[v.name])) if v.name in params else v)
+                 for v in g.variables}
+    types = {n: TensorType(v.dtype, v.shape) for n, v in variables.items()}
+    ops = []
+    for node in g.operators:
+        if node.name in attrs:
+            opdef0 = lookup(node.type)
+            assert opdef0 is not None
+            extra = {k: Attribute(opdef0.attribute(k).type, v) for k, v in attrs[node.name].items()}  # type: ignore[union-attr]
+            node = dataclasses.replace(node, attributes={**node.attributes, **extra})
+        opdef = lookup(node.type)
+        if opdef is None:
+            raise GraphError(f"unknown operator type {node.type!r}")
+        given = {k: a.value for k, a in node.attributes.items()}
+        resolved = opdef.resolve_attributes(given, f"operator {node.name!r}")
+        args = {s.name: ([types[n] for n in node.inputs.get(s.name, ())] if s.variadic else
+                         (types[node.inputs[s.name][0]] if node.inputs.get(s.name) else None)) for s in opdef.inputs}
+        inferred = opdef.infer(args, resolved)
+        for slot, names in node.outputs.items():
+            got = inferred.get(slot)
+            values = list(got) if isinstance(got, (list, tuple)) else [got]
+            for n, t in zip(names, values, strict=False):
+                if t is not None:
+                    variables[n] = dataclasses.replace(variables[n], dtype=t.dtype, shape=tuple(t.shape))
+                    types[n] = TensorType(t.dtype, tuple(t.shape))
+        ops.append(node)
+    return _with(model, dataclasses.replace(g, operators=tuple(ops), variables=tuple(variables.values())))

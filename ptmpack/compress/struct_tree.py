@@ -178,10 +178,15 @@ def base_model(tree: Path, *, name: str | None = None) -> Any:
         UnsupportedError: the converter cannot express the checkpoint.
     """
     from ptmpack.compress.fold_norm import patch_graph
+    from ptmpack.compress.prune_graph import LAYER_HEADS, pruned_heads_model
     from ptmpack.ir.convert_hf import model_from_dir
 
-    model = model_from_dir(Path(tree) / MODEL, name=name or Path(tree).name)
-    return patch_graph(model, read_json(tree, CONFIG))
+    config = read_json(tree, CONFIG)
+    if LAYER_HEADS in config:
+        model = pruned_heads_model(Path(tree) / MODEL, config, name=name or Path(tree).name)
+    else:
+        model = model_from_dir(Path(tree) / MODEL, name=name or Path(tree).name)
+    return patch_graph(model, config)
 
 
 def open_tree(tree: Path) -> Any:
