@@ -31,12 +31,13 @@ demo: $(STAMP)
 	$(PTMPACK) run $(DEMO)/tiny-bert.zstd.ptm --tokens 2,7,8,9,3
 	@echo "demo: packed, inspected, verified, unpacked (byte-exact), checked and ran $(DEMO)/tiny-bert.zstd.ptm"
 
-test: $(STAMP)
-	$(PY) -m ruff check ptmpack tests bench fuzz fixtures
+test: lint
 	$(PY) -m pytest -q
 
+# ruff, and the import contract (cli → api → engines → storage → leaves; nothing points up).
 lint: $(STAMP)
 	$(PY) -m ruff check ptmpack tests bench fuzz fixtures
+	$(PY) -m pytest -q -p no:cacheprovider tests/architecture
 
 bench: $(STAMP)
 	$(PY) bench/run.py

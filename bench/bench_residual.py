@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
 
-from tests import residual_real as real  # noqa: E402
+from tests._support import residual_real as real  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 OUT = ROOT / "bench" / "out"
@@ -69,7 +69,7 @@ def finetuned_weights() -> Path:
 
 def tree_for(name: str, weights: Path) -> Path:
     """A package tree whose Model/ is the MiniLM checkpoint with ``weights`` as its model.safetensors (cached)."""
-    from ptmpack.hf import init_tree
+    from ptmpack.importers.hf import init_tree
 
     final = common.CACHE / "trees" / f"residual-{name}"
     if not final.is_dir():
@@ -143,8 +143,8 @@ def ptmpack_rows(pair: str, a_ptm: Path, b_tree: Path, a_w: dict[str, np.ndarray
 
 
 def _per_tensor(delta: Path) -> dict[str, Any]:
-    from ptmpack.package import open_package
     from ptmpack.residual import RESIDUAL_JSON, summarize_residual
+    from ptmpack.storage.package import open_package
 
     with open_package(delta) as pkg:
         s = summarize_residual(pkg.read_file(RESIDUAL_JSON))
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.numpy import load_file, save_file
 
     from ptmpack import api
-    from ptmpack.container import spec
+    from ptmpack.format import spec
 
     started = time.time()
     work = common.TMP / "residual"

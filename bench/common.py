@@ -373,8 +373,8 @@ def mpnet_checkpoint() -> Path:
 
 
 def hf_tree(name: str, checkpoint: Path) -> Path:
-    """A package tree made with ``ptmpack.hf.init_tree`` from a checkpoint (cached)."""
-    from ptmpack.hf import init_tree
+    """A package tree made with ``ptmpack.importers.hf.init_tree`` from a checkpoint (cached)."""
+    from ptmpack.importers.hf import init_tree
 
     final = CACHE / "trees" / name
     if not final.is_dir():
@@ -460,7 +460,7 @@ def synth_tree() -> Path:
     """The synthetic ~4 GiB package tree (Model/model-0000N-of-0000M.safetensors + index), cached."""
     import numpy as np
 
-    from ptmpack.hf import init_tree
+    from ptmpack.importers.hf import init_tree
 
     final = CACHE / "trees" / "synth-4g"
     if final.is_dir():

@@ -33,14 +33,15 @@ from unittest import mock
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ptmpack import api
-from ptmpack.container import spec
-from ptmpack.container.records import Trailer
+from ptmpack.config import EncryptionSpec
 from ptmpack.crypto.aead import Cipher, Sealer
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.errors import PtmError
-from ptmpack.package import open_package
-from ptmpack.pipeline import ChunkPipeline
-from ptmpack.protect import EncryptionSpec, signer
+from ptmpack.format import spec
+from ptmpack.format.records import Trailer
+from ptmpack.storage.package import open_package
+from ptmpack.storage.pipeline import ChunkPipeline
+from ptmpack.storage.protect import signer
 
 KEK = hashlib.sha256(b"ptmpack fuzz key file").digest()
 DEK = hashlib.sha256(b"ptmpack fuzz data key").digest()
@@ -74,7 +75,7 @@ class Seed:
 
 def _tiny_tree(root: Path) -> None:
     """A small valid tree: the shared test tree (several dtypes, an empty file, an executable)."""
-    from tests.conftest import write_tree
+    from tests._support.trees import write_tree
 
     write_tree(root)
 
@@ -108,7 +109,7 @@ def make_seeds(workdir: Path) -> dict[str, Seed]:
         out = workdir / f"seed-{name}.ptm"
         out.unlink(missing_ok=True)
         package_id = bytes([i + 1]) * 16
-        with mock.patch("ptmpack.protect.new_data_key", lambda cipher: DEK):
+        with mock.patch("ptmpack.storage.protect.new_data_key", lambda cipher: DEK):
             api.pack(tree, out, config, package_id=package_id)
         seeds[name] = Seed(name, out.read_bytes(), config.encryption is not None, config.sign_key is not None,
                            package_id)

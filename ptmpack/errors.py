@@ -8,6 +8,8 @@ Anything else escaping the library is a bug.
 
 from __future__ import annotations
 
+import errno
+
 
 class PtmError(Exception):
     """Root of all ptmpack errors; ``exit_code`` is what the CLI exits with."""
@@ -72,3 +74,25 @@ class BaseMismatchError(PtmError):
 
 class GraphError(InvalidTreeError):
     """An IR model breaks a structural rule: names the graph, the node and the reason (exit 5)."""
+
+
+class EnvironmentFault(PtmError):
+    """The environment refused an operation: a full disk, a read-only file system, no permission.
+
+    Not a bug in ptmpack nor a bad package: the message names the path and the system's reason.
+    """
+
+    exit_code = 8
+
+
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""OS errors the environment causes; they surface as :class:`EnvironmentFault` (exit 8)."""
+
+
+def environment_fault(exc: OSError, path: object) -> PtmError | OSError:
+    """The :class:`EnvironmentFault` for an OS error the environment caused, else the error itself."""
+    if exc.errno in ENVIRONMENT_ERRNOS:
+        fault = EnvironmentFault(f"{exc.filename or path}: {exc.strerror or exc}")
+        fault.__cause__ = exc
+        return fault
+    return exc

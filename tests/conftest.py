@@ -2,51 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import settings
-from safetensors.numpy import save_file
 
-from ptmpack import meta
+from tests._support.trees import write_tree
 
 settings.register_profile("ci", max_examples=60, deadline=None)
 settings.register_profile("dev", max_examples=30, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
-
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "fixtures"
-
-
-def write_tree(root: Path, *, seed: int = 0, big: bool = False) -> dict[str, np.ndarray]:
-    """A valid package tree with mixed-dtype safetensors weights; returns the tensors written."""
-    rng = np.random.default_rng(seed)
-    n = 300_000 if big else 2_000
-    tensors = {
-        "encoder.weight": (rng.standard_normal((n // 100, 100)) * 0.02).astype(np.float32),
-        "encoder.bias": np.zeros(100, np.float32),
-        "head.weight": rng.standard_normal((16, 8)).astype(np.float16),
-        "head.bf16": rng.standard_normal((4, 4)).astype(ml_dtypes.bfloat16),
-        "ids": np.arange(10, dtype=np.int64),
-        "scalar": np.array(3.5, dtype=np.float32),
-        "empty": np.zeros((0, 4), np.float32),
-    }
-    (root / "Model").mkdir(parents=True)
-    (root / "Meta-info").mkdir()
-    (root / "Program" / "Scripts").mkdir(parents=True)
-    save_file(tensors, str(root / "Model" / "model.safetensors"))
-    (root / "Model" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 100}))
-    (root / "Model" / "empty.txt").write_bytes(b"")
-    script = root / "Program" / "Scripts" / "run.sh"
-    script.write_text("#!/bin/sh\necho hello\n")
-    script.chmod(0o755)
-    (root / "Meta-info" / "managementinfo.json").write_text(json.dumps(meta.management_template("test model")))
-    (root / "Meta-info" / "technicalinfo.json").write_text(json.dumps(meta.technical_template()))
-    return tensors
 
 
 @pytest.fixture
@@ -60,8 +27,3 @@ def tree(tmp_path: Path) -> Path:
 def tree_tensors(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     root = tmp_path / "tree"
     return root, write_tree(root)
-
-
-def tree_files(root: Path) -> dict[str, bytes]:
-    """Every regular file under ``root`` by relative path, with its bytes."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -18,8 +18,8 @@ import numpy as np
 import zstandard
 
 from ptmpack.codecs.planes import join_planes, split_planes
-from ptmpack.container.spec import MAX_CHUNK_SIZE
 from ptmpack.errors import IntegrityError, UnsupportedError, UsageError
+from ptmpack.format.spec import MAX_CHUNK_SIZE
 
 
 class Transform(enum.IntEnum):

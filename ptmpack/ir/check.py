@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.errors import GraphError, PtmError, UsageError
 from ptmpack.ir.model import ModelStructure
 from ptmpack.ir.validate import GRAPH_FILE, check_package_tensors, validate
-from ptmpack.package import Package, open_package
+from ptmpack.storage.package import Package, open_package
 
 MAX_GRAPH_BYTES = 64 * 1024 * 1024
 """Largest bare graph.json read (the package reader has its own limit for small files)."""
@@ -30,6 +31,11 @@ class CheckReport:
     parameters: int
     tensors_checked: int
     """Parameters matched against the package's tensors (0 for a bare graph.json)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": True, "source": self.source, "model": self.model.name, "graphs": self.graphs,
+                "operators": self.operators, "variables": self.variables, "parameters": self.parameters,
+                "tensors_checked": self.tensors_checked, "warnings": list(self.warnings)}
 
 
 def load_model(source: Package | Path | str, opener: Opener | None = None) -> tuple[ModelStructure, Package | None]:

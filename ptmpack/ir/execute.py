@@ -31,7 +31,7 @@ from ptmpack.ir.ops.basic_shape import SUBGRAPH_RUNNER
 from ptmpack.ir.ops.numeric import COMPUTE_DTYPES, ir_dtype, is_float, is_float_array, np_dtype
 from ptmpack.ir.registry import ExecContext, OpDef, lookup
 from ptmpack.ir.validate import find_tensor, shapes_match, validate, where
-from ptmpack.package import Package
+from ptmpack.storage.package import Package
 from ptmpack.tensors.dtypes import numpy_dtype
 
 OPERATOR_HOOK = "ptmpack.operator_hook"

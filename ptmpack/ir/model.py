@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptmpack.errors import GraphError
+from ptmpack.jsonio import loads_strict
 
 IR_FORMAT = "ptmpack-ir"
 IR_VERSION = 1
@@ -283,11 +284,7 @@ class ModelStructure:
         Raises:
             GraphError: not JSON, or not a valid IR document.
         """
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise GraphError(f"{where}: not UTF-8 JSON ({exc})") from None
-        return cls.from_json(doc)
+        return cls.from_json(loads_strict(raw, where, error=GraphError))
 
 
 def _is_int(v: object) -> bool:

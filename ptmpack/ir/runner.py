@@ -33,7 +33,7 @@ from ptmpack.ir.execute import Executor
 from ptmpack.ir.model import ModelStructure
 from ptmpack.ir.registry import ExecContext
 from ptmpack.ir.validate import GRAPH_FILE, SAFETENSORS_DTYPES
-from ptmpack.package import Package, open_package
+from ptmpack.storage.package import Package, open_package
 
 TOKENIZER_FILE = "Model/tokenizer.json"
 CONFIG_FILE = "Model/config.json"

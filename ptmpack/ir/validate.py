@@ -27,11 +27,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ptmpack.container.manifest import TensorRecord
 from ptmpack.errors import GraphError
+from ptmpack.format.manifest import TensorRecord
 from ptmpack.ir.model import AttrType, Graph, ModelStructure, OperatorNode, TensorRef, VariableNode
 from ptmpack.ir.registry import OpDef, TensorType, lookup
-from ptmpack.package import FileInfo, Package
+from ptmpack.storage.package import FileInfo, Package
 
 GRAPH_FILE = "Model/graph.json"
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",

@@ -6,7 +6,7 @@ exit 7, before anything is written). Every base tensor's sha256 is checked again
 the delta's record before it is used, and every rebuilt tensor and file against
 the digest ``diff`` recorded (the target's own digest for lossless tensors, the
 digest of B' = A + Q(Δ) for quantized ones). The output is built as a temporary
-tree next to it and packed by :func:`ptmpack.api.pack` into a normal package; on
+tree next to it and packed by :func:`ptmpack.storage.pack.pack_tree` into a normal package; on
 any failure nothing is left behind.
 """
 
@@ -26,21 +26,23 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.container import spec
-from ptmpack.container.atomic import TEMP_PREFIX, check_target
-from ptmpack.container.manifest import TensorRecord
-from ptmpack.container.paths import check_entry_path, check_unique_paths
-from ptmpack.container.reader import PackageReader
+from ptmpack.config import EncryptionSpec, PackConfig
 from ptmpack.crypto.aead import Cipher
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.errors import BaseMismatchError, IntegrityError, InvalidTreeError, KeyAccessError, UsageError
-from ptmpack.package import FileInfo, FilePackage
-from ptmpack.protect import EncryptionSpec, read_protection
+from ptmpack.format import spec
+from ptmpack.format.atomic import TEMP_PREFIX, check_target
+from ptmpack.format.manifest import TensorRecord
+from ptmpack.format.paths import check_entry_path, check_unique_paths
+from ptmpack.format.reader import PackageReader
+from ptmpack.quant.group import BITS, Scales, check_group_size, packed_size
 from ptmpack.residual.codec import LOSSY_DTYPES, dequantize, xor_decode
-from ptmpack.residual.quantize import BITS, Scales, check_group_size, packed_size
 from ptmpack.residual.record import RESIDUAL_JSON, FileEntry, FileMode, ResidualDoc, TensorEntry, TensorMode
 from ptmpack.residual.report import ApplyReport, tensor_rows
 from ptmpack.residual.source import TensorSource, sha256_hex
+from ptmpack.storage.pack import pack_tree
+from ptmpack.storage.package import FileInfo, FilePackage
+from ptmpack.storage.protect import read_protection
 from ptmpack.tensors.dtypes import numpy_dtype
 from ptmpack.tensors.stwriter import PlannedWriter
 
@@ -231,11 +233,11 @@ def _same_protection(base: PackageReader, opener: Opener | None) -> EncryptionSp
 
 
 def apply_residual(base: Path, delta: Path, out: Path, *, opener: Opener | None = None, force: bool = False,
-                   config: Any = None, progress: Progress | None = None) -> ApplyReport:
+                   config: PackConfig | None = None, progress: Progress | None = None) -> ApplyReport:
     """Rebuild the target of ``delta`` from ``base`` into the normal package ``out``.
 
     ``opener`` is tried for both packages when encrypted. ``config`` (a
-    :class:`ptmpack.api.PackConfig`) sets how ``out`` is packed; by default zstd when
+    :class:`ptmpack.config.PackConfig`) sets how ``out`` is packed; by default zstd when
     the base was compressed, else raw. When an input was encrypted and ``config`` names
     no encryption, the output is encrypted with the base's cipher for the same secret(s)
     that opened the inputs: an encrypted update never comes out in the clear.
@@ -246,8 +248,6 @@ def apply_residual(base: Path, delta: Path, out: Path, *, opener: Opener | None 
         UsageError: ``delta`` is not a residual package, or the output exists without ``force``.
         KeyAccessError: an encrypted input and no key that opens it.
     """
-    from ptmpack import api
-
     out = Path(out)
     check_target(out, force=force, want_dir=False)
     started = time.perf_counter()
@@ -267,7 +267,7 @@ def apply_residual(base: Path, delta: Path, out: Path, *, opener: Opener | None 
             encrypted = reader.encrypted or (isinstance(delta_pkg, FilePackage) and delta_pkg.reader.encrypted)
             if config is None:
                 compressed = reader.header.flags & spec.Flags.COMPRESSED
-                config = api.PackConfig(compression=spec.Compression.ZSTD if compressed else spec.Compression.NONE)
+                config = PackConfig(compression=spec.Compression.ZSTD if compressed else spec.Compression.NONE)
             if encrypted and config.encryption is None:
                 config = dataclasses.replace(config, encryption=_same_protection(reader, opener))
             work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out.parent))
@@ -277,7 +277,7 @@ def apply_residual(base: Path, delta: Path, out: Path, *, opener: Opener | None 
                 builder = _Builder(src_base, src_delta, tree, progress)
                 for fe in doc.files:
                     builder.file(fe)
-                api.pack(tree, out, config, force=force)
+                pack_tree(tree, out, config, force=force)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     rows = tensor_rows(doc)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ptmpack.residual.quantize import (
+from ptmpack.quant.group import (
     BITS,
     BLOCK,
     ZERO_STATS,

@@ -5,7 +5,7 @@ Tensor by tensor and streaming: each target tensor is read with its base tensor
 (Δ = B - A per group), stored lossless (XOR of bit patterns) or carried whole; its
 data go to spooled safetensors shards under ``Model/residual/``. Non-tensor files
 are carried only when they differ from the base. The temporary tree is packed by
-:func:`ptmpack.api.pack` with the RESIDUAL flag and the base's manifest digest,
+:func:`ptmpack.storage.pack.pack_tree` with the RESIDUAL flag and the base's manifest digest,
 then removed; nothing is left at the output on failure.
 """
 
@@ -25,15 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.container import spec
-from ptmpack.container.atomic import TEMP_PREFIX, check_target
-from ptmpack.container.manifest import TensorRecord
-from ptmpack.container.tree import REQUIRED_FILES
+from ptmpack.config import PackConfig
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.errors import IntegrityError, UsageError
-from ptmpack.package import FileInfo, FilePackage
+from ptmpack.format import spec
+from ptmpack.format.atomic import TEMP_PREFIX, check_target
+from ptmpack.format.manifest import TensorRecord
+from ptmpack.format.tree import REQUIRED_FILES
+from ptmpack.quant.group import BITS, DEFAULT_GROUP, blocks, check_group_size
 from ptmpack.residual.codec import LOSSY_DTYPES, Quantized, dequantize, quantize_delta, squared_error, xor_encode
-from ptmpack.residual.quantize import BITS, DEFAULT_GROUP, blocks, check_group_size
 from ptmpack.residual.record import (
     DATA_DIR,
     RESIDUAL_JSON,
@@ -49,6 +49,8 @@ from ptmpack.residual.record import (
 )
 from ptmpack.residual.report import DiffReport, tensor_rows
 from ptmpack.residual.source import TensorSource, sha256_hex
+from ptmpack.storage.pack import pack_tree
+from ptmpack.storage.package import FileInfo, FilePackage
 from ptmpack.tensors.dtypes import numpy_dtype
 from ptmpack.tensors.safetensors_index import index_safetensors
 from ptmpack.tensors.stwriter import SpoolWriter
@@ -317,21 +319,19 @@ class _Differ:
 
 def diff_residual(base: Path, target: Path, out: Path, *, bits: int | str = 8, group_size: int = DEFAULT_GROUP,
                   max_error: float | None = None, opener: Opener | None = None, force: bool = False,
-                  config: Any = None, progress: Progress | None = None,
+                  config: PackConfig | None = None, progress: Progress | None = None,
                   shard_bytes: int = SHARD_BYTES) -> DiffReport:
     """Write the residual package that turns the package ``base`` into ``target``.
 
     ``base`` must be a ``.ptm`` (the delta binds to its manifest digest); ``target`` may be a
     ``.ptm`` or a tree. The same ``opener`` is tried for both when encrypted. ``config``
-    (a :class:`ptmpack.api.PackConfig`) sets how the delta itself is packed: zstd level 3
+    (a :class:`ptmpack.config.PackConfig`) sets how the delta itself is packed: zstd level 3
     by default; encryption and signing apply to the delta. Memory stays at a few tensors.
 
     Raises:
         UsageError: bad options, ``base`` not a ``.ptm``, or the output exists without ``force``.
         IntegrityError, KeyAccessError, UnsupportedError: an input package is bad or locked.
     """
-    from ptmpack import api
-
     opts = DiffOptions(bits, group_size, max_error, shard_bytes)
     out = Path(out)
     check_target(out, force=force, want_dir=False)
@@ -353,9 +353,9 @@ def diff_residual(base: Path, target: Path, out: Path, *, bits: int | str = 8, g
                 differ.shards.abort()
                 raise
             (tree / RESIDUAL_JSON).write_bytes(doc.to_json())
-            cfg = config or api.PackConfig(compression=spec.Compression.ZSTD)
+            cfg = config or PackConfig(compression=spec.Compression.ZSTD)
             cfg = dataclasses.replace(cfg, residual_base=doc.base_manifest_sha256)
-            api.pack(tree, out, cfg, force=force)
+            pack_tree(tree, out, cfg, force=force)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     target_bytes = sum(f.size for f in doc.files)

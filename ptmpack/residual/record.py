@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ptmpack.errors import IntegrityError, UnsupportedError
+from ptmpack.jsonio import Fields, loads_strict
 
 FORMAT = "ptmpack-residual"
 VERSION = 1
 RESIDUAL_JSON = "Model/residual.json"
 DATA_DIR = "Model/residual"
 ERROR_FIELDS = ("max_abs", "rel_fro", "result_rel_fro", "delta_rel")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class TensorMode(str, enum.Enum):
@@ -168,11 +167,7 @@ class ResidualDoc:
             IntegrityError: not JSON, or a field missing or of the wrong type.
             UnsupportedError: a newer residual format version.
         """
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IntegrityError(f"{RESIDUAL_JSON} is not UTF-8 JSON: {exc}") from None
-        p = _Obj(doc, "$")
+        p = Fields(loads_strict(raw, RESIDUAL_JSON), f"{RESIDUAL_JSON}: $")
         if p.get("format", str) != FORMAT:
             raise IntegrityError(f"{RESIDUAL_JSON}: format is not {FORMAT!r}")
         version = p.get("version", int)
@@ -182,11 +177,11 @@ class ResidualDoc:
         target = p.obj("target")
         s = p.obj("settings")
         bits = s.get("bits", (int, str))
-        max_error = s.opt("max_error", (int, float))
+        max_error = s.optional("max_error", (int, float))
         return cls(
-            base_manifest_sha256=base.hex("manifest_sha256"),
+            base_manifest_sha256=base.sha256_hex("manifest_sha256"),
             base_package_id=base.get("package_id", str),
-            target_manifest_sha256=target.hex("manifest_sha256", optional=True),
+            target_manifest_sha256=target.sha256_hex("manifest_sha256", optional=True),
             settings=Settings(bits, s.get("group_size", int), None if max_error is None else float(max_error)),
             files=tuple(_file_from(f) for f in p.objs("files")),
             removed_files=tuple(p.strs("removed_files")),
@@ -221,86 +216,33 @@ def _tensor_json(t: TensorEntry) -> dict[str, Any]:
     return doc
 
 
-def _file_from(p: _Obj) -> FileEntry:
+def _file_from(p: Fields) -> FileEntry:
     mode = p.enum("mode", FileMode)
     tensors = tuple(_tensor_from(t) for t in p.objs("tensors")) if mode is FileMode.TENSORS else ()
     return FileEntry(
-        path=p.get("path", str), mode=mode, size=p.get("size", int), sha256=p.hex("sha256"),
-        executable=p.get("executable", bool), stored_as=p.opt("stored_as", str),
+        path=p.get("path", str), mode=mode, size=p.get("size", int), sha256=p.sha256_hex("sha256"),
+        executable=p.get("executable", bool), stored_as=p.optional("stored_as", str),
         header=p.get("header", str) if mode is FileMode.TENSORS else None,
-        result_sha256=p.hex("result_sha256") if mode is FileMode.TENSORS else None, tensors=tensors,
+        result_sha256=p.sha256_hex("result_sha256") if mode is FileMode.TENSORS else None, tensors=tensors,
     )
 
 
-def _tensor_from(p: _Obj) -> TensorEntry:
-    base = p.opt("base", dict)
-    err = p.opt("error", dict)
-    b = _Obj(base, f"{p.where}.base") if base is not None else None
-    e = _Obj(err, f"{p.where}.error") if err is not None else None
-    data = p.opt("data", dict) or {}
-    refs = {role: _Obj(v, f"{p.where}.data.{role}") for role, v in data.items()}
+def _tensor_from(p: Fields) -> TensorEntry:
+    base = p.optional("base", dict)
+    err = p.optional("error", dict)
+    b = Fields(base, f"{p.where}.base") if base is not None else None
+    e = Fields(err, f"{p.where}.error") if err is not None else None
+    data = p.optional("data", dict) or {}
+    refs = {role: Fields(v, f"{p.where}.data.{role}") for role, v in data.items()}
     return TensorEntry(
-        name=p.get("name", str), dtype=p.get("dtype", str), shape=tuple(p.ints("shape")),
-        mode=p.enum("mode", TensorMode), target_sha256=p.hex("target_sha256"),
-        base=None if b is None else BaseRef(b.get("file", str), b.get("name", str), b.hex("sha256")),
-        reason=p.opt("reason", str), bits=p.opt("bits", int), group_size=p.opt("group_size", int),
-        scale_dtype=p.opt("scale_dtype", str), scale_exp=p.opt("scale_exp", int),
+        name=p.get("name", str), dtype=p.get("dtype", str), shape=tuple(p.uints("shape")),
+        mode=p.enum("mode", TensorMode), target_sha256=p.sha256_hex("target_sha256"),
+        base=None if b is None else BaseRef(b.get("file", str), b.get("name", str), b.sha256_hex("sha256")),
+        reason=p.optional("reason", str), bits=p.optional("bits", int), group_size=p.optional("group_size", int),
+        scale_dtype=p.optional("scale_dtype", str), scale_exp=p.optional("scale_exp", int),
         data={role: DataRef(r.get("file", str), r.get("name", str)) for role, r in refs.items()},
-        result_sha256=p.hex("result_sha256", optional=True),
+        result_sha256=p.sha256_hex("result_sha256", optional=True),
         error=None if e is None else ErrorRecord(*(float(e.get(k, (int, float))) for k in ERROR_FIELDS)),
     )
 
 
-class _Obj:
-    """Typed access to one JSON object; every failure names its JSON path."""
-
-    def __init__(self, doc: Any, where: str) -> None:
-        if not isinstance(doc, dict):
-            raise IntegrityError(f"{RESIDUAL_JSON}: {where} is not an object")
-        self.doc, self.where = doc, where
-
-    def _bad(self, key: str, why: str) -> IntegrityError:
-        return IntegrityError(f"{RESIDUAL_JSON}: {self.where}.{key} {why}")
-
-    def get(self, key: str, types: type | tuple[type, ...]) -> Any:
-        if key not in self.doc:
-            raise self._bad(key, "is missing")
-        value = self.doc[key]
-        ok = isinstance(value, types) and not (isinstance(value, bool) and types in (int, (int, float), (int, str)))
-        if not ok:
-            raise self._bad(key, f"has the wrong type ({type(value).__name__})")
-        return value
-
-    def opt(self, key: str, types: type | tuple[type, ...]) -> Any:
-        return None if self.doc.get(key) is None else self.get(key, types)
-
-    def hex(self, key: str, *, optional: bool = False) -> Any:
-        value = self.opt(key, str) if optional else self.get(key, str)
-        if value is not None and not _HEX64.match(value):
-            raise self._bad(key, "is not a lowercase hex sha256")
-        return value
-
-    def ints(self, key: str) -> list[int]:
-        values = self.get(key, list)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-            raise self._bad(key, "is not a list of non-negative integers")
-        return values
-
-    def strs(self, key: str) -> list[str]:
-        values = self.get(key, list)
-        if not all(isinstance(v, str) for v in values):
-            raise self._bad(key, "is not a list of strings")
-        return values
-
-    def enum(self, key: str, cls: type[enum.Enum]) -> Any:
-        value = self.get(key, str)
-        try:
-            return cls(value)
-        except ValueError:
-            raise self._bad(key, f"has unknown value {value!r}") from None
-
-    def obj(self, key: str) -> _Obj:
-        return _Obj(self.get(key, dict), f"{self.where}.{key}")
-
-    def objs(self, key: str) -> list[_Obj]:
-        return [_Obj(v, f"{self.where}.{key}[{i}]") for i, v in enumerate(self.get(key, list))]

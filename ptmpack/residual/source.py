@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ptmpack.container.manifest import TensorRecord
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.errors import IntegrityError, UsageError
-from ptmpack.package import FileInfo, FilePackage, Package, is_safetensors, open_package
+from ptmpack.format.manifest import TensorRecord
+from ptmpack.storage.package import FileInfo, FilePackage, Package, is_safetensors, open_package
 from ptmpack.tensors.dtypes import numpy_dtype
 
 CACHE_CHUNKS = 3

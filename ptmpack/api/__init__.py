@@ -1,0 +1,44 @@
+"""The library verbs of ptmpack, one thin function each; the CLI and users call them the same way.
+
+Attributes load lazily (PEP 562), so ``import ptmpack.api`` costs nothing until a verb is
+used. Every verb raises a :class:`ptmpack.errors.PtmError` subclass on failure and never
+leaves a partial output behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    # package container (storage engine)
+    "init": "container", "pack": "container", "unpack": "container", "verify": "container",
+    "inspect": "container", "keygen": "container", "open_package": "container",
+    "load_opener": "container", "load_encryption": "container", "load_signing_key": "container",
+    "load_public_key": "container", "PackConfig": "container", "EncryptionSpec": "container",
+    "KeyFiles": "container", "RecipientFiles": "container", "parse_compression": "container",
+    "tree_bytes": "container", "Opener": "container",
+    # residual updates
+    "diff": "residual", "apply": "residual", "DiffReport": "residual", "ApplyReport": "residual",
+    # chapter-6 IR
+    "graph_check": "ir", "graph_show": "ir", "run": "ir", "evaluate": "ir",
+    # chapter-7 compression
+    "compress": "compress", "CompressSpec": "compress", "dequantize": "compress",
+    # distribution (§8.3)
+    "push": "distribution", "pull": "distribution", "ls": "distribution",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    family = _EXPORTS.get(name)
+    if family is None:
+        raise AttributeError(f"module 'ptmpack.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ptmpack.api.{family}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,104 @@
+"""Commands over the chapter-6 IR: graph check/show, run, eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ptmpack import api
+from ptmpack.cli._common import console, emit_json, opener, opener_options
+
+
+@click.group("graph")
+def graph_cmd() -> None:
+    """Check and show the chapter-6 IR (Model/graph.json) of a package."""
+
+
+@graph_cmd.command("check")
+@click.argument("source", type=click.Path(path_type=Path))
+@opener_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def graph_check_cmd(source: Path, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
+                    as_json: bool) -> None:
+    """Validate the IR of a package, tree or bare graph.json (exit 5 names the node and reason)."""
+    report = api.graph_check(source, opener=opener(passphrase_file, key_file, identity))
+    if as_json:
+        emit_json(report.to_json())
+        return
+    con = console()
+    con.print(f"[green]OK[/] {report.model.name}: {report.graphs} graphs, {report.operators} operators, "
+              f"{report.variables} variables, {report.tensors_checked} parameters matched to tensors")
+    for w in report.warnings:
+        con.print(f"[yellow]warning[/] {w}")
+
+
+@graph_cmd.command("show")
+@click.argument("source", type=click.Path(path_type=Path))
+@opener_options
+def graph_show_cmd(source: Path, passphrase_file: Path | None, key_file: Path | None, identity: Path | None) -> None:
+    """Draw the model structure: graphs, operators with their slots, variables."""
+    from rich.console import Console
+
+    from ptmpack.cli.graph_view import show_model
+
+    Console().print(show_model(api.load_graph(source, opener=opener(passphrase_file, key_file, identity))))
+
+
+@click.command("run")
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--text", help="Text to tokenize with the package's tokenizer.")
+@click.option("--tokens", help="Token ids instead of text, e.g. 1,2,3.")
+@click.option("--top-k", default=5, show_default=True, help="Logits: how many top next tokens to show.")
+@click.option("--dtype", "compute_dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Compute dtype of the reference executor.")
+@opener_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def run_cmd(package: Path, text: str | None, tokens: str | None, top_k: int, compute_dtype: str,
+            passphrase_file: Path | None, key_file: Path | None, identity: Path | None, as_json: bool) -> None:
+    """Run a packaged model on one input: next-token top-k (decoders) or the sentence embedding (encoders)."""
+    result = api.run(package, text=text, tokens=tokens, top_k=top_k, compute_dtype=compute_dtype,
+                     opener=opener(passphrase_file, key_file, identity))
+    doc = result.to_json()
+    if as_json:
+        emit_json(doc)
+        return
+    from rich.table import Table
+
+    con = console()
+    con.print(f"{len(doc['tokens'])} tokens in {doc['seconds']} s")
+    if doc["kind"] == "logits":
+        t = Table(title="next token")
+        for col in ("id", "token", "logit", "prob"):
+            t.add_column(col)
+        for row in doc["top"]:
+            t.add_row(str(row["id"]), repr(row["token"]), f"{row['logit']:.4f}", f"{row['prob']:.4f}")
+        con.print(t)
+    else:
+        emb = doc["embedding"]
+        con.print(f"embedding ({len(emb)} dims): [{', '.join(f'{v:.4f}' for v in emb[:8])}, ...]")
+
+
+@click.command("eval")
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--perplexity", "perplexity_file", type=click.Path(path_type=Path), help="Text file: decoder perplexity.")
+@click.option("--embeddings", "embeddings_file", type=click.Path(path_type=Path),
+              help="Text file, one sentence a line: encoder embeddings.")
+@click.option("--max-tokens", type=int, help="Score at most this many tokens.")
+@click.option("--dtype", "compute_dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@opener_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def eval_cmd(package: Path, perplexity_file: Path | None, embeddings_file: Path | None, max_tokens: int | None,
+             compute_dtype: str, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
+             as_json: bool) -> None:
+    """Evaluate a packaged model: perplexity of a decoder, or embeddings of an encoder."""
+    result = api.evaluate(package, perplexity_file=perplexity_file, embeddings_file=embeddings_file,
+                          max_tokens=max_tokens, compute_dtype=compute_dtype,
+                          opener=opener(passphrase_file, key_file, identity))
+    doc = result.to_json()
+    if as_json:
+        emit_json(doc)
+        return
+    con = console()
+    for key, value in doc.items():
+        con.print(f"{key}: {value}")

@@ -1,0 +1,1 @@
+"""Package metadata: the JSON Schemas of managementinfo/technicalinfo, templates, validation, the clock."""

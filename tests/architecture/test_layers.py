@@ -1,0 +1,123 @@
+"""The import contract: cli → api → engines → storage → leaves, and nothing points back up.
+
+Every ``import`` in ptmpack, including those inside function bodies, is read from the
+source and mapped to its room (the first package under ``ptmpack``); an edge that the
+table below does not allow fails, naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "ptmpack"
+
+LEAVES = {"errors", "jsonio", "tensors", "crypto", "quant", "format", "codecs", "metadata", "config", "reports"}
+STORAGE = LEAVES | {"storage"}
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "jsonio": {"errors"},
+    "tensors": {"errors"},
+    "crypto": {"errors"},
+    "quant": {"errors"},
+    "format": {"errors", "jsonio", "tensors"},
+    "codecs": {"errors", "format"},
+    "metadata": {"errors", "jsonio"},
+    "config": {"errors", "crypto", "format"},
+    "reports": {"format"},
+    "storage": LEAVES - {"storage"},
+    # engines: each calls storage and the leaves, and only the engines listed before it
+    "ir": STORAGE,
+    "importers": STORAGE | {"ir"},
+    "residual": STORAGE,
+    "compress": STORAGE | {"ir", "importers"},
+    "distribution": STORAGE | {"residual"},
+    "api": STORAGE | {"ir", "importers", "residual", "compress", "distribution"},
+    "cli": {"api", "config", "reports", "errors"},
+    "__main__": {"cli"},
+}
+"""What each room may import (besides itself and ``ptmpack.__version__``)."""
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "ptmpack" or len(parts) == 1:
+        return None
+    return parts[1]
+
+
+def _imports() -> list[tuple[str, str, int, str]]:
+    """(importing room, imported room, line, file) for every ptmpack import in the package."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent)
+        here = _room(".".join(rel.with_suffix("").parts))
+        for node in ast.walk(ast.parse(path.read_text(), str(rel))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+                if node.module == "ptmpack":
+                    names = [f"ptmpack.{a.name}" for a in node.names if a.name != "__version__"]
+            else:
+                continue
+            for name in names:
+                there = _room(name)
+                if there is not None and there != here:
+                    found.append((here or "ptmpack", there, node.lineno, str(rel)))
+    return found
+
+
+def test_the_allowed_table_is_a_layering() -> None:
+    try:
+        order = list(TopologicalSorter(ALLOWED).static_order())
+    except CycleError as exc:  # pragma: no cover - the table itself is wrong
+        pytest.fail(f"the layer table has a cycle: {exc.args[1]}")
+    assert order.index("cli") > max(order.index(room) for room in ALLOWED["api"])
+
+
+def test_every_room_is_in_the_table() -> None:
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    rooms |= {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert rooms <= set(ALLOWED), f"rooms without a place in the layer table: {sorted(rooms - set(ALLOWED))}"
+
+
+def test_no_import_points_up_or_sideways() -> None:
+    bad = [f"{file}:{line}: {here} imports {there}" for here, there, line, file in _imports()
+           if there not in ALLOWED.get(here, set())]
+    assert not bad, "imports against the layers:\n" + "\n".join(bad)
+
+
+def test_the_reader_does_not_import_the_writer() -> None:
+    source = (PACKAGE / "format" / "reader.py").read_text()
+    assert "ptmpack.format.writer" not in source
+
+
+HEAVY = ("numpy", "rich", "ml_dtypes", "jsonschema", "cryptography", "torch", "safetensors", "zstandard", "httpx")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["pack", "--help"]])
+def test_start_up_imports_nothing_heavy(argv: list[str]) -> None:
+    """``ptmpack --version``/``--help`` load click and ptmpack's CLI root only (a set, not a time)."""
+    code = (
+        "import sys\nfrom ptmpack.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(proc.stderr.strip().splitlines()[-1].split(","))
+    heavy = sorted(loaded & set(HEAVY))
+    if argv == ["pack", "--help"]:
+        heavy = sorted(set(heavy) - {"cryptography"})  # the pack options module names the ciphers
+    assert not heavy, f"ptmpack {' '.join(argv)} imported {heavy}"
+
+
+def test_import_of_the_cli_root_loads_only_click() -> None:
+    code = "import sys, ptmpack.cli; print(sorted(m for m in sys.modules if m.startswith('ptmpack')))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "['ptmpack', 'ptmpack.cli', 'ptmpack.errors']"
