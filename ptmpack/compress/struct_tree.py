@@ -191,10 +191,8 @@ def base_model(tree: Path, *, name: str | None = None) -> Any:
 
 def open_tree(tree: Path) -> Any:
     """The package tree opened with the storage layer's ``open_package`` (a context manager)."""
-    try:
-        from ptmpack.storage.package import open_package  # type: ignore[import-not-found]
-    except ImportError:
-        from ptmpack.package import open_package
+    from ptmpack.storage.package import open_package
+
     return open_package(Path(tree))
 
 

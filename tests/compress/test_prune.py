@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
 
 from ptmpack.compress.prune import prune
 from ptmpack.compress.prune_torch import Importance
 from ptmpack.errors import UnsupportedError, UsageError
+from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
 
 IDS = np.array([[2, 3, 4, 5, 2, 6, 9, 11, 12], [7, 8, 4, 5, 7, 3, 9, 20, 30]])
 WINDOWS = np.random.default_rng(5).integers(2, 60, size=(4, 12))
