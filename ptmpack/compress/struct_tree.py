@@ -179,6 +179,7 @@ def base_model(tree: Path, *, name: str | None = None) -> Any:
     """
     from ptmpack.compress.fold_norm import patch_graph
     from ptmpack.compress.prune_graph import LAYER_HEADS, pruned_heads_model
+    from ptmpack.compress.ptq import patch_graph as patch_act_quant
     from ptmpack.ir.convert_hf import model_from_dir
 
     config = read_json(tree, CONFIG)
@@ -186,7 +187,15 @@ def base_model(tree: Path, *, name: str | None = None) -> Any:
         model = pruned_heads_model(Path(tree) / MODEL, config, name=name or Path(tree).name)
     else:
         model = model_from_dir(Path(tree) / MODEL, name=name or Path(tree).name)
-    return patch_graph(model, config)
+    names = {n for p in (Path(tree) / MODEL).glob("*.safetensors") for n in _tensor_names(p)}
+    return patch_act_quant(patch_graph(model, config), names, config)
+
+
+def _tensor_names(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return list(f.keys())
 
 
 def open_tree(tree: Path) -> Any:
