@@ -202,8 +202,30 @@ def section_prune_smollm(work: Path) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def section_ptq(work: Path) -> dict[str, Any]:
+    """MiniLM W8A8 and W4A8: RTN, + channel compensation, + cascaded reconstruction (embedding cosine)."""
+    from ptmpack.compress.ptq import ptq
+
+    calib, sentences = calibration_text(), held_out_sentences()
+    base = minilm_tree()
+    ref = embeddings(base, sentences)
+    w = windows(base, calib, 16, 128)
+    rows = []
+    for bits in (8, 4):
+        for label, comp, recon in (("RTN", False, False), ("+ channel compensation", True, False),
+                                   ("+ cascaded reconstruction", True, True)):
+            tree = copy_tree(base, work, f"minilm-ptq-{bits}-{comp}-{recon}")
+            t0 = time.perf_counter()
+            ptq(tree, bits, 8, w, compensate=comp, reconstruct=recon, epochs=10)
+            rows.append({"scheme": f"W{bits}A8", "step": label, "cosine": mean_cosine(ref, embeddings(tree, sentences)),
+                         "seconds": round(time.perf_counter() - t0, 1)})
+            common.log(json.dumps(rows[-1]))
+            shutil.rmtree(tree)
+    return {"rows": rows}
+
+
 SECTIONS = {"fold": section_fold, "unified": section_unified, "prune_minilm": section_prune_minilm,
-            "prune_smollm": section_prune_smollm}
+            "prune_smollm": section_prune_smollm, "ptq": section_ptq}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -232,6 +254,12 @@ def markdown(results: dict[str, Any]) -> str:
                   "| method | FLOPs kept | perplexity |", "|---|---|---|"]
         for r in results["prune_smollm"]["rows"]:
             lines.append(f"| {r['method']} | {r['flops_kept']:.3f} | {r['perplexity']:.2f} |")
+        lines.append("")
+    if "ptq" in results:
+        lines += ["## --quant ptq on all-MiniLM-L6-v2 (embedding cosine to float32, 200 held-out lee.cor sentences)", "",
+                  "| scheme | method | mean cosine | seconds |", "|---|---|---|---|"]
+        for r in results["ptq"]["rows"]:
+            lines.append(f"| {r['scheme']} | {r['step']} | {r['cosine']:.4f} | {r['seconds']} |")
         lines.append("")
     return "\n".join(lines)
 
