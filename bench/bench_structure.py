@@ -270,11 +270,13 @@ def main() -> None:
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     previous = OUT / "structure.json"
-    results = json.loads(previous.read_text()) if previous.exists() else {}
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-structure-", dir=common.TMP if common.TMP.exists() else None) as w:
         for name in args.only or list(SECTIONS):
             common.log(f"section {name}")
-            results[name] = SECTIONS[name](Path(w))
+            got = SECTIONS[name](Path(w))
+            results = json.loads(previous.read_text()) if previous.exists() else {}  # other runs may have added sections
+            results[name] = got
             previous.write_text(json.dumps(results, indent=2))
     (OUT / "structure.md").write_text(markdown(results))
     print(markdown(results))
