@@ -89,10 +89,7 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
 """OS errors the environment causes; they surface as :class:`EnvironmentFault` (exit 8)."""
 
 
-def environment_fault(exc: OSError, path: object) -> PtmError | OSError:
-    """The :class:`EnvironmentFault` for an OS error the environment caused, else the error itself."""
+def raise_environment_fault(exc: OSError, path: object) -> None:
+    """Raise :class:`EnvironmentFault` for an OS error the environment caused; return for any other."""
     if exc.errno in ENVIRONMENT_ERRNOS:
-        fault = EnvironmentFault(f"{exc.filename or path}: {exc.strerror or exc}")
-        fault.__cause__ = exc
-        return fault
-    return exc
+        raise EnvironmentFault(f"{exc.filename or path}: {exc.strerror or exc}") from exc

@@ -58,7 +58,7 @@ def calibrate_and_quantize(tree: Path, targets: list[Target], tensors: ModelTens
     from ptmpack.errors import UnsupportedError
     from ptmpack.ir.execute import OPERATOR_HOOK, Executor
     from ptmpack.ir.registry import ExecContext
-    from ptmpack.package import open_package
+    from ptmpack.storage.package import open_package
 
     model = load_model(tree)
     by_weight = {t.weight: t for t in targets}

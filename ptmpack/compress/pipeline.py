@@ -65,18 +65,14 @@ def _materialize(source: Path, work: Path, opener: Any) -> None:
         return
     if not source.is_file():
         raise UsageError(f"{source}: no such package file or tree")
-    try:
-        from ptmpack.storage.unpack import unpack_file
-    except ImportError:  # before the layout move
-        from ptmpack.api import unpack as unpack_file  # type: ignore[no-redef]
+    from ptmpack.storage.unpack import unpack_file
+
     unpack_file(source, work, opener=opener)
 
 
 def _pack(work: Path, target: Path, pack_config: Any, force: bool) -> Any:
-    try:
-        from ptmpack.storage.pack import pack_tree
-    except ImportError:  # before the layout move
-        from ptmpack.api import pack as pack_tree  # type: ignore[no-redef]
+    from ptmpack.storage.pack import pack_tree
+
     return pack_tree(work, target, pack_config, force=force)
 
 

@@ -231,6 +231,9 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: LayerFn, *, extra: Map
 
     spec = ctx.spec
     tree = Path(tree)
+    if "quantization_config" in read_json(tree / "Model" / "config.json"):
+        raise UnsupportedError(f"{tree.name}: the model is already quantized; quantizing again compounds the error",
+                               hint="start from the float package, or 'ptmpack unpack --dequantize' first")
     model = load_model(tree)
     targets = find_targets(model)
     if not targets:

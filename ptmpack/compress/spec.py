@@ -87,6 +87,8 @@ class CompressSpec:
             raise UsageError("--prune and --flops-budget go together")
         if self.flops_budget is not None and not 0.0 < self.flops_budget <= 1.0:
             raise UsageError(f"--flops-budget must lie in (0, 1], got {self.flops_budget}")
+        if self.quant in ("gptq", "affine", "ptq") and self.calib is None:
+            raise UsageError(f"--quant {self.quant} needs calibration text: give --calib TEXTFILE")
         if self.act_order and self.quant != "gptq":
             raise UsageError("--act-order goes with --quant gptq only")
         if not self.steps():

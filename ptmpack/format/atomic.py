@@ -1,20 +1,31 @@
 """Write outputs next to their target under a temporary name and rename on success.
 
 A failed or killed run leaves nothing at the target path; temporary names start
-with ``.ptmpack-tmp-`` so they are easy to recognise and clean up.
+with ``.ptmpack-tmp-`` so they are easy to recognise and clean up. Replacing an
+existing directory (``--force``) swaps the old and new trees in one step with
+``renameat2(RENAME_EXCHANGE)`` on Linux, so a kill at any moment leaves one whole
+tree at the target; elsewhere it falls back to two renames, between which the
+target is briefly absent (the old tree then waits under a ``.ptmpack-tmp-`` name).
+Errors the environment causes (a full disk, a read-only or forbidden target) come
+out as :class:`ptmpack.errors.EnvironmentFault` naming the target.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
+import functools
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ptmpack.errors import UsageError
+from ptmpack.errors import UsageError, raise_environment_fault
 
 TEMP_PREFIX = ".ptmpack-tmp-"
 
@@ -40,15 +51,21 @@ def check_target(target: Path, *, force: bool, want_dir: bool) -> None:
 def atomic_file(target: Path, *, force: bool) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``target`` only if the block completes."""
     check_target(target, force=force, want_dir=False)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
+    except OSError as exc:
+        raise_environment_fault(exc, target)
+        raise
     try:
         with os.fdopen(fd, "w+b") as f:
             yield f
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise_environment_fault(exc, target)
         raise
 
 
@@ -59,17 +76,61 @@ def atomic_dir(target: Path, *, force: bool) -> Iterator[Path]:
     With ``force`` an existing target directory is moved aside, replaced, then removed.
     """
     check_target(target, force=force, want_dir=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
+    except OSError as exc:
+        raise_environment_fault(exc, target)
+        raise
     try:
         yield tmp
         os.chmod(tmp, 0o755)
         if target.exists():
+            if exchange(tmp, target):
+                shutil.rmtree(tmp)  # now the old tree
+                return
             old = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
             os.replace(target, old / "old")
             os.replace(tmp, target)
             shutil.rmtree(old)
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise_environment_fault(exc, target)
         raise
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):  # glibc < 2.28 or another libc
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the system cannot (another OS, an old libc, a file system
+    without support); the caller then falls back to two renames.
+    """
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

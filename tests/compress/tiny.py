@@ -110,7 +110,7 @@ def tiny_bert(directory: Path, *, hidden: int = 64, inter: int = 128, layers: in
 
 def tiny_tree(tmp: Path, kind: str = "llama") -> Path:
     """A ptmpack package tree imported (``init --from-hf``) from a tiny checkpoint; returns the tree."""
-    from ptmpack.hf import init_tree
+    from ptmpack.importers.hf import init_tree
 
     ck = (tiny_llama if kind == "llama" else tiny_bert)(tmp / f"{kind}-hf")
     tree = tmp / f"{kind}-tree"

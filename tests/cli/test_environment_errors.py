@@ -1,0 +1,71 @@
+"""Errors the environment causes are not bugs: a full disk or a read-only target exits 8 naming the path.
+
+Each case mounts a small tmpfs (root only; skipped with the reason elsewhere), makes the
+environment refuse the write, and checks the exit code, the one-line message and that
+nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tests._support.clirun import assert_clean_error, cli
+from tests._support.trees import write_tree
+
+
+def _mount(point: Path, *options: str) -> None:
+    point.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=2m", *options)), "tmpfs", str(point)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'not root'})")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    point = tmp_path / "disk"
+    _mount(point)
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def big_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    write_tree(root)
+    save_file({"w": np.ones((1024, 1024), np.float32)}, str(root / "Model" / "model.safetensors"))  # 4 MiB
+    return root
+
+
+def test_full_disk_exits_8_and_leaves_nothing(big_tree: Path, small_disk: Path) -> None:
+    run = cli("pack", big_tree, "-o", small_disk / "m.ptm")
+    assert_clean_error(run, 8)
+    assert str(small_disk / "m.ptm") in run.err or "No space left" in run.err
+    assert os.listdir(small_disk) == []
+
+
+def test_full_disk_on_unpack_exits_8(big_tree: Path, small_disk: Path, tmp_path: Path) -> None:
+    assert cli("pack", big_tree, "-o", tmp_path / "m.ptm").code == 0
+    run = cli("unpack", tmp_path / "m.ptm", "-o", small_disk / "tree")
+    assert_clean_error(run, 8)
+    assert os.listdir(small_disk) == []
+
+
+def test_read_only_target_exits_8(big_tree: Path, small_disk: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    run = cli("pack", big_tree, "-o", small_disk / "m.ptm")
+    assert_clean_error(run, 8)
+    assert "Read-only file system" in run.err and str(small_disk) in run.err
+
+
+def test_pack_of_a_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
+    run = cli("pack", tmp_path / "nowhere", "-o", tmp_path / "m.ptm")
+    assert_clean_error(run, 2)
+    assert "does not exist" in run.err
