@@ -181,6 +181,8 @@ def snapshot(tree: Path, text: str | None, *, max_tokens: int = 128) -> Snapshot
     lines = held_out_lines(text)
     with LoadedModel.open(tree) as lm:
         names = _layer_outputs(lm.model)
+        limit = lm.config.get("max_position_embeddings")
+        max_tokens = min(max_tokens, limit) if isinstance(limit, int) and limit > 1 else max_tokens
         if lm.kind == "embedding":
             emb = embed_texts(lm, lines)
             tok = lm.tokenizer
