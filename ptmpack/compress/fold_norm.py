@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from ptmpack.compress.struct_graph import bypass, checked, consumers, param, replace_op
-from ptmpack.compress.struct_tree import CONFIG, GRAPH, Checkpoint, open_tree, read_json, write_json
+from ptmpack.compress.struct_tree import (
+    CONFIG,
+    GRAPH,
+    Checkpoint,
+    open_tree,
+    read_json,
+    refuse_unmerged_adapters,
+    write_json,
+)
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 
@@ -235,6 +243,7 @@ def fold_norm(tree: Path, mode: str, windows: np.ndarray | None = None) -> dict[
         raise UsageError(f"--fold-norm takes affine or unified, not {mode!r}")
     if not (tree / GRAPH).is_file():
         raise UnsupportedError(f"{tree}: no Model/graph.json; norm folding needs a model ptmpack can describe")
+    refuse_unmerged_adapters(tree, "--fold-norm")
     model = _graph(tree)
     if read_json(tree, CONFIG).get(MARKER):
         raise UsageError("the package's norms are already unified")

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from ptmpack.compress.prune_graph import LAYER_HEADS
-from ptmpack.compress.struct_tree import CONFIG, Checkpoint, read_json, update_ptm_info, write_json
+from ptmpack.compress.struct_tree import (
+    CONFIG,
+    Checkpoint,
+    read_json,
+    refuse_unmerged_adapters,
+    update_ptm_info,
+    write_json,
+)
 from ptmpack.errors import UnsupportedError, UsageError
 
 _FAMILIES = {"bert": "bert", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
@@ -199,6 +206,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         raise UsageError("--prune takes heads, ffn or both; --prune-method structure or magnitude")
     if not 0.0 < budget <= 1.0:
         raise UsageError(f"--flops-budget must lie in (0, 1], got {budget}")
+    refuse_unmerged_adapters(tree, "--prune")
     ck, config = Checkpoint.load(tree), read_json(tree, CONFIG)
     lay = _layout(ck, config)
     groups = ("heads", "ffn") if target == "both" else (target,)

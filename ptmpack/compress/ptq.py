@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.struct_tree import CONFIG, Checkpoint, read_json, write_json
+from ptmpack.compress.struct_tree import CONFIG, Checkpoint, read_json, refuse_unmerged_adapters, write_json
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 
@@ -51,6 +51,7 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
 
     if bits not in (2, 3, 4, 8) or act_bits not in (4, 8, 16):
         raise UsageError(f"--quant ptq takes --bits 2, 3, 4 or 8 and --act-bits 4, 8 or 16 (got W{bits}A{act_bits})")
+    refuse_unmerged_adapters(tree, "--quant ptq")
     config = read_json(tree, CONFIG)
     family = _FAMILIES.get(str(config.get("model_type")))
     if family is None:

@@ -227,3 +227,16 @@ def update_ptm_info(tree: Path, **fields: int) -> None:
     if isinstance(info, dict):
         info.update(fields)
         write_json(tree, TECHNICAL, doc)
+
+
+def refuse_unmerged_adapters(tree: Path, step: str) -> None:
+    """Refuse a step that rewrites the linears while ``Model/adapters/`` still sits in front of them.
+
+    Raises:
+        UsageError: the package carries unmerged adapters.
+    """
+    from ptmpack.errors import UsageError
+
+    if (Path(tree) / MODEL / "adapters" / "adapter_config.json").is_file():
+        raise UsageError(f"{step} would change the linear layers the package's unmerged adapters act on",
+                         hint="add --merge-adapter (it runs first)")

@@ -129,3 +129,17 @@ def test_adapter_errors(tmp_path: Path) -> None:
         {"format": "ptmpack-adapters", "adapters": [{"name": "y", "type": "linear_adapter", "target": "t"}]}))
     with pytest.raises(InvalidTreeError, match=r"missing y\.scale"):
         merge_adapters(tree)
+
+
+def test_steps_that_rewrite_linears_refuse_unmerged_adapters(tmp_path: Path) -> None:
+    from ptmpack.compress.fold_norm import fold_norm
+    from ptmpack.compress.prune import prune
+
+    cfg, t = llama_tensors(layers=1)
+    tree = make_tree(tmp_path, cfg, t)
+    write_adapters(tree, [{"name": "g", "type": "linear_adapter", "target": "model.layers.0.mlp.gate_proj"}],
+                   _lin(np.random.default_rng(0), "g", 48, 0))
+    with pytest.raises(UsageError, match="merge-adapter"):
+        fold_norm(tree, "affine")
+    with pytest.raises(UsageError, match="merge-adapter"):
+        prune(tree, "ffn", 0.9, "magnitude")
