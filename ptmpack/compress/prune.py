@@ -39,6 +39,8 @@ from ptmpack.errors import UnsupportedError, UsageError
 
 _FAMILIES = {"bert": "bert", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
 SEQ = 128
+FFN_MULTIPLE = 32
+"""Pruned FFN widths stay multiples of this (when the original widths are), for group-wise quantization."""
 """Sequence length at which attention FLOPs are counted (as in the step report)."""
 
 
@@ -97,11 +99,30 @@ class _Problem:
         self.lay, self.groups, self.scores, self.base = lay, groups, scores, base
         self.units = {g: [(i, j) for i, c in enumerate(lay[g]) for j in range(c)] for g in groups}
         self.order = {g: _order(scores[g], self.units[g]) for g in groups}
+        self.layer_of = {g: np.asarray([u[0] for u in self.units[g]], np.int64) for g in groups}
+        widths = lay["ffn"]
+        self.multiple = {"heads": 1, "ffn": FFN_MULTIPLE if all(w % FFN_MULTIPLE == 0 and w >= 4 * FFN_MULTIPLE
+                                                                 for w in widths) else 1}
 
     def selection(self, ratios: np.ndarray) -> dict[str, list[int]]:
-        """The ``ratio`` least important units of each group (fewer if only each layer's last unit would be left)."""
-        return {g: self.order[g][: int(np.floor(float(r) * len(self.units[g]) + 1e-9))].tolist()
-                for g, r in zip(self.groups, ratios, strict=True)}
+        """The ``ratio`` least important units of each group (never a layer's most important one).
+
+        FFN removals per layer are rounded down to a multiple of :data:`FFN_MULTIPLE` (when the
+        widths are multiples of it), so pruned widths still take the usual quantization group sizes.
+        """
+        out = {}
+        for g, r in zip(self.groups, ratios, strict=True):
+            chosen = self.order[g][: int(np.floor(float(r) * len(self.units[g]) + 1e-9))]
+            m = self.multiple[g]
+            if m > 1 and len(chosen):
+                layers = self.layer_of[g][chosen]
+                keep = np.zeros(len(chosen), bool)
+                for layer in np.unique(layers):
+                    where = np.flatnonzero(layers == layer)
+                    keep[where[: len(where) // m * m]] = True
+                chosen = chosen[keep]
+            out[g] = chosen.tolist()
+        return out
 
     def flops(self, sel: dict[str, list[int]]) -> int:
         return self.base - sum(len(v) * self.lay["cost"][g] for g, v in sel.items())
@@ -260,6 +281,11 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     from ptmpack.compress.struct_eval import compare, snapshot, step_text, step_windows
 
     spec = ctx.spec
+    if spec.prune in ("heads", "both") and spec.quant not in (None, "ptq"):
+        raise UnsupportedError(f"--prune {spec.prune} with --quant {spec.quant}: the quantization step rebuilds the "
+                               "graph with one head count for every layer, which a head-pruned model does not have",
+                               hint="prune heads and quantize in two runs only once convert_hf reads per-layer head "
+                                    "counts; --prune ffn combines with any --quant")
     text = step_text(ctx)
     windows = step_windows(tree, ctx) if spec.prune_method == "structure" else None
     before = snapshot(tree, text)

@@ -113,3 +113,12 @@ def test_ptq_through_the_cli_runs_and_evaluates(tmp_path: Path) -> None:
     assert 0.5 < step["quality"]["after"] < 1.0
     emb = cli("eval", out, "--embeddings", _text(tmp_path), "--json")
     assert emb.code == 0, emb.err
+
+
+def test_head_pruning_with_weight_quantization_is_refused(tmp_path: Path) -> None:
+    cfg, t = bert_tensors(layers=1)
+    tree = make_tree(tmp_path, cfg, t)
+    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--prune", "heads", "--flops-budget", "0.8",
+              "--prune-method", "magnitude", "--quant", "rtn", "--bits", "8")
+    assert_clean_error(run, 6)
+    assert "per-layer head" in run.err or "head count" in run.err
