@@ -89,13 +89,17 @@ def test_torch_methods_exit_6_without_torch(tmp_path: Path, monkeypatch: pytest.
     assert "PyTorch" in run.err or "torch" in run.err
 
 
-def test_magnitude_pruning_runs_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg, t = bert_tensors(layers=1)
+def test_numpy_methods_run_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, t = llama_tensors(layers=1)
     tree = make_tree(tmp_path, cfg, t)
+    for name in [m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers"))]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "torch", None)
-    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--prune", "both", "--flops-budget", "0.8",
-              "--prune-method", "magnitude", "--json")
+    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--merge-lora", _lora(tmp_path / "lora"), "--fold-norm",
+              "unified", "--prune", "ffn", "--flops-budget", "0.9", "--prune-method", "magnitude", "--calib",
+              _text(tmp_path), "--nsamples", "2", "--seqlen", "16", "--json")
     assert run.code == 0, run.err
+    assert [s["method"] for s in run.json()["steps"]] == ["merge_lora", "fold_norm", "prune_magnitude"]
 
 
 @pytest.mark.torch
