@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ptmpack.compress.struct_graph import checked, consumers, insert, param
-from ptmpack.compress.struct_tree import CONFIG, Checkpoint, read_json, update_ptm_info, write_json
+from ptmpack.compress.struct_tree import CONFIG, Checkpoint, read_json, refresh_parameters, update_ptm_info, write_json
 from ptmpack.errors import InvalidTreeError, UsageError
 from ptmpack.ir.model import ModelStructure, OperatorNode
 from ptmpack.ir.ops.adapters import fold_linear_adapter, merge_rep_adapter
@@ -274,6 +274,7 @@ def merge_adapters(tree: Path) -> dict[str, Any]:
         config["intermediate_size"] = sizes[0]
         update_ptm_info(tree, intermediate_size=sizes[0])
     ck.save()
+    refresh_parameters(ck)
     write_json(tree, CONFIG, config)
     shutil.rmtree(Path(tree) / FOLDER)
     rebuild_graph(tree)

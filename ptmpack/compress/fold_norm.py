@@ -36,6 +36,7 @@ from ptmpack.compress.struct_tree import (
     Checkpoint,
     open_tree,
     read_json,
+    refresh_parameters,
     refuse_unmerged_adapters,
     write_json,
 )
@@ -147,6 +148,7 @@ def fold_affine(tree: Path, model: ModelStructure) -> dict[str, Any]:
             ck.set(s.bias, np.zeros_like(gamma))
         rows.append({"norm": s.op, "into": changed})
     ck.save()
+    refresh_parameters(ck)
     write_json(tree, CONFIG, config)
     return {"mode": "affine", "folded": rows,
             "skipped": [{"norm": s.op, "reason": s.reason} for s in sites if s.reason is not None]}
@@ -197,6 +199,7 @@ def fold_unified(tree: Path, model: ModelStructure, windows: np.ndarray) -> dict
             marker["explicit"][s.op] = name
             rows.append({"norm": s.op, "explicit": "unified_norm", "reason": s.reason})
     ck.save()
+    refresh_parameters(ck)
     config[MARKER] = marker
     write_json(tree, CONFIG, config)
     return {"mode": "unified", "windows": int(windows.shape[0]), "tokens": int(windows.size), "norms": rows}

@@ -31,6 +31,7 @@ from ptmpack.compress.struct_tree import (
     CONFIG,
     Checkpoint,
     read_json,
+    refresh_parameters,
     refuse_unmerged_adapters,
     update_ptm_info,
     write_json,
@@ -263,6 +264,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         raise UnsupportedError(f"the budget {budget} cannot be met while keeping a head and a neuron per layer")
     shapes = _apply(ck, config, lay, problem, sel)
     ck.save()
+    refresh_parameters(ck)
     write_json(tree, CONFIG, config)
     rebuild_graph(tree)
     return {"method": f"prune_{method}", "target": target, "flops_budget": budget,

@@ -217,6 +217,15 @@ def write_bytes(path: Path, data: bytes) -> None:
         raise InvalidTreeError(f"{path}: cannot write ({exc})") from None
 
 
+def refresh_parameters(ck: Checkpoint) -> None:
+    """Set technicalinfo ``parameters`` to the element count of the checkpoint's tensors (as ``init`` counts it)."""
+    path = ck.tree / TECHNICAL
+    if path.is_file():
+        doc = read_json(ck.tree, TECHNICAL)
+        doc["parameters"] = int(sum(t.size for t in ck.tensors.values()))
+        write_json(ck.tree, TECHNICAL, doc)
+
+
 def update_ptm_info(tree: Path, **fields: int) -> None:
     """Set Table 67 fields (``num_heads``, ``intermediate_size``, …) in technicalinfo ``ptm_info``, if present."""
     path = Path(tree) / TECHNICAL

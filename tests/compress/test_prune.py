@@ -40,7 +40,9 @@ def test_magnitude_prunes_to_budget_and_equals_zeroing(tmp_path: Path, target: s
     assert rel(_zeroed_reference(tmp_path, cfg, t, rec, 8), forward(tree, IDS)) < 1e-5
     w = load_file(str(tree / "Model/model.safetensors"))
     conf = json.loads((tree / "Model/config.json").read_text())
-    tech = json.loads((tree / "Meta-info/technicalinfo.json").read_text())["ptm_info"]
+    doc = json.loads((tree / "Meta-info/technicalinfo.json").read_text())
+    tech = doc["ptm_info"]
+    assert doc["parameters"] == sum(v.size for v in w.values())
     if target != "ffn":
         assert conf["ptmpack_layer_heads"] == rec["layer_heads"] and conf["num_attention_heads"] == 4
         assert {k: len(v) for k, v in conf["pruned_heads"].items()} == {
