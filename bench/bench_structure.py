@@ -147,18 +147,22 @@ def section_fold(work: Path) -> dict[str, Any]:
 
 
 def section_unified(work: Path) -> dict[str, Any]:
-    """--fold-norm unified: quality change on MiniLM (embedding cosine) and SmolLM2 (perplexity)."""
+    """--fold-norm unified: quality change on MiniLM (embedding cosine) and SmolLM2 (perplexity), both statistics."""
     from ptmpack.compress.fold_norm import fold_norm
 
     calib, sentences, prose = calibration_text(), held_out_sentences(), enwiki_prose()
-    mini = copy_tree(minilm_tree(), work, "minilm-unified")
-    ref = embeddings(mini, sentences)
-    fold_norm(mini, "unified", windows(mini, calib, 16, 128))
-    out: dict[str, Any] = {"minilm_cosine": mean_cosine(ref, embeddings(mini, sentences))}
-    smol = copy_tree(smollm_tree(), work, "smollm-unified")
-    out["smollm_ppl_before"] = perplexity(smol, prose, 512)
-    fold_norm(smol, "unified", windows(smol, calib, 16, 256))
-    out["smollm_ppl_after"] = perplexity(smol, prose, 512)
+    ref = embeddings(minilm_tree(), sentences)
+    out: dict[str, Any] = {"smollm_ppl_before": perplexity(smollm_tree(), prose, 512)}
+    for statistic in ("channel", "layer"):
+        mini = copy_tree(minilm_tree(), work, f"minilm-unified-{statistic}")
+        fold_norm(mini, "unified", windows(mini, calib, 16, 128), statistic=statistic)
+        out[f"minilm_cosine_{statistic}"] = mean_cosine(ref, embeddings(mini, sentences))
+        smol = copy_tree(smollm_tree(), work, f"smollm-unified-{statistic}")
+        fold_norm(smol, "unified", windows(smol, calib, 8, 256), statistic=statistic)
+        out[f"smollm_ppl_{statistic}"] = perplexity(smol, prose, 512)
+        common.log(json.dumps(out))
+        shutil.rmtree(mini)
+        shutil.rmtree(smol)
     return out
 
 
@@ -239,10 +243,12 @@ def markdown(results: dict[str, Any]) -> str:
     if "unified" in results:
         r = results["unified"]
         lines += ["## --fold-norm unified (calibrated on lee_background.cor)", "",
-                  "| model | metric | before | after |", "|---|---|---|---|",
-                  f"| all-MiniLM-L6-v2 | embedding cosine to float32 (lee.cor sentences) | 1.0000 | {r['minilm_cosine']:.4f} |",
+                  "`channel`: the standard's per-channel smoothed variance; `layer`: one frozen normalizer per norm.", "",
+                  "| model | metric | float32 | unified, channel | unified, layer |", "|---|---|---|---|---|",
+                  f"| all-MiniLM-L6-v2 | embedding cosine to float32 (lee.cor sentences) | 1.0000 | "
+                  f"{r.get('minilm_cosine_channel', float('nan')):.4f} | {r.get('minilm_cosine_layer', float('nan')):.4f} |",
                   f"| SmolLM2-135M | perplexity (512 enwiki tokens) | {r['smollm_ppl_before']:.2f} | "
-                  f"{r['smollm_ppl_after']:.2f} |", ""]
+                  f"{r.get('smollm_ppl_channel', float('nan')):.2f} | {r.get('smollm_ppl_layer', float('nan')):.2f} |", ""]
     if "prune_minilm" in results:
         lines += ["## --prune both on all-MiniLM-L6-v2 (200 held-out lee.cor sentences)", "",
                   "| FLOPs budget | method | FLOPs kept | ratios | mean cosine to unpruned |", "|---|---|---|---|---|"]

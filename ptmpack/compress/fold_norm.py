@@ -154,10 +154,14 @@ def fold_affine(tree: Path, model: ModelStructure) -> dict[str, Any]:
             "skipped": [{"norm": s.op, "reason": s.reason} for s in sites if s.reason is not None]}
 
 
-def smoothed_variances(tree: Path, model: ModelStructure, windows: np.ndarray, sites: list[NormSite]) -> dict[str, np.ndarray]:
-    """Per norm operator, the smoothed per-channel variance of its input over the calibration windows.
+def smoothed_variances(tree: Path, model: ModelStructure, windows: np.ndarray, sites: list[NormSite],
+                       statistic: str = "channel") -> dict[str, np.ndarray]:
+    """Per norm operator, the smoothed variance ``[C]`` of its input over the calibration windows.
 
-    Per window ``σ_t² = mean(x²)`` over its tokens (13); across windows the geometric mean (14).
+    ``channel`` (the standard's statistic): per window ``σ_t² = mean(x²)`` of each channel over its
+    tokens (13). ``layer``: one value per norm, the mean of ``x²`` over tokens and channels (the
+    squared RMS a pre-trained RMSNorm divides by, frozen), broadcast to every channel. Across
+    windows, the geometric mean (14).
     """
     from ptmpack.compress.struct_eval import feeds_for
     from ptmpack.ir.execute import Executor
@@ -169,16 +173,17 @@ def smoothed_variances(tree: Path, model: ModelStructure, windows: np.ndarray, s
             got = ex.run(feeds_for(model, row[None]), [s.x for s in sites])
             for s in sites:
                 x = np.asarray(got[s.x], np.float64).reshape(-1, got[s.x].shape[-1])
-                logs[s.op].append(np.log(np.maximum((x * x).mean(0), np.finfo(np.float32).tiny)))
+                moment = (x * x).mean(0) if statistic == "channel" else np.full(x.shape[-1], (x * x).mean())
+                logs[s.op].append(np.log(np.maximum(moment, np.finfo(np.float32).tiny)))
     return {op: np.exp(np.mean(v, axis=0)) for op, v in logs.items()}
 
 
-def fold_unified(tree: Path, model: ModelStructure, windows: np.ndarray) -> dict[str, Any]:
+def fold_unified(tree: Path, model: ModelStructure, windows: np.ndarray, statistic: str = "channel") -> dict[str, Any]:
     """``--fold-norm unified`` on ``tree``: weights, running variances and the config marker (graph: :func:`patch_graph`)."""
     sites = norm_sites(model)
     if not sites:
         raise UnsupportedError("the model has no LayerNorm/RMSNorm operator to replace")
-    var = smoothed_variances(tree, model, windows, sites)
+    var = smoothed_variances(tree, model, windows, sites, statistic)
     ck, config = Checkpoint.load(tree), read_json(tree, CONFIG)
     shared = _shared_weights(model)
     marker: dict[str, Any] = {"folded": [], "explicit": {}}
@@ -202,7 +207,7 @@ def fold_unified(tree: Path, model: ModelStructure, windows: np.ndarray) -> dict
     refresh_parameters(ck)
     config[MARKER] = marker
     write_json(tree, CONFIG, config)
-    return {"mode": "unified", "windows": int(windows.shape[0]), "tokens": int(windows.size), "norms": rows}
+    return {"mode": "unified", "statistic": statistic, "windows": int(windows.shape[0]), "tokens": int(windows.size), "norms": rows}
 
 
 def patch_graph(model: ModelStructure, config: dict[str, Any]) -> ModelStructure:
@@ -233,8 +238,10 @@ def patch_graph(model: ModelStructure, config: dict[str, Any]) -> ModelStructure
     return checked(model)
 
 
-def fold_norm(tree: Path, mode: str, windows: np.ndarray | None = None) -> dict[str, Any]:
+def fold_norm(tree: Path, mode: str, windows: np.ndarray | None = None, *, statistic: str = "channel") -> dict[str, Any]:
     """Fold the normalizations of ``tree``'s model (``mode`` affine or unified) and rewrite its graph.
+
+    ``statistic`` (unified only): ``channel`` or ``layer``, see :func:`smoothed_variances`.
 
     Raises:
         UsageError: an unknown mode, or unified without calibration windows.
@@ -255,7 +262,9 @@ def fold_norm(tree: Path, mode: str, windows: np.ndarray | None = None) -> dict[
     else:
         if windows is None:
             raise UsageError("--fold-norm unified needs calibration text", hint="give --calib TEXT")
-        record = fold_unified(tree, model, windows)
+        if statistic not in ("channel", "layer"):
+            raise UsageError(f"the unified statistic is channel or layer, not {statistic!r}")
+        record = fold_unified(tree, model, windows, statistic)
     rebuild_graph(tree)
     return {"method": "fold_norm", **record}
 

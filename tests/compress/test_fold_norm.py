@@ -116,3 +116,17 @@ def test_unified_bert_keeps_explicit_unified_norm_operators(tmp_path: Path) -> N
     assert np.allclose(w["embeddings.LayerNorm.running_var"], _geomean_second_moment(emb), rtol=1e-5)
     out = forward(tree, IDS)
     assert out.shape == (2, 9, 32) and np.isfinite(out).all()
+
+
+def test_unified_layer_statistic_freezes_one_normalizer_per_norm(tmp_path: Path) -> None:
+    cfg, t = llama_tensors()
+    tree = make_tree(tmp_path, cfg, t)
+    windows = np.random.default_rng(0).integers(2, 60, size=(3, 16))
+    rec = fold_norm(tree, "unified", windows, statistic="layer")
+    x = t["model.embed_tokens.weight"][windows].astype(np.float64)
+    var0 = np.exp(np.log((x ** 2).mean(axis=(1, 2))).mean())  # geometric mean over windows of the mean square
+    q = "model.layers.0.self_attn.q_proj.weight"
+    want = t[q] * (t["model.layers.0.input_layernorm.weight"] / np.sqrt(var0 + 1e-5))[None, :]
+    assert rec["statistic"] == "layer" and np.allclose(_weights(tree)[q], want, rtol=1e-5)
+    with pytest.raises(UsageError, match="channel or layer"):
+        fold_norm(make_tree(tmp_path, cfg, t, name="again"), "unified", windows, statistic="token")
