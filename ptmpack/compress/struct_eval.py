@@ -104,9 +104,30 @@ def calibration_windows(tree: Path, text: str, *, nsamples: int = 8, seqlen: int
     if len(ids) < seqlen:
         if len(ids) < 8:
             raise UsageError(f"the calibration text gives only {len(ids)} tokens", hint="give a longer --calib text")
-        return ids[None]
+        return with_special_tokens(tree, ids[None])
     n = min(nsamples, len(ids) // seqlen)
-    return ids[: n * seqlen].reshape(n, seqlen)
+    return with_special_tokens(tree, ids[: n * seqlen].reshape(n, seqlen))
+
+
+def with_special_tokens(tree: Path, windows: np.ndarray) -> np.ndarray:
+    """Windows shaped like an encoder's real inputs: the first and last token replaced by the ones its
+    tokenizer puts around every text (BERT's [CLS] … [SEP]), whose activations are the largest.
+
+    Decoders, and tokenizers that add nothing, get the windows unchanged.
+    """
+    from ptmpack.ir.runner import LoadedModel
+
+    with LoadedModel.open(tree) as lm:
+        if lm.kind != "embedding":
+            return windows
+        enc = lm.tokenizer.encode("")
+        around = [i for i, m in zip(enc.ids, enc.attention_mask, strict=True) if m]  # a padding setting may pad it
+    out = np.array(windows, np.int64, copy=True)
+    if len(around) >= 1 and out.shape[1] >= 3:
+        out[:, 0] = around[0]
+    if len(around) >= 2 and out.shape[1] >= 3:
+        out[:, -1] = around[-1]
+    return out
 
 
 def step_windows(tree: Path, ctx: Any, *, nsamples: int = 8, seqlen: int = 128) -> np.ndarray:
@@ -121,7 +142,7 @@ def step_windows(tree: Path, ctx: Any, *, nsamples: int = 8, seqlen: int = 128) 
         data = calib()
         for attr in ("windows", "tokens", "ids"):
             if isinstance(getattr(data, attr, None), np.ndarray):
-                return np.asarray(getattr(data, attr), np.int64)
+                return with_special_tokens(tree, np.asarray(getattr(data, attr), np.int64))
     text = step_text(ctx)
     if text is None:
         raise UsageError("this step needs calibration text", hint="give --calib TEXT")
