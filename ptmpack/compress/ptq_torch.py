@@ -32,6 +32,8 @@ from ptmpack.errors import UnsupportedError
 THETA = 0.3
 """θ of formula (32): learned steps stay within ±30 % of the offline statistics."""
 _ZETA, _GAMMA = 1.1, -0.1
+COMP_QUANTILES = (1.0, 0.999, 0.99, 0.95, 0.9, 0.75)
+"""Candidate thresholds τ of channel compensation, as quantiles of the channels' half-ranges (1.0: shift only)."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def _compensation(torch: Any, qlinear: Any, lin: Any, x: Any, bits: int, act_bit
     fit, check = x[:half_n], x[half_n:] if x.shape[0] > 1 else x
     with torch.no_grad():
         ref = lin(check)
-        errs = {q: float(((build(fit, q)(check) - ref) ** 2).mean()) for q in (1.0, 0.999, 0.99, 0.95, 0.9, 0.75)}
+        errs = {q: float(((build(fit, q)(check) - ref) ** 2).mean()) for q in COMP_QUANTILES}
     return build(x, min(errs, key=errs.get))
 
 

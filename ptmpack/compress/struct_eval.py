@@ -97,7 +97,15 @@ def calibration_windows(tree: Path, text: str, *, nsamples: int = 8, seqlen: int
     from ptmpack.ir.runner import LoadedModel
 
     with LoadedModel.open(tree) as lm:
-        ids = np.asarray(lm.encode(calibration_part(text)), np.int64)
+        tok = lm.tokenizer
+        tok.no_truncation()  # tokenizer.json may truncate or pad every text (MiniLM: to 128 tokens)
+        tok.no_padding()
+        part = calibration_part(text)
+        if lm.kind == "embedding":  # an encoder sees single sentences: pack them, each with its special tokens
+            sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", part) if s.strip()]
+            ids = np.asarray([i for e in tok.encode_batch(sentences) for i in e.ids], np.int64)
+        else:
+            ids = np.asarray(tok.encode(part).ids, np.int64)
         limit = lm.config.get("max_position_embeddings")
     if isinstance(limit, int):
         seqlen = min(seqlen, limit)
@@ -138,7 +146,9 @@ def step_windows(tree: Path, ctx: Any, *, nsamples: int = 8, seqlen: int = 128) 
         UsageError: no calibration text was given.
     """
     calib = getattr(ctx, "calibration", None)
-    if callable(calib) and getattr(getattr(ctx, "spec", None), "calib", None) is not None:
+    spec = getattr(ctx, "spec", None)
+    encoder = read_json(tree, "Model/config.json").get("model_type") == "bert"
+    if callable(calib) and getattr(spec, "calib", None) is not None and not encoder:
         data = calib()
         for attr in ("windows", "tokens", "ids"):
             if isinstance(getattr(data, attr, None), np.ndarray):
@@ -146,7 +156,6 @@ def step_windows(tree: Path, ctx: Any, *, nsamples: int = 8, seqlen: int = 128) 
     text = step_text(ctx)
     if text is None:
         raise UsageError("this step needs calibration text", hint="give --calib TEXT")
-    spec = getattr(ctx, "spec", None)
     return calibration_windows(tree, text, nsamples=int(getattr(spec, "nsamples", nsamples) or nsamples),
                                seqlen=int(getattr(spec, "seqlen", seqlen) or seqlen))
 
