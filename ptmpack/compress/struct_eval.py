@@ -91,6 +91,9 @@ def calibration_part(text: str) -> str:
 def calibration_windows(tree: Path, text: str, *, nsamples: int = 8, seqlen: int = 128) -> np.ndarray:
     """Up to ``nsamples`` consecutive ``seqlen``-token windows ``[n, seqlen]`` of the calibration part of ``text``.
 
+    Decoders: the text's tokens. Encoders: its sentences, each tokenized with its special tokens
+    ([CLS] … [SEP]) and packed, so special tokens (the largest activations) appear as in real inputs.
+
     Raises:
         UsageError: the text gives fewer than ``seqlen`` tokens (a shorter single window is used when it gives at least 8).
     """
@@ -139,8 +142,8 @@ def with_special_tokens(tree: Path, windows: np.ndarray) -> np.ndarray:
 
 
 def step_windows(tree: Path, ctx: Any, *, nsamples: int = 8, seqlen: int = 128) -> np.ndarray:
-    """Calibration windows for a pipeline step: the StepContext's own calibration when it has one, else
-    :func:`calibration_windows` of ``ctx.spec.calib``.
+    """Calibration windows for a pipeline step: for a decoder the StepContext's own calibration when it
+    has one; for an encoder (and without it) :func:`calibration_windows` of ``ctx.spec.calib``.
 
     Raises:
         UsageError: no calibration text was given.
