@@ -32,8 +32,9 @@ from ptmpack.errors import UnsupportedError
 THETA = 0.3
 """θ of formula (32): learned steps stay within ±30 % of the offline statistics."""
 _ZETA, _GAMMA = 1.1, -0.1
-COMP_QUANTILES = (1.0, 0.999, 0.99, 0.95, 0.9, 0.75)
-"""Candidate thresholds τ of channel compensation, as quantiles of the channels' half-ranges (1.0: shift only)."""
+COMP_QUANTILES = (0.0, 1.0, 0.999, 0.99, 0.95, 0.9, 0.75)
+"""Candidate thresholds τ of channel compensation, as quantiles of the channels' half-ranges (1.0: shift
+only; 0.0: no compensation, so a linear whose held-out error it does not lower keeps none)."""
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,12 @@ def _compensation(torch: Any, qlinear: Any, lin: Any, x: Any, bits: int, act_bit
     The threshold τ is chosen by cross-validation: channel statistics from the first half of the
     calibration tokens, the layer's output error measured on the second half, so a τ that clips
     values the statistics did not see loses. ``q = 1`` (τ = the largest half-range) is the
-    shift-only candidate; the final shift and scale use all tokens.
+    shift-only candidate, ``q = 0`` no compensation at all; the final shift and scale use all tokens.
     """
 
     def stats(t: Any, q: float) -> tuple[Any, Any]:
+        if q == 0.0:  # the identity: no compensation
+            return torch.zeros(t.shape[-1]), torch.ones(t.shape[-1])
         lo, hi = t.amin(0), t.amax(0)
         shift, half = (hi + lo) / 2, ((hi - lo) / 2).clamp_min(1e-8)
         tau = torch.quantile(half, q) if q < 1.0 else half.max()
