@@ -126,3 +126,12 @@ def test_head_pruning_with_weight_quantization_is_refused(tmp_path: Path) -> Non
               "--prune-method", "magnitude", "--quant", "rtn", "--bits", "8")
     assert_clean_error(run, 6)
     assert "per-layer head" in run.err or "head count" in run.err
+
+
+def test_unified_norm_with_weight_quantization_is_refused(tmp_path: Path) -> None:
+    cfg, t = llama_tensors(layers=1)
+    tree = make_tree(tmp_path, cfg, t)
+    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--fold-norm", "unified", "--calib", _text(tmp_path),
+              "--quant", "rtn", "--bits", "8", "--group-size", "32")
+    assert_clean_error(run, 6)
+    assert "on-line norms" in run.err
