@@ -206,6 +206,9 @@ def section_prune_smollm(work: Path) -> dict[str, Any]:
     return {"rows": rows}
 
 
+PTQ_BITS = [8, 4]
+
+
 def section_ptq(work: Path) -> dict[str, Any]:
     """MiniLM W8A8 and W4A8: RTN, + channel compensation, + cascaded reconstruction (embedding cosine)."""
     from ptmpack.compress.ptq import ptq
@@ -215,7 +218,7 @@ def section_ptq(work: Path) -> dict[str, Any]:
     ref = embeddings(base, sentences)
     w = windows(base, calib, 16, 128)
     rows = []
-    for bits in (8, 4):
+    for bits in PTQ_BITS:
         for label, comp, recon in (("RTN", False, False), ("+ channel compensation", True, False),
                                    ("+ cascaded reconstruction", True, True)):
             tree = copy_tree(base, work, f"minilm-ptq-{bits}-{comp}-{recon}")
@@ -273,7 +276,10 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=sorted(SECTIONS), action="append")
+    ap.add_argument("--ptq-bits", type=int, action="append", help="weight bits of the PTQ section (default 8 and 4)")
     args = ap.parse_args()
+    if args.ptq_bits:
+        PTQ_BITS[:] = args.ptq_bits
     OUT.mkdir(exist_ok=True)
     previous = OUT / "structure.json"
     results: dict[str, Any] = {}
@@ -282,6 +288,9 @@ def main() -> None:
             common.log(f"section {name}")
             got = SECTIONS[name](Path(w))
             results = json.loads(previous.read_text()) if previous.exists() else {}  # other runs may have added sections
+            if name == "ptq" and "ptq" in results:  # keep the rows of the other bit widths
+                mine = {r["scheme"] for r in got["rows"]}
+                got = {"rows": [r for r in results["ptq"]["rows"] if r["scheme"] not in mine] + got["rows"]}
             results[name] = got
             previous.write_text(json.dumps(results, indent=2))
     (OUT / "structure.md").write_text(markdown(results))
