@@ -25,7 +25,7 @@ from ptmpack.errors import GraphError
 from ptmpack.ir.model import AttrType, attr_value_ok
 
 CUSTOM_PREFIX = "custom."
-OP_MODULES = ("basic", "transformer", "comm", "modules", "multimodal", "tuning", "rag", "quantized", "affine")
+OP_MODULES = ("basic", "transformer", "comm", "modules", "multimodal", "tuning", "rag", "quantized", "affine", "fakequant")
 """Modules under ``ptmpack.ir.ops`` that register operators, loaded on first lookup."""
 
 

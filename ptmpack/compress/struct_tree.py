@@ -1,0 +1,251 @@
+"""Read and rewrite the Hugging Face checkpoint inside a package tree's ``Model/`` (structure steps).
+
+The structure and transfer steps (LoRA and adapter merges, norm folding, pruning, PTQ) all edit
+``Model/*.safetensors`` and ``Model/config.json`` in place and then re-describe the result in
+``Model/graph.json``. This module holds that shared plumbing: load every top-level tensor as a
+float numpy array (remembering its file and dtype), write the files back through the safetensors
+library (temp file, then rename), and rebuild the graph with :mod:`ptmpack.ir.convert_hf`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptmpack.errors import InvalidTreeError, UnsupportedError
+
+MODEL = "Model"
+CONFIG = "Model/config.json"
+GRAPH = "Model/graph.json"
+TECHNICAL = "Meta-info/technicalinfo.json"
+
+
+@dataclass
+class Checkpoint:
+    """The tensors of ``Model/*.safetensors`` (top level only) with the file and dtype each came from.
+
+    ``tensors`` may be edited, added to (``file_of`` defaults a new tensor to the first file) or
+    deleted from; :meth:`save` writes every file back.
+    """
+
+    tree: Path
+    tensors: dict[str, np.ndarray]
+    file_of: dict[str, str]
+    dtype_of: dict[str, np.dtype]
+    metadata: dict[str, dict[str, str] | None] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, tree: Path) -> Checkpoint:
+        """Read every top-level ``Model/*.safetensors`` of ``tree``.
+
+        Raises:
+            InvalidTreeError: no safetensors file, an unreadable one, or a tensor name in two files.
+            UnsupportedError: a dtype numpy cannot hold (bfloat16).
+        """
+        from safetensors import safe_open
+
+        tree = Path(tree)
+        files = sorted(p for p in (tree / MODEL).glob("*.safetensors") if p.is_file())
+        if not files:
+            raise InvalidTreeError(f"{tree / MODEL}: no *.safetensors weights to transform")
+        ck = cls(tree, {}, {}, {})
+        for path in files:
+            try:
+                with safe_open(str(path), framework="numpy") as f:
+                    ck.metadata[path.name] = f.metadata()
+                    for name in f.keys():  # noqa: SIM118 - safe_open is not iterable
+                        if name in ck.tensors:
+                            raise InvalidTreeError(f"{path}: tensor {name!r} is also in {ck.file_of[name]}")
+                        arr = f.get_tensor(name)
+                        ck.tensors[name], ck.file_of[name], ck.dtype_of[name] = arr, path.name, arr.dtype
+            except (OSError, ValueError, TypeError) as exc:
+                if "bfloat16" in str(exc).lower() or "bf16" in str(exc).lower():
+                    raise UnsupportedError(f"{path}: bfloat16 weights cannot be transformed with numpy",
+                                           hint="convert the checkpoint to float16 or float32 first") from None
+                raise InvalidTreeError(f"{path}: unreadable safetensors file ({exc})") from None
+        return ck
+
+    def f64(self, name: str) -> np.ndarray:
+        """Tensor ``name`` in float64 (transforms are computed in double precision, stored in the original dtype).
+
+        Raises:
+            InvalidTreeError: no such tensor.
+        """
+        if name not in self.tensors:
+            raise InvalidTreeError(f"{self.tree / MODEL}: checkpoint has no tensor {name!r}")
+        return np.asarray(self.tensors[name], np.float64)
+
+    def set(self, name: str, value: np.ndarray, *, like: str | None = None) -> None:
+        """Store ``value`` as tensor ``name`` in the dtype (and file) of ``name`` or of ``like``."""
+        ref = name if name in self.dtype_of else like
+        dtype = self.dtype_of.get(ref, np.dtype(np.float32)) if ref else np.dtype(np.float32)
+        self.tensors[name] = np.ascontiguousarray(np.asarray(value).astype(dtype))
+        self.dtype_of[name] = dtype
+        self.file_of.setdefault(name, self.file_of.get(ref, next(iter(self.metadata))) if ref else next(iter(self.metadata)))
+
+    def delete(self, name: str) -> None:
+        for table in (self.tensors, self.file_of, self.dtype_of):
+            table.pop(name, None)
+
+    def nbytes(self) -> int:
+        return int(sum(t.nbytes for t in self.tensors.values()))
+
+    def save(self) -> None:
+        """Write every safetensors file back (each through a temp file renamed over the original).
+
+        Raises:
+            InvalidTreeError: a file cannot be written.
+        """
+        from safetensors.numpy import save_file
+
+        for fname, meta in self.metadata.items():
+            chosen = {n: np.ascontiguousarray(t) for n, t in self.tensors.items() if self.file_of[n] == fname}
+            target = self.tree / MODEL / fname
+            fd, tmp = tempfile.mkstemp(prefix=".st-", dir=target.parent)
+            os.close(fd)
+            try:
+                save_file(chosen, tmp, metadata=meta or {"format": "pt"})
+                os.replace(tmp, target)
+            except OSError as exc:
+                Path(tmp).unlink(missing_ok=True)
+                raise InvalidTreeError(f"{target}: cannot write ({exc})") from None
+
+
+def read_json(tree: Path, rel: str) -> dict[str, Any]:
+    """A JSON object from the tree.
+
+    Raises:
+        InvalidTreeError: missing, unreadable or not an object.
+    """
+    path = Path(tree) / rel
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidTreeError(f"{path}: cannot read JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InvalidTreeError(f"{path}: not a JSON object")
+    return doc
+
+
+def write_json(tree: Path, rel: str, doc: Mapping[str, Any]) -> None:
+    """Write ``doc`` to ``tree/rel`` through a temp file and a rename."""
+    path = Path(tree) / rel
+    fd, tmp = tempfile.mkstemp(prefix=".json-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InvalidTreeError(f"{path}: cannot write ({exc})") from None
+
+
+def rebuild_graph(tree: Path) -> bool:
+    """Re-describe ``Model/`` in ``Model/graph.json`` from config.json + safetensors (when one existed).
+
+    Returns whether a graph was written. The new graph is built completely before the old one is replaced.
+
+    Raises:
+        UnsupportedError: the converter cannot express the new checkpoint.
+    """
+    from ptmpack.compress.adapters import FOLDER, WEIGHTS_NAME, attach, read_adapters
+
+    tree = Path(tree)
+    target = tree / GRAPH
+    if not target.exists():
+        return False
+    old = json.loads(target.read_text(encoding="utf-8"))
+    model = base_model(tree, name=str(old.get("name") or tree.name))
+    found = read_adapters(tree)
+    if found is not None:
+        model = attach(model, *found, file=f"{FOLDER}/{WEIGHTS_NAME}")
+    write_bytes(target, model.dumps())
+    return True
+
+
+def base_model(tree: Path, *, name: str | None = None) -> Any:
+    """The IR model of ``Model/`` as convert_hf builds it, with a unified-norm record applied (no adapters).
+
+    Raises:
+        UnsupportedError: the converter cannot express the checkpoint.
+    """
+    from ptmpack.compress.fold_norm import patch_graph
+    from ptmpack.compress.prune_graph import LAYER_HEADS, pruned_heads_model
+    from ptmpack.compress.ptq import patch_graph as patch_act_quant
+    from ptmpack.ir.convert_hf import model_from_dir
+
+    config = read_json(tree, CONFIG)
+    if LAYER_HEADS in config:
+        model = pruned_heads_model(Path(tree) / MODEL, config, name=name or Path(tree).name)
+    else:
+        model = model_from_dir(Path(tree) / MODEL, name=name or Path(tree).name)
+    names = {n for p in (Path(tree) / MODEL).glob("*.safetensors") for n in _tensor_names(p)}
+    return patch_act_quant(patch_graph(model, config), names, config)
+
+
+def _tensor_names(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return list(f.keys())
+
+
+def open_tree(tree: Path) -> Any:
+    """The package tree opened with the storage layer's ``open_package`` (a context manager)."""
+    from ptmpack.storage.package import open_package
+
+    return open_package(Path(tree))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` atomically (temp file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InvalidTreeError(f"{path}: cannot write ({exc})") from None
+
+
+def refresh_parameters(ck: Checkpoint) -> None:
+    """Set technicalinfo ``parameters`` to the element count of the checkpoint's tensors (as ``init`` counts it)."""
+    path = ck.tree / TECHNICAL
+    if path.is_file():
+        doc = read_json(ck.tree, TECHNICAL)
+        doc["parameters"] = int(sum(t.size for t in ck.tensors.values()))
+        write_json(ck.tree, TECHNICAL, doc)
+
+
+def update_ptm_info(tree: Path, **fields: int) -> None:
+    """Set Table 67 fields (``num_heads``, ``intermediate_size``, …) in technicalinfo ``ptm_info``, if present."""
+    path = Path(tree) / TECHNICAL
+    if not path.is_file():
+        return
+    doc = read_json(tree, TECHNICAL)
+    info = doc.get("ptm_info")
+    if isinstance(info, dict):
+        info.update(fields)
+        write_json(tree, TECHNICAL, doc)
+
+
+def refuse_unmerged_adapters(tree: Path, step: str) -> None:
+    """Refuse a step that rewrites the linears while ``Model/adapters/`` still sits in front of them.
+
+    Raises:
+        UsageError: the package carries unmerged adapters.
+    """
+    from ptmpack.errors import UsageError
+
+    if (Path(tree) / MODEL / "adapters" / "adapter_config.json").is_file():
+        raise UsageError(f"{step} would change the linear layers the package's unmerged adapters act on",
+                         hint="add --merge-adapter (it runs first)")

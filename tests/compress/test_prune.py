@@ -1,0 +1,100 @@
+"""--prune heads|ffn|both under a FLOPs budget: structure-aware (Taylor + Fisher, evolutionary search) and magnitude."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from ptmpack.compress.prune import prune
+from ptmpack.compress.prune_torch import Importance
+from ptmpack.errors import UnsupportedError, UsageError
+from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
+
+IDS = np.array([[2, 3, 4, 5, 2, 6, 9, 11, 12], [7, 8, 4, 5, 7, 3, 9, 20, 30]])
+WINDOWS = np.random.default_rng(5).integers(2, 60, size=(4, 12))
+
+
+def _zeroed_reference(tmp_path: Path, cfg: dict, t: dict[str, np.ndarray], rec: dict, d: int) -> np.ndarray:
+    """The unpruned model with every pruned unit's output zeroed where it enters the next projection."""
+    z = {k: v.copy() for k, v in t.items()}
+    bert = cfg["model_type"] == "bert"
+    for layer, heads in rec["removed_units"].get("heads", {}).items():
+        for h in heads:
+            z[f"encoder.layer.{layer}.attention.output.dense.weight"][:, h * d:(h + 1) * d] = 0
+    for layer, units in rec["removed_units"].get("ffn", {}).items():
+        down = f"encoder.layer.{layer}.output.dense.weight" if bert else f"model.layers.{layer}.mlp.down_proj.weight"
+        z[down][:, units] = 0
+    return forward(make_tree(tmp_path, cfg, z, name=f"zeroed-{cfg['model_type']}"), IDS)
+
+
+@pytest.mark.parametrize(("target", "budget"), [("heads", 0.7), ("ffn", 0.85), ("both", 0.7)])
+def test_magnitude_prunes_to_budget_and_equals_zeroing(tmp_path: Path, target: str, budget: float) -> None:
+    cfg, t = bert_tensors()
+    tree = make_tree(tmp_path, cfg, t)
+    rec = prune(tree, target, budget, "magnitude")
+    assert budget - 0.1 < rec["flops_fraction_kept"] <= budget
+    assert rel(_zeroed_reference(tmp_path, cfg, t, rec, 8), forward(tree, IDS)) < 1e-5
+    w = load_file(str(tree / "Model/model.safetensors"))
+    conf = json.loads((tree / "Model/config.json").read_text())
+    doc = json.loads((tree / "Meta-info/technicalinfo.json").read_text())
+    tech = doc["ptm_info"]
+    assert doc["parameters"] == sum(v.size for v in w.values())
+    if target != "ffn":
+        assert conf["ptmpack_layer_heads"] == rec["layer_heads"] and conf["num_attention_heads"] == 4
+        assert {k: len(v) for k, v in conf["pruned_heads"].items()} == {
+            k: len(v) for k, v in rec["removed_units"]["heads"].items()}
+        for i, h in enumerate(rec["layer_heads"]):
+            assert w[f"encoder.layer.{i}.attention.self.query.weight"].shape == (8 * h, 32)
+        assert tech["num_heads"] == max(rec["layer_heads"])
+    if target != "heads":
+        for i, n in enumerate(rec["layer_intermediate_sizes"]):
+            assert w[f"encoder.layer.{i}.output.dense.weight"].shape == (32, n)
+        assert tech["intermediate_size"] == max(rec["layer_intermediate_sizes"])
+
+
+def test_fisher_quadratic_form_has_cross_terms() -> None:
+    rng = np.random.default_rng(0)
+    samples, grad = rng.standard_normal((5, 4)), rng.standard_normal(4)
+    imp = Importance({"heads": [(0, 0), (0, 1)], "ffn": [(0, 0), (0, 1)]}, grad, samples, {"heads": 0, "ffn": 2})
+    f = samples.T @ samples / 5
+    dm = np.array([-1.0, 0, -1.0, 0])
+    assert imp.loss_change(np.array([0, 2])) == pytest.approx(grad @ dm + 0.5 * dm @ f @ dm)
+    assert np.allclose(imp.diag_score(), -grad + 0.5 * np.diag(f))
+
+
+@pytest.mark.torch
+def test_structure_aware_bert_and_llama(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    cfg, t = bert_tensors()
+    tree = make_tree(tmp_path, cfg, t)
+    rec = prune(tree, "both", 0.6, "structure", WINDOWS)
+    assert rec["flops_fraction_kept"] <= 0.6 and rec["estimated_loss_increase"] >= 0
+    assert rec["search_best_per_generation"] == sorted(rec["search_best_per_generation"], reverse=True)
+    assert rel(_zeroed_reference(tmp_path, cfg, t, rec, 8), forward(tree, IDS)) < 1e-5
+    with pytest.raises(UnsupportedError, match="head-pruned"):
+        prune(tree, "ffn", 0.9, "structure", WINDOWS)
+    lcfg, lt = llama_tensors()
+    ltree = make_tree(tmp_path, lcfg, lt, name="llama")
+    with pytest.raises(UnsupportedError, match="head pruning"):
+        prune(ltree, "heads", 0.8, "magnitude")
+    rec = prune(ltree, "ffn", 0.8, "structure", WINDOWS)
+    assert rec["flops_fraction_kept"] <= 0.8 and rec["removed"]["ffn"] > 0
+    assert rel(_zeroed_reference(tmp_path, lcfg, lt, rec, 8), forward(ltree, IDS)) < 1e-5
+
+
+def test_prune_usage_errors(tmp_path: Path) -> None:
+    cfg, t = bert_tensors(layers=1)
+    tree = make_tree(tmp_path, cfg, t)
+    with pytest.raises(UsageError, match="calibration"):
+        prune(tree, "ffn", 0.8, "structure", None)
+    with pytest.raises(UsageError):
+        prune(tree, "rows", 0.8, "magnitude")
+    with pytest.raises(UsageError, match="budget"):
+        prune(tree, "ffn", 0.0, "magnitude")
+    with pytest.raises(UnsupportedError, match="cannot be met"):
+        prune(tree, "heads", 0.1, "magnitude")

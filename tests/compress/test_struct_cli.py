@@ -1,0 +1,137 @@
+"""The structure steps through ``ptmpack compress`` (pipeline order, --json report, the .ptm runs), and torch-optional."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tests._support.clirun import assert_clean_error, cli
+from tests.compress.struct_models import TEXT, bert_tensors, llama_tensors, make_tree
+from tests.compress.test_adapters import _lin, _rep, write_adapters
+
+
+def _lora(d: Path) -> Path:
+    rng = np.random.default_rng(0)
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                       "target_modules": ["q_proj"]}))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": rng.normal(size=(2, 32)).astype(np.float32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": rng.normal(size=(32, 2)).astype(np.float32)},
+              str(d / "adapter_model.safetensors"))
+    return d
+
+
+def _text(tmp: Path) -> Path:
+    (tmp / "calib.txt").write_text(TEXT * 40)
+    return tmp / "calib.txt"
+
+
+def test_lora_fold_prune_pipeline_json_and_run(tmp_path: Path) -> None:
+    cfg, t = llama_tensors()
+    tree = make_tree(tmp_path, cfg, t)
+    out = tmp_path / "s.ptm"
+    run = cli("compress", tree, "-o", out, "--merge-lora", _lora(tmp_path / "lora"), "--fold-norm", "affine",
+              "--prune", "ffn", "--flops-budget", "0.9", "--prune-method", "magnitude", "--calib", _text(tmp_path), "--json")
+    assert run.code == 0, run.err
+    steps = run.json()["steps"]
+    assert [s["method"] for s in steps] == ["merge_lora", "fold_norm", "prune_magnitude"]
+    for s in steps:
+        assert {"size_before", "size_after", "flops_before", "flops_after", "layers", "quality"} <= set(s)
+        assert s["quality"]["metric"] == "perplexity"
+    assert steps[2]["flops_after"] <= 0.9 * steps[2]["flops_before"]
+    top = cli("run", out, "--tokens", "2,3,4,5", "--json")
+    assert top.code == 0, top.err
+
+
+def test_adapter_merge_and_unified_norm_on_bert(tmp_path: Path) -> None:
+    cfg, t = bert_tensors()
+    tree = make_tree(tmp_path, cfg, t)
+    rng = np.random.default_rng(1)
+    write_adapters(tree, [{"name": "a", "type": "rep_adapter", "scale": 0.5,
+                           "targets": [f"encoder.layer.0.attention.self.{p}" for p in ("query", "key", "value")]},
+                          {"name": "f", "type": "linear_adapter", "target": "encoder.layer.1.intermediate.dense"}],
+                   {**_rep(rng, "a"), **_lin(rng, "f", 64, 8)})
+    out = tmp_path / "b.ptm"
+    run = cli("compress", tree, "-o", out, "--merge-adapter", "--fold-norm", "unified", "--calib", _text(tmp_path),
+              "--nsamples", "4", "--seqlen", "16", "--json")
+    assert run.code == 0, run.err
+    merge, fold = run.json()["steps"]
+    assert merge["removed_channels"] == {"encoder.layer.1.intermediate.dense.weight": 8}
+    assert merge["quality"]["metric"] == "embedding_cosine_to_before" and merge["quality"]["after"] > 0.9999
+    assert fold["mode"] == "unified" and fold["windows"] == 4
+    emb = cli("run", out, "--tokens", "2,3,4", "--json")
+    assert emb.code == 0, emb.err
+
+
+def test_affine_fold_on_bert_is_refused_with_exit_6(tmp_path: Path) -> None:
+    cfg, t = bert_tensors(layers=1)
+    tree = make_tree(tmp_path, cfg, t)
+    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--fold-norm", "affine")
+    assert_clean_error(run, 6)
+    assert not (tmp_path / "x.ptm").exists()
+
+
+@pytest.mark.parametrize("args", [("--quant", "ptq", "--bits", "8", "--act-bits", "8"),
+                                  ("--prune", "ffn", "--flops-budget", "0.9")])
+def test_torch_methods_exit_6_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple) -> None:
+    cfg, t = bert_tensors(layers=1)
+    tree = make_tree(tmp_path, cfg, t)
+    for name in [m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    run = cli("compress", tree, "-o", tmp_path / "x.ptm", *args, "--calib", _text(tmp_path), "--seqlen", "16")
+    assert_clean_error(run, 6)
+    assert "PyTorch" in run.err or "torch" in run.err
+
+
+def test_numpy_methods_run_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, t = llama_tensors(layers=1)
+    tree = make_tree(tmp_path, cfg, t)
+    for name in [m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--merge-lora", _lora(tmp_path / "lora"), "--fold-norm",
+              "unified", "--prune", "ffn", "--flops-budget", "0.9", "--prune-method", "magnitude", "--calib",
+              _text(tmp_path), "--nsamples", "2", "--seqlen", "16", "--json")
+    assert run.code == 0, run.err
+    assert [s["method"] for s in run.json()["steps"]] == ["merge_lora", "fold_norm", "prune_magnitude"]
+
+
+@pytest.mark.torch
+def test_ptq_through_the_cli_runs_and_evaluates(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    cfg, t = bert_tensors()
+    tree = make_tree(tmp_path, cfg, t)
+    out = tmp_path / "p.ptm"
+    run = cli("compress", tree, "-o", out, "--quant", "ptq", "--bits", "4", "--act-bits", "8", "--calib",
+              _text(tmp_path), "--nsamples", "4", "--seqlen", "16", "--epochs", "1", "--json")
+    assert run.code == 0, run.err
+    step = run.json()["steps"][0]
+    assert step["method"] == "ptq" and step["act_bits"] == 8 and step["size_after"] < step["size_before"]
+    assert 0.5 < step["quality"]["after"] < 1.0
+    emb = cli("eval", out, "--embeddings", _text(tmp_path), "--json")
+    assert emb.code == 0, emb.err
+
+
+def test_head_pruning_with_weight_quantization_is_refused(tmp_path: Path) -> None:
+    cfg, t = bert_tensors(layers=1)
+    tree = make_tree(tmp_path, cfg, t)
+    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--prune", "heads", "--flops-budget", "0.8",
+              "--prune-method", "magnitude", "--quant", "rtn", "--bits", "8")
+    assert_clean_error(run, 6)
+    assert "per-layer head" in run.err or "head count" in run.err
+
+
+def test_unified_norm_with_weight_quantization_is_refused(tmp_path: Path) -> None:
+    cfg, t = llama_tensors(layers=1)
+    tree = make_tree(tmp_path, cfg, t)
+    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--fold-norm", "unified", "--calib", _text(tmp_path),
+              "--quant", "rtn", "--bits", "8", "--group-size", "32")
+    assert_clean_error(run, 6)
+    assert "on-line norms" in run.err
