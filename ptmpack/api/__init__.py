@@ -21,7 +21,7 @@ _EXPORTS: dict[str, str] = {  # verb -> module under ptmpack.api (never named li
     # residual updates
     "diff": "residual", "apply": "residual", "DiffReport": "residual", "ApplyReport": "residual",
     # chapter-6 IR
-    "graph_check": "ir", "graph_show": "ir", "run": "ir", "evaluate": "ir",
+    "graph_check": "ir", "load_graph": "ir", "run": "ir", "evaluate": "ir",
     # chapter-7 compression
     "compress": "compression", "CompressSpec": "compression", "dequantize": "compression",
     # distribution (§8.3)

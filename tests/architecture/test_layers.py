@@ -121,3 +121,21 @@ def test_import_of_the_cli_root_loads_only_click() -> None:
     code = "import sys, ptmpack.cli; print(sorted(m for m in sys.modules if m.startswith('ptmpack')))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.strip() == "['ptmpack', 'ptmpack.cli', 'ptmpack.errors']"
+
+
+def test_every_api_export_resolves() -> None:
+    """Each name ``ptmpack.api`` lists loads from its family module (the lazy table cannot drift)."""
+    from ptmpack import api
+
+    missing = [name for name in api.__all__ if not hasattr(api, name)]
+    assert not missing, f"ptmpack.api lists names no family module defines: {missing}"
+
+
+def test_every_cli_command_loads() -> None:
+    """Each command the root lists (with its one-line help) imports and is a click command."""
+    import click
+
+    from ptmpack.cli import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    assert all(isinstance(cli.get_command(ctx, name), click.Command) for name in COMMANDS)
