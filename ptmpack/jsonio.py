@@ -13,9 +13,10 @@ import enum
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ptmpack.errors import IntegrityError, PtmError
+from ptmpack.errors import IntegrityError, InvalidTreeError, PtmError
 
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects a package document may have."""
@@ -162,3 +163,31 @@ class Fields:
     def objs(self, key: str) -> list[Fields]:
         """A list of objects."""
         return [Fields(v, f"{self.where}.{key}[{i}]", self.error) for i, v in enumerate(self.get(key, list))]
+
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Largest JSON file read from a checkpoint or a working tree (configs, tokenizer settings)."""
+
+
+def read_object_file(path: Path, where: str | None = None, *, error: ErrorFactory = InvalidTreeError,
+                     max_bytes: int = MAX_FILE_BYTES) -> dict[str, Any]:
+    """A JSON object from a file on disk (a checkpoint's config.json, a tree's metadata), strictly parsed.
+
+    Raises:
+        the ``error`` class (InvalidTreeError by default): missing, unreadable, too large, not
+        strict JSON, or not an object.
+    """
+    where = where or str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise error(f"{where}: missing") from None
+    except OSError as exc:
+        raise error(f"{where}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > max_bytes:
+        raise error(f"{where}: larger than {max_bytes} bytes")
+    doc = loads_strict(raw, where, error=error)
+    if not isinstance(doc, dict):
+        raise error(f"{where}: not a JSON object")
+    return doc

@@ -26,8 +26,9 @@ import numpy as np
 
 from ptmpack.compress.rtn import error_row
 from ptmpack.compress.storage import QuantizedWeight, quantization_config, write_quantized_linear
-from ptmpack.errors import InvalidTreeError, UnsupportedError, UsageError
+from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
+from ptmpack.jsonio import read_object_file
 
 GROUP_CANDIDATES = (128, 64, 32)
 
@@ -174,15 +175,7 @@ class ModelTensors:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidTreeError(f"{path}: missing") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidTreeError(f"{path}: not valid UTF-8 JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise InvalidTreeError(f"{path}: not a JSON object")
-    return doc
+    return read_object_file(path)
 
 
 def write_json(path: Path, doc: Mapping[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ptmpack.errors import InvalidTreeError, UnsupportedError
+from ptmpack.jsonio import read_object_file
 
 MODEL = "Model"
 CONFIG = "Model/config.json"
@@ -124,14 +125,7 @@ def read_json(tree: Path, rel: str) -> dict[str, Any]:
     Raises:
         InvalidTreeError: missing, unreadable or not an object.
     """
-    path = Path(tree) / rel
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidTreeError(f"{path}: cannot read JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise InvalidTreeError(f"{path}: not a JSON object")
-    return doc
+    return read_object_file(Path(tree) / rel)
 
 
 def write_json(tree: Path, rel: str, doc: Mapping[str, Any]) -> None:

@@ -7,13 +7,12 @@ matter gives the license. :mod:`ptmpack.importers.hf` finds and copies the files
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptmpack.errors import InvalidTreeError
+from ptmpack.jsonio import read_object_file
 from ptmpack.metadata.documents import (
     MAX_METADATA_BYTES,
     management_template,
@@ -67,17 +66,7 @@ class Source:
 
 def read_json(path: Path, where: str) -> dict[str, Any]:
     """A JSON object from a checkpoint file, read up to :data:`MAX_METADATA_BYTES`."""
-    with open(path, "rb") as f:
-        raw = f.read(MAX_METADATA_BYTES + 1)
-    if len(raw) > MAX_METADATA_BYTES:
-        raise InvalidTreeError(f"{where}: larger than {MAX_METADATA_BYTES} bytes")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidTreeError(f"{where}: not valid UTF-8 JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise InvalidTreeError(f"{where}: not a JSON object")
-    return doc
+    return read_object_file(path, where, max_bytes=MAX_METADATA_BYTES)
 
 
 @dataclass(frozen=True)

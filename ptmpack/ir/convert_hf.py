@@ -21,7 +21,6 @@ Sequence and batch dimensions are -1.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from ptmpack.errors import GraphError, InvalidTreeError, UnsupportedError
 from ptmpack.ir.model import Attribute, Graph, ModelStructure, OperatorNode, TensorRef, VariableNode
 from ptmpack.ir.registry import TensorType, lookup
 from ptmpack.ir.validate import GRAPH_FILE
+from ptmpack.jsonio import read_object_file
 from ptmpack.tensors.safetensors_index import index_safetensors_file
 
 PRODUCER = "ptmpack.ir.convert_hf"
@@ -366,15 +366,7 @@ def build_model(config: Mapping[str, Any], tensors: Mapping[str, TensorMeta], *,
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidTreeError(f"{path}: no config.json to build a graph from") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidTreeError(f"{path}: not valid UTF-8 JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise InvalidTreeError(f"{path}: not a JSON object")
-    return doc
+    return read_object_file(path)
 
 
 def model_from_dir(model_dir: Path, *, name: str | None = None, file_prefix: str = "Model/") -> ModelStructure:
