@@ -25,7 +25,6 @@ the literal bytes in file order. ``0`` spans take the next ``len`` literal bytes
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import os
 import shutil
 import struct
@@ -39,6 +38,7 @@ import zstandard
 from ptmpack.distribution.oci import canonical_json, load_document
 from ptmpack.errors import IntegrityError, UnsupportedError
 from ptmpack.format import spec
+from ptmpack.format.digest import range_digest
 from ptmpack.format.reader import PackageReader
 from ptmpack.format.records import ModelHeader
 
@@ -170,17 +170,7 @@ def hash_cut(path: Path, spans: list[Span], *, workers: int = 4,
 
 
 def _hash_range(fd: int, offset: int, length: int, progress: Callable[[int], None] | None) -> str:
-    h = hashlib.sha256()
-    end = offset + length
-    while offset < end:
-        block = os.pread(fd, min(HASH_BLOCK, end - offset), offset)
-        if not block:
-            raise IntegrityError(f"the package shrank while it was read (offset {offset})")
-        h.update(block)
-        offset += len(block)
-        if progress is not None:
-            progress(len(block))
-    return h.hexdigest()
+    return range_digest(fd, offset, length, progress=progress, block=HASH_BLOCK).hex()
 
 
 def encode_recipe(path: Path, cut: Cut) -> bytes:

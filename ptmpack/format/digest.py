@@ -12,23 +12,36 @@ import errno
 import hashlib
 import mmap
 import os
+from collections.abc import Callable
 
 from ptmpack.errors import IntegrityError
 
 COPY_BLOCK = 8 * 1024 * 1024
 
 
-def prefix_digest(fd: int, end: int, block: int = COPY_BLOCK) -> bytes:
-    """SHA-256 of bytes [0, end) of an open file, read with pread (what a signature covers)."""
+def range_digest(fd: int, offset: int, length: int, *, progress: Callable[[int], None] | None = None,
+                 block: int = COPY_BLOCK) -> bytes:
+    """SHA-256 of bytes [offset, offset + length) of an open file, read with pread in ``block``-sized steps.
+
+    Raises:
+        IntegrityError: the file ends before the range does (truncated, or shrank while read).
+    """
     h = hashlib.sha256()
-    pos = 0
+    pos, end = offset, offset + length
     while pos < end:
         data = os.pread(fd, min(block, end - pos), pos)
         if not data:
-            raise IntegrityError(f"file ends at {pos} before the signature block at {end} (truncated)")
+            raise IntegrityError(f"file ends at {pos}, before byte {end} it should reach (truncated)")
         h.update(data)
         pos += len(data)
+        if progress is not None:
+            progress(len(data))
     return h.digest()
+
+
+def prefix_digest(fd: int, end: int, block: int = COPY_BLOCK) -> bytes:
+    """SHA-256 of bytes [0, end) of an open file (what a signature covers)."""
+    return range_digest(fd, 0, end, block=block)
 
 
 HASH_WINDOW = 16 * 1024 * 1024
