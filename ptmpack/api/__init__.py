@@ -7,8 +7,7 @@ leaves a partial output behind.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ptmpack.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {  # verb -> module under ptmpack.api (never named like a verb: it would shadow it)
     # package container (storage engine)
@@ -31,14 +30,4 @@ _EXPORTS: dict[str, str] = {  # verb -> module under ptmpack.api (never named li
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    family = _EXPORTS.get(name)
-    if family is None:
-        raise AttributeError(f"module 'ptmpack.api' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ptmpack.api.{family}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports("ptmpack.api", _EXPORTS)  # each verb family loads when first used

@@ -8,17 +8,11 @@ stored layout is specified byte for byte in docs/CODECS.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ptmpack.lazy import lazy_exports
 
 _EXPORTS = {"MAX_RAW_LENGTH": "chunk", "choose_transform": "chunk", "decode_chunk": "chunk", "encode_chunk": "chunk",
             "Transform": "transform"}
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Load the codec (numpy, zstandard) only when it is used."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ptmpack.codecs' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"ptmpack.codecs.{module}"), name)
+__getattr__, __dir__ = lazy_exports("ptmpack.codecs", _EXPORTS)  # the codec (numpy, zstandard) loads only when used

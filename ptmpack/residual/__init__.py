@@ -8,8 +8,7 @@ delta's ``Model/residual.json`` for ``inspect``. Format: docs/RESIDUAL.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ptmpack.lazy import lazy_exports
 
 _EXPORTS = {
     "apply_residual": "apply", "DiffOptions": "diff", "diff_residual": "diff",
@@ -19,9 +18,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Load the submodule that defines ``name`` on first use (``inspect`` needs only the record)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ptmpack.residual' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"ptmpack.residual.{module}"), name)
+__getattr__, __dir__ = lazy_exports("ptmpack.residual", _EXPORTS)  # inspect needs only the record

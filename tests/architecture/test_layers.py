@@ -17,16 +17,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ptmpack"
 
-LEAVES = {"errors", "jsonio", "tensors", "crypto", "quant", "format", "codecs", "metadata", "config", "reports"}
+LEAVES = {"errors", "lazy", "jsonio", "tensors", "crypto", "quant", "format", "codecs", "metadata", "config", "reports"}
 STORAGE = LEAVES | {"storage"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "lazy": set(),
     "jsonio": {"errors"},
     "tensors": {"errors"},
     "crypto": {"errors"},
     "quant": {"errors"},
     "format": {"errors", "jsonio", "tensors"},
-    "codecs": {"errors", "format"},
+    "codecs": {"errors", "format", "lazy"},
     "metadata": {"errors", "jsonio"},
     "config": {"errors", "crypto", "format"},
     "reports": {"format"},
