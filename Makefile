@@ -8,7 +8,7 @@ PTMPACK := $(VENV)/bin/ptmpack
 STAMP := $(VENV)/.installed-dev
 DEMO := demo-out
 
-.PHONY: install demo test lint fuzz bench clean
+.PHONY: install demo test test-no-torch lint fuzz bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ demo: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The torch-optional paths in a venv that really lacks torch: numpy methods run, torch methods
+# exit 6 with the install hint. CI runs this right after `make install`, before it adds torch.
+test-no-torch: $(STAMP)
+	@if $(PY) -c 'import torch' 2>/dev/null; then echo "test-no-torch: torch is importable in $(VENV); run it in a venv without torch" >&2; exit 1; fi
+	$(PY) -m pytest -q -p no:cacheprovider tests/compress tests/ir tests/cli
 
 # ruff, and the import contract (cli → api → engines → storage → leaves; nothing points up).
 lint: $(STAMP)
