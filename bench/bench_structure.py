@@ -36,6 +36,7 @@ import common
 
 GENSIM_REQ = "gensim==4.4.0"
 CALIB = {"windows": 16}
+SMOLLM_BUDGETS = [0.8]
 OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -190,18 +191,18 @@ def section_prune_minilm(work: Path) -> dict[str, Any]:
 
 
 def section_prune_smollm(work: Path) -> dict[str, Any]:
-    """SmolLM2 FFN pruning at 80% FLOPs: perplexity on enwiki prose, structure-aware vs magnitude."""
+    """SmolLM2 FFN pruning at 80% FLOPs (``--smollm-budget``): perplexity on enwiki prose, structure-aware vs magnitude."""
     from ptmpack.compress.prune import prune
 
     calib, prose = calibration_text(), enwiki_prose()
     base = smollm_tree()
     rows = [{"method": "none", "flops_kept": 1.0, "perplexity": perplexity(base, prose, 512)}]
-    for method in ("structure", "magnitude"):
-        tree = copy_tree(base, work, f"smollm-{method}")
+    for budget, method in ((b, m) for b in SMOLLM_BUDGETS for m in ("structure", "magnitude")):
+        tree = copy_tree(base, work, f"smollm-{method}-{budget}")
         t0, c0, load0 = time.perf_counter(), _cpu_seconds(), _load()
         w = windows(tree, calib, CALIB["windows"], 256) if method == "structure" else None
-        rec = prune(tree, "ffn", 0.8, method, w)
-        rows.append({"method": method, "flops_kept": rec["flops_fraction_kept"], "ratios": rec["ratios"],
+        rec = prune(tree, "ffn", budget, method, w)
+        rows.append({"method": method, "budget": budget, "flops_kept": rec["flops_fraction_kept"], "ratios": rec["ratios"],
                      "calibration_windows": 0 if w is None else int(w.shape[0]),
                      "perplexity": perplexity(tree, prose, 512), "seconds": round(time.perf_counter() - t0, 1),
                      "cpu_seconds": round(_cpu_seconds() - c0, 1), "load_before": load0, "load_after": _load()})
@@ -287,7 +288,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['budget']:.0%} | {r['method']} | {r['flops_kept']:.3f} | {r['ratios']} | {r['cosine']:.4f} |")
         lines.append("")
     if "prune_smollm" in results:
-        lines += ["## --prune ffn on SmolLM2-135M at 80% FLOPs (perplexity, 512 enwiki tokens)", "",
+        lines += ["## --prune ffn on SmolLM2-135M (perplexity, 512 enwiki tokens)", "",
                   "| method | FLOPs kept | calibration windows x 256 | perplexity | wall s | CPU s | load |",
                   "|---|---|---|---|---|---|---|"]
         for r in results["prune_smollm"]["rows"]:
@@ -316,6 +317,7 @@ def main() -> None:
     ap.add_argument("--ptq-windows", type=int, default=PTQ["windows"], help="PTQ calibration windows of 128 tokens")
     ap.add_argument("--calib-windows", type=int, default=CALIB["windows"],
                     help="calibration windows of the structure-aware pruning sections")
+    ap.add_argument("--smollm-budget", type=float, action="append", help="FLOPs budgets of prune_smollm (default 0.8)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: on a shared, loaded machine more threads spin and run far slower)")
     args = ap.parse_args()
@@ -323,6 +325,8 @@ def main() -> None:
         PTQ_BITS[:] = args.ptq_bits
     PTQ.update(epochs=args.ptq_epochs, windows=args.ptq_windows)
     CALIB["windows"] = args.calib_windows
+    if args.smollm_budget:
+        SMOLLM_BUDGETS[:] = args.smollm_budget
     try:
         import torch
 
