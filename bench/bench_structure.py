@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common
 
 GENSIM_REQ = "gensim==4.4.0"
+CALIB = {"windows": 16}
+SMOLLM_BUDGETS = [0.8]
 OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -189,43 +191,70 @@ def section_prune_minilm(work: Path) -> dict[str, Any]:
 
 
 def section_prune_smollm(work: Path) -> dict[str, Any]:
-    """SmolLM2 FFN pruning at 80% FLOPs: perplexity on enwiki prose, structure-aware vs magnitude."""
+    """SmolLM2 FFN pruning at 80% FLOPs (``--smollm-budget``): perplexity on enwiki prose, structure-aware vs magnitude."""
     from ptmpack.compress.prune import prune
 
     calib, prose = calibration_text(), enwiki_prose()
     base = smollm_tree()
     rows = [{"method": "none", "flops_kept": 1.0, "perplexity": perplexity(base, prose, 512)}]
-    for method in ("structure", "magnitude"):
-        tree = copy_tree(base, work, f"smollm-{method}")
-        w = windows(tree, calib, 16, 256) if method == "structure" else None
-        rec = prune(tree, "ffn", 0.8, method, w)
-        rows.append({"method": method, "flops_kept": rec["flops_fraction_kept"],
-                     "perplexity": perplexity(tree, prose, 512)})
+    for budget, method in ((b, m) for b in SMOLLM_BUDGETS for m in ("structure", "magnitude")):
+        tree = copy_tree(base, work, f"smollm-{method}-{budget}")
+        t0, c0, load0 = time.perf_counter(), _cpu_seconds(), _load()
+        w = windows(tree, calib, CALIB["windows"], 256) if method == "structure" else None
+        rec = prune(tree, "ffn", budget, method, w)
+        rows.append({"method": method, "budget": budget, "flops_kept": rec["flops_fraction_kept"], "ratios": rec["ratios"],
+                     "calibration_windows": 0 if w is None else int(w.shape[0]),
+                     "perplexity": perplexity(tree, prose, 512), "seconds": round(time.perf_counter() - t0, 1),
+                     "cpu_seconds": round(_cpu_seconds() - c0, 1), "load_before": load0, "load_after": _load()})
         common.log(json.dumps(rows[-1]))
         shutil.rmtree(tree)
     return {"rows": rows}
 
 
 PTQ_BITS = [8, 4]
+PTQ = {"epochs": 10, "windows": 16}
+PTQ_STEPS = (("RTN", False, False, False, False), ("+ channel compensation", True, False, False, False),
+             ("RTN", False, False, False, True), ("+ channel compensation", True, False, False, True),
+             ("+ reconstruction step 1 (steps)", True, True, False, True),
+             ("+ reconstruction step 2 (rounding)", True, True, True, True))
+"""(label, compensate, reconstruct, rounding, per_sentence): the first two rows calibrate on packed windows
+(sentences attending across each other, positions running on), the control for the per-sentence fix."""
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _load() -> float:
+    import os
+
+    return round(os.getloadavg()[0], 2)
 
 
 def section_ptq(work: Path) -> dict[str, Any]:
-    """MiniLM W8A8 and W4A8: RTN, + channel compensation, + cascaded reconstruction (embedding cosine)."""
+    """MiniLM W8A8 and W4A8 ablation: RTN, + channel compensation, + reconstruction step 1, + step 2 (embedding cosine)."""
     from ptmpack.compress.ptq import ptq
 
     calib, sentences = calibration_text(), held_out_sentences()
     base = minilm_tree()
     ref = embeddings(base, sentences)
-    w = windows(base, calib, 16, 128)
+    w = windows(base, calib, PTQ["windows"], 128)
     rows = []
     for bits in PTQ_BITS:
-        for label, comp, recon in (("RTN", False, False), ("+ channel compensation", True, False),
-                                   ("+ cascaded reconstruction", True, True)):
-            tree = copy_tree(base, work, f"minilm-ptq-{bits}-{comp}-{recon}")
-            t0 = time.perf_counter()
-            ptq(tree, bits, 8, w, compensate=comp, reconstruct=recon, epochs=10)
-            rows.append({"scheme": f"W{bits}A8", "step": label, "cosine": mean_cosine(ref, embeddings(tree, sentences)),
-                         "seconds": round(time.perf_counter() - t0, 1)})
+        for label, comp, recon, rounding, per_sentence in PTQ_STEPS:
+            tree = copy_tree(base, work, f"minilm-ptq-{bits}-{comp}-{recon}-{rounding}-{per_sentence}")
+            t0, c0, load0 = time.perf_counter(), _cpu_seconds(), _load()
+            rec = ptq(tree, bits, 8, w, compensate=comp, reconstruct=recon, rounding=rounding, epochs=PTQ["epochs"],
+                      per_sentence=per_sentence)
+            rows.append({"scheme": f"W{bits}A8", "step": label, "calibration": rec["calibration_sequences"],
+                         "cosine": mean_cosine(ref, embeddings(tree, sentences)),
+                         "compensated_linears": sum(r["compensated"] for r in rec["quantized_layers"]),
+                         "epochs": rec["epochs"], "windows": int(w.shape[0]),
+                         "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(_cpu_seconds() - c0, 1),
+                         "load_before": load0, "load_after": _load()})
             common.log(json.dumps(rows[-1]))
             shutil.rmtree(tree)
     return {"rows": rows}
@@ -259,16 +288,23 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['budget']:.0%} | {r['method']} | {r['flops_kept']:.3f} | {r['ratios']} | {r['cosine']:.4f} |")
         lines.append("")
     if "prune_smollm" in results:
-        lines += ["## --prune ffn on SmolLM2-135M at 80% FLOPs (perplexity, 512 enwiki tokens)", "",
-                  "| method | FLOPs kept | perplexity |", "|---|---|---|"]
+        lines += ["## --prune ffn on SmolLM2-135M (perplexity, 512 enwiki tokens)", "",
+                  "| method | FLOPs kept | calibration windows x 256 | perplexity | wall s | CPU s | load |",
+                  "|---|---|---|---|---|---|---|"]
         for r in results["prune_smollm"]["rows"]:
-            lines.append(f"| {r['method']} | {r['flops_kept']:.3f} | {r['perplexity']:.2f} |")
+            lines.append(f"| {r['method']} | {r['flops_kept']:.3f} | {r.get('calibration_windows', '')} | "
+                         f"{r['perplexity']:.2f} | {r.get('seconds', '')} | {r.get('cpu_seconds', '')} | "
+                         f"{r.get('load_before', '')}-{r.get('load_after', '')} |")
         lines.append("")
     if "ptq" in results:
         lines += ["## --quant ptq on all-MiniLM-L6-v2 (embedding cosine to float32, 200 held-out lee.cor sentences)", "",
-                  "| scheme | method | mean cosine | seconds |", "|---|---|---|---|"]
+                  "| scheme | calibration | method | mean cosine | compensated linears | epochs x windows | wall s | CPU s "
+                  "| load |", "|---|---|---|---|---|---|---|---|---|"]
         for r in results["ptq"]["rows"]:
-            lines.append(f"| {r['scheme']} | {r['step']} | {r['cosine']:.4f} | {r['seconds']} |")
+            lines.append(f"| {r['scheme']} | {r.get('calibration', 'windows')} | {r['step']} | {r['cosine']:.4f} | "
+                         f"{r.get('compensated_linears', '')} | "
+                         f"{r.get('epochs', '')} x {r.get('windows', '')} | {r['seconds']} | {r.get('cpu_seconds', '')} | "
+                         f"{r.get('load_before', '')}-{r.get('load_after', '')} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -277,9 +313,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=sorted(SECTIONS), action="append")
     ap.add_argument("--ptq-bits", type=int, action="append", help="weight bits of the PTQ section (default 8 and 4)")
+    ap.add_argument("--ptq-epochs", type=int, default=PTQ["epochs"], help="reconstruction epochs (step 2: twice)")
+    ap.add_argument("--ptq-windows", type=int, default=PTQ["windows"], help="PTQ calibration windows of 128 tokens")
+    ap.add_argument("--calib-windows", type=int, default=CALIB["windows"],
+                    help="calibration windows of the structure-aware pruning sections")
+    ap.add_argument("--smollm-budget", type=float, action="append", help="FLOPs budgets of prune_smollm (default 0.8)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: on a shared, loaded machine more threads spin and run far slower)")
     args = ap.parse_args()
     if args.ptq_bits:
         PTQ_BITS[:] = args.ptq_bits
+    PTQ.update(epochs=args.ptq_epochs, windows=args.ptq_windows)
+    CALIB["windows"] = args.calib_windows
+    if args.smollm_budget:
+        SMOLLM_BUDGETS[:] = args.smollm_budget
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
     OUT.mkdir(exist_ok=True)
     previous = OUT / "structure.json"
     results: dict[str, Any] = {}

@@ -14,7 +14,8 @@ weights.
 Heads are pruned in BERT models (LLaMA's grouped KV heads are not pruned: refused); FFN neurons
 in both families. Every layer keeps at least one head and one neuron. The checkpoint's tensors
 shrink; config.json gets ``intermediate_size`` when all layers keep the same width, and for
-pruned heads ``ptmpack_layer_heads`` (each layer's count, read by ptmpack's graph builder) and
+pruned heads ``ptmpack_layer_heads`` (each layer's count, for readers of config.json; ptmpack's graph
+builder takes the counts from the tensor shapes) and
 ``pruned_heads`` (the ids transformers 4.x re-applies on load; transformers 5 dropped it, so a
 head-pruned BERT, like a checkpoint with unequal FFN widths, loads in ptmpack only).
 """
@@ -26,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.prune_graph import LAYER_HEADS
 from ptmpack.compress.struct_tree import (
     CONFIG,
     Checkpoint,
@@ -38,6 +38,8 @@ from ptmpack.compress.struct_tree import (
 )
 from ptmpack.errors import UnsupportedError, UsageError
 
+LAYER_HEADS = "ptmpack_layer_heads"
+"""config.json key listing each layer's head count after head pruning."""
 _FAMILIES = {"bert": "bert", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
 SEQ = 128
 FFN_MULTIPLE = 32
@@ -283,11 +285,6 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     from ptmpack.compress.struct_eval import compare, snapshot, step_text, step_windows
 
     spec = ctx.spec
-    if spec.prune in ("heads", "both") and spec.quant not in (None, "ptq"):
-        raise UnsupportedError(f"--prune {spec.prune} with --quant {spec.quant}: the quantization step rebuilds the "
-                               "graph with one head count for every layer, which a head-pruned model does not have",
-                               hint="prune heads and quantize in two runs only once convert_hf reads per-layer head "
-                                    "counts; --prune ffn combines with any --quant")
     text = step_text(ctx)
     windows = step_windows(tree, ctx) if spec.prune_method == "structure" else None
     before = snapshot(tree, text)

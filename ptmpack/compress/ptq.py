@@ -37,8 +37,14 @@ def activations_config(act_bits: int) -> dict[str, Any]:
 
 
 def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate: bool = True,
-        reconstruct: bool = True, epochs: int = 10, seed: int = 0, progress: Any = None) -> dict[str, Any]:
+        reconstruct: bool = True, rounding: bool = True, epochs: int = 10, per_sentence: bool = True,
+        seed: int = 0, progress: Any = None) -> dict[str, Any]:
     """Quantize ``tree``'s transformer linears to W``bits``A``act_bits`` and rewrite ``Model/``.
+
+    ``compensate``, ``reconstruct`` (step 1, steps) and ``rounding`` (step 2) switch the parts of
+    §7.3.1.2 on and off for the ablation; the CLI runs all three. ``per_sentence`` (encoders whose
+    windows are packed sentences): calibrate on each sentence alone, as the encoder sees text
+    (:func:`ptmpack.compress.ptq_torch.calibration_batches`); False keeps the packed windows.
 
     Raises:
         UsageError: unsupported bit widths.
@@ -59,8 +65,12 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
     if "quantization_config" in config or any(k.startswith("ptmpack_") for k in config):
         raise UnsupportedError("--quant ptq runs the float checkpoint in transformers, which cannot load this one "
                                "(already quantized, head-pruned or with unified norms)")
+    from ptmpack.compress.struct_eval import sentence_start_id
+
+    start = sentence_start_id(tree) if per_sentence and family == "bert" else None
     results, simulated = quantize_blocks(tree / "Model", family, windows, bits, act_bits, compensate=compensate,
-                              reconstruct=reconstruct, epochs=epochs, seed=seed, progress=progress)
+                              reconstruct=reconstruct, rounding=rounding, epochs=epochs, sentence_start=start,
+                              seed=seed, progress=progress)
     ck = Checkpoint.load(tree)
     rows = []
     for name, r in results.items():
@@ -96,7 +106,10 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
     write_json(tree, CONFIG, config)
     rebuild_graph(tree)
     return {"method": "ptq", "bits": bits, "act_bits": act_bits, "channel_compensation": compensate,
-            "cascaded_reconstruction": reconstruct, "epochs": epochs if reconstruct else 0,
+            "cascaded_reconstruction": reconstruct, "rounding_reconstruction": reconstruct and rounding,
+            "epochs": epochs if reconstruct else 0,
+            "calibration_sequences": "sentences" if start is not None and int(np.asarray(windows)[0, 0]) == start
+            else "windows",
             "format": "compressed-tensors/pack-quantized (channel) + static int activations",
             "layers_quantized": len(rows), "quantized_layers": rows,
             "mean_weight_rel_error": float(np.mean([r["weight_rel_error"] for r in rows])),

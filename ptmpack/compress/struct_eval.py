@@ -88,6 +88,24 @@ def calibration_part(text: str) -> str:
     return "\n".join(lines[:-HELD_OUT] if len(lines) > 2 * HELD_OUT else lines[: len(lines) // 2])
 
 
+def sentence_start_id(tree: Path) -> int | None:
+    """The token each sentence of an encoder's :func:`calibration_windows` begins with ([CLS]).
+
+    None for decoders and for tokenizers that add no leading special token (then the windows
+    hold plain text and cannot be split back into sentences).
+    """
+    from ptmpack.ir.runner import LoadedModel
+
+    with LoadedModel.open(tree) as lm:
+        if lm.kind != "embedding":
+            return None
+        tok = lm.tokenizer
+        tok.no_truncation()
+        tok.no_padding()
+        enc = tok.encode("a")
+    return int(enc.ids[0]) if enc.ids and enc.special_tokens_mask[0] else None
+
+
 def calibration_windows(tree: Path, text: str, *, nsamples: int = 8, seqlen: int = 128) -> np.ndarray:
     """Up to ``nsamples`` consecutive ``seqlen``-token windows ``[n, seqlen]`` of the calibration part of ``text``.
 

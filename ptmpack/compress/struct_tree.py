@@ -172,15 +172,11 @@ def base_model(tree: Path, *, name: str | None = None) -> Any:
         UnsupportedError: the converter cannot express the checkpoint.
     """
     from ptmpack.compress.fold_norm import patch_graph
-    from ptmpack.compress.prune_graph import LAYER_HEADS, pruned_heads_model
     from ptmpack.compress.ptq import patch_graph as patch_act_quant
     from ptmpack.ir.convert_hf import model_from_dir
 
     config = read_json(tree, CONFIG)
-    if LAYER_HEADS in config:
-        model = pruned_heads_model(Path(tree) / MODEL, config, name=name or Path(tree).name)
-    else:
-        model = model_from_dir(Path(tree) / MODEL, name=name or Path(tree).name)
+    model = model_from_dir(Path(tree) / MODEL, name=name or Path(tree).name)  # per-layer heads from the tensors
     names = {n for p in (Path(tree) / MODEL).glob("*.safetensors") for n in _tensor_names(p)}
     return patch_act_quant(patch_graph(model, config), names, config)
 

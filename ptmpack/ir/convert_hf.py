@@ -186,6 +186,29 @@ def _linear(b: _Builder, cfg: Mapping[str, Any], name: str, x_in: str, prefix: s
     return b.op("quantized_linear", name, inputs, bits=scheme.bits, group_size=int(group), in_features=int(cols))[0]
 
 
+def _out_features(b: _Builder, prefix: str) -> int:
+    """Rows of the linear ``prefix``: its ``weight`` or compressed-tensors ``weight_packed`` ``[out, …]``."""
+    for tail in ("weight", "weight_packed"):
+        meta = b.tensors.get(f"{prefix}.{tail}")
+        if meta is not None and len(meta.shape) == 2:
+            return int(meta.shape[0])
+    raise UnsupportedError(f"checkpoint has no 2-D {prefix}.weight, which this architecture needs")
+
+
+def _layer_heads(b: _Builder, prefix: str, head_dim: int, configured: int) -> int:
+    """Heads of one layer's projection ``prefix``, from its rows (a head-pruned layer keeps fewer).
+
+    config.json has one head count for all layers; a pruned checkpoint (``compress --prune heads``,
+    or transformers 4.x ``prune_heads``) keeps the head width and drops rows, so the tensors are the
+    truth. Raises UnsupportedError when the rows are not a positive multiple of the head width
+    or exceed the configured count.
+    """
+    rows = _out_features(b, prefix)
+    if rows % head_dim or not 0 < rows // head_dim <= configured:
+        raise UnsupportedError(f"{prefix} has {rows} output rows, not 1..{configured} heads of width {head_dim}")
+    return rows // head_dim
+
+
 def _bert(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     p = _prefix(b, "embeddings.word_embeddings.weight", ("", "bert.", "model."))
     if cfg.get("position_embedding_type", "absolute") != "absolute":
@@ -194,6 +217,7 @@ def _bert(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
         raise UnsupportedError(f"BERT hidden_act {act!r} is not supported")
     heads, eps = int(_num(cfg, "num_attention_heads")), float(_num(cfg, "layer_norm_eps", default=1e-12))
+    head_dim = int(_num(cfg, "hidden_size")) // heads
     ids = b.input("input_ids", "int64", (-1, -1))
     mask = b.input("attention_mask", "int64", (-1, -1))
     inputs = [ids, mask]
@@ -223,8 +247,9 @@ def _bert(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
             return b.op("layer_norm", op_name, {"X": x_in, "Scale": b.param(f"{w}{part}.weight"),
                                                 "Bias": b.param(f"{w}{part}.bias")}, epsilon=eps)[0]
 
+        layer_heads = _layer_heads(b, f"{w}attention.self.query", head_dim, heads)
         q, k, v = (lin(f"attention.self.{s}", x, s[0]) for s in ("query", "key", "value"))
-        a = b.op("attention", f"{n}attn", {"Q": q, "K": k, "V": v, "Mask": keep}, num_heads=heads)[0]
+        a = b.op("attention", f"{n}attn", {"Q": q, "K": k, "V": v, "Mask": keep}, num_heads=layer_heads)[0]
         o = lin("attention.output.dense", a, "attn_out")
         x = norm("attention.output.LayerNorm", b.op("add", f"{n}attn_res", {"A": o, "B": x})[0], f"{n}attn_norm")
         h = b.op("gelu", f"{n}mlp_act", {"X": lin("intermediate.dense", x, "mlp_in")}, approximate=gelu)[0]
@@ -305,11 +330,14 @@ def _llama(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
             r = b.op("rotary_embedding", f"{n}{tag}_rope", {"X": t4, "Positions": pos}, theta=theta, seq_axis=-3)[0]
             return b.op("reshape", f"{n}{tag}_packed", {"X": r}, shape=[0, 0, count * head_dim])[0]
 
+        layer_heads = _layer_heads(b, f"{w}self_attn.q_proj", head_dim, heads)
+        layer_kv = _layer_heads(b, f"{w}self_attn.k_proj", head_dim, kv)
         h = b.op("rms_norm", f"{n}attn_norm", {"X": x, "Weight": b.param(f"{w}input_layernorm.weight")}, epsilon=eps)[0]
-        q = rope(lin("self_attn.q_proj", h, "q"), heads, "q")
-        k = rope(lin("self_attn.k_proj", h, "k"), kv, "k")
+        q = rope(lin("self_attn.q_proj", h, "q"), layer_heads, "q")
+        k = rope(lin("self_attn.k_proj", h, "k"), layer_kv, "k")
         v = lin("self_attn.v_proj", h, "v")
-        a = b.op("attention", f"{n}attn", {"Q": q, "K": k, "V": v}, causal=True, num_heads=heads, num_kv_heads=kv)[0]
+        a = b.op("attention", f"{n}attn", {"Q": q, "K": k, "V": v}, causal=True, num_heads=layer_heads,
+                 num_kv_heads=layer_kv)[0]
         x = b.op("add", f"{n}attn_res", {"A": x, "B": lin("self_attn.o_proj", a, "attn_out")})[0]
         h = b.op("rms_norm", f"{n}mlp_norm", {"X": x, "Weight": b.param(f"{w}post_attention_layernorm.weight")},
                  epsilon=eps)[0]

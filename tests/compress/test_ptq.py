@@ -74,3 +74,19 @@ def test_ptq_llama_and_refusals(tmp_path: Path) -> None:
     assert rel(before, forward(tree, WINDOWS[:1])) < 0.1
     with pytest.raises(UsageError, match="act-bits"):
         ptq(tree, 8, 5, WINDOWS)
+
+
+def test_packed_encoder_windows_are_split_back_into_padded_sentences() -> None:
+    from ptmpack.compress.ptq_torch import calibration_batches
+
+    cls = 101
+    stream = np.array([cls, 5, 6, 102, cls, 7, 102, cls, 8, 9, 10, 11, 102, cls, 12, 102, cls, 13], np.int64)
+    windows = stream[:16].reshape(2, 8)
+    batches = calibration_batches(windows, cls, tokens=6)
+    sentences = [ids[valid] for ids, valid in batches for ids, valid in zip(ids, valid, strict=True)]
+    assert [s.tolist() for s in sentences] == [[cls, 5, 6, 102], [cls, 7, 102], [cls, 8, 9, 10, 11, 102], [cls, 12, 102]]
+    assert all(ids.shape == valid.shape and (ids[~valid] == 0).all() for ids, valid in batches)
+    assert [ids.shape[0] for ids, _ in batches] == [2, 1, 1]  # about 6 real tokens per batch
+    plain = calibration_batches(windows, None)  # decoders, or windows that are not packed sentences
+    assert len(plain) == 2 and all(v.all() for _, v in plain)
+    assert len(calibration_batches(windows[:, 1:], cls)) == 2  # not starting with the start token: not split

@@ -119,15 +119,6 @@ def test_ptq_through_the_cli_runs_and_evaluates(tmp_path: Path) -> None:
     assert emb.code == 0, emb.err
 
 
-def test_head_pruning_with_weight_quantization_is_refused(tmp_path: Path) -> None:
-    cfg, t = bert_tensors(layers=1)
-    tree = make_tree(tmp_path, cfg, t)
-    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--prune", "heads", "--flops-budget", "0.8",
-              "--prune-method", "magnitude", "--quant", "rtn", "--bits", "8")
-    assert_clean_error(run, 6)
-    assert "per-layer head" in run.err or "head count" in run.err
-
-
 def test_unified_norm_with_weight_quantization_is_refused(tmp_path: Path) -> None:
     cfg, t = llama_tensors(layers=1)
     tree = make_tree(tmp_path, cfg, t)
@@ -135,3 +126,50 @@ def test_unified_norm_with_weight_quantization_is_refused(tmp_path: Path) -> Non
               "--quant", "rtn", "--bits", "8", "--group-size", "32")
     assert_clean_error(run, 6)
     assert "on-line norms" in run.err
+
+
+def _tensors_of(ptm: Path) -> dict[str, np.ndarray]:
+    from ptmpack.storage.package import open_package
+
+    with open_package(ptm) as pkg:
+        return {name: np.array(t) for name, t in pkg.iter_tensors()}
+
+
+def _attention_heads(ptm: Path) -> list[int]:
+    from ptmpack.ir.runner import LoadedModel
+
+    with LoadedModel.open(ptm) as lm:
+        ops = lm.model.main_graph.operators
+    return [int(o.attributes["num_heads"].value) for o in ops if o.type == "attention"]
+
+
+@pytest.mark.parametrize("quant", [("rtn", "--bits", "8"),
+                                   ("gptq", "--bits", "4", "--group-size", "8", "--nsamples", "4", "--seqlen", "16",
+                                    "--calib")])
+def test_head_pruning_then_quantization_in_one_run_equals_two_runs(tmp_path: Path, quant: tuple[str, ...]) -> None:
+    """--prune heads + --quant rtn|gptq: convert_hf reads each layer's head count from the pruned tensors."""
+    cfg, t = bert_tensors()
+    tree = make_tree(tmp_path, cfg, t)
+    prune_args = ("--prune", "heads", "--flops-budget", "0.7", "--prune-method", "magnitude")
+    quant_args = ("--quant", *quant, *([str(_text(tmp_path))] if quant[-1] == "--calib" else []))
+    both = cli("compress", tree, "-o", tmp_path / "both.ptm", *prune_args, *quant_args, "--json")
+    assert both.code == 0, both.err
+    assert [s["method"] for s in both.json()["steps"]] == ["prune_magnitude", quant[0]]
+    first = cli("compress", tree, "-o", tmp_path / "pruned.ptm", *prune_args)
+    assert first.code == 0, first.err
+    second = cli("compress", tmp_path / "pruned.ptm", "-o", tmp_path / "steps.ptm", *quant_args)
+    assert second.code == 0, second.err
+    one, two = _tensors_of(tmp_path / "both.ptm"), _tensors_of(tmp_path / "steps.ptm")
+    assert set(one) == set(two) and any(k.endswith("weight_packed") for k in one)
+    for k in one:
+        assert np.array_equal(one[k], two[k]), k
+    heads = _attention_heads(tmp_path / "both.ptm")
+    assert heads == _attention_heads(tmp_path / "pruned.ptm") and len(heads) == 2 and min(heads) < 4
+    for i, h in enumerate(heads):
+        assert one[f"encoder.layer.{i}.attention.self.query.weight_packed"].shape[0] == 8 * h
+    ids = "2,3,4,5,6"
+    runs = [cli("run", tmp_path / f"{n}.ptm", "--tokens", ids, "--json") for n in ("both", "steps", "pruned")]
+    assert all(r.code == 0 for r in runs), [r.err for r in runs]
+    one, two, fp = (np.asarray(r.json()["embedding"], np.float64) for r in runs)
+    assert np.array_equal(one, two)
+    assert 0 < np.linalg.norm(one - fp) / np.linalg.norm(fp) < 0.2  # quantized pruned model, not the model itself
