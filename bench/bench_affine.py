@@ -20,6 +20,15 @@ same quantizer (``transform="identity"``, no clipping, no training is RTN); GPTQ
     PYTHONPATH=. python bench/bench_affine.py --bits 4 3 --nsamples 16 --epochs 5
 
 Writes ``bench/out/affine.md`` and ``bench/out/affine.json`` (``--name``) after every result.
+
+``--e2e`` instead runs the real CLI as a user would, in subprocesses: ``ptmpack compress --quant
+affine --bits 4 --group-size 64 --calib <first half of lee_background.cor>`` with the method's
+defaults (no ``--nsamples``/``--epochs``), the same with ``--quant rtn``, then ``ptmpack eval
+--perplexity TEXT --max-tokens N`` of the float tree and both packages on the three texts; wall
+and CPU time (user + sys of the child) and the load average are recorded per command
+(``bench/out/affine-e2e.{md,json}``)::
+
+    flock /work/team/cpu.lock env PYTHONPATH=. python bench/bench_affine.py --e2e --eval-tokens 2048
 """
 
 from __future__ import annotations
@@ -168,6 +177,66 @@ class Report:
                                                     default=str), encoding="utf-8")
 
 
+def _cli(*argv: object) -> tuple[dict, dict]:
+    """Run ``ptmpack ARGV --json`` in a subprocess: (its JSON report, wall/CPU seconds and load average)."""
+    import os
+
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", "from ptmpack.cli import main; main()", *map(str, argv), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"ptmpack {argv} exited {proc.returncode}: {err.decode(errors='replace')[-800:]}")
+    return json.loads(out), {"wall_s": round(wall, 1), "load_before": [round(x, 2) for x in load],
+                             "load_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def e2e(args: argparse.Namespace, tree: Path, calib_file: Path, eval_files: dict[str, Path]) -> None:
+    """The real CLI, as a user runs it: compress (affine with its defaults, and rtn) and eval (module doc)."""
+    import resource
+
+    work = CACHE / "affine-e2e"
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict = {"args": vars(args), "commands": [], "ppl": {}, "machine": machine_info()}
+    out_md, out_json = OUT / "affine-e2e.md", OUT / "affine-e2e.json"
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    def timed(label: str, *argv: object) -> dict:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        doc, t = _cli(*argv)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t["cpu_s"] = round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 1)
+        t["peak_rss_mb"] = round(r1.ru_maxrss / 1024)  # the largest child so far (RUSAGE_CHILDREN keeps the max)
+        result["commands"].append({"label": label, "argv": ["ptmpack", *map(str, argv)], **t})
+        log(f"{label}: {t}")
+        out_json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+        return doc
+
+    packages = {"FP (float32)": tree}
+    for method in ("affine", "rtn"):
+        target = work / f"smollm2-{method}-w4g64.ptm"
+        doc = timed(f"compress {method}", "compress", tree, "-o", target, "--quant", method, "--bits", 4,
+                    "--group-size", 64, "--calib", calib_file, "--force")
+        result[f"step_{method}"] = doc["steps"][-1] if isinstance(doc, dict) and doc.get("steps") else doc
+        result[f"size_{method}"] = target.stat().st_size
+        packages[f"{method} W4 g64"] = target
+    for label, package in packages.items():
+        for name, text in eval_files.items():
+            doc = timed(f"eval {label} {name}", "eval", package, "--perplexity", text, "--max-tokens", args.eval_tokens)
+            result["ppl"].setdefault(label, {})[name] = doc["perplexity"]
+    lines = ["# ptmpack compress --quant affine end to end (SmolLM2-135M-Instruct, W4 g64)", "",
+             "| command | wall (s) | CPU (s) | load before | load after |", "|---|---:|---:|---|---|"]
+    lines += [f"| {c['label']} | {c['wall_s']} | {c['cpu_s']} | {c['load_before']} | {c['load_after']} |"
+              for c in result["commands"]]
+    names = list(eval_files)
+    lines += ["", "| package | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(f"{ppl[n]:.2f}" for n in names) + " |" for label, ppl in result["ppl"].items()]
+    out_md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out_json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
@@ -182,6 +251,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["fp", "rtn", "affine", "gptq"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="affine", help="output stem under bench/out/")
+    ap.add_argument("--e2e", action="store_true", help="run the real CLI end to end instead (module doc)")
     args = ap.parse_args()
 
     import torch
@@ -201,6 +271,9 @@ def main() -> None:
     for name in ("lee-unseen", "enwiki", "technical"):  # 8 characters per token is more than enough
         (scratch / f"{name}.txt").write_text(corpus[name][:8 * args.eval_tokens], encoding="utf-8")
         eval_ids[name] = np.asarray(tokenize_file(tree, scratch / f"{name}.txt")[0][:args.eval_tokens])
+    if args.e2e:
+        e2e(args, tree, calib_file, {name: scratch / f"{name}.txt" for name in eval_ids})
+        return
     ids, _ = tokenize_file(tree, calib_file)
     windows, _ = windows_of(ids, args.nsamples, args.seqlen, None)
     report = Report(args, list(eval_ids))
