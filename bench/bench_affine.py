@@ -226,6 +226,26 @@ def e2e(args: argparse.Namespace, tree: Path, calib_file: Path, eval_files: dict
         for name, text in eval_files.items():
             doc = timed(f"eval {label} {name}", "eval", package, "--perplexity", text, "--max-tokens", args.eval_tokens)
             result["ppl"].setdefault(label, {})[name] = doc["perplexity"]
+    # interoperability: the affine package dequantized (transforms folded) is a plain LLaMA for transformers
+    import torch
+    import transformers
+
+    from ptmpack.compress.calibration import tokenize_file
+
+    plain = work / "smollm2-affine-w4g64-dequantized"
+    timed("unpack --dequantize affine", "unpack", packages["affine W4 g64"], "-o", plain, "--dequantize", "--force")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(plain / "Model"), dtype=torch.float32).eval()
+    label = "affine W4 g64, unpack --dequantize, transformers"
+    for name, text in eval_files.items():
+        ids = torch.as_tensor(np.asarray(tokenize_file(tree, text)[0][:args.eval_tokens]), dtype=torch.int64)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for begin in range(0, len(ids) - 1, WINDOW - 1):
+                chunk = ids[begin:begin + WINDOW][None]
+                loss = hf(chunk, labels=chunk).loss.item()
+                total, count = total + loss * (chunk.shape[1] - 1), count + chunk.shape[1] - 1
+        result["ppl"].setdefault(label, {})[name] = float(np.exp(total / count))
+    shutil.rmtree(plain, ignore_errors=True)
     lines = ["# ptmpack compress --quant affine end to end (SmolLM2-135M-Instruct, W4 g64)", "",
              "| command | wall (s) | CPU (s) | load before | load after |", "|---|---:|---:|---|---|"]
     lines += [f"| {c['label']} | {c['wall_s']} | {c['cpu_s']} | {c['load_before']} | {c['load_after']} |"
