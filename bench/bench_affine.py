@@ -20,6 +20,15 @@ same quantizer (``transform="identity"``, no clipping, no training is RTN); GPTQ
     PYTHONPATH=. python bench/bench_affine.py --bits 4 3 --nsamples 16 --epochs 5
 
 Writes ``bench/out/affine.md`` and ``bench/out/affine.json`` (``--name``) after every result.
+
+``--e2e`` instead runs the real CLI as a user would, in subprocesses: ``ptmpack compress --quant
+affine --bits 4 --group-size 64 --calib <first half of lee_background.cor>`` with the method's
+defaults (no ``--nsamples``/``--epochs``), the same with ``--quant rtn``, then ``ptmpack eval
+--perplexity TEXT --max-tokens N`` of the float tree and both packages on the three texts; wall
+and CPU time (user + sys of the child) and the load average are recorded per command
+(``bench/out/affine-e2e.{md,json}``)::
+
+    flock /work/team/cpu.lock env PYTHONPATH=. python bench/bench_affine.py --e2e --eval-tokens 2048
 """
 
 from __future__ import annotations
@@ -168,6 +177,150 @@ class Report:
                                                     default=str), encoding="utf-8")
 
 
+def _cli(*argv: object) -> tuple[dict, dict]:
+    """Run ``ptmpack ARGV --json`` in a subprocess: (its JSON report, wall/CPU seconds and load average)."""
+    import os
+
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", "from ptmpack.cli import main; main()", *map(str, argv), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"ptmpack {argv} exited {proc.returncode}: {err.decode(errors='replace')[-800:]}")
+    return json.loads(out), {"wall_s": round(wall, 1), "load_before": [round(x, 2) for x in load],
+                             "load_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def e2e(args: argparse.Namespace, tree: Path, calib_file: Path, eval_files: dict[str, Path]) -> None:
+    """The real CLI, as a user runs it: compress (affine with its defaults, and rtn) and eval (module doc)."""
+    import resource
+
+    work = CACHE / "affine-e2e"
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict = {"args": vars(args), "commands": [], "ppl": {}, "machine": machine_info()}
+    out_md, out_json = OUT / "affine-e2e.md", OUT / "affine-e2e.json"
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    def timed(label: str, *argv: object) -> dict:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        doc, t = _cli(*argv)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t["cpu_s"] = round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 1)
+        t["peak_rss_mb"] = round(r1.ru_maxrss / 1024)  # the largest child so far (RUSAGE_CHILDREN keeps the max)
+        result["commands"].append({"label": label, "argv": ["ptmpack", *map(str, argv)], **t})
+        log(f"{label}: {t}")
+        out_json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+        return doc
+
+    packages = {"FP (float32)": tree}
+    for method in ("affine", "rtn"):
+        target = work / f"smollm2-{method}-w4g64.ptm"
+        doc = timed(f"compress {method}", "compress", tree, "-o", target, "--quant", method, "--bits", 4,
+                    "--group-size", 64, "--calib", calib_file, "--force")
+        result[f"step_{method}"] = doc["steps"][-1] if isinstance(doc, dict) and doc.get("steps") else doc
+        result[f"size_{method}"] = target.stat().st_size
+        packages[f"{method} W4 g64"] = target
+    for label, package in packages.items():
+        for name, text in eval_files.items():
+            doc = timed(f"eval {label} {name}", "eval", package, "--perplexity", text, "--max-tokens", args.eval_tokens)
+            result["ppl"].setdefault(label, {})[name] = doc["perplexity"]
+    # interoperability: the affine package dequantized (transforms folded) is a plain LLaMA for transformers
+    plain = work / "smollm2-affine-w4g64-dequantized"
+    timed("unpack --dequantize affine", "unpack", packages["affine W4 g64"], "-o", plain, "--dequantize", "--force")
+    label = "affine W4 g64, unpack --dequantize, transformers (512-token windows)"
+    result["ppl"][label] = hf_perplexities(plain / "Model", tree, eval_files, args.eval_tokens, WINDOW)
+    shutil.rmtree(plain, ignore_errors=True)
+    lines = ["# ptmpack compress --quant affine end to end (SmolLM2-135M-Instruct, W4 g64)", "",
+             "| command | wall (s) | CPU (s) | load before | load after |", "|---|---:|---:|---|---|"]
+    lines += [f"| {c['label']} | {c['wall_s']} | {c['cpu_s']} | {c['load_before']} | {c['load_after']} |"
+              for c in result["commands"]]
+    names = list(eval_files)
+    lines += ["", "| package | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(f"{ppl[n]:.2f}" for n in names) + " |" for label, ppl in result["ppl"].items()]
+    out_md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out_json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+
+
+def hf_perplexities(model_dir: Path, tree: Path, eval_files: dict[str, Path], max_tokens: int,
+                    window: int) -> dict[str, float]:
+    """transformers' perplexity of ``model_dir`` on each text: its first ``max_tokens`` tokens (the package's
+    tokenizer, no special tokens) in ``window``-token windows sharing one token, as ``ptmpack eval`` scores."""
+    import torch
+    import transformers
+
+    from ptmpack.compress.calibration import tokenize_file
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    out = {}
+    for name, text in eval_files.items():
+        ids = torch.as_tensor(np.asarray(tokenize_file(tree, text)[0][:max_tokens]), dtype=torch.int64)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for begin in range(0, len(ids) - 1, window - 1):
+                chunk = ids[begin:begin + window][None]
+                n = chunk.shape[1] - 1
+                total, count = total + hf(chunk, labels=chunk).loss.item() * n, count + n
+        out[name] = float(np.exp(total / count))
+    return out
+
+
+def e2e_compare(args: argparse.Namespace, tree: Path, calib_file: Path, eval_files: dict[str, Path]) -> None:
+    """After ``--e2e``: GPTQ through the CLI with its defaults, then every package (FP, RTN, GPTQ, AffineQuant,
+    W4 g64) scored the same two ways: ``ptmpack eval`` (its default 1024-token windows) and transformers on the
+    ``unpack --dequantize`` checkpoint at 1024- and 512-token windows (``bench/out/affine-e2e-compare.*``)."""
+    import os
+    import resource
+
+    work = CACHE / "affine-e2e"
+    result: dict = {"args": vars(args), "commands": [], "ppl": {}, "machine": machine_info()}
+    out_json = OUT / "affine-e2e-compare.json"
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    def timed(label: str, *argv: object) -> dict:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        doc, t = _cli(*argv)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t["cpu_s"] = round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 1)
+        result["commands"].append({"label": label, "argv": ["ptmpack", *map(str, argv)], **t})
+        log(f"{label}: {t}")
+        out_json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+        return doc
+
+    gptq = work / "smollm2-gptq-w4g64.ptm"
+    doc = timed("compress gptq", "compress", tree, "-o", gptq, "--quant", "gptq", "--bits", 4, "--group-size", 64,
+                "--calib", calib_file, "--force")
+    result["step_gptq"] = {k: v for k, v in doc["steps"][-1].items() if k != "layers"}
+    packages = {"FP (float32)": tree, **{f"{m} W4 g64": work / f"smollm2-{m}-w4g64.ptm" for m in ("rtn", "gptq", "affine")}}
+    for label, package in packages.items():
+        ptm = {}
+        for name, text in eval_files.items():
+            ptm[name] = timed(f"eval {label} {name}", "eval", package, "--perplexity", text, "--max-tokens",
+                              args.eval_tokens)["perplexity"]
+        result["ppl"][f"{label}: ptmpack eval (1024)"] = ptm
+        if package.is_dir():
+            model_dir = package / "Model"
+        else:
+            plain = work / f"{package.stem}-dequantized"
+            timed(f"unpack --dequantize {label}", "unpack", package, "-o", plain, "--dequantize", "--force")
+            model_dir = plain / "Model"
+        for window in (1024, WINDOW):
+            result["ppl"][f"{label}: transformers, dequantized ({window})"] = hf_perplexities(
+                model_dir, tree, eval_files, args.eval_tokens, window)
+            log(f"{label} transformers {window}: {result['ppl'][f'{label}: transformers, dequantized ({window})']}")
+        if not package.is_dir():
+            shutil.rmtree(model_dir.parent, ignore_errors=True)
+        out_json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    result["sizes"] = {label: p.stat().st_size for label, p in packages.items() if p.is_file()}
+    result["load_end"] = os.getloadavg()
+    names = list(eval_files)
+    lines = ["| scored by | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {k} | " + " | ".join(f"{v[n]:.2f}" for n in names) + " |" for k, v in result["ppl"].items()]
+    (OUT / "affine-e2e-compare.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out_json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
@@ -182,6 +335,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["fp", "rtn", "affine", "gptq"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="affine", help="output stem under bench/out/")
+    ap.add_argument("--e2e", action="store_true", help="run the real CLI end to end instead (module doc)")
+    ap.add_argument("--e2e-compare", action="store_true", help="after --e2e: add GPTQ, score every package both ways")
     args = ap.parse_args()
 
     import torch
@@ -201,6 +356,10 @@ def main() -> None:
     for name in ("lee-unseen", "enwiki", "technical"):  # 8 characters per token is more than enough
         (scratch / f"{name}.txt").write_text(corpus[name][:8 * args.eval_tokens], encoding="utf-8")
         eval_ids[name] = np.asarray(tokenize_file(tree, scratch / f"{name}.txt")[0][:args.eval_tokens])
+    if args.e2e or args.e2e_compare:
+        run = e2e if args.e2e else e2e_compare
+        run(args, tree, calib_file, {name: scratch / f"{name}.txt" for name in eval_ids})
+        return
     ids, _ = tokenize_file(tree, calib_file)
     windows, _ = windows_of(ids, args.nsamples, args.seqlen, None)
     report = Report(args, list(eval_ids))

@@ -49,10 +49,10 @@ def _layer_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--sym/--asym", "symmetric", default=False, show_default=True, help="Symmetric or asymmetric (zero point).")
 @click.option("--act-order", is_flag=True, help="GPTQ: visit columns by decreasing Hessian diagonal (static groups).")
 @click.option("--calib", type=click.Path(path_type=Path, dir_okay=False), help="Calibration text file.")
-@click.option("--nsamples", type=int, default=32, show_default=True, help="Calibration windows.")
-@click.option("--seqlen", type=int, default=512, show_default=True, help="Tokens per calibration window.")
+@click.option("--nsamples", type=int, help=f"Calibration windows ({CompressSpec.defaults_help('nsamples')}).")
+@click.option("--seqlen", type=int, help=f"Tokens per calibration window ({CompressSpec.defaults_help('seqlen')}).")
 @click.option("--calib-seed", type=int, help="Draw windows at random with this seed (default: the first N windows).")
-@click.option("--epochs", type=int, default=10, show_default=True, help="Reconstruction epochs (affine, ptq).")
+@click.option("--epochs", type=int, help=f"Reconstruction epochs, affine and ptq ({CompressSpec.defaults_help('epochs')}).")
 @click.option("--fold-norm", type=click.Choice(["affine", "unified"]), help="Fold normalization layers.")
 @click.option("--prune", type=click.Choice(["heads", "ffn", "both"]), help="Structured pruning target.")
 @click.option("--flops-budget", type=float, help="Fraction of the original FLOPs to keep (with --prune).")
@@ -69,8 +69,8 @@ def _layer_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def compress_cmd(source: Path, output: Path, quant: str | None, bits: str, act_bits: int | None,
-                 group_size: int | None, symmetric: bool, act_order: bool, calib: Path | None, nsamples: int,
-                 seqlen: int, calib_seed: int | None, epochs: int, fold_norm: str | None, prune: str | None,
+                 group_size: int | None, symmetric: bool, act_order: bool, calib: Path | None, nsamples: int | None,
+                 seqlen: int | None, calib_seed: int | None, epochs: int | None, fold_norm: str | None, prune: str | None,
                  flops_budget: float | None, prune_method: str, merge_lora: Path | None, merge_adapter: bool,
                  device: str, codec: str, chunk_size: str, in_passphrase_file: Path | None, in_key_file: Path | None,
                  identity: Path | None, force: bool, as_json: bool, **protection: Any) -> None:

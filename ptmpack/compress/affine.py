@@ -152,6 +152,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         "affine": {"epochs": opts.epochs, "alpha": opts.alpha, "lr": opts.lr, "lwc_lr": opts.lwc_lr,
                    "batch_size": opts.batch_size, "transform": opts.transform, "shift": opts.shift,
                    "device": opts.device, "dominance": result.violations(), "unmerged_transforms": unmerged,
+                   "method_defaults": {name: getattr(spec, name) for name in spec.defaulted},
                    "merged": ["norm weights (diagonal parts)", "v_proj/o_proj (value→output, per kv head)",
                               "projection biases (shifts)"]},
         "layers": result.rows(),

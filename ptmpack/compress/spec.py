@@ -7,7 +7,7 @@ that cannot be run before any work starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ptmpack.errors import UsageError
@@ -20,6 +20,37 @@ FOLD_NORMS = ("affine", "unified")
 PRUNE_TARGETS = ("heads", "ffn", "both")
 PRUNE_METHODS = ("structure", "magnitude")
 DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """Calibration size and reconstruction epochs a method runs with when the user gives none."""
+
+    nsamples: int
+    seqlen: int
+    epochs: int
+
+
+DEFAULT_RUN = RunDefaults(nsamples=32, seqlen=512, epochs=10)
+"""rtn, gptq, ptq and the structure steps: 32 windows of 512 tokens, 10 epochs (ptq)."""
+METHOD_RUN_DEFAULTS: dict[str, RunDefaults] = {"affine": RunDefaults(nsamples=32, seqlen=512, epochs=5)}
+"""Methods whose defaults differ. AffineQuant trains every block ``nsamples / 4 x epochs`` steps; one
+4x512-token step of a SmolLM2-135M block took about 0.5 s on the 2 cores with little else running
+(3.5 s for the 6 steps of a block at 8x512, 3 epochs), so 32x512 (the same windows GPTQ takes) with 5
+epochs, 1200 steps for 30 blocks, is about 10 min of training plus quality checks and packing: inside
+the 30-minute budget with room for a shared machine. 10 epochs would double the training time."""
+
+
+def run_defaults(quant: str | None) -> RunDefaults:
+    """The calibration size and epochs ``quant`` uses when ``--nsamples``/``--seqlen``/``--epochs`` are not given."""
+    return METHOD_RUN_DEFAULTS.get(quant or "", DEFAULT_RUN)
+
+
+def defaults_help(what: str) -> str:
+    """``--help`` text naming each method's default for ``what`` (``nsamples``, ``seqlen`` or ``epochs``)."""
+    common = getattr(DEFAULT_RUN, what)
+    special = [f"{getattr(d, what)} for {m}" for m, d in METHOD_RUN_DEFAULTS.items() if getattr(d, what) != common]
+    return f"default: {', '.join(special)}, {common} otherwise" if special else f"default: {common}"
 
 
 @dataclass(frozen=True)
@@ -38,12 +69,14 @@ class CompressSpec:
     symmetric: bool = False
     calib: Path | None = None
     """Calibration text file, tokenized with the package's own tokenizer."""
-    nsamples: int = 32
-    seqlen: int = 512
+    nsamples: int | None = None
+    """Calibration windows; None: the method's default (:func:`run_defaults`), filled in at construction."""
+    seqlen: int | None = None
+    """Tokens per calibration window; None: the method's default."""
     calib_seed: int | None = None
     """None: the first ``nsamples`` consecutive windows; an int: windows drawn at random with this seed."""
-    epochs: int = 10
-    """Reconstruction epochs (affine, ptq)."""
+    epochs: int | None = None
+    """Reconstruction epochs (affine, ptq); None: the method's default."""
     device: str = "cpu"
     fold_norm: str | None = None
     prune: str | None = None
@@ -55,6 +88,22 @@ class CompressSpec:
     merge_adapter: bool = False
     act_order: bool = False
     """GPTQ: quantize columns in order of decreasing Hessian diagonal (static groups, so groups stay contiguous)."""
+    defaulted: tuple[str, ...] = field(default=(), init=False, compare=False)
+    """Which of ``nsamples``, ``seqlen``, ``epochs`` took the method's default (recorded in the step record)."""
+
+    def __post_init__(self) -> None:
+        """Resolve unset ``nsamples``/``seqlen``/``epochs`` to the method's defaults, here and only here,
+        so every step reads plain integers."""
+        chosen = run_defaults(self.quant)
+        unset = tuple(name for name in ("nsamples", "seqlen", "epochs") if getattr(self, name) is None)
+        for name in unset:
+            object.__setattr__(self, name, getattr(chosen, name))
+        object.__setattr__(self, "defaulted", unset)
+
+    @staticmethod
+    def defaults_help(what: str) -> str:
+        """``--help`` text naming each method's default for ``what`` (``nsamples``, ``seqlen`` or ``epochs``)."""
+        return defaults_help(what)
 
     def check(self) -> CompressSpec:
         """Return self when the settings are consistent.
@@ -71,6 +120,7 @@ class CompressSpec:
             raise UsageError("--act-bits takes 4, 8 or 16 and goes with --quant ptq only")
         if self.group_size is not None and (isinstance(self.group_size, bool) or self.group_size < 0):
             raise UsageError(f"--group-size must be a positive integer (or 0: per channel), got {self.group_size!r}")
+        assert self.nsamples is not None and self.seqlen is not None and self.epochs is not None  # __post_init__
         if self.nsamples < 1 or self.seqlen < 2:
             raise UsageError("--nsamples must be at least 1 and --seqlen at least 2")
         if self.epochs < 0:

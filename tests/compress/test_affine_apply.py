@@ -121,10 +121,12 @@ def test_compress_pipeline_packs_an_affine_package_that_ptmpack_runs(tmp_path):
     tree = tiny_tree(tmp_path)
     calib = tmp_path / "calib.txt"
     calib.write_text(sample_text(3000, seed=2), encoding="utf-8")
-    spec = CompressSpec(quant="affine", bits=4, group_size=32, calib=calib, nsamples=4, seqlen=32, epochs=1)
+    spec = CompressSpec(quant="affine", bits=4, group_size=32, calib=calib, nsamples=4, seqlen=32)
     report = compress(tree, tmp_path / "out.ptm", spec, PackConfig())
     (step,) = report.steps
     assert step["method"] == "affine" and step["calibration"]["tokens"] == 128
+    default_epochs = CompressSpec(quant="affine").epochs
+    assert step["affine"]["epochs"] == default_epochs and step["affine"]["method_defaults"] == {"epochs": default_epochs}
     with LoadedModel.open(tmp_path / "out.ptm") as lm:
         result = perplexity(lm, sample_text(200, seed=9), window=64)
     assert np.isfinite(result.perplexity)
