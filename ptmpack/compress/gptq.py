@@ -31,7 +31,7 @@ from ptmpack.compress.storage import QuantizedWeight
 _SLOTS = {"linear": ("X", "W"), "matmul": ("A", "B")}
 _KEEP_HESSIANS = 2
 SEQUENTIAL_MODES = ("layer", "linear")
-SEQUENTIAL = "linear"
+SEQUENTIAL = "layer"
 """The order :func:`apply` uses unless the spec names one (``gptq_sequential``); see :func:`calibrate_and_quantize`."""
 
 
