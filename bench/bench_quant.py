@@ -243,18 +243,19 @@ def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) ->
              "order=linear"),
             ("GPTQ W3 g64 linear order", "--quant", "gptq", "--bits", 3, "--group-size", 64, "--act-order",
              "order=linear")]
-    only = os.environ.get("PTMPACK_BENCH_ONLY")
-    if only:  # comma-separated row names: rerun just these (their old results are dropped)
-        plan = [row for row in plan if row[0] in only.split(",")]
-        for name, *_ in plan:
-            rows.pop(name, None)
     try:
         import ptmpack.compress.affine  # noqa: F401
 
         plan += [("AffineQuant W4 g64", "--quant", "affine", "--bits", 4, "--group-size", 64),
                  ("AffineQuant W3 g64", "--quant", "affine", "--bits", 3, "--group-size", 64)]
+        results.pop("affine", None)
     except ImportError:
         results["affine"] = "ptmpack.compress.affine is not in this tree: no AffineQuant rows"
+    only = os.environ.get("PTMPACK_BENCH_ONLY")
+    if only:  # comma-separated row names: rerun just these (their old results are dropped)
+        plan = [row for row in plan if row[0] in only.split(",")]
+        for name, *_ in plan:
+            rows.pop(name, None)
     lee = {"lee_unseen": windows["lee_unseen"]}
     sym = [("RTN W4 g64 sym", "--quant", "rtn", "--bits", 4, "--group-size", 64, "--sym"),
            ("GPTQ W4 g64 sym", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--sym", "--act-order")]
