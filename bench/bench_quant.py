@@ -61,13 +61,36 @@ GENSIM_DOCS = ("gensim/models/word2vec.py", "gensim/models/fasttext.py", "gensim
                "gensim/models/ldamodel.py", "gensim/models/doc2vec.py")
 
 
-def cli(*args: object) -> tuple[str, float]:
-    """Run ``python -m ptmpack.cli`` with the worktree first on the path; return stdout and wall seconds."""
+CPU_SECONDS: dict[str, float] = {}
+"""User+system CPU seconds and peak RSS (kB) of the last CLI child per output path (filled by :func:`cli`)."""
+
+
+def cli(*args: object, order: str | None = None) -> tuple[str, float]:
+    """Run ``python -m ptmpack.cli`` with the worktree first on the path; return stdout and wall seconds.
+
+    The child runs under ``/usr/bin/time``: its CPU seconds land in :data:`CPU_SECONDS` under the
+    ``-o`` argument (when there is one).
+
+    ``order``: GPTQ's calibration order inside a layer (``ptmpack.compress.gptq.SEQUENTIAL``), set in the
+    child before the CLI runs (the CLI has no option for it yet).
+    """
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ptmpack.cli", *map(str, args)], capture_output=True, text=True,
+    head = [sys.executable, "-m", "ptmpack.cli"] if order is None else [
+        sys.executable, "-c", "import sys, ptmpack.compress.gptq as g; g.SEQUENTIAL = sys.argv.pop(1); "
+        "from ptmpack.cli import main; main()", order]
+    strs = [str(a) for a in args]
+    key = strs[strs.index("-o") + 1] if "-o" in strs[:-1] else None
+    timing = Path(f"{key}.time") if key else None
+    if timing is not None and Path("/usr/bin/time").exists():
+        head = ["/usr/bin/time", "-f", "%U %S %M", "-o", str(timing), *head]
+    proc = subprocess.run([*head, *strs], capture_output=True, text=True,
                           env={**os.environ, **THREADS, "PYTHONPATH": str(ROOT)}, check=False)
     if proc.returncode:
-        raise RuntimeError(f"ptmpack {' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"ptmpack {' '.join(strs)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    if timing is not None and timing.is_file():
+        user, system, rss = timing.read_text().split()[-3:]
+        CPU_SECONDS[key] = float(user) + float(system)
+        CPU_SECONDS[f"{key}:rss_kb"] = float(rss)
     return proc.stdout, time.perf_counter() - t0
 
 
@@ -171,17 +194,23 @@ def transformers_perplexity(model_dir: Path, windows: list[list[int]]) -> float:
 
 
 def compress_row(name: str, fp: Path, files: dict[str, Path], windows: dict[str, Any], *args: object) -> dict:
-    """Compress with the CLI, then evaluate in a child process (rows run in parallel threads)."""
+    """Compress with the CLI, then evaluate in a child process (rows run in parallel threads).
+
+    An ``order=layer|linear`` among ``args`` picks GPTQ's calibration order (see :func:`cli`).
+    """
     target = WORK / f"{name.replace(' ', '_')}.ptm"
+    order = next((str(a).split("=", 1)[1] for a in args if str(a).startswith("order=")), None)
+    args = tuple(a for a in args if not str(a).startswith("order="))
     common.log(f"compress {name}")
     out, wall = cli("compress", fp, "-o", target, "--force", "--calib", files["calib"], "--nsamples", NSAMPLES,
-                    "--seqlen", SEQLEN, "--json", *args)
+                    "--seqlen", SEQLEN, "--json", *args, order=order)
     report = json.loads(out)
     common.log(f"{name}: compressed in {wall:.0f}s; evaluating")
     ppl = eval_in_child(target, windows)
     common.log(f"{name}: {ppl}")
-    return {"name": name, "args": [str(a) for a in args], "size": target.stat().st_size, "wall_seconds": round(wall, 1),
-            "perplexity": ppl, "step": report["steps"][-1] if report["steps"] else None, "package": str(target)}
+    return {"name": name, "args": [str(a) for a in args], "order": order, "size": target.stat().st_size,
+            "wall_seconds": round(wall, 1), "cpu_seconds": CPU_SECONDS.get(str(target)),
+            "peak_rss_kb": CPU_SECONDS.get(f"{target}:rss_kb"), "load_after": os.getloadavg()[0], "perplexity": ppl, "step": report["steps"][-1] if report["steps"] else None, "package": str(target)}
 
 
 def eval_in_child(package: Path, windows: dict[str, Any]) -> dict[str, float]:
@@ -207,16 +236,26 @@ def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) ->
                       "perplexity": ptm_perplexity(fp, windows), "package": str(fp)}
         save(results)
     plan = [("RTN W4 g64", "--quant", "rtn", "--bits", 4, "--group-size", 64),
-            ("GPTQ W4 g64", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--act-order"),
+            ("GPTQ W4 g64", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--act-order", "order=layer"),
             ("RTN W3 g64", "--quant", "rtn", "--bits", 3, "--group-size", 64),
-            ("GPTQ W3 g64", "--quant", "gptq", "--bits", 3, "--group-size", 64, "--act-order")]
+            ("GPTQ W3 g64", "--quant", "gptq", "--bits", 3, "--group-size", 64, "--act-order", "order=layer"),
+            ("GPTQ W4 g64 linear order", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--act-order",
+             "order=linear"),
+            ("GPTQ W3 g64 linear order", "--quant", "gptq", "--bits", 3, "--group-size", 64, "--act-order",
+             "order=linear")]
     try:
         import ptmpack.compress.affine  # noqa: F401
 
         plan += [("AffineQuant W4 g64", "--quant", "affine", "--bits", 4, "--group-size", 64),
                  ("AffineQuant W3 g64", "--quant", "affine", "--bits", 3, "--group-size", 64)]
+        results.pop("affine", None)
     except ImportError:
         results["affine"] = "ptmpack.compress.affine is not in this tree: no AffineQuant rows"
+    only = os.environ.get("PTMPACK_BENCH_ONLY")
+    if only:  # comma-separated row names: rerun just these (their old results are dropped)
+        plan = [row for row in plan if row[0] in only.split(",")]
+        for name, *_ in plan:
+            rows.pop(name, None)
     lee = {"lee_unseen": windows["lee_unseen"]}
     sym = [("RTN W4 g64 sym", "--quant", "rtn", "--bits", 4, "--group-size", 64, "--sym"),
            ("GPTQ W4 g64 sym", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--sym", "--act-order")]
@@ -357,24 +396,25 @@ def render(results: dict[str, Any]) -> str:
              f"Generated by `python bench/bench_quant.py` on {results.get('machine', {}).get('cpu', '?')} "
              f"({results.get('date', '?')}). Calibration: first half of lee_background.cor, {NSAMPLES}x{SEQLEN} "
              "tokens (first consecutive windows). Perplexity over 4x512-token windows (2048 tokens) per text.", "",
-             "| row | Lee unseen | enwiki | technical | package bytes | x FP | wall s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| row | Lee unseen | enwiki | technical | package bytes | x FP | wall s | CPU s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         p = r["perplexity"]
         ratio = r["size"] / fp["size"] if fp else float("nan")
         lines.append(f"| ptmpack {name} | {p['lee_unseen']:.2f} | {p['enwiki']:.2f} | {p['technical']:.2f} | "
-                     f"{r['size']:,} | {ratio:.3f} | {r['wall_seconds']:.0f} |")
+                     f"{r['size']:,} | {ratio:.3f} | {r['wall_seconds']:.0f} | "
+                     f"{'-' if r.get('cpu_seconds') is None else format(r['cpu_seconds'], '.0f')} |")
     peer = results.get("peer")
     if peer:
         for r in peer["rows"]:
             p = r["perplexity"]
             lines.append(f"| llm-compressor GPTQ W{r['scheme']['bits']} g{r['scheme']['group_size']} | "
                          f"{p['lee_unseen']:.2f} | {p['enwiki']:.2f} | {p['technical']:.2f} | - | - | "
-                         f"{r['seconds']:.0f} |")
+                         f"{r['seconds']:.0f} | - |")
         if peer.get("fp_transformers"):
             p = peer["fp_transformers"]
             lines.append(f"| transformers FP | {p['lee_unseen']:.2f} | {p['enwiki']:.2f} | {p['technical']:.2f} "
-                         "| - | - | - |")
+                         "| - | - | - | - |")
     lines += ["", "Issue author's earlier numbers (transformers CPU, other windows): "
               + "; ".join(f"{k} {'/'.join(map(str, v))}" for k, v in AUTHOR.items()), ""]
     lines += ["## Targets", ""]

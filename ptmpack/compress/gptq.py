@@ -7,6 +7,12 @@ q/k/v and gate/up), solves GPTQ for its weight (:mod:`ptmpack.compress.gptq_solv
 when installed) and hands the *quantized* weight to the operator, so every later layer is
 calibrated on the activations of the already-quantized model (sequential GPTQ). The pass
 stops after the last target: the LM head never runs.
+
+Inside a layer there are two orders (``sequential``): ``"linear"``, each linear calibrated on
+the activations of the already-quantized linears before it (o_proj after the quantized q/k/v);
+``"layer"``, every linear of the layer calibrated with the layer's float weights on the
+quantized model's input to the layer, as llm-compressor's sequential pipeline does
+(:mod:`ptmpack.compress.gptq_streams`).
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ from typing import Any
 import numpy as np
 
 from ptmpack.compress.gptq_solver import DAMP, backend, gptq_quantize
+from ptmpack.compress.gptq_streams import Streams, layer_index
 from ptmpack.compress.quantize import ModelTensors, Target, load_model, quantize_tree
 from ptmpack.compress.storage import QuantizedWeight
 
 _SLOTS = {"linear": ("X", "W"), "matmul": ("A", "B")}
 _KEEP_HESSIANS = 2
+SEQUENTIAL_MODES = ("layer", "linear")
+SEQUENTIAL = "layer"
+"""The order :func:`apply` uses unless the spec names one (``gptq_sequential``); see :func:`calibrate_and_quantize`."""
 
 
 class _Done(Exception):
@@ -46,53 +56,72 @@ def feeds_for(model: Any, windows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def calibrate_and_quantize(tree: Path, targets: list[Target], tensors: ModelTensors, windows: np.ndarray,
-                           solve: Any, progress: Any) -> dict[str, QuantizedWeight]:
+                           solve: Any, progress: Any, *, sequential: str | None = None) -> dict[str, QuantizedWeight]:
     """Run the calibration windows through the tree's model, quantizing each target as it is reached.
 
-    ``solve(weight [out, in], hessian) -> QuantizedWeight``.
+    ``solve(weight [out, in], hessian) -> QuantizedWeight``. ``sequential`` (default :data:`SEQUENTIAL`): ``"layer"`` (each
+    linear's Hessian from its layer's float weights on the quantized model's input to the layer,
+    as llm-compressor; :mod:`ptmpack.compress.gptq_streams`) or ``"linear"`` (from the activations
+    of the already-quantized earlier linears, inside the layer too).
 
     Raises:
         GraphError: the model fails to run.
-        UnsupportedError: the forward pass ended before every target was reached.
+        UnsupportedError: the forward pass ended before every target was reached, or a layer-wise
+            pass met an activation it cannot split into its two streams.
+        UsageError: an unknown ``sequential``.
     """
-    from ptmpack.errors import UnsupportedError
+    from ptmpack.errors import UnsupportedError, UsageError
     from ptmpack.ir.execute import OPERATOR_HOOK, Executor
     from ptmpack.ir.registry import ExecContext
     from ptmpack.storage.package import open_package
 
+    sequential = sequential or SEQUENTIAL
+    if sequential not in SEQUENTIAL_MODES:
+        raise UsageError(f"sequential must be one of {', '.join(SEQUENTIAL_MODES)}, got {sequential!r}")
     model = load_model(tree)
     by_weight = {t.weight: t for t in targets}
+    layers = layer_index([t.prefix for t in targets])
+    streams = Streams(len(windows)) if sequential == "layer" else None
     done: dict[str, QuantizedWeight] = {}
     hessians: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def hook(graph: Any, node: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        if graph.graph_id != model.main_graph.graph_id:
+            return inputs
         slots = _SLOTS.get(node.type)
-        if slots is None or graph.graph_id != model.main_graph.graph_id:
+        t = by_weight.get(node.inputs.get(slots[1], ("",))[0]) if slots else None
+        if streams is not None:
+            inputs = streams.before(node, inputs, None if t is None else layers[t.prefix])
+        if t is None or slots is None:
             return inputs
         x_slot, w_slot = slots
-        t = by_weight.get(node.inputs.get(w_slot, ("",))[0])
-        if t is None or t.prefix in done:
-            return inputs
         x_name = node.inputs[x_slot][0]
-        if x_name not in hessians:
-            hessians[x_name] = hessian(inputs[x_slot])
-            while len(hessians) > _KEEP_HESSIANS:
-                hessians.popitem(last=False)
-        w = tensors[t.weight]
-        q = solve(w.T if t.transposed else w, hessians[x_name])
-        done[t.prefix] = q
-        deq = q.dequantize(np.float32)
-        inputs[w_slot] = deq.T if t.transposed else deq
-        progress("gptq", len(done), len(targets))
+        if t.prefix not in done:
+            if x_name not in hessians:
+                x = inputs[x_slot] if streams is None else streams.split(np.asarray(inputs[x_slot]))[1]
+                hessians[x_name] = hessian(x)
+                while len(hessians) > _KEEP_HESSIANS:
+                    hessians.popitem(last=False)
+            w = tensors[t.weight]
+            done[t.prefix] = solve(w.T if t.transposed else w, hessians[x_name])
+            progress("gptq", len(done), len(targets))
+        deq = done[t.prefix].dequantize(np.float32)
+        if streams is not None:
+            w = tensors[t.weight]
+            inputs[x_slot], inputs[w_slot] = streams.both_weights(np.asarray(inputs[x_slot]), deq,
+                                                                  w.T if t.transposed else w, t.transposed)
+        else:
+            inputs[w_slot] = deq.T if t.transposed else deq
         if len(done) == len(targets):
             raise _Done
         return inputs
 
+    feeds = feeds_for(model, windows if streams is None else np.concatenate((windows, windows)))
     with open_package(tree) as pkg:
         executor = Executor(model, pkg, ExecContext())
         executor.ctx.state[OPERATOR_HOOK] = hook
         try:
-            executor.run(feeds_for(model, windows))
+            executor.run(feeds)
         except _Done:
             pass
         finally:
@@ -120,7 +149,10 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
             return gptq_quantize(w, h, spec.bits, group or w.shape[1], spec.symmetric, act_order=spec.act_order, xp=xp,
                                  scale_dtype=scale_dtype)
 
-        return calibrate_and_quantize(tree, targets, tensors, calib.windows, solve, ctx.progress)
+        return calibrate_and_quantize(tree, targets, tensors, calib.windows, solve, ctx.progress,
+                                      sequential=sequential)
 
+    sequential = getattr(spec, "gptq_sequential", None) or SEQUENTIAL
     return quantize_tree(tree, ctx, "gptq", run,
-                         extra={"damp": DAMP, "block": 128, "act_order": spec.act_order, "backend": xp.name})
+                         extra={"damp": DAMP, "block": 128, "act_order": spec.act_order, "backend": xp.name,
+                                "sequential": sequential})
