@@ -65,19 +65,14 @@ CPU_SECONDS: dict[str, float] = {}
 """User+system CPU seconds and peak RSS (kB) of the last CLI child per output path (filled by :func:`cli`)."""
 
 
-def cli(*args: object, order: str | None = None) -> tuple[str, float]:
+def cli(*args: object) -> tuple[str, float]:
     """Run ``python -m ptmpack.cli`` with the worktree first on the path; return stdout and wall seconds.
 
     The child runs under ``/usr/bin/time``: its CPU seconds land in :data:`CPU_SECONDS` under the
     ``-o`` argument (when there is one).
-
-    ``order``: GPTQ's calibration order inside a layer (``ptmpack.compress.gptq.SEQUENTIAL``), set in the
-    child before the CLI runs (the CLI has no option for it yet).
     """
     t0 = time.perf_counter()
-    head = [sys.executable, "-m", "ptmpack.cli"] if order is None else [
-        sys.executable, "-c", "import sys, ptmpack.compress.gptq as g; g.SEQUENTIAL = sys.argv.pop(1); "
-        "from ptmpack.cli import main; main()", order]
+    head = [sys.executable, "-m", "ptmpack.cli"]
     strs = [str(a) for a in args]
     key = strs[strs.index("-o") + 1] if "-o" in strs[:-1] else None
     timing = Path(f"{key}.time") if key else None
@@ -194,21 +189,16 @@ def transformers_perplexity(model_dir: Path, windows: list[list[int]]) -> float:
 
 
 def compress_row(name: str, fp: Path, files: dict[str, Path], windows: dict[str, Any], *args: object) -> dict:
-    """Compress with the CLI, then evaluate in a child process (rows run in parallel threads).
-
-    An ``order=layer|linear`` among ``args`` picks GPTQ's calibration order (see :func:`cli`).
-    """
+    """Compress with the CLI, then evaluate in a child process (rows run in parallel threads)."""
     target = WORK / f"{name.replace(' ', '_')}.ptm"
-    order = next((str(a).split("=", 1)[1] for a in args if str(a).startswith("order=")), None)
-    args = tuple(a for a in args if not str(a).startswith("order="))
     common.log(f"compress {name}")
     out, wall = cli("compress", fp, "-o", target, "--force", "--calib", files["calib"], "--nsamples", NSAMPLES,
-                    "--seqlen", SEQLEN, "--json", *args, order=order)
+                    "--seqlen", SEQLEN, "--json", *args)
     report = json.loads(out)
     common.log(f"{name}: compressed in {wall:.0f}s; evaluating")
     ppl = eval_in_child(target, windows)
     common.log(f"{name}: {ppl}")
-    return {"name": name, "args": [str(a) for a in args], "order": order, "size": target.stat().st_size,
+    return {"name": name, "args": [str(a) for a in args], "size": target.stat().st_size,
             "wall_seconds": round(wall, 1), "cpu_seconds": CPU_SECONDS.get(str(target)),
             "peak_rss_kb": CPU_SECONDS.get(f"{target}:rss_kb"), "load_after": os.getloadavg()[0], "perplexity": ppl, "step": report["steps"][-1] if report["steps"] else None, "package": str(target)}
 
@@ -236,13 +226,13 @@ def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) ->
                       "perplexity": ptm_perplexity(fp, windows), "package": str(fp)}
         save(results)
     plan = [("RTN W4 g64", "--quant", "rtn", "--bits", 4, "--group-size", 64),
-            ("GPTQ W4 g64", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--act-order", "order=layer"),
+            ("GPTQ W4 g64", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--act-order", "--gptq-order", "layer"),
             ("RTN W3 g64", "--quant", "rtn", "--bits", 3, "--group-size", 64),
-            ("GPTQ W3 g64", "--quant", "gptq", "--bits", 3, "--group-size", 64, "--act-order", "order=layer"),
+            ("GPTQ W3 g64", "--quant", "gptq", "--bits", 3, "--group-size", 64, "--act-order", "--gptq-order", "layer"),
             ("GPTQ W4 g64 linear order", "--quant", "gptq", "--bits", 4, "--group-size", 64, "--act-order",
-             "order=linear"),
+             "--gptq-order", "linear"),
             ("GPTQ W3 g64 linear order", "--quant", "gptq", "--bits", 3, "--group-size", 64, "--act-order",
-             "order=linear")]
+             "--gptq-order", "linear")]
     try:
         import ptmpack.compress.affine  # noqa: F401
 

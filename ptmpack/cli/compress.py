@@ -47,7 +47,11 @@ def _layer_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--group-size", type=int, help="Input columns per scale; must divide every layer's input width "
                                              "(default: the largest of 128, 64, 32 that does; 0: per output channel).")
 @click.option("--sym/--asym", "symmetric", default=False, show_default=True, help="Symmetric or asymmetric (zero point).")
-@click.option("--act-order", is_flag=True, help="GPTQ: visit columns by decreasing Hessian diagonal (static groups).")
+@click.option("--act-order/--no-act-order", default=None,
+              help="GPTQ: visit columns by decreasing Hessian diagonal, static groups (default: on for gptq).")
+@click.option("--gptq-order", type=click.Choice(["layer", "linear"]), default="layer", show_default=True,
+              help="GPTQ: calibrate a layer's linears on its float weights (layer, as llm-compressor) "
+                   "or each on the quantized earlier ones (linear).")
 @click.option("--calib", type=click.Path(path_type=Path, dir_okay=False), help="Calibration text file.")
 @click.option("--nsamples", type=int, help=f"Calibration windows ({CompressSpec.defaults_help('nsamples')}).")
 @click.option("--seqlen", type=int, help=f"Tokens per calibration window ({CompressSpec.defaults_help('seqlen')}).")
@@ -69,7 +73,7 @@ def _layer_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def compress_cmd(source: Path, output: Path, quant: str | None, bits: str, act_bits: int | None,
-                 group_size: int | None, symmetric: bool, act_order: bool, calib: Path | None, nsamples: int | None,
+                 group_size: int | None, symmetric: bool, act_order: bool | None, gptq_order: str, calib: Path | None, nsamples: int | None,
                  seqlen: int | None, calib_seed: int | None, epochs: int | None, fold_norm: str | None, prune: str | None,
                  flops_budget: float | None, prune_method: str, merge_lora: Path | None, merge_adapter: bool,
                  device: str, codec: str, chunk_size: str, in_passphrase_file: Path | None, in_key_file: Path | None,
@@ -79,7 +83,7 @@ def compress_cmd(source: Path, output: Path, quant: str | None, bits: str, act_b
                         calib=calib, nsamples=nsamples, seqlen=seqlen, calib_seed=calib_seed, epochs=epochs,
                         device=device, fold_norm=fold_norm, prune=prune, flops_budget=flops_budget,
                         prune_method=prune_method, merge_lora=merge_lora, merge_adapter=merge_adapter,
-                        act_order=act_order).check()
+                        act_order=act_order, gptq_order=gptq_order).check()
     config = pack_config(compress=codec, chunk_size=chunk_size, **protection)
     keys = api.load_opener(api.KeyFiles(in_passphrase_file, in_key_file, identity))
     with _layer_bars(not as_json) as progress:

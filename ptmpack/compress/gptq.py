@@ -26,13 +26,13 @@ import numpy as np
 from ptmpack.compress.gptq_solver import DAMP, backend, gptq_quantize
 from ptmpack.compress.gptq_streams import Streams, layer_index
 from ptmpack.compress.quantize import ModelTensors, Target, load_model, quantize_tree
+from ptmpack.compress.spec import GPTQ_ORDERS
 from ptmpack.compress.storage import QuantizedWeight
 
 _SLOTS = {"linear": ("X", "W"), "matmul": ("A", "B")}
 _KEEP_HESSIANS = 2
-SEQUENTIAL_MODES = ("layer", "linear")
 SEQUENTIAL = "layer"
-"""The order :func:`apply` uses unless the spec names one (``gptq_sequential``); see :func:`calibrate_and_quantize`."""
+"""The order :func:`calibrate_and_quantize` uses unless told; :func:`apply` takes the spec's ``gptq_order``."""
 
 
 class _Done(Exception):
@@ -76,8 +76,8 @@ def calibrate_and_quantize(tree: Path, targets: list[Target], tensors: ModelTens
     from ptmpack.storage.package import open_package
 
     sequential = sequential or SEQUENTIAL
-    if sequential not in SEQUENTIAL_MODES:
-        raise UsageError(f"sequential must be one of {', '.join(SEQUENTIAL_MODES)}, got {sequential!r}")
+    if sequential not in GPTQ_ORDERS:
+        raise UsageError(f"sequential must be one of {', '.join(GPTQ_ORDERS)}, got {sequential!r}")
     model = load_model(tree)
     by_weight = {t.weight: t for t in targets}
     layers = layer_index([t.prefix for t in targets])
@@ -152,7 +152,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         return calibrate_and_quantize(tree, targets, tensors, calib.windows, solve, ctx.progress,
                                       sequential=sequential)
 
-    sequential = getattr(spec, "gptq_sequential", None) or SEQUENTIAL
+    sequential = spec.gptq_order
     return quantize_tree(tree, ctx, "gptq", run,
                          extra={"damp": DAMP, "block": 128, "act_order": spec.act_order, "backend": xp.name,
                                 "sequential": sequential})

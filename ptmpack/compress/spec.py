@@ -20,6 +20,7 @@ FOLD_NORMS = ("affine", "unified")
 PRUNE_TARGETS = ("heads", "ffn", "both")
 PRUNE_METHODS = ("structure", "magnitude")
 DEVICES = ("cpu", "cuda")
+GPTQ_ORDERS = ("layer", "linear")
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,12 @@ class CompressSpec:
     merge_lora: Path | None = None
     """A PEFT adapter directory to merge."""
     merge_adapter: bool = False
-    act_order: bool = False
-    """GPTQ: quantize columns in order of decreasing Hessian diagonal (static groups, so groups stay contiguous)."""
+    act_order: bool | None = None
+    """GPTQ: quantize columns in order of decreasing Hessian diagonal (static groups, so groups stay contiguous).
+    None: on for gptq (llm-compressor's default, ``actorder: static``), off otherwise."""
+    gptq_order: str = "layer"
+    """GPTQ's calibration order inside a decoder layer: ``layer`` (every linear of a layer on the layer's float
+    weights, llm-compressor's sequential pipeline) or ``linear`` (each linear on the already-quantized earlier ones)."""
     defaulted: tuple[str, ...] = field(default=(), init=False, compare=False)
     """Which of ``nsamples``, ``seqlen``, ``epochs`` took the method's default (recorded in the step record)."""
 
@@ -99,6 +104,8 @@ class CompressSpec:
         for name in unset:
             object.__setattr__(self, name, getattr(chosen, name))
         object.__setattr__(self, "defaulted", unset)
+        if self.act_order is None:
+            object.__setattr__(self, "act_order", self.quant == "gptq")
 
     @staticmethod
     def defaults_help(what: str) -> str:
@@ -141,6 +148,8 @@ class CompressSpec:
             raise UsageError(f"--quant {self.quant} needs calibration text: give --calib TEXTFILE")
         if self.act_order and self.quant != "gptq":
             raise UsageError("--act-order goes with --quant gptq only")
+        if self.gptq_order not in GPTQ_ORDERS:
+            raise UsageError(f"--gptq-order takes {' or '.join(GPTQ_ORDERS)}, got {self.gptq_order!r}")
         if not self.steps():
             raise UsageError("nothing to do: give --quant, --prune, --fold-norm, --merge-lora or --merge-adapter")
         return self

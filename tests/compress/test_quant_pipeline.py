@@ -100,6 +100,20 @@ def test_gptq_on_an_encoder_keeps_the_pooler_float(bert: Path, calib: Path, tmp_
         assert lm.forward(np.arange(5, 20)[None]).shape == (1, 15, 64)
 
 
+def test_act_order_is_on_by_default_for_gptq_only() -> None:
+    assert CompressSpec(quant="gptq").act_order is True
+    assert CompressSpec(quant="gptq", act_order=False).act_order is False
+    assert CompressSpec(quant="rtn").act_order is False
+    assert CompressSpec(quant="gptq").gptq_order == "layer"
+
+
+def test_gptq_records_its_act_order_and_calibration_order(llama: Path, calib: Path, tmp_path: Path) -> None:
+    spec = CompressSpec(quant="gptq", bits=4, group_size=32, calib=calib, nsamples=2, seqlen=32, gptq_order="linear",
+                        act_order=False)
+    step = compress(llama, tmp_path / "x.ptm", spec, PackConfig()).steps[-1]
+    assert (step["act_order"], step["sequential"]) == (False, "linear")
+
+
 def test_gptq_is_deterministic(llama: Path, calib: Path, tmp_path: Path) -> None:
     spec = CompressSpec(quant="gptq", bits=4, group_size=32, calib=calib, nsamples=2, seqlen=32)
     packed = []
@@ -145,7 +159,8 @@ def test_calibration_windows_first_or_seeded() -> None:
 
 @pytest.mark.parametrize("bad", [CompressSpec(), CompressSpec(quant="rtn", bits=5), CompressSpec(quant="lsq"),
                                  CompressSpec(prune="heads"), CompressSpec(quant="rtn", act_bits=8),
-                                 CompressSpec(quant="rtn", act_order=True)])
+                                 CompressSpec(quant="rtn", act_order=True),
+                                 CompressSpec(quant="gptq", calib=Path("c.txt"), gptq_order="random")])
 def test_spec_check_refuses(bad: CompressSpec) -> None:
     with pytest.raises(UsageError):
         bad.check()
