@@ -193,10 +193,23 @@ def _cli(*argv: object) -> tuple[dict, dict]:
                              "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
-def e2e(args: argparse.Namespace, tree: Path, calib_file: Path, eval_files: dict[str, Path]) -> None:
-    """The real CLI, as a user runs it: compress (affine with its defaults, and rtn) and eval (module doc)."""
+def _timed_cli(result: dict, out_json: Path, label: str, *argv: object) -> dict:
+    """Run one CLI command, append its wall/CPU seconds and peak RSS to ``result["commands"]`` and save."""
     import resource
 
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    doc, t = _cli(*argv)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t["cpu_s"] = round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 1)
+    t["peak_rss_mb"] = round(r1.ru_maxrss / 1024)  # the largest child so far (RUSAGE_CHILDREN keeps the max)
+    result["commands"].append({"label": label, "argv": ["ptmpack", *map(str, argv)], **t})
+    log(f"{label}: {t}")
+    out_json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    return doc
+
+
+def e2e(args: argparse.Namespace, tree: Path, calib_file: Path, eval_files: dict[str, Path]) -> None:
+    """The real CLI, as a user runs it: compress (affine with its defaults, and rtn) and eval (module doc)."""
     work = CACHE / "affine-e2e"
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"args": vars(args), "commands": [], "ppl": {}, "machine": machine_info()}
@@ -204,15 +217,7 @@ def e2e(args: argparse.Namespace, tree: Path, calib_file: Path, eval_files: dict
     OUT.mkdir(parents=True, exist_ok=True)
 
     def timed(label: str, *argv: object) -> dict:
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        doc, t = _cli(*argv)
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t["cpu_s"] = round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 1)
-        t["peak_rss_mb"] = round(r1.ru_maxrss / 1024)  # the largest child so far (RUSAGE_CHILDREN keeps the max)
-        result["commands"].append({"label": label, "argv": ["ptmpack", *map(str, argv)], **t})
-        log(f"{label}: {t}")
-        out_json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-        return doc
+        return _timed_cli(result, out_json, label, *argv)
 
     packages = {"FP (float32)": tree}
     for method in ("affine", "rtn"):
@@ -271,7 +276,6 @@ def e2e_compare(args: argparse.Namespace, tree: Path, calib_file: Path, eval_fil
     W4 g64) scored the same two ways: ``ptmpack eval`` (its default 1024-token windows) and transformers on the
     ``unpack --dequantize`` checkpoint at 1024- and 512-token windows (``bench/out/affine-e2e-compare.*``)."""
     import os
-    import resource
 
     work = CACHE / "affine-e2e"
     result: dict = {"args": vars(args), "commands": [], "ppl": {}, "machine": machine_info()}
@@ -279,14 +283,7 @@ def e2e_compare(args: argparse.Namespace, tree: Path, calib_file: Path, eval_fil
     OUT.mkdir(parents=True, exist_ok=True)
 
     def timed(label: str, *argv: object) -> dict:
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        doc, t = _cli(*argv)
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t["cpu_s"] = round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 1)
-        result["commands"].append({"label": label, "argv": ["ptmpack", *map(str, argv)], **t})
-        log(f"{label}: {t}")
-        out_json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-        return doc
+        return _timed_cli(result, out_json, label, *argv)
 
     gptq = work / "smollm2-gptq-w4g64.ptm"
     doc = timed("compress gptq", "compress", tree, "-o", gptq, "--quant", "gptq", "--bits", 4, "--group-size", 64,
