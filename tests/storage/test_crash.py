@@ -312,24 +312,33 @@ def test_failed_pack_leaves_nothing(work: Work, tmp_path: Path, monkeypatch: pyt
     _nothing_left(parent)
 
 
+def _stop_unpack_mid_work(work: Work, parent: Path, sig: int, tries: int = 3) -> int:
+    """Send ``sig`` to an unpack once its temporary output exists; return the exit status of a stopped run.
+
+    On a loaded machine the signal can land after the work is done (the process is already exiting):
+    then the exit is 0 and the output must be whole. That run proves nothing about stopping, so it is
+    tried again; the test is skipped only when every try finished first.
+    """
+    for _ in range(tries):
+        if parent.exists():
+            shutil.rmtree(parent)
+        parent.mkdir()
+        argv = ["unpack", str(work.encrypted), "-o", str(parent / "tree"), "--key-file", str(work.key_file)]
+        code, sent = _run_and_kill(argv, parent, 0.02, sig)
+        if sent and code != 0:
+            return code
+        assert code == 0 and (parent / "tree").is_dir() and not _temps(parent), (code, sorted(parent.iterdir()))
+    pytest.skip(f"the unpack finished before signal {sig} in {tries} tries")
+
+
 def test_interrupt_cleans_up(work: Work, tmp_path: Path) -> None:
     """Ctrl-C (SIGINT) mid-unpack: exit 130, and the temporary plaintext is removed."""
-    parent = tmp_path / "out"
-    parent.mkdir()
-    argv = ["unpack", str(work.encrypted), "-o", str(parent / "tree"), "--key-file", str(work.key_file)]
-    code, sent = _run_and_kill(argv, parent, 0.02, signal.SIGINT)
-    if not sent:
-        pytest.skip("the unpack finished before the interrupt")
+    code = _stop_unpack_mid_work(work, tmp_path / "out", signal.SIGINT)
     assert code in (130, -signal.SIGINT)
-    _nothing_left(parent)
+    _nothing_left(tmp_path / "out")
 
 
 def test_sigterm_cleans_up(work: Work, tmp_path: Path) -> None:
-    parent = tmp_path / "out"
-    parent.mkdir()
-    argv = ["unpack", str(work.encrypted), "-o", str(parent / "tree"), "--key-file", str(work.key_file)]
-    code, sent = _run_and_kill(argv, parent, 0.02, signal.SIGTERM)
-    if not sent:
-        pytest.skip("the unpack finished before the signal")
+    code = _stop_unpack_mid_work(work, tmp_path / "out", signal.SIGTERM)
     assert code in (128 + signal.SIGTERM, -signal.SIGTERM)
-    _nothing_left(parent)
+    _nothing_left(tmp_path / "out")
