@@ -19,14 +19,6 @@ def _correlated_inputs(n: int, cols: int, seed: int = 0) -> np.ndarray:
     return (rng.normal(size=(n, cols)) @ mix * rng.uniform(0.2, 3.0, size=cols)).astype(np.float32)
 
 
-@pytest.fixture(params=["numpy", "torch"])
-def xp(request: pytest.FixtureRequest) -> Any:
-    if request.param == "numpy":
-        return gptq_solver._Numpy()
-    torch = pytest.importorskip("torch")
-    return gptq_solver._Torch(torch, "cpu")
-
-
 @pytest.mark.parametrize(("bits", "group", "symmetric"), [(4, 32, False), (3, 64, True), (2, 16, False)])
 def test_identity_hessian_without_damping_is_rtn(xp: Any, bits: int, group: int, symmetric: bool) -> None:
     w = np.random.default_rng(bits).normal(size=(24, 256)).astype(np.float32)

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ptmpack.compress import gptq_solver
 from ptmpack.compress.gptq_solver import gptq_quantize
 from ptmpack.compress.rtn import group_params
 
@@ -33,14 +32,6 @@ def _load() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 ARRAYS, META = _load()
-
-
-@pytest.fixture(params=["numpy", "torch"])
-def xp(request: pytest.FixtureRequest) -> Any:
-    if request.param == "numpy":
-        return gptq_solver._Numpy()
-    torch = pytest.importorskip("torch")
-    return gptq_solver._Torch(torch, "cpu")
 
 
 def _rows_where_dead_input_sets_the_range(w: np.ndarray, dead: int, bits: int, group: int, symmetric: bool
