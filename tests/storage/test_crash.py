@@ -324,7 +324,7 @@ def _stop_unpack_mid_work(work: Work, parent: Path, sig: int, tries: int = 3) ->
             shutil.rmtree(parent)
         parent.mkdir()
         argv = ["unpack", str(work.encrypted), "-o", str(parent / "tree"), "--key-file", str(work.key_file)]
-        code, sent = _run_and_kill(argv, parent, 0.02, sig)
+        code, sent = _run_and_kill(argv, parent, 0.0, sig)
         if sent and code != 0:
             return code
         assert code == 0 and (parent / "tree").is_dir() and not _temps(parent), (code, sorted(parent.iterdir()))
