@@ -178,14 +178,7 @@ def transformers_perplexity(model_dir: Path, windows: list[list[int]]) -> float:
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    nll, n = 0.0, 0
-    with torch.no_grad():
-        for w in windows:
-            ids = torch.tensor([w])
-            logits = model(ids).logits[0, :-1].double()
-            nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
-            n += len(w) - 1
-    return float(np.exp(nll / n))
+    return common.causal_lm_perplexity(model, windows)
 
 
 def compress_row(name: str, fp: Path, files: dict[str, Path], windows: dict[str, Any], *args: object) -> dict:

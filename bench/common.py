@@ -490,3 +490,22 @@ def synth_tree() -> Path:
 
 def safetensors_files(tree: Path) -> list[Path]:
     return sorted((tree / "Model").rglob("*.safetensors"))
+
+
+def causal_lm_perplexity(model: object, windows: Sequence[Sequence[int]]) -> float:
+    """Perplexity of a transformers causal LM over token windows (each window predicts its own next tokens).
+
+    torch is imported here, so this module stays importable where only the peer venv has torch.
+    """
+    import math
+
+    import torch
+
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            ids = torch.tensor([list(w)])
+            logits = model(ids).logits[0, :-1].double()  # type: ignore[operator]
+            nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            count += len(w) - 1
+    return math.exp(nll / count)

@@ -17,23 +17,12 @@ checkpoints do not reload in transformers 5.x (llm-compressor issue #1618).
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 
+import common  # bench/common.py: stdlib only, so it imports in the peer venv
 import numpy as np
 import torch
-
-
-def perplexity(model, windows: list[list[int]]) -> float:
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for w in windows:
-            ids = torch.tensor([w])
-            logits = model(ids).logits[0, :-1].double()
-            nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
-            count += len(w) - 1
-    return math.exp(nll / count)
 
 
 def main() -> None:
@@ -64,13 +53,13 @@ def main() -> None:
         oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(calib),
                 max_seq_length=calib.shape[1], pipeline="sequential")
         seconds = time.perf_counter() - t0
-        ppl = {name: perplexity(model, windows) for name, windows in job["eval"].items()}
+        ppl = {name: common.causal_lm_perplexity(model, windows) for name, windows in job["eval"].items()}
         out["rows"].append({"scheme": scheme, "seconds": round(seconds, 1), "perplexity": ppl})
         print(json.dumps(out["rows"][-1]), flush=True)
         del model
     if job.get("fp") and (not only or 4 in only):
         model = transformers.AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.float32)
-        out["fp_transformers"] = {name: perplexity(model, windows) for name, windows in job["eval"].items()}
+        out["fp_transformers"] = {name: common.causal_lm_perplexity(model, windows) for name, windows in job["eval"].items()}
     with open(sys.argv[2], "w") as f:
         json.dump(out, f, indent=2)
 
