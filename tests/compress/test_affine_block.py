@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ptmpack.compress.affine_block import AffineOptions, affine_quantize_block  # noqa: E402
+from ptmpack.compress.affine_model import deployed_params  # noqa: E402
 from ptmpack.compress.affine_quantizer import QuantFormat, fake_quantize, quantize  # noqa: E402
 from ptmpack.compress.affine_transforms import (  # noqa: E402
     AffineTransform,
@@ -16,7 +17,7 @@ from ptmpack.compress.affine_transforms import (  # noqa: E402
     strictly_dominant,
 )
 from ptmpack.compress.rtn import quantize_rtn  # noqa: E402
-from ptmpack.compress.torch_llama import AFFINE, LINEARS, DecoderLayer, LlamaConfig  # noqa: E402
+from ptmpack.compress.torch_llama import LINEARS, DecoderLayer, LlamaConfig  # noqa: E402
 
 CFG = LlamaConfig(hidden_size=48, num_heads=6, num_kv_heads=2, head_dim=8, intermediate_size=96, num_layers=1,
                   rms_norm_eps=1e-5, rope_theta=10000.0)
@@ -107,14 +108,7 @@ def test_dominance_check_restores_last_dominant_matrix():
 
 def deployed_layer(layer: DecoderLayer, res) -> DecoderLayer:
     """The block as a compressed package stores it: dequantized weights, merged floats, explicit transforms."""
-    params = dict(layer.params)
-    params.update({f"{n}.weight": q.dequantize() for n, q in res.quantized.items()})
-    params.update(res.floats)
-    for norm, (m, shift) in res.transforms.items():
-        params[f"{norm}.{AFFINE}.weight"] = m
-        if shift is not None:
-            params[f"{norm}.{AFFINE}.shift"] = shift
-    return DecoderLayer(params, layer.config, layer.index)
+    return DecoderLayer(deployed_params(layer, res), layer.config, layer.index)
 
 
 @pytest.mark.parametrize("transform", ["full", "diagonal"])
