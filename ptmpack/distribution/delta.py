@@ -126,6 +126,16 @@ def _seed(cache: BlobCache, needed: dict[str, int], sources: list[Path], workers
             break
         with PackageReader(src, sealed_ok=True) as reader:
             spans = cut_spans(reader)
+            files = [] if reader.sealed else [e for e in reader.entries if not e.codec]
+            for e in files:  # ModelPack blobs are whole files: their digest is the entry's
+                digest = "sha256:" + e.sha256.hex()
+                if digest in want:
+                    with contextlib.suppress(ValueError):
+                        cache.put_checked(digest, os.pread(reader.fileno(), e.raw_length, e.data_offset))
+                        added += 1
+                    want.discard(digest)
+        if not want:
+            break
         cut = hash_cut(src, spans, workers=workers)
         with open(src, "rb") as f:
             for piece in cut.pieces():

@@ -1,7 +1,12 @@
 """``push``: publish a ``.ptm`` to a registry repository or an OCI layout, moving only new blobs.
 
-The package is cut into blobs (:mod:`ptmpack.distribution.mapping`), every blob is
-digested, and each one the store already holds (HEAD) is skipped; the others are
+A raw, unencrypted package (what a default ``pack`` writes) becomes a CNCF
+ModelPack artifact: one layer per file, whose digest is the entry's SHA-256 from
+the container, so the files are not hashed as wholes again; each file is hashed
+once in 1 MiB ranges for the chunk-digest index that lets later pulls fetch only
+changed ranges. A compressed or encrypted package stays a ptmpack-native artifact:
+it is cut into chunk blobs (:mod:`ptmpack.distribution.mapping`) and every blob is
+digested. Each blob the store already holds (HEAD) is skipped; the others are
 mounted from a sibling repository when the caller names one and the registry
 allows it, else uploaded (several at once). The manifest goes last, so a tag never
 points at a package whose blobs are missing; pushing the same package twice
@@ -19,21 +24,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptmpack.distribution import modelpack
 from ptmpack.distribution.cache import BlobCache
-from ptmpack.distribution.describe import PackageConfig, annotations, read_facts
-from ptmpack.distribution.mapping import Cut, cut_spans, encode_recipe, hash_cut
+from ptmpack.distribution.chunks import index_blobs
+from ptmpack.distribution.describe import PackageConfig, annotations, modelpack_config, read_facts
+from ptmpack.distribution.mapping import INDEX_CHUNK, Cut, cut_files, cut_spans, encode_recipe, hash_cut
 from ptmpack.distribution.oci import (
     ANN_RESIDUAL_TARGET,
-    ARTIFACT_TYPE,
     CHUNK_MEDIA_TYPE,
     CONFIG_MEDIA_TYPE,
+    MODEL_ARTIFACT_TYPE,
     RECIPE_MEDIA_TYPE,
     Descriptor,
     PackageManifest,
     sha256_digest,
 )
 from ptmpack.distribution.reference import DEFAULT_TAG, Reference, parse_reference
-from ptmpack.distribution.stores import ClientOptions, NoProgress, Store, TransferProgress, open_store, residual_tag
+from ptmpack.distribution.stores import open_store, residual_tag
+from ptmpack.distribution.storetypes import BlobMounter, ClientOptions, NoProgress, Store, TransferProgress
 from ptmpack.errors import UsageError
 from ptmpack.format import spec
 from ptmpack.format.reader import PackageReader, is_package_file
@@ -53,6 +61,8 @@ class PushOptions:
     """Content cache root (it remembers which repositories hold which blobs); default ``$XDG_CACHE_HOME/ptmpack``."""
     residual: bool = False
     """Publish a residual package under the residual tag of the reference's tag (docs/DISTRIBUTION.md §5)."""
+    split_size: int = modelpack.DEFAULT_SPLIT_SIZE
+    """ModelPack artifacts: files larger than this travel as ordered parts (``org.ptmpack.file.part``)."""
 
 
 @dataclass(frozen=True)
@@ -102,17 +112,30 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
     if not path.is_file() or not is_package_file(path):
         raise UsageError(f"{path} is not a .ptm package", hint="pack a tree first: ptmpack pack DIR -o OUT.ptm")
     with PackageReader(path, sealed_ok=True) as reader:
-        spans = cut_spans(reader)
-        progress.start("hashing", reader.size)
-        cut = hash_cut(path, spans, workers=options.workers, progress=progress.advance)
-        config = read_facts(reader, cut.sha256)
+        if reader.sealed or any(e.codec for e in reader.entries):
+            spans = cut_spans(reader)
+            progress.start("hashing", reader.size)
+            cut = hash_cut(path, spans, workers=options.workers, progress=progress.advance)
+            config, layers = read_facts(reader, cut.sha256), None
+        else:
+            spans, layers = cut_files(reader, options.split_size)
+            progress.start("hashing", sum(layer.size for layer in layers))
+            layers, index = index_blobs(path, spans, layers, INDEX_CHUNK, options.workers, progress.advance)
+            digests = iter(layer.digest for layer in layers)
+            cut = Cut(reader.size, None, tuple(spans), tuple(next(digests) if s.blob else None for s in spans))
+            config = read_facts(reader, None)
     ann = annotations(path, config)
     store = open_store(ref, options.client, create=True)
     try:
         tag = _tag(ref, config, options, store, ann)
-        recipe = encode_recipe(path, cut)
-        config_bytes = config.to_bytes()
-        manifest = _manifest(cut, recipe, config_bytes, ann)
+        if layers is None:
+            recipe = encode_recipe(path, cut)
+            config_bytes = config.to_bytes()
+            manifest = _manifest(cut, recipe, config_bytes, ann)
+        else:
+            recipe = encode_recipe(path, cut, index, config.manifest_sha256)
+            config_bytes = modelpack_config(path, layers, sha256_digest(recipe))
+            manifest = _modelpack_manifest(layers, recipe, config_bytes, {**ann, **config.to_annotations()})
         if ref.digest and sha256_digest(manifest.to_bytes()) != ref.digest:
             raise UsageError(f"the package's manifest digest is {sha256_digest(manifest.to_bytes())}, not {ref.digest}",
                              hint="push by tag; a digest reference must name exactly this package")
@@ -121,7 +144,7 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
         cache = BlobCache(options.cache_dir)
         mounts = _mount_sources(ref, options, cache)
         _upload(store, path, cut, small, mounts, options, progress, tally)
-        digest, changed = store.put_manifest(manifest.to_bytes(), tag, ARTIFACT_TYPE)
+        digest, changed = store.put_manifest(manifest.to_bytes(), tag, manifest.artifact_type)
         if not ref.is_layout:
             cache.remember(ref.location, ref.repository, [*small, *(p.digest for p in cut.pieces())])
     finally:
@@ -161,6 +184,17 @@ def _manifest(cut: Cut, recipe: bytes, config: bytes, ann: dict[str, str]) -> Pa
                            tuple(sorted(ann.items())))
 
 
+def _modelpack_manifest(layers: list[modelpack.FileLayer], recipe: bytes, config: bytes,
+                        ann: dict[str, str]) -> PackageManifest:
+    """One layer per file (or part) in file order, then the recipe; the spec's config media type."""
+    mtime = modelpack.rfc3339(ann.get("org.opencontainers.image.created")) or modelpack.EPOCH
+    descs = [Descriptor(modelpack.media_type_for(layer.path), layer.digest, layer.size,
+                        tuple(sorted(layer.annotations(mtime).items()))) for layer in layers]
+    descs.append(Descriptor(RECIPE_MEDIA_TYPE, sha256_digest(recipe), len(recipe)))
+    return PackageManifest(Descriptor(modelpack.CONFIG_MEDIA_TYPE, sha256_digest(config), len(config)), tuple(descs),
+                           tuple(sorted(ann.items())), artifact_type=MODEL_ARTIFACT_TYPE)
+
+
 def _mount_sources(ref: Reference, options: PushOptions, cache: BlobCache) -> Callable[[str], list[str]]:
     """For a digest: the repositories of the same registry to try mounting it from (named ones first)."""
     if ref.is_layout:
@@ -195,10 +229,9 @@ def _one(store: Store, digest: str, size: int, read: Any, mount_from: list[str],
             tally.reused += 1
         progress.advance(size)
         return
-    mount = getattr(store, "mount_blob", None)  # registries only
-    if mount is not None:
+    if isinstance(store, BlobMounter):
         for repo in mount_from:
-            if mount(digest, repo):
+            if store.mount_blob(digest, repo):
                 with tally.lock:
                     tally.mounted += 1
                 progress.advance(size)

@@ -278,6 +278,41 @@ class RegistryStore:
                 progress(len(block))
 
 
+    # ranges (chunk-index deltas, docs/DISTRIBUTION.md §4)
+    def fetch_range(self, digest: str, start: int, length: int) -> bytes | None:
+        """Exactly ``length`` bytes of a blob from ``start`` with one ``Range`` GET; None when the registry
+        ignores ``Range`` (HTTP 200), so the caller downloads the blob whole instead.
+
+        Raises:
+            IntegrityError: the registry answered another range, or more or fewer bytes than asked.
+        """
+        what = f"blob {digest} bytes {start}-{start + length - 1}"
+        headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        try:
+            with self.client.stream("GET", f"{self.base}/blobs/{digest}", headers=headers) as r:
+                self._check_auth(r, what)
+                if r.status_code == 200:
+                    return None
+                if r.status_code == 404:
+                    raise IntegrityError(f"the manifest names blob {digest}, but {self.ref.location} does not have it")
+                if r.status_code != 206:
+                    r.read()
+                    raise self._fail(r, what)
+                served = r.headers.get("content-range", "")
+                if not served.startswith(f"bytes {start}-{start + length - 1}/"):
+                    raise IntegrityError(f"{what}: the registry served {served or 'no Content-Range'} instead")
+                data = bytearray()
+                for block in r.iter_raw():
+                    data += block
+                    if len(data) > length:
+                        raise IntegrityError(f"{what}: the registry sent more bytes than asked")
+        except httpx.TransportError as exc:
+            raise RegistryError(f"{what}: {type(exc).__name__}: {exc}") from None
+        if len(data) != length:
+            raise IntegrityError(f"{what}: the registry sent {len(data)} bytes, {length} were asked")
+        return bytes(data)
+
+
 def _with_digest(location: str, digest: str) -> str:
     """The upload URL with ``digest=`` added to the query the registry gave (httpx ``params`` would replace it)."""
     return str(httpx.URL(location).copy_add_param("digest", digest))
