@@ -139,6 +139,9 @@ def fetch_by_ranges(store: Store, digest: str, size: int, table: list[bytes], ch
                 if data is None:
                     partial.unlink()
                     return None
+                if len(data) != length:
+                    raise IntegrityError(f"blob {digest}: the store sent {len(data)} bytes for a range of {length}",
+                                         hint="nothing was written")
                 _check_run(data, table, run, chunk, start, digest)
                 os.pwrite(f.fileno(), data, start)
                 moved += len(data)
