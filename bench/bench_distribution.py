@@ -17,6 +17,11 @@ Bytes moved for version N+1 after N (with N's blobs in the cache):
   2. a real fine-tune: all-MiniLM-L6-v2 A and B = A fine-tuned (bench_residual's pair,
      300 AdamW steps on the Lee corpus): every tensor moved;
   3. the same pair with ``pull --delta`` against a published residual (int8 and lossless).
+
+``--cases updates``: the three update kinds of docs/DISTRIBUTION.md §2.3 on a 55 MB raw
+package (ModelPack artifact; weights written by the safetensors library), version N
+local as ``PullOptions.base`` and an empty cache, so only the chunk-digest index decides
+what moves: metadata only, one tensor changed, every weight changed.
 """
 
 from __future__ import annotations
@@ -166,6 +171,29 @@ def moved(reg: Registry, repo: str, v1: Path, v2: Path, cache: Path) -> dict[str
             "download_fraction": down.bytes_downloaded / v2.stat().st_size, "identical": identical, "local_v1": local}
 
 
+def updates(reg: Registry) -> list[dict[str, object]]:
+    """Bytes pushed and pulled for the three update kinds, version N local, nothing cached."""
+    from tests.distribution.packages import pack_kind, write_model_tree
+
+    folder = WORK / "updates"
+    v1 = pack_kind(write_model_tree(folder / "t1", rows=54000), folder / "v1.ptm", "raw")
+    kinds = {"metadata only": write_model_tree(folder / "t2", rows=54000, version="1.0.1"),
+             "one tensor changed": write_model_tree(folder / "t3", rows=54000, version="1.1.0", bump=0.5),
+             "every weight changed": write_model_tree(folder / "t4", rows=54000, seed=7, version="2.0.0")}
+    repo = f"{reg.host}/bench/updates"
+    push(v1, f"{repo}:v1", PushOptions(client=PLAIN))
+    out = []
+    for i, (kind, tree) in enumerate(kinds.items()):
+        pkg = pack_kind(tree, folder / f"n{i}.ptm", "raw")
+        up = push(pkg, f"{repo}:n{i}", PushOptions(client=PLAIN))
+        got = folder / f"o{i}.ptm"
+        down = pull(f"{repo}:n{i}", got, PullOptions(client=PLAIN, base=v1, cache_dir=folder / f"cache{i}"))
+        out.append({"update": kind, "bytes": pkg.stat().st_size, "uploaded": up.bytes_uploaded,
+                    "downloaded": down.bytes_downloaded, "identical": got.read_bytes() == pkg.read_bytes()})
+    common.rm(folder)
+    return out
+
+
 def delta_case(reg: Registry, repo: str, a: Path, b: Path, bits: int | str, cache: Path) -> dict[str, object]:
     from ptmpack.residual import diff_residual
 
@@ -210,7 +238,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("mpnet", "minilm"), default="mpnet")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default="throughput,metadata,finetune",
-                        help="comma-separated subset of throughput, metadata, finetune")
+                        help="comma-separated subset of throughput, metadata, finetune, updates")
     parser.add_argument("--ft-steps", type=int, default=300,
                         help="fine-tune steps of the MiniLM pair (300 = bench_residual's cached pair)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -221,11 +249,12 @@ def main() -> None:
     WORK.mkdir(parents=True)
     cases = set(args.cases.split(","))
     results: dict[str, object] = {"machine": common.machine_info(), "model": args.model}
-    tree = model_tree(args.model)
     pkg = WORK / f"{args.model}.ptm"
-    api.pack(tree, pkg)
+    if cases & {"throughput", "metadata"}:
+        tree = model_tree(args.model)
+        api.pack(tree, pkg)
     with Registry(WORK / "registry") as reg:
-        common.log(f"registry at {reg.host}; package {pkg.stat().st_size / common.MB:.1f} MB")
+        common.log(f"registry at {reg.host}")
         if "throughput" in cases:
             results["throughput"] = throughput(reg, pkg, args.repeat)
         if "metadata" in cases:
@@ -235,6 +264,8 @@ def main() -> None:
             meta.pop("local_v1")
             results["metadata_only"] = meta
             common.rm(v2, WORK / "tree-v2")
+        if "updates" in cases:
+            results["updates"] = updates(reg)
         if "finetune" in cases:
             a_tree, b_tree = finetune_pair(args.ft_steps)
             results["finetune_steps"] = args.ft_steps
@@ -265,6 +296,9 @@ def report(r: dict[str, object]) -> None:
     if isinstance(m, dict):
         print(f"metadata-only N+1: uploaded {m['uploaded']:,} B, downloaded {m['downloaded']:,} B "
               f"= {m['download_fraction']:.5f} of {m['v2_bytes']:,} B (byte-identical: {m['identical']})")
+    for u in r.get("updates") or []:  # type: ignore[union-attr]
+        print(f"{u['update']}: pushed {u['uploaded']:,} B, pulled {u['downloaded']:,} B = "
+              f"{u['downloaded'] / u['bytes']:.4f} of {u['bytes']:,} B (N local, no cache; byte-identical: {u['identical']})")
     f = r.get("finetune_full")
     if isinstance(f, dict):
         print(f"fine-tune pair: all-MiniLM-L6-v2 and {r.get('finetune_steps')} AdamW steps of it (real text)")
