@@ -22,7 +22,7 @@ from rich.table import Table
 from ptmpack.api.distribution import ClientOptions, PullOptions, PushOptions, ls_ref, pull, push
 from ptmpack.cli._common import console as _console
 from ptmpack.cli._common import emit_json as _emit_json
-from ptmpack.cli._common import opener, opener_options
+from ptmpack.cli._common import opener, opener_options, parse_size
 
 
 def _size(n: int) -> str:
@@ -90,12 +90,14 @@ def _client(plain_http: bool, ca_file: Path | None, workers: int) -> ClientOptio
               help="Do not mount blobs from the repositories the local cache saw holding them.")
 @click.option("--residual", is_flag=True,
               help="Publish this residual package as the delta to REFERENCE's tag (tag TAG.residual-<base>).")
+@click.option("--split-size", default="8G", show_default=True,
+              help="ModelPack artifacts: files larger than this travel as ordered parts (org.ptmpack.file.part).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | None, workers: int,
-             mount_from: tuple[str, ...], no_auto_mount: bool, residual: bool, as_json: bool) -> None:
+             mount_from: tuple[str, ...], no_auto_mount: bool, residual: bool, split_size: str, as_json: bool) -> None:
     """Push PACKAGE (.ptm) to REFERENCE: oci:DIR[:TAG] or HOST[:PORT]/REPO[:TAG]. Only new blobs are uploaded."""
     options = PushOptions(client=_client(plain_http, ca_file, workers), workers=workers, mount_from=mount_from,
-                          auto_mount=not no_auto_mount, residual=residual)
+                          auto_mount=not no_auto_mount, residual=residual, split_size=parse_size(split_size))
     with _Bars(not as_json) as bars:
         report = push(package, reference, options, bars)
     if as_json:

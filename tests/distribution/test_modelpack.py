@@ -277,3 +277,12 @@ def test_unchanged_package_pulls_nothing_new(registry: Registry, package: Path, 
     again = pull(ref, out, PullOptions(client=PLAIN, force=True, cache_dir=tmp_path / "empty-cache"))
     assert again.bytes_downloaded < 0.01 * package.stat().st_size, again
     assert out.read_bytes() == package.read_bytes()
+
+
+def test_split_size_option(package: Path, tmp_path: Path) -> None:
+    ref = f"oci:{tmp_path / 'layout'}:v1"
+    assert_clean_error(cli("push", package, ref, "--split-size", "1K"), 2)  # below 64 KiB: refused
+    run = cli("push", package, ref, "--split-size", "1M", "--json")
+    assert run.code == 0, run.err
+    manifest, _ = _layout_manifest(tmp_path / "layout", "v1")
+    assert sum(1 for d in manifest["layers"] if ANN_PART in d.get("annotations", {})) == 3
