@@ -45,7 +45,7 @@ import common  # noqa: E402
 from ptmpack import api  # noqa: E402
 from ptmpack.distribution import ClientOptions, PullOptions, PushOptions, pull, push  # noqa: E402
 from ptmpack.distribution.cache import BlobCache  # noqa: E402
-from ptmpack.distribution.pull import resolve  # noqa: E402
+from ptmpack.distribution.fetch import resolve  # noqa: E402
 from ptmpack.distribution.reference import parse_reference  # noqa: E402
 from ptmpack.distribution.registry import RegistryStore  # noqa: E402
 from tests._support.registry import Registry, registry_available  # noqa: E402

@@ -11,7 +11,8 @@ from ptmpack.distribution.listing import LsReport, PackageListing, ls_ref
 from ptmpack.distribution.pull import PullOptions, PullReport, pull
 from ptmpack.distribution.push import PushOptions, PushReport, push
 from ptmpack.distribution.reference import Reference, parse_reference
-from ptmpack.distribution.stores import ClientOptions, RegistryError, TransferProgress, residual_tag
+from ptmpack.distribution.stores import residual_tag
+from ptmpack.distribution.storetypes import ClientOptions, RegistryError, TransferProgress
 
 __all__ = [
     "ClientOptions",

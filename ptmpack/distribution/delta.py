@@ -26,26 +26,31 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ptmpack.distribution.cache import BlobCache
+from ptmpack.distribution.fetch import (
+    Fetched,
+    PullOptions,
+    PullReport,
+    Tally,
+    check_package,
+    fetch_into,
+    report,
+    resolve,
+)
 from ptmpack.distribution.mapping import cut_spans, hash_cut
 from ptmpack.distribution.oci import ANN_RESIDUAL_TARGET
 from ptmpack.distribution.reference import DEFAULT_TAG, Reference
-from ptmpack.distribution.stores import TransferProgress, open_store, residual_tag
+from ptmpack.distribution.stores import open_store, residual_tag
+from ptmpack.distribution.storetypes import Store, TransferProgress
 from ptmpack.errors import UsageError
 from ptmpack.format.atomic import TEMP_PREFIX
 from ptmpack.format.reader import PackageReader, is_package_file
-
-if TYPE_CHECKING:
-    from ptmpack.distribution.pull import Fetched, PullOptions, PullReport
 
 
 def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: TransferProgress,
                started: float) -> PullReport:
     """Bring the base (``options.base``, else ``out``) up to ``ref``; see the module docstring."""
-    from ptmpack.distribution.pull import _Tally, check_package, fetch_into, report, resolve
-
     base = Path(options.base) if options.base is not None else out
     if not base.is_file() or not is_package_file(base):
         raise UsageError(f"--delta needs the local base package, and {base} is not a .ptm",
@@ -65,10 +70,10 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
             if base.resolve() != out.resolve():
                 shutil.copyfile(base, work / "copy.ptm")
                 os.replace(work / "copy.ptm", out)
-            return report(target, out, "up-to-date", _Tally(), ("manifest digest",), started,
+            return report(target, out, "up-to-date", Tally(), ("manifest digest",), started,
                           "the local package already is this version")
         rref = ref.with_tag(residual_tag(ref.tag or DEFAULT_TAG, base_digest))
-        residual, note = _residual(store, rref, target, base_digest, cache, resolve)
+        residual, note = _residual(store, rref, target, base_digest, cache)
         seeds = [base]
         moved = 0
         if residual is not None:
@@ -87,7 +92,7 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
                 encrypted = reader.encrypted
             checks = check_package(built, encrypted, None, progress)
             os.replace(built, out)
-            tally = _Tally(bytes=moved)
+            tally = Tally(bytes=moved)
             return report(target, out, "delta", tally, ("residual digests", "apply digests", *checks[1:]), started,
                           f"applied {rref.tag}; the rebuilt package has the same files and tensors as {ref} but "
                           f"not its bytes ({len(missing)} blobs differ)")
@@ -101,12 +106,12 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _residual(store: object, rref: Reference, target: Fetched, base_digest: str, cache: BlobCache,
-              resolve: object) -> tuple[Fetched | None, str]:
+def _residual(store: Store, rref: Reference, target: Fetched, base_digest: str,
+              cache: BlobCache) -> tuple[Fetched | None, str]:
     """The published residual for this base and target, or None and the reason it cannot be used."""
-    if store.get_manifest(rref.target) is None:  # type: ignore[attr-defined]
+    if store.get_manifest(rref.target) is None:
         return None, f"no residual {rref.tag} published for this base: pulled in full, reusing unchanged blobs"
-    residual = resolve(store, rref, cache)  # type: ignore[operator]
+    residual = resolve(store, rref, cache)
     ann = dict(residual.manifest.annotations)
     if not residual.config.residual:
         return None, f"{rref.tag} is not a residual package (no RESIDUAL flag): pulled in full"

@@ -48,7 +48,7 @@ def ls_ref(reference: Reference | str, client: ClientOptions | None = None, cach
         UsageError: the named tag does not exist, or the layout directory does not.
         KeyAccessError / RegistryError: as for pull.
     """
-    from ptmpack.distribution.pull import resolve
+    from ptmpack.distribution.fetch import resolve
 
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     store = open_store(ref, client or ClientOptions(), create=False)

@@ -27,7 +27,7 @@ import httpx
 from ptmpack.distribution.auth import RegistryAuth, find_credentials
 from ptmpack.distribution.oci import ACCEPT_MANIFESTS, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, sha256_digest
 from ptmpack.distribution.reference import Reference, is_loopback
-from ptmpack.distribution.stores import ClientOptions, RegistryError
+from ptmpack.distribution.storetypes import ClientOptions, RegistryError
 from ptmpack.errors import IntegrityError, KeyAccessError, PtmError, UsageError
 
 

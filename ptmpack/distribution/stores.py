@@ -13,22 +13,17 @@ from ptmpack.distribution.storetypes import (
     ClientOptions,
     LocalBlobs,
     NoProgress,
+    RegistryError,
     Store,
     TransferProgress,
 )
-from ptmpack.errors import PtmError, UnsupportedError, UsageError
+from ptmpack.errors import UnsupportedError, UsageError
 
 __all__ = ["BlobMounter", "ClientOptions", "LocalBlobs", "NoProgress", "RegistryError", "Store", "TransferProgress",
            "open_store", "residual_tag"]
 
 RESIDUAL_TAG_INFIX = ".residual-"
 RESIDUAL_TAG_HEX = 16
-
-
-class RegistryError(PtmError):
-    """The registry could not be reached or answered with an error that is not the package's fault."""
-
-    exit_code = 1
 
 
 def open_store(ref: Reference, client: ClientOptions, *, create: bool) -> Store:

@@ -1,4 +1,4 @@
-"""The types every distribution module shares, in a module that imports none of them.
+"""The types every distribution module shares, in a module that imports none of them (only ``errors``).
 
 ``Store`` is what push, pull and ls ask of a place that holds packages; the
 registry repository (:mod:`ptmpack.distribution.registry`) and the OCI layout
@@ -17,6 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from ptmpack.errors import PtmError
+
+
+class RegistryError(PtmError):
+    """The registry could not be reached or answered with an error that is not the package's fault."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)

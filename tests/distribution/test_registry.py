@@ -11,7 +11,7 @@ import pytest
 
 from ptmpack.distribution import ClientOptions, PullOptions, PushOptions, ls_ref, pull, push
 from ptmpack.distribution.cache import BlobCache
-from ptmpack.distribution.pull import resolve
+from ptmpack.distribution.fetch import resolve
 from ptmpack.distribution.reference import parse_reference
 from ptmpack.distribution.registry import RegistryStore
 from ptmpack.errors import IntegrityError, UsageError
