@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from ptmpack.api import load_public_key
 from ptmpack.api.distribution import ClientOptions, PullOptions, PushOptions, ls_ref, pull, push
 from ptmpack.cli._common import console as _console
 from ptmpack.cli._common import emit_json as _emit_json
@@ -116,17 +117,20 @@ def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | No
               help="Update the local package (OUTPUT, or --base) with a published residual when one matches it.")
 @click.option("--base", type=click.Path(path_type=Path, dir_okay=False), help="Local base package for --delta.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--pubkey", type=click.Path(path_type=Path, dir_okay=False),
+              help="Ed25519 public key (PEM): refuse (exit 3, nothing written) a package not signed by it.")
 @opener_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | None, workers: int, delta: bool,
-             base: Path | None, force: bool, passphrase_file: Path | None, key_file: Path | None,
+             base: Path | None, force: bool, pubkey: Path | None, passphrase_file: Path | None, key_file: Path | None,
              identity: Path | None, as_json: bool) -> None:
     """Pull REFERENCE into OUTPUT, verifying every blob and the package before it is renamed into place.
 
     Key options are needed only to apply an encrypted residual with --delta.
     """
     options = PullOptions(client=_client(plain_http, ca_file, workers), workers=workers, force=force, delta=delta,
-                          base=base, opener=opener(passphrase_file, key_file, identity))
+                          base=base, opener=opener(passphrase_file, key_file, identity),
+                          pubkey=load_public_key(pubkey) if pubkey else None)
     with _Bars(not as_json) as bars:
         report = pull(reference, output, options, bars)
     if as_json:
@@ -161,6 +165,7 @@ def ls_cmd(reference: str, plain_http: bool, ca_file: Path | None, workers: int,
     table.add_row("size", _size(p.size))
     table.add_row("flags", ", ".join(p.flags) or "-")
     table.add_row("blobs", f"{p.blobs} ({_size(p.blob_bytes)})")
+    table.add_row("signed", ", ".join(f"yes, key {fp}" for fp in p.signers) or "no")
     for k, v in sorted(p.annotations.items()):
         table.add_row(k, v)
     console.print(table)

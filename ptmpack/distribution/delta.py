@@ -25,6 +25,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from ptmpack.distribution.cache import BlobCache
@@ -41,6 +42,7 @@ from ptmpack.distribution.fetch import (
 from ptmpack.distribution.mapping import cut_spans, hash_cut
 from ptmpack.distribution.oci import ANN_RESIDUAL_TARGET
 from ptmpack.distribution.reference import DEFAULT_TAG, Reference
+from ptmpack.distribution.referrers import require_signer
 from ptmpack.distribution.stores import open_store, residual_tag
 from ptmpack.distribution.storetypes import Store, TransferProgress
 from ptmpack.errors import UsageError
@@ -66,6 +68,8 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
     work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out.parent))
     try:
         target = resolve(store, ref, cache)
+        if options.pubkey is not None:
+            require_signer(store, target.digest, options.pubkey)
         if target.config.manifest_sha256 == base_digest:
             if base.resolve() != out.resolve():
                 shutil.copyfile(base, work / "copy.ptm")
@@ -78,7 +82,8 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
         moved = 0
         if residual is not None:
             delta_file, built = work / "residual.ptm", work / "rebuilt.ptm"
-            fetched_tally, _ = fetch_into(store, residual, delta_file, options, progress)
+            # the residual need not be signed: the package rebuilt from it is checked against the key
+            fetched_tally, _ = fetch_into(store, residual, delta_file, replace(options, pubkey=None), progress)
             moved = fetched_tally.bytes + residual.small_bytes
             from ptmpack.residual.apply import apply_residual
 
@@ -90,7 +95,7 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
             built = work / "rebuilt.ptm"
             with PackageReader(built, sealed_ok=True) as reader:
                 encrypted = reader.encrypted
-            checks = check_package(built, encrypted, None, progress)
+            checks = check_package(built, encrypted, None, progress, options.pubkey)
             os.replace(built, out)
             tally = Tally(bytes=moved)
             return report(target, out, "delta", tally, ("residual digests", "apply digests", *checks[1:]), started,

@@ -53,6 +53,8 @@ class PullOptions:
     base: Path | None = None
     """A local package to take unchanged chunks from (and the base of ``delta``); default: the output, if it exists."""
     opener: Any = None
+    pubkey: Any = None
+    """An Ed25519 public key: refuse (exit 3, nothing written) a package without a signature by it."""
     """Keys for encrypted packages (needed only to apply an encrypted residual)."""
 
 
@@ -224,7 +226,7 @@ def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
         progress.start("verifying", fetched.recipe.size)
         if fetched.manifest.is_modelpack:
             check_layer_paths(Path(tmp), fetched)
-        checks = check_package(Path(tmp), fetched.config.encrypted, fetched.config.sha256, progress)
+        checks = check_package(Path(tmp), fetched.config.encrypted, fetched.config.sha256, progress, options.pubkey)
         if fetched.manifest.is_modelpack:
             checks = (*checks, "layer paths")
         os.chmod(tmp, 0o644)
@@ -320,23 +322,34 @@ class _Blobs:
         self.tally.downloaded, self.tally.bytes = len(paths), sum(self.needed.values())
 
 
-def check_package(path: Path, encrypted: bool, sha256: str | None, progress: TransferProgress) -> tuple[str, ...]:
+def check_package(path: Path, encrypted: bool, sha256: str | None, progress: TransferProgress,
+                  pubkey: Any = None) -> tuple[str, ...]:
     """Verify an assembled package like ``ptmpack verify``; encrypted ones keylessly plus the file digest.
 
     ``sha256`` is the digest the whole file must have (checked for encrypted packages,
     whose entries cannot be checked without the key); None skips it (a package
-    rebuilt by apply, which checked every plaintext digest itself).
+    rebuilt by apply, which checked every plaintext digest itself). With ``pubkey``
+    (an Ed25519 public key) the file's own signature must verify with it.
 
     Raises:
-        IntegrityError (or another PtmError of verify): the package fails a check.
+        IntegrityError (or another PtmError of verify): the package fails a check, or is not signed by ``pubkey``.
     """
+    signed: tuple[str, ...] = ()
+    if pubkey is not None:
+        from ptmpack.storage.verify import verify_package
+
+        if encrypted:  # keyless: the signature covers every byte before it
+            verify_package(path, pubkey=pubkey)
+            signed = ("signature",)
+        else:
+            return ("blob digests", *verify_package(path, pubkey=pubkey, progress=progress.advance).checks)
     if encrypted:
         with PackageReader(path, sealed_ok=True) as reader:
             reader.check_padding()
             for _ in reader.walk_headers():
                 pass
         if sha256 is None:
-            return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding")
+            return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding", *signed)
         h = hashlib.sha256()
         with open(path, "rb") as f:
             while block := f.read(8 * 1024 * 1024):
@@ -344,7 +357,7 @@ def check_package(path: Path, encrypted: bool, sha256: str | None, progress: Tra
                 progress.advance(len(block))
         if h.hexdigest() != sha256:
             raise IntegrityError("the assembled package does not match the pushed file's sha256")
-        return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding", "file sha256")
+        return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding", "file sha256", *signed)
     report = _verify(path, progress)
     return ("blob digests", *report.checks)
 

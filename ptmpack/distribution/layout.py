@@ -175,13 +175,23 @@ class LayoutStore:
 
     def put_manifest(self, data: bytes, tag: str | None, artifact_type: str) -> tuple[str, bool]:
         """Store a manifest and point ``tag`` at it; returns (digest, whether anything changed)."""
+        return self._put(data, tag, {"mediaType": MANIFEST_MEDIA_TYPE, "artifactType": artifact_type})
+
+    def put_index(self, data: bytes, tag: str) -> str:
+        """Store an image index under ``tag`` (the referrers tag schema, which layouts use too); returns its digest."""
+        return self._put(data, tag, {"mediaType": INDEX_MEDIA_TYPE})[0]
+
+    def referrers(self, digest: str) -> list[dict[str, object]] | None:
+        """None: a layout has no referrers API; its referrers are listed under the fallback tag."""
+        return None
+
+    def _put(self, data: bytes, tag: str | None, kind: dict[str, str]) -> tuple[str, bool]:
         digest = sha256_digest(data)
         changed = False
         if not self.has_blob(digest, len(data)):
             self.put_blob(digest, len(data), lambda pos, n: data[pos: pos + n], lambda n: None)
             changed = True
-        entry: dict[str, Any] = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": len(data),
-                                 "artifactType": artifact_type}
+        entry: dict[str, Any] = {**kind, "digest": digest, "size": len(data)}
         with self._locked():
             index = self.index()
             manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)]

@@ -22,6 +22,7 @@ from ptmpack.distribution.cache import BlobCache
 from ptmpack.distribution.delta import pull_delta
 from ptmpack.distribution.fetch import PullOptions, PullReport, fetch_into, report, resolve
 from ptmpack.distribution.reference import Reference, parse_reference
+from ptmpack.distribution.referrers import require_signer
 from ptmpack.distribution.stores import open_store
 from ptmpack.distribution.storetypes import NoProgress, TransferProgress
 from ptmpack.format.atomic import check_target
@@ -53,6 +54,8 @@ def pull(reference: Reference | str, output: Path | str, options: PullOptions | 
     try:
         cache = BlobCache(options.cache_dir)
         fetched = resolve(store, ref, cache)
+        if options.pubkey is not None:  # before any blob moves: refuse unsigned or wrongly signed packages early
+            require_signer(store, fetched.digest, options.pubkey)
         tally, checks = fetch_into(store, fetched, out, options, progress)
         if not ref.is_layout:
             cache.remember(ref.location, ref.repository, [fetched.manifest.config.digest,

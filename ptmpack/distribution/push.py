@@ -33,6 +33,7 @@ from ptmpack.distribution.oci import (
     ANN_RESIDUAL_TARGET,
     CHUNK_MEDIA_TYPE,
     CONFIG_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
     MODEL_ARTIFACT_TYPE,
     RECIPE_MEDIA_TYPE,
     Descriptor,
@@ -40,6 +41,7 @@ from ptmpack.distribution.oci import (
     sha256_digest,
 )
 from ptmpack.distribution.reference import DEFAULT_TAG, Reference, parse_reference
+from ptmpack.distribution.referrers import attach_signature, signature_block
 from ptmpack.distribution.stores import open_store, residual_tag
 from ptmpack.distribution.storetypes import BlobMounter, ClientOptions, NoProgress, Store, TransferProgress
 from ptmpack.errors import UsageError
@@ -81,6 +83,8 @@ class PushReport:
     manifest_uploaded: bool
     seconds: float
     annotations: dict[str, str]
+    signature_referrer: str | None = None
+    """The digest of the signature referrer attached to the package manifest (signed packages)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, "command": "push", **self.__dict__}
@@ -112,6 +116,7 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
     if not path.is_file() or not is_package_file(path):
         raise UsageError(f"{path} is not a .ptm package", hint="pack a tree first: ptmpack pack DIR -o OUT.ptm")
     with PackageReader(path, sealed_ok=True) as reader:
+        block = signature_block(reader)
         if reader.sealed or any(e.codec for e in reader.entries):
             spans = cut_spans(reader)
             progress.start("hashing", reader.size)
@@ -144,14 +149,17 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
         cache = BlobCache(options.cache_dir)
         mounts = _mount_sources(ref, options, cache)
         _upload(store, path, cut, small, mounts, options, progress, tally)
-        digest, changed = store.put_manifest(manifest.to_bytes(), tag, manifest.artifact_type)
+        data = manifest.to_bytes()
+        digest, changed = store.put_manifest(data, tag, manifest.artifact_type)
+        referrer = attach_signature(store, Descriptor(MANIFEST_MEDIA_TYPE, digest, len(data)), block) if block else None
         if not ref.is_layout:
             cache.remember(ref.location, ref.repository, [*small, *(p.digest for p in cut.pieces())])
     finally:
         store.close()
     blobs = len(manifest.layers) + 1
     return PushReport(str(ref.with_tag(tag) if tag else ref), digest, tag, cut.size, blobs, tally.uploaded,
-                      tally.reused, tally.mounted, tally.bytes, changed, round(time.perf_counter() - started, 3), ann)
+                      tally.reused, tally.mounted, tally.bytes, changed, round(time.perf_counter() - started, 3), ann,
+                      referrer)
 
 
 def _tag(ref: Reference, config: PackageConfig, options: PushOptions, store: Store, ann: dict[str, str]) -> str | None:

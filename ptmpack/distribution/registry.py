@@ -25,10 +25,17 @@ from typing import Any, BinaryIO
 import httpx
 
 from ptmpack.distribution.auth import RegistryAuth, find_credentials
-from ptmpack.distribution.oci import ACCEPT_MANIFESTS, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, sha256_digest
+from ptmpack.distribution.oci import (
+    ACCEPT_MANIFESTS,
+    INDEX_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    MAX_MANIFEST_BYTES,
+    sha256_digest,
+)
 from ptmpack.distribution.reference import Reference, is_loopback
 from ptmpack.distribution.storetypes import ClientOptions, RegistryError
 from ptmpack.errors import IntegrityError, KeyAccessError, PtmError, UsageError
+from ptmpack.jsonio import loads_strict
 
 
 class RegistryStore:
@@ -311,6 +318,33 @@ class RegistryStore:
         if len(data) != length:
             raise IntegrityError(f"{what}: the registry sent {len(data)} bytes, {length} were asked")
         return bytes(data)
+
+
+    # referrers (signatures, docs/DISTRIBUTION.md §2.4)
+    def referrers(self, digest: str) -> list[dict[str, object]] | None:
+        """The referrers API's list for a manifest digest; None when the registry has no referrers API (404)."""
+        what = f"referrers of {digest}"
+        r = self._request("GET", f"{self.base}/referrers/{digest}", what, headers={"Accept": INDEX_MEDIA_TYPE})
+        if r.status_code in (404, 405):
+            return None
+        if r.status_code != 200:
+            raise self._fail(r, what)
+        if len(r.content) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"{what}: {len(r.content)} bytes is larger than any index should be")
+        doc = loads_strict(r.content, what)
+        manifests = doc.get("manifests") if isinstance(doc, dict) else None
+        if not isinstance(manifests, list):
+            raise IntegrityError(f"{what}: the registry's answer is not an image index")
+        return [m for m in manifests if isinstance(m, dict)]
+
+    def put_index(self, data: bytes, tag: str) -> str:
+        """Upload an OCI image index under ``tag`` (the referrers tag schema); returns its digest."""
+        what = f"index upload {self.ref.repository}:{tag}"
+        r = self._request("PUT", f"{self.base}/manifests/{tag}", what, content=data,
+                          headers={"Content-Type": INDEX_MEDIA_TYPE})
+        if r.status_code not in (200, 201):
+            raise self._fail(r, what)
+        return sha256_digest(data)
 
 
 def _with_digest(location: str, digest: str) -> str:

@@ -79,6 +79,14 @@ class Store(Protocol):
         """Every tag, sorted."""
         ...
 
+    def put_index(self, data: bytes, tag: str) -> str:
+        """Store an OCI image index under ``tag`` (the referrers fallback); returns its digest."""
+        ...
+
+    def referrers(self, digest: str) -> list[dict[str, object]] | None:
+        """The referrers API's descriptors for a manifest; None when the store has no referrers API."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...
