@@ -18,6 +18,11 @@ Bytes moved for version N+1 after N (with N's blobs in the cache):
      300 AdamW steps on the Lee corpus): every tensor moved;
   3. the same pair with ``pull --delta`` against a published residual (int8 and lossless).
 
+``--cases scale [--scale-gb 20]``: a package of that many GB in 4 safetensors shards
+(written sparse: a real header, the data a hole), packed raw and pushed to the loopback
+registry; prints the layer count and the manifest's bytes (the bar: layers = files + at
+most 2, manifest <= 64 KiB at 20 GB).
+
 ``--cases updates``: the three update kinds of docs/DISTRIBUTION.md §2.3 on a 55 MB raw
 package (ModelPack artifact; weights written by the safetensors library), version N
 local as ``PullOptions.base`` and an empty cache, so only the chunk-digest index decides
@@ -171,6 +176,51 @@ def moved(reg: Registry, repo: str, v1: Path, v2: Path, cache: Path) -> dict[str
             "download_fraction": down.bytes_downloaded / v2.stat().st_size, "identical": identical, "local_v1": local}
 
 
+def sparse_shard(path: Path, size: int) -> None:
+    """A safetensors file of one uint8 tensor of ``size`` bytes: 4 KiB of random bytes (so shards differ), then a
+    hole (fast to make, reads as zeros)."""
+    header = json.dumps({"weight": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header + os.urandom(4096))
+        f.truncate(8 + len(header) + size)
+
+
+def scale(reg: Registry, gb: float) -> dict[str, object]:
+    """Pack ``gb`` GB in 4 shards raw, push to a fresh repository: layers and manifest bytes."""
+    from ptmpack.metadata import documents as meta
+
+    tree = WORK / "scale-tree"
+    (tree / "Model").mkdir(parents=True)
+    (tree / "Meta-info").mkdir()
+    shard = int(gb * 1e9 / 4)
+    for k in range(4):
+        sparse_shard(tree / "Model" / f"model-{k + 1:05d}-of-00004.safetensors", shard)
+    (tree / "Model" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tree / "Meta-info" / "managementinfo.json").write_text(json.dumps(meta.management_template("scale bench")))
+    (tree / "Meta-info" / "technicalinfo.json").write_text(json.dumps(meta.technical_template()))
+    pkg = WORK / "scale.ptm"
+    t0 = time.perf_counter()
+    api.pack(tree, pkg)
+    common.rm(tree)
+    t1 = time.perf_counter()
+    ref = f"{reg.host}/bench/scale:v1"
+    pushed = push(pkg, ref, PushOptions(client=PLAIN))
+    t2 = time.perf_counter()
+    assert pushed.blobs_uploaded == pushed.blobs, "a fresh repository receives every blob"
+    store = RegistryStore(parse_reference(ref), PLAIN)
+    try:
+        data, _ = store.get_manifest("v1")  # type: ignore[misc]
+    finally:
+        store.close()
+    manifest = json.loads(data)
+    out = {"package_bytes": pkg.stat().st_size, "files": 7, "layers": len(manifest["layers"]),
+           "manifest_bytes": len(data), "pack_s": round(t1 - t0, 1), "push_s": round(t2 - t1, 1),
+           "push_MBps": pkg.stat().st_size / common.MB / (t2 - t1), "artifact": manifest["artifactType"]}
+    common.rm(pkg)
+    return out
+
+
 def updates(reg: Registry) -> list[dict[str, object]]:
     """Bytes pushed and pulled for the three update kinds, version N local, nothing cached."""
     from tests.distribution.packages import pack_kind, write_model_tree
@@ -238,7 +288,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("mpnet", "minilm"), default="mpnet")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default="throughput,metadata,finetune",
-                        help="comma-separated subset of throughput, metadata, finetune, updates")
+                        help="comma-separated subset of throughput, metadata, finetune, updates, scale")
+    parser.add_argument("--scale-gb", type=float, default=20.0, help="package size of the scale case")
     parser.add_argument("--ft-steps", type=int, default=300,
                         help="fine-tune steps of the MiniLM pair (300 = bench_residual's cached pair)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -266,6 +317,8 @@ def main() -> None:
             common.rm(v2, WORK / "tree-v2")
         if "updates" in cases:
             results["updates"] = updates(reg)
+        if "scale" in cases:
+            results["scale"] = scale(reg, args.scale_gb)
         if "finetune" in cases:
             a_tree, b_tree = finetune_pair(args.ft_steps)
             results["finetune_steps"] = args.ft_steps
@@ -296,6 +349,11 @@ def report(r: dict[str, object]) -> None:
     if isinstance(m, dict):
         print(f"metadata-only N+1: uploaded {m['uploaded']:,} B, downloaded {m['downloaded']:,} B "
               f"= {m['download_fraction']:.5f} of {m['v2_bytes']:,} B (byte-identical: {m['identical']})")
+    sc = r.get("scale")
+    if isinstance(sc, dict):
+        print(f"scale: {sc['package_bytes'] / 1e9:.1f} GB package, {sc['files']} files in 4 safetensors shards -> "
+              f"{sc['layers']} layers (files + {sc['layers'] - sc['files']}), manifest {sc['manifest_bytes']:,} B "
+              f"(bar 65,536); pack {sc['pack_s']} s, push {sc['push_s']} s ({sc['push_MBps']:.0f} MB/s), {sc['artifact']}")
     for u in r.get("updates") or []:  # type: ignore[union-attr]
         print(f"{u['update']}: pushed {u['uploaded']:,} B, pulled {u['downloaded']:,} B = "
               f"{u['downloaded'] / u['bytes']:.4f} of {u['bytes']:,} B (N local, no cache; byte-identical: {u['identical']})")
