@@ -23,6 +23,12 @@ Bytes moved for version N+1 after N (with N's blobs in the cache):
 registry; prints the layer count and the manifest's bytes (the bar: layers = files + at
 most 2, manifest <= 64 KiB at 20 GB).
 
+``--cases resume [--kills 5]``: a 200 MB raw package is pulled by the ``ptmpack`` command
+through a byte-counting TCP proxy in front of the registry; the pull is SIGKILLed at
+random points ``--kills`` times, then run to the end. Re-transferred bytes = what the
+proxy carried from the registry to the client, minus the package's blobs and the
+small per-run documents (manifest, recipe): what interruptions cost.
+
 ``--cases updates``: the three update kinds of docs/DISTRIBUTION.md §2.3 on a 55 MB raw
 package (ModelPack artifact; weights written by the safetensors library), version N
 local as ``PullOptions.base`` and an empty cache, so only the chunk-digest index decides
@@ -221,6 +227,104 @@ def scale(reg: Registry, gb: float) -> dict[str, object]:
     return out
 
 
+class CountingProxy:
+    """A TCP proxy on 127.0.0.1 counting the bytes the upstream sends to clients."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.upstream, self.down = upstream, 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: object, dst: object, count: bool) -> None:
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            while block := src.recv(1 << 20):  # type: ignore[attr-defined]
+                if count:
+                    with self.lock:
+                        self.down += len(block)
+                dst.sendall(block)  # type: ignore[attr-defined]
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.close()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def resume(reg: Registry, kills: int) -> dict[str, object]:
+    """SIGKILL a CLI pull of a 200 MB package at random points, then finish it: bytes fetched again."""
+    import random
+    import signal
+
+    from tests.distribution.packages import pack_kind, write_model_tree
+
+    folder = WORK / "resume"
+    pkg = pack_kind(write_model_tree(folder / "tree", rows=200_000), folder / "p.ptm", "raw")
+    ref = f"{reg.host}/bench/resume:v1"
+    push(pkg, ref, PushOptions(client=PLAIN))
+    store = RegistryStore(parse_reference(ref), PLAIN)
+    try:
+        fetched = resolve(store, parse_reference(ref), BlobCache(folder / "probe"))
+    finally:
+        store.close()
+    blob_bytes = sum(d.size for d in fetched.manifest.blobs)
+    proxy = CountingProxy(("127.0.0.1", reg.port))
+    env = {**os.environ, "XDG_CACHE_HOME": str(folder / "cache"), "PYTHONPATH": str(ROOT)}
+    out = folder / "out.ptm"
+    cmd = [sys.executable, "-m", "ptmpack", "pull", f"{proxy.host}/bench/resume:v1", "-o", str(out), "--plain-http",
+           "--json"]
+    t0 = time.perf_counter()
+    full = subprocess.run(cmd, env={**env, "XDG_CACHE_HOME": str(folder / "cache-full")}, capture_output=True)
+    duration = time.perf_counter() - t0
+    assert full.returncode == 0, full.stderr
+    common.rm(out)
+    per_run = proxy.down - blob_bytes  # manifest, recipe, HTTP headers of one uninterrupted pull
+    rng = random.Random(16)
+    proxy.down, done_kills = 0, 0
+    for _ in range(kills):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(0.15, 0.9) * duration)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            done_kills += 1
+        if out.exists():
+            break
+    last = subprocess.run(cmd, env=env, capture_output=True)
+    assert last.returncode == 0 or out.exists(), last.stderr
+    identical = out.read_bytes() == pkg.read_bytes()
+    proxy.close()
+    runs = done_kills + 1
+    extra = proxy.down - blob_bytes - runs * per_run
+    result = {"package_bytes": pkg.stat().st_size, "blob_bytes": blob_bytes, "kills": done_kills,
+              "proxied_bytes": proxy.down, "per_run_overhead": per_run, "retransferred": max(extra, 0),
+              "identical": identical, "uninterrupted_s": round(duration, 2)}
+    common.rm(folder)
+    return result
+
+
 def updates(reg: Registry) -> list[dict[str, object]]:
     """Bytes pushed and pulled for the three update kinds, version N local, nothing cached."""
     from tests.distribution.packages import pack_kind, write_model_tree
@@ -288,7 +392,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("mpnet", "minilm"), default="mpnet")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default="throughput,metadata,finetune",
-                        help="comma-separated subset of throughput, metadata, finetune, updates, scale")
+                        help="comma-separated subset of throughput, metadata, finetune, updates, scale, resume")
+    parser.add_argument("--kills", type=int, default=5, help="SIGKILLs of the resume case")
     parser.add_argument("--scale-gb", type=float, default=20.0, help="package size of the scale case")
     parser.add_argument("--ft-steps", type=int, default=300,
                         help="fine-tune steps of the MiniLM pair (300 = bench_residual's cached pair)")
@@ -319,6 +424,8 @@ def main() -> None:
             results["updates"] = updates(reg)
         if "scale" in cases:
             results["scale"] = scale(reg, args.scale_gb)
+        if "resume" in cases:
+            results["resume"] = resume(reg, args.kills)
         if "finetune" in cases:
             a_tree, b_tree = finetune_pair(args.ft_steps)
             results["finetune_steps"] = args.ft_steps
@@ -354,6 +461,12 @@ def report(r: dict[str, object]) -> None:
         print(f"scale: {sc['package_bytes'] / 1e9:.1f} GB package, {sc['files']} files in 4 safetensors shards -> "
               f"{sc['layers']} layers (files + {sc['layers'] - sc['files']}), manifest {sc['manifest_bytes']:,} B "
               f"(bar 65,536); pack {sc['pack_s']} s, push {sc['push_s']} s ({sc['push_MBps']:.0f} MB/s), {sc['artifact']}")
+    rs = r.get("resume")
+    if isinstance(rs, dict):
+        print(f"resume: {rs['package_bytes'] / 1e6:.0f} MB package, {rs['kills']} SIGKILLs at random points then a "
+              f"final run: re-transferred {rs['retransferred']:,} B in all (registry sent {rs['proxied_bytes']:,} B for "
+              f"{rs['blob_bytes']:,} B of blobs + {rs['per_run_overhead']:,} B of documents per run); "
+              f"byte-identical: {rs['identical']}")
     for u in r.get("updates") or []:  # type: ignore[union-attr]
         print(f"{u['update']}: pushed {u['uploaded']:,} B, pulled {u['downloaded']:,} B = "
               f"{u['downloaded'] / u['bytes']:.4f} of {u['bytes']:,} B (N local, no cache; byte-identical: {u['identical']})")

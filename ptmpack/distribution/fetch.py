@@ -157,11 +157,14 @@ def _check_filepaths(manifest: PackageManifest, where: str) -> None:
             raise IntegrityError(f"{where}: layer {i} names the unsafe path {path[:200]!r} ({exc.message})") from None
 
 
-def check_layer_paths(path: Path, fetched: Fetched) -> None:
+def check_layer_paths(path: Path, fetched: Fetched) -> frozenset[int]:
     """Each file layer sits where the package's own manifest puts the file its ``org.cncf.model.filepath`` names.
 
     So a ModelPack client that restores the tree by those annotations gets exactly
-    the files ``ptmpack unpack`` would write.
+    the files ``ptmpack unpack`` would write. Returns the indexes of the entries that
+    are one whole layer whose digest is the entry's SHA-256: their bytes were hashed
+    as they arrived (or re-hashed from the cache or layout), so verify need not hash
+    them again.
 
     Raises:
         IntegrityError: a layer's path or offset disagrees with the assembled package.
@@ -171,6 +174,7 @@ def check_layer_paths(path: Path, fetched: Fetched) -> None:
         if d is not None:
             offsets.append(pos)
         pos += n
+    hashed = set()
     with PackageReader(path) as reader:
         by_offset = {e.data_offset: e for e in reader.entries}
         for i, (desc, at) in enumerate(zip(fetched.manifest.blobs, offsets, strict=True)):
@@ -180,6 +184,9 @@ def check_layer_paths(path: Path, fetched: Fetched) -> None:
             if e is None or e.path != ann.get(ANN_FILEPATH) or e.codec:
                 raise IntegrityError(f"{fetched.ref}: layer {i} ({ann.get(ANN_FILEPATH, '?')[:200]}) is not that file of "
                                      "the package", hint="nothing was written")
+            if part == 0 and desc.size == e.raw_length and desc.digest == "sha256:" + e.sha256.hex():
+                hashed.add(e.index)
+    return frozenset(hashed)
 
 
 def _small(store: Store, cache: BlobCache, digest: str, size: int, limit: int,
@@ -224,9 +231,9 @@ def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
             if f.tell() != fetched.recipe.size:
                 raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
         progress.start("verifying", fetched.recipe.size)
-        if fetched.manifest.is_modelpack:
-            check_layer_paths(Path(tmp), fetched)
-        checks = check_package(Path(tmp), fetched.config.encrypted, fetched.config.sha256, progress, options.pubkey)
+        hashed = check_layer_paths(Path(tmp), fetched) if fetched.manifest.is_modelpack else frozenset()
+        checks = check_package(Path(tmp), fetched.config.encrypted, fetched.config.sha256, progress, options.pubkey,
+                               hashed)
         if fetched.manifest.is_modelpack:
             checks = (*checks, "layer paths")
         os.chmod(tmp, 0o644)
@@ -323,13 +330,14 @@ class _Blobs:
 
 
 def check_package(path: Path, encrypted: bool, sha256: str | None, progress: TransferProgress,
-                  pubkey: Any = None) -> tuple[str, ...]:
+                  pubkey: Any = None, hashed: frozenset[int] = frozenset()) -> tuple[str, ...]:
     """Verify an assembled package like ``ptmpack verify``; encrypted ones keylessly plus the file digest.
 
     ``sha256`` is the digest the whole file must have (checked for encrypted packages,
     whose entries cannot be checked without the key); None skips it (a package
     rebuilt by apply, which checked every plaintext digest itself). With ``pubkey``
-    (an Ed25519 public key) the file's own signature must verify with it.
+    (an Ed25519 public key) the file's own signature must verify with it. ``hashed``
+    names raw entries whose bytes were already checked against their digest.
 
     Raises:
         IntegrityError (or another PtmError of verify): the package fails a check, or is not signed by ``pubkey``.
@@ -342,7 +350,7 @@ def check_package(path: Path, encrypted: bool, sha256: str | None, progress: Tra
             verify_package(path, pubkey=pubkey)
             signed = ("signature",)
         else:
-            return ("blob digests", *verify_package(path, pubkey=pubkey, progress=progress.advance).checks)
+            return ("blob digests", *verify_package(path, pubkey=pubkey, progress=progress.advance, hashed=hashed).checks)
     if encrypted:
         with PackageReader(path, sealed_ok=True) as reader:
             reader.check_padding()
@@ -358,11 +366,11 @@ def check_package(path: Path, encrypted: bool, sha256: str | None, progress: Tra
         if h.hexdigest() != sha256:
             raise IntegrityError("the assembled package does not match the pushed file's sha256")
         return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding", "file sha256", *signed)
-    report = _verify(path, progress)
+    report = _verify(path, progress, hashed)
     return ("blob digests", *report.checks)
 
 
-def _verify(path: Path, progress: TransferProgress) -> Any:
+def _verify(path: Path, progress: TransferProgress, hashed: frozenset[int]) -> Any:
     from ptmpack.storage.verify import verify_package
 
-    return verify_package(path, progress=progress.advance)
+    return verify_package(path, progress=progress.advance, hashed=hashed)
