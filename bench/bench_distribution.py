@@ -2,6 +2,7 @@
 
     python bench/bench_distribution.py                  # all-mpnet-base-v2 (438 MB) + the MiniLM fine-tune pair
     python bench/bench_distribution.py --model minilm   # all-MiniLM-L6-v2 only (90 MB), quicker
+    python bench/bench_distribution.py --model synthetic --cases throughput,resume   # no model download
     python bench/bench_distribution.py --json bench/out/distribution.json
 
 Registry: Debian's docker-registry (CNCF distribution v2.8) on 127.0.0.1, filesystem
@@ -84,34 +85,58 @@ class Phases:
         return out
 
 
-def blob_urls(host: str, ref: str) -> list[tuple[str, int]]:
+def blob_urls(host: str, ref: str) -> list[tuple[str, int, str]]:
+    """(URL, size, digest) of every blob a pull of ``ref`` fetches: the layers, and the config of native artifacts."""
     store = RegistryStore(parse_reference(ref), PLAIN)
     try:
         got = resolve(store, parse_reference(ref), BlobCache(WORK / "probe-cache"))
-        descs = [got.manifest.config, *got.manifest.layers]
+        descs = [*([] if got.manifest.is_modelpack else [got.manifest.config]), *got.manifest.layers]
     finally:
         store.close()
     repo = parse_reference(ref).repository
-    return [(f"http://{host}/v2/{repo}/blobs/{d.digest}", d.size) for d in descs]
+    return [(f"http://{host}/v2/{repo}/blobs/{d.digest}", d.size, d.digest) for d in dict.fromkeys(descs)]
 
 
-def curl_fetch(urls: list[tuple[str, int]], dest: Path) -> float:
+def curl_fetch(urls: list[tuple[str, int, str]], dest: Path) -> float:
+    """Fetch the blobs with curl (4 parallel transfers) into ``dest``; the seconds it took."""
     common.rm(dest)
     dest.mkdir(parents=True)
     argv = ["curl", "-sS", "--no-progress-meter", "--fail", "--parallel", "--parallel-max", "4"]
-    for i, (url, _) in enumerate(urls):
+    for i, (url, _, _) in enumerate(urls):
         argv += [url, "-o", str(dest / f"b{i}")]
     t0 = time.perf_counter()
     subprocess.run(argv, check=True)
     took = time.perf_counter() - t0
     got = sum(p.stat().st_size for p in dest.iterdir())
-    if got != sum(n for _, n in urls):
-        raise RuntimeError(f"curl fetched {got} bytes, expected {sum(n for _, n in urls)}")
-    common.rm(dest)
+    if got != sum(n for _, n, _ in urls):
+        raise RuntimeError(f"curl fetched {got} bytes, expected {sum(n for _, n, _ in urls)}")
     return took
 
 
+def curl_upload(host: str, repo: str, urls: list[tuple[str, int, str]], src: Path) -> float:
+    """Upload the blobs curl fetched to a fresh repository with ``curl -T`` (4 parallel): POST, then PUT ?digest=."""
+    import httpx
+
+    t0 = time.perf_counter()
+    with httpx.Client() as client:
+        locations = []
+        for _ in urls:
+            r = client.post(f"http://{host}/v2/{repo}/blobs/uploads/")
+            locations.append(str(r.url.join(r.headers["location"])))
+    argv = ["curl", "-sS", "--no-progress-meter", "--fail", "--parallel", "--parallel-max", "4"]
+    for i, ((_, _, digest), loc) in enumerate(zip(urls, locations, strict=True)):
+        argv += ["-T", str(src / f"b{i}"), str(httpx.URL(loc).copy_add_param("digest", digest)),
+                 "-H", "Content-Type: application/octet-stream", "-o", "/dev/null"]
+    subprocess.run(argv, check=True)
+    return time.perf_counter() - t0
+
+
 def model_tree(name: str) -> Path:
+    if name == "synthetic":  # 205 MB of float32 written by the safetensors library: for speed, not quality
+        from tests.distribution.packages import write_model_tree
+
+        common.rm(WORK / "synthetic-tree")
+        return write_model_tree(WORK / "synthetic-tree", rows=200_000)
     if name == "mpnet":
         return common.hf_tree("mpnet", common.mpnet_checkpoint())
     return common.hf_tree("minilm", common.minilm_checkpoint())
@@ -150,12 +175,17 @@ def throughput(reg: Registry, pkg: Path, repeat: int) -> dict[str, object]:
         if out.stat().st_size != size or pr.bytes_uploaded < size * 0.99:
             raise RuntimeError("the round did not move the whole package")
         common.rm(out, WORK / "cache")
-        t_curl = curl_fetch(blob_urls(reg.host, ref), WORK / "curl")
-        rows.append({"push_s": t_push, "pull_s": t_pull, "curl_s": t_curl, "pull_download_s": pull_phases.get(
+        urls = blob_urls(reg.host, ref)
+        t_curl = curl_fetch(urls, WORK / "curl")
+        t_curl_up = curl_upload(reg.host, f"bench/curlup{i}", urls, WORK / "curl")
+        common.rm(WORK / "curl")
+        rows.append({"push_s": t_push, "pull_s": t_pull, "curl_s": t_curl, "curl_upload_s": t_curl_up,
+                     "pull_download_s": pull_phases.get(
             "downloading", 0.0), "push_phases": push_phases, "pull_phases": pull_phases,
             "bytes_uploaded": pr.bytes_uploaded, "bytes_downloaded": pl.bytes_downloaded})
         common.log(f"round {i}: push {t_push:.2f}s, pull {t_pull:.2f}s "
-                   f"(download phase {pull_phases.get('downloading', 0):.2f}s), curl {t_curl:.2f}s")
+                   f"(download phase {pull_phases.get('downloading', 0):.2f}s), curl {t_curl:.2f}s, "
+                   f"curl -T {t_curl_up:.2f}s")
 
     def med(k: str) -> float:
         return statistics.median(float(r[k]) for r in rows)  # type: ignore[arg-type]
@@ -164,7 +194,8 @@ def throughput(reg: Registry, pkg: Path, repeat: int) -> dict[str, object]:
             "pull_MBps": size / med("pull_s") / common.MB, "curl_MBps": size / med("curl_s") / common.MB,
             "pull_vs_curl": med("curl_s") / med("pull_s"),
             "pull_download_phase_vs_curl": med("curl_s") / med("pull_download_s"),
-            "push_vs_curl": med("curl_s") / med("push_s")}
+            "push_vs_curl": med("curl_s") / med("push_s"), "curl_upload_MBps": size / med("curl_upload_s") / common.MB,
+            "push_vs_curl_upload": med("curl_upload_s") / med("push_s")}
 
 
 def moved(reg: Registry, repo: str, v1: Path, v2: Path, cache: Path) -> dict[str, object]:
@@ -389,7 +420,7 @@ def finetune_pair(steps: int) -> tuple[Path, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("mpnet", "minilm"), default="mpnet")
+    parser.add_argument("--model", choices=("mpnet", "minilm", "synthetic"), default="mpnet")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default="throughput,metadata,finetune",
                         help="comma-separated subset of throughput, metadata, finetune, updates, scale, resume")
@@ -450,8 +481,9 @@ def report(r: dict[str, object]) -> None:
     if isinstance(tp, dict):
         print(f"package {tp['package_bytes'] / common.MB:.1f} MB: push {tp['push_MBps']:.0f} MB/s, pull "
               f"(download + assembly + verify) {tp['pull_MBps']:.0f} MB/s, curl (4 parallel) {tp['curl_MBps']:.0f} MB/s")
-        print(f"ratio pull/curl {tp['pull_vs_curl']:.2f}x, download phase/curl {tp['pull_download_phase_vs_curl']:.2f}x, "
-              f"push/curl {tp['push_vs_curl']:.2f}x (target pull >= 0.8x)")
+        print(f"ratio pull/curl {tp['pull_vs_curl']:.2f}x, download phase/curl {tp['pull_download_phase_vs_curl']:.2f}x "
+              f"(target >= 0.8x); push/curl -T {tp['push_vs_curl_upload']:.2f}x (curl -T {tp['curl_upload_MBps']:.0f} MB/s; "
+              "target >= 0.8x)")
     m = r.get("metadata_only")
     if isinstance(m, dict):
         print(f"metadata-only N+1: uploaded {m['uploaded']:,} B, downloaded {m['downloaded']:,} B "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,6 +59,51 @@ def _hash_chunks(fd: int, offset: int, length: int, chunk: int, whole: bool,
             total.update(data)
         progress(len(data))
     return bytes(table), "sha256:" + total.hexdigest() if total is not None else ""
+
+
+class ChunkHasher:
+    """The chunk digests of one blob, fed by the reads of its upload, so a push reads and hashes each byte once.
+
+    Complete only when every byte arrived exactly once and in order; otherwise (an
+    upload retried from an earlier offset, a blob that was mounted instead) the
+    caller hashes the blob from the file.
+    """
+
+    def __init__(self, size: int, chunk: int) -> None:
+        self.size, self.chunk = size, chunk
+        self.pos, self.fill, self.broken = 0, 0, False
+        self.digests = bytearray()
+        self.current = hashlib.sha256()
+        self.lock = threading.Lock()
+
+    def feed(self, pos: int, data: bytes) -> None:
+        """Account for ``data`` read at ``pos``."""
+        with self.lock:
+            if pos != self.pos or self.broken:
+                self.broken = True
+                return
+            view = memoryview(data)
+            i = 0
+            while i < len(view):
+                take = min(self.chunk - self.fill, len(view) - i)
+                self.current.update(view[i: i + take])
+                self.fill += take
+                i += take
+                if self.fill == self.chunk:
+                    self.digests += self.current.digest()
+                    self.current, self.fill = hashlib.sha256(), 0
+            self.pos += len(view)
+
+    def table(self) -> bytes | None:
+        """The concatenated chunk digests, or None when the blob was not read exactly once in order."""
+        if self.broken or self.pos != self.size:
+            return None
+        return bytes(self.digests + (self.current.digest() if self.fill else b""))
+
+
+def hash_chunks(fd: int, offset: int, length: int, chunk: int, progress: Callable[[int], None]) -> bytes:
+    """The concatenated chunk digests of ``length`` bytes of ``fd`` at ``offset``."""
+    return _hash_chunks(fd, offset, length, chunk, False, progress)[0]
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,18 @@ from typing import Any
 
 from ptmpack.distribution import modelpack
 from ptmpack.distribution.cache import BlobCache
-from ptmpack.distribution.chunks import index_blobs
+from ptmpack.distribution.chunks import ChunkHasher, hash_chunks, index_blobs
 from ptmpack.distribution.describe import PackageConfig, annotations, modelpack_config, read_facts
-from ptmpack.distribution.mapping import INDEX_CHUNK, Cut, cut_files, cut_spans, encode_recipe, hash_cut
+from ptmpack.distribution.mapping import (
+    INDEX_CHUNK,
+    ChunkIndex,
+    Cut,
+    Piece,
+    cut_files,
+    cut_spans,
+    encode_recipe,
+    hash_cut,
+)
 from ptmpack.distribution.oci import (
     ANN_RESIDUAL_TARGET,
     CHUNK_MEDIA_TYPE,
@@ -124,8 +133,10 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
             config, layers = read_facts(reader, cut.sha256), None
         else:
             spans, layers = cut_files(reader, options.split_size)
-            progress.start("hashing", sum(layer.size for layer in layers))
-            layers, index = index_blobs(path, spans, layers, INDEX_CHUNK, options.workers, progress.advance)
+            index = None
+            if ref.digest or any(not layer.digest for layer in layers):  # digests needed before the upload
+                progress.start("hashing", sum(layer.size for layer in layers))
+                layers, index = index_blobs(path, spans, layers, INDEX_CHUNK, options.workers, progress.advance)
             digests = iter(layer.digest for layer in layers)
             cut = Cut(reader.size, None, tuple(spans), tuple(next(digests) if s.blob else None for s in spans))
             config = read_facts(reader, None)
@@ -133,6 +144,12 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
     store = open_store(ref, options.client, create=True)
     try:
         tag = _tag(ref, config, options, store, ann)
+        tally = _Tally()
+        cache = BlobCache(options.cache_dir)
+        mounts = _mount_sources(ref, options, cache)
+        uploaded_pieces = layers is not None and index is None
+        if uploaded_pieces:  # ModelPack: the index is hashed from the upload's own reads, each byte read once
+            index = _upload(store, path, cut, {}, mounts, options, progress, tally, INDEX_CHUNK)
         if layers is None:
             recipe = encode_recipe(path, cut)
             config_bytes = config.to_bytes()
@@ -144,11 +161,8 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
         if ref.digest and sha256_digest(manifest.to_bytes()) != ref.digest:
             raise UsageError(f"the package's manifest digest is {sha256_digest(manifest.to_bytes())}, not {ref.digest}",
                              hint="push by tag; a digest reference must name exactly this package")
-        tally = _Tally()
         small = {sha256_digest(config_bytes): config_bytes, sha256_digest(recipe): recipe}
-        cache = BlobCache(options.cache_dir)
-        mounts = _mount_sources(ref, options, cache)
-        _upload(store, path, cut, small, mounts, options, progress, tally)
+        _upload(store, path, None if uploaded_pieces else cut, small, mounts, options, progress, tally)
         data = manifest.to_bytes()
         digest, changed = store.put_manifest(data, tag, manifest.artifact_type)
         referrer = attach_signature(store, Descriptor(MANIFEST_MEDIA_TYPE, digest, len(data)), block) if block else None
@@ -216,18 +230,44 @@ def _mount_sources(ref: Reference, options: PushOptions, cache: BlobCache) -> Ca
     return sources
 
 
-def _upload(store: Store, path: Path, cut: Cut, small: dict[str, bytes], mounts: Callable[[str], list[str]],
-            options: PushOptions, progress: TransferProgress, tally: _Tally) -> None:
-    pieces = cut.pieces()
+def _upload(store: Store, path: Path, cut: Cut | None, small: dict[str, bytes], mounts: Callable[[str], list[str]],
+            options: PushOptions, progress: TransferProgress, tally: _Tally, chunk: int = 0) -> ChunkIndex | None:
+    """Put the small blobs and the cut's pieces (``cut`` None: the small ones only) that the store lacks.
+
+    With ``chunk``, also return the chunk-digest index of the pieces, hashed from the
+    reads that upload them (blobs already there, or mounted, are hashed from the file).
+    """
+    pieces = cut.pieces() if cut is not None else []
     progress.start("uploading", sum(p.length for p in pieces) + sum(len(b) for b in small.values()))
+    hashers = {p.digest: ChunkHasher(p.length, chunk) for p in pieces} if chunk else {}
     with open(path, "rb") as f, cf.ThreadPoolExecutor(max(1, options.workers)) as pool:
         fd = f.fileno()
+
+        def reader(p: Piece) -> Callable[[int, int], bytes]:
+            hasher = hashers.get(p.digest)
+
+            def read(pos: int, n: int) -> bytes:
+                data = os.pread(fd, n, p.offset + pos)
+                if hasher is not None:
+                    hasher.feed(pos, data)
+                return data
+
+            return read
+
         jobs = [pool.submit(_one, store, d, len(b), lambda pos, n, b=b: b[pos: pos + n], mounts(d), progress, tally)
                 for d, b in small.items()]
-        jobs += [pool.submit(_one, store, p.digest, p.length, lambda pos, n, o=p.offset: os.pread(fd, n, o + pos),
-                             mounts(p.digest), progress, tally) for p in pieces]
+        jobs += [pool.submit(_one, store, p.digest, p.length, reader(p), mounts(p.digest), progress, tally)
+                 for p in pieces]
         for j in jobs:
             j.result()
+        if not chunk:
+            return None
+        tables = {p.digest: hashers[p.digest].table() for p in pieces}
+        missing = [p for p in pieces if tables[p.digest] is None]
+        for p, table in zip(missing, pool.map(lambda p: hash_chunks(fd, p.offset, p.length, chunk, lambda n: None),
+                                             missing), strict=True):
+            tables[p.digest] = table
+    return ChunkIndex(chunk, {d: t for d, t in tables.items() if t is not None})
 
 
 def _one(store: Store, digest: str, size: int, read: Any, mount_from: list[str], progress: TransferProgress,
