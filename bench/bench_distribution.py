@@ -154,38 +154,61 @@ def bumped_copy(tree: Path, dest: Path, version: str) -> Path:
     return dest
 
 
-def throughput(reg: Registry, pkg: Path, repeat: int) -> dict[str, object]:
+def _round(reg: Registry, pkg: Path, base: str, urls: list[tuple[str, int, str]], i: int) -> dict[str, object]:
+    """One throughput round; even rounds run curl first, odd rounds ptmpack first."""
     size = pkg.stat().st_size
+    out, cache = WORK / "pulled.ptm", WORK / "cache"
+    timing: dict[str, float] = {}
+    phases: dict[str, dict[str, float]] = {}
+
+    def our_pull() -> None:
+        common.rm(out, cache)
+        ph = Phases()
+        t0 = time.perf_counter()
+        pl = pull(base, out, PullOptions(client=PLAIN, cache_dir=cache), ph)
+        timing["pull_s"] = time.perf_counter() - t0
+        phases["pull"] = ph.durations(time.perf_counter())
+        if out.stat().st_size != size or pl.bytes_downloaded < 0.99 * size:
+            raise RuntimeError("the pull did not move the whole package")
+        common.rm(out, cache)
+
+    def our_push() -> None:
+        ph = Phases()
+        t0 = time.perf_counter()
+        pr = push(pkg, f"{reg.host}/bench/tp{i}:v1", PushOptions(client=PLAIN, auto_mount=False), ph)
+        timing["push_s"] = time.perf_counter() - t0
+        phases["push"] = ph.durations(time.perf_counter())
+        if pr.bytes_uploaded < size * 0.99:  # a fresh repository: a real upload, not a mount
+            raise RuntimeError("the push did not upload the whole package")
+
+    def curl_get() -> None:
+        timing["curl_s"] = curl_fetch(urls, WORK / "curl")
+
+    def curl_put() -> None:
+        timing["curl_upload_s"] = curl_upload(reg.host, f"bench/curlup{i}", urls, WORK / "curl")
+
+    downs = (our_pull, curl_get) if i % 2 else (curl_get, our_pull)
+    ups = (our_push, curl_put) if i % 2 == 0 else (curl_put, our_push)
+    for step in (*downs, *ups):  # curl's files must exist before curl -T: curl_get runs in downs
+        step()
+    common.rm(WORK / "curl")
+    row: dict[str, object] = {**timing, "pull_download_s": phases["pull"].get("downloading", 0.0),
+                              "push_phases": phases["push"], "pull_phases": phases["pull"]}
+    common.log(f"round {i}: pull {timing['pull_s']:.2f}s vs curl {timing['curl_s']:.2f}s; push {timing['push_s']:.2f}s "
+               f"vs curl -T {timing['curl_upload_s']:.2f}s")
+    return row
+
+
+def throughput(reg: Registry, pkg: Path, repeat: int) -> dict[str, object]:
+    """Pull vs curl fetching the same blobs, push vs ``curl -T`` of them, alternating which goes first each round."""
+    size = pkg.stat().st_size
+    base = f"{reg.host}/bench/tp-base:v1"
+    push(pkg, base, PushOptions(client=PLAIN, auto_mount=False))  # what every pull and curl fetch reads
+    urls = blob_urls(reg.host, base)
     rows = []
     for i in range(repeat):
-        ref = f"{reg.host}/bench/tp{i}:v1"
         common.wait_idle(20)
-        ph = Phases()
-        t0 = time.perf_counter()
-        pr = push(pkg, ref, PushOptions(client=PLAIN, auto_mount=False), ph)  # a real upload, not a mount
-        t_push = time.perf_counter() - t0
-        push_phases = ph.durations(time.perf_counter())
-        out = WORK / "pulled.ptm"
-        common.rm(out, WORK / "cache")
-        ph = Phases()
-        t0 = time.perf_counter()
-        pl = pull(ref, out, PullOptions(client=PLAIN, cache_dir=WORK / "cache"), ph)
-        t_pull = time.perf_counter() - t0
-        pull_phases = ph.durations(time.perf_counter())
-        if out.stat().st_size != size or pr.bytes_uploaded < size * 0.99:
-            raise RuntimeError("the round did not move the whole package")
-        common.rm(out, WORK / "cache")
-        urls = blob_urls(reg.host, ref)
-        t_curl = curl_fetch(urls, WORK / "curl")
-        t_curl_up = curl_upload(reg.host, f"bench/curlup{i}", urls, WORK / "curl")
-        common.rm(WORK / "curl")
-        rows.append({"push_s": t_push, "pull_s": t_pull, "curl_s": t_curl, "curl_upload_s": t_curl_up,
-                     "pull_download_s": pull_phases.get(
-            "downloading", 0.0), "push_phases": push_phases, "pull_phases": pull_phases,
-            "bytes_uploaded": pr.bytes_uploaded, "bytes_downloaded": pl.bytes_downloaded})
-        common.log(f"round {i}: push {t_push:.2f}s, pull {t_pull:.2f}s "
-                   f"(download phase {pull_phases.get('downloading', 0):.2f}s), curl {t_curl:.2f}s, "
-                   f"curl -T {t_curl_up:.2f}s")
+        rows.append(_round(reg, pkg, base, urls, i))
 
     def med(k: str) -> float:
         return statistics.median(float(r[k]) for r in rows)  # type: ignore[arg-type]
