@@ -355,8 +355,14 @@ def resume(reg: Registry, kills: int) -> dict[str, object]:
     common.rm(out)
     per_run = proxy.down - blob_bytes  # manifest, recipe, HTTP headers of one uninterrupted pull
     rng = random.Random(16)
-    proxy.down, done_kills = 0, 0
+    proxy.down, done_kills, lost = 0, 0, []
+
+    def kept() -> int:  # bytes of blobs the cache holds, complete or partial
+        return sum(f.stat().st_size for f in (folder / "cache").rglob("*") if f.is_file()
+                   and f.parent.name == "sha256")
+
     for _ in range(kills):
+        before, sent = kept(), proxy.down
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             proc.wait(timeout=rng.uniform(0.15, 0.9) * duration)
@@ -364,6 +370,8 @@ def resume(reg: Registry, kills: int) -> dict[str, object]:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             done_kills += 1
+            time.sleep(0.2)  # let the proxy see the connection close
+            lost.append(proxy.down - sent - (kept() - before) - per_run)
         if out.exists():
             break
     last = subprocess.run(cmd, env=env, capture_output=True)
@@ -374,6 +382,7 @@ def resume(reg: Registry, kills: int) -> dict[str, object]:
     extra = proxy.down - blob_bytes - runs * per_run
     result = {"package_bytes": pkg.stat().st_size, "blob_bytes": blob_bytes, "kills": done_kills,
               "proxied_bytes": proxy.down, "per_run_overhead": per_run, "retransferred": max(extra, 0),
+              "lost_per_kill": lost,
               "identical": identical, "uninterrupted_s": round(duration, 2)}
     common.rm(folder)
     return result
@@ -520,7 +529,8 @@ def report(r: dict[str, object]) -> None:
     if isinstance(rs, dict):
         print(f"resume: {rs['package_bytes'] / 1e6:.0f} MB package, {rs['kills']} SIGKILLs at random points then a "
               f"final run: re-transferred {rs['retransferred']:,} B in all (registry sent {rs['proxied_bytes']:,} B for "
-              f"{rs['blob_bytes']:,} B of blobs + {rs['per_run_overhead']:,} B of documents per run); "
+              f"{rs['blob_bytes']:,} B of blobs + {rs['per_run_overhead']:,} B of documents per run); per kill: "
+              f"{', '.join(f'{n:,}' for n in rs['lost_per_kill'])} B (max {max(rs['lost_per_kill'] or [0]):,}); "
               f"byte-identical: {rs['identical']}")
     for u in r.get("updates") or []:  # type: ignore[union-attr]
         print(f"{u['update']}: pushed {u['uploaded']:,} B, pulled {u['downloaded']:,} B = "
