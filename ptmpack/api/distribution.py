@@ -15,6 +15,7 @@ from pathlib import Path
 from ptmpack.distribution import (
     ClientOptions,
     LsReport,
+    NetworkError,
     PackageListing,
     PullOptions,
     PullReport,
@@ -24,6 +25,7 @@ from ptmpack.distribution import (
     RegistryError,
     TransferProgress,
     parse_reference,
+    plain_http_warning,
     residual_tag,
 )
 from ptmpack.distribution import ls_ref as _ls_ref
@@ -33,6 +35,7 @@ from ptmpack.distribution import push as _push
 __all__ = [
     "ClientOptions",
     "LsReport",
+    "NetworkError",
     "PackageListing",
     "PullOptions",
     "PullReport",
@@ -44,6 +47,7 @@ __all__ = [
     "ls",
     "ls_ref",
     "parse_reference",
+    "plain_http_warning",
     "pull",
     "push",
     "residual_tag",

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from ptmpack.api.distribution import ClientOptions, PullOptions, PushOptions, ls_ref, pull, push
+from ptmpack.api.distribution import ClientOptions, PullOptions, PushOptions, ls_ref, plain_http_warning, pull, push
 from ptmpack.cli._common import console as _console
 from ptmpack.cli._common import emit_json as _emit_json
 from ptmpack.cli._common import opener, opener_options
@@ -66,18 +66,38 @@ class _Bars:
             self._bar.advance(self._task, n)
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    ctx.meta[f"ptmpack.{param.name}"] = value
+    return value
+
+
 def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The registry connection options every distribution command takes."""
+    f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), expose_value=False, callback=_remember,
+                     metavar="SECONDS", help="Give up (exit 9) when the whole command takes longer than this.")(f)
+    f = click.option("--speed-time", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                     expose_value=False, callback=_remember, metavar="SECONDS",
+                     help="Window of --speed-limit; a registry silent this long times out too.")(f)
+    f = click.option("--speed-limit", default=1024, show_default=True, type=click.IntRange(0), expose_value=False,
+                     callback=_remember, metavar="BYTES",
+                     help="Stop a transfer slower than this many bytes/s for --speed-time seconds (exit 9).")(f)
     f = click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 32),
                      help="Blobs moved in parallel.")(f)
     f = click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
                      help="PEM bundle of a private CA to trust for HTTPS (verification is always on).")(f)
     return click.option("--plain-http", is_flag=True,
-                        help="Speak HTTP instead of HTTPS; only to loopback registries (localhost, 127.0.0.1, ::1).")(f)
+                        help="Speak HTTP instead of HTTPS (warns on stderr for a host that is not loopback).")(f)
 
 
-def _client(plain_http: bool, ca_file: Path | None, workers: int) -> ClientOptions:
-    return ClientOptions(plain_http=plain_http, ca_file=ca_file, workers=workers)
+def _client(plain_http: bool, ca_file: Path | None, workers: int, reference: str = "") -> ClientOptions:
+    meta = click.get_current_context().meta
+    warning = plain_http_warning(reference) if plain_http else None
+    if warning:
+        click.echo(f"ptmpack: warning: {warning}", err=True)
+    return ClientOptions(plain_http=plain_http, ca_file=ca_file, workers=workers,
+                         speed_limit=meta.get("ptmpack.speed_limit", 1024),
+                         speed_time_s=meta.get("ptmpack.speed_time", 30.0),
+                         deadline_s=meta.get("ptmpack.timeout"))
 
 
 @click.command("push")
@@ -94,7 +114,7 @@ def _client(plain_http: bool, ca_file: Path | None, workers: int) -> ClientOptio
 def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | None, workers: int,
              mount_from: tuple[str, ...], no_auto_mount: bool, residual: bool, as_json: bool) -> None:
     """Push PACKAGE (.ptm) to REFERENCE: oci:DIR[:TAG] or HOST[:PORT]/REPO[:TAG]. Only new blobs are uploaded."""
-    options = PushOptions(client=_client(plain_http, ca_file, workers), workers=workers, mount_from=mount_from,
+    options = PushOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, mount_from=mount_from,
                           auto_mount=not no_auto_mount, residual=residual)
     with _Bars(not as_json) as bars:
         report = push(package, reference, options, bars)
@@ -123,7 +143,7 @@ def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | Non
 
     Key options are needed only to apply an encrypted residual with --delta.
     """
-    options = PullOptions(client=_client(plain_http, ca_file, workers), workers=workers, force=force, delta=delta,
+    options = PullOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, force=force, delta=delta,
                           base=base, opener=opener(passphrase_file, key_file, identity))
     with _Bars(not as_json) as bars:
         report = pull(reference, output, options, bars)
@@ -143,7 +163,7 @@ def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | Non
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON on stdout.")
 def ls_cmd(reference: str, plain_http: bool, ca_file: Path | None, workers: int, as_json: bool) -> None:
     """List the tags at REFERENCE, and describe the package it names (annotations, size) without downloading it."""
-    report = ls_ref(reference, _client(plain_http, ca_file, workers))
+    report = ls_ref(reference, _client(plain_http, ca_file, workers, reference))
     if as_json:
         _emit_json(report.to_json())
         return

@@ -10,11 +10,15 @@ Where credentials come from, first match wins:
    credential-helper protocol);
 3. none: anonymous.
 
-:class:`RegistryAuth` answers a ``401`` challenge (``WWW-Authenticate``): ``Basic``
-resends with the credentials; ``Bearer`` asks the challenge's token ``realm`` for a
-token with the challenge's ``service`` and ``scope`` (with the credentials when
-there are any, anonymously otherwise) and resends with it. Tokens are kept per
-scope and sent up front on later requests, so a pull costs one token request.
+:class:`RegistryAuth` answers a ``401`` challenge (``WWW-Authenticate``) that comes
+from the registry's own origin (scheme, host, port) and from nowhere else: a
+redirect target that asks for credentials gets none, so registry credentials
+never reach another origin except the token service the registry itself names.
+``Basic`` resends with the credentials; ``Bearer`` asks the challenge's token
+``realm`` for a token with the challenge's ``service`` and ``scope`` (with the
+credentials when there are any, anonymously otherwise) and resends with it. Tokens
+are kept per scope and sent up front on later requests, so a pull costs one token
+request.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 import httpx
 
 from ptmpack.distribution.reference import is_loopback
-from ptmpack.errors import KeyAccessError, UsageError
+from ptmpack.errors import KeyAccessError, RegistryError, UsageError
 
 ENV_USER = "PTMPACK_REGISTRY_USER"
 ENV_PASSWORD = "PTMPACK_REGISTRY_PASSWORD"
@@ -138,11 +142,20 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port of a URL (the port made explicit): what "the same origin" compares."""
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, port
+
+
 class RegistryAuth(httpx.Auth):
     """httpx authentication for one registry: Basic and Bearer-token challenges, tokens cached by scope."""
 
-    def __init__(self, credentials: Credentials | None) -> None:
+    def __init__(self, credentials: Credentials | None, origin: tuple[str, str, int | None] | None = None) -> None:
         self.credentials = credentials
+        self.origin = origin
+        """Only challenges from this origin are answered (None: any, for tests of the flow alone)."""
+        self._realms: set[str] = set()
         self._lock = threading.Lock()
         self._tokens: dict[str, str] = {}
         self._scope_locks: dict[str, threading.Lock] = {}
@@ -162,6 +175,8 @@ class RegistryAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401 or "www-authenticate" not in response.headers:
             return
+        if self.origin is not None and origin_of(response.url) != self.origin:
+            return  # someone else asks: they get nothing of the registry's
         scheme, params = parse_challenge(response.headers["www-authenticate"])
         if scheme == "basic":
             if self.credentials is None:
@@ -187,8 +202,21 @@ class RegistryAuth(httpx.Auth):
         request.headers["Authorization"] = header
         yield request
 
+    def realm_host(self, host: str) -> bool:
+        """True when ``host`` (``host[:port]``) is a token service this registry named."""
+        with self._lock:
+            return host in self._realms
+
     def _token(self, params: dict[str, str]) -> Generator[httpx.Request, httpx.Response, str | None]:
-        realm = httpx.URL(params["realm"])
+        try:
+            realm = httpx.URL(params["realm"])
+        except httpx.InvalidURL:
+            realm = None
+        if realm is None or realm.scheme not in ("http", "https") or not realm.host:
+            who = f"{self.origin[1]}:{self.origin[2]}" if self.origin else "the registry"
+            raise RegistryError(f"{who} names a token service that is not a URL: {params['realm'][:200]!r}")
+        with self._lock:
+            self._realms.add(realm.netloc.decode())
         if realm.scheme != "https" and not is_loopback(realm.host):
             raise KeyAccessError(f"the registry sends credentials to the token service {params['realm']} over "
                                  f"plain HTTP; refused", hint="the token realm must use HTTPS")

@@ -115,11 +115,11 @@ class LayoutStore:
             raise IntegrityError(f"{p}: manifests must be a list")
         return doc
 
-    def tags(self) -> list[str]:
-        """Every tag of the layout, sorted."""
+    def tags(self, limit: int | None = None) -> list[str]:
+        """Every tag of the layout (the first ``limit``), sorted."""
         return sorted({m["annotations"][REF_NAME] for m in self.index().get("manifests", [])
                        if isinstance(m, dict) and isinstance(m.get("annotations"), dict)
-                       and isinstance(m["annotations"].get(REF_NAME), str)})
+                       and isinstance(m["annotations"].get(REF_NAME), str)})[:limit]
 
     def resolve(self, target: str) -> str | None:
         """The manifest digest a tag or digest names, or None when the layout has no such manifest."""

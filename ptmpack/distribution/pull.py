@@ -147,7 +147,7 @@ def resolve(store: LayoutStore | RegistryStore, ref: Reference, cache: BlobCache
     """
     got = store.get_manifest(ref.target)
     if got is None:
-        known = ", ".join(store.tags()[:10]) or "none"
+        known = ", ".join(store.tags(limit=10)) or "none"  # one page: a hint must not walk a hostile tag list
         raise UsageError(f"{ref}: no package tagged {ref.target!r} there (tags: {known})",
                          hint=f"list the tags with 'ptmpack ls {ref.untagged()}'")
     data, digest = got
@@ -243,6 +243,8 @@ class _Blobs:
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
+            if exc[0] is not None:  # Ctrl-C, SIGTERM or a failure: stop the transfers in flight now, not after retries
+                self.store.cancel()  # type: ignore[union-attr]
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def path(self, digest: str) -> Path:
