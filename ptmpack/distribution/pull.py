@@ -15,7 +15,6 @@ import concurrent.futures as cf
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from ptmpack.errors import IntegrityError, UsageError, raise_environment_fault
 if TYPE_CHECKING:
     from ptmpack.distribution.registry import RegistryStore
 from ptmpack.format import spec
-from ptmpack.format.atomic import TEMP_PREFIX, check_free_space, check_target
+from ptmpack.format.atomic import check_free_space, check_target, temp_file_beside
 from ptmpack.format.reader import PackageReader
 
 
@@ -188,8 +187,8 @@ def fetch_into(store: LayoutStore | RegistryStore, fetched: Fetched, out: Path, 
     cache = BlobCache(options.cache_dir)
     fresh = 0 if isinstance(store, LayoutStore) else sum(n for d, n in fetched.recipe.blobs().items()
                                                          if not cache.has(d, n))
-    check_free_space({out.parent: fetched.recipe.size, cache.root: fresh})
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out.parent, suffix=".ptm")
+    check_free_space({out: fetched.recipe.size, cache.root: fresh})
+    fd, tmp = temp_file_beside(out, ".ptm")
     try:
         with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache,
                                                            options, progress, tally) as blobs:

@@ -206,3 +206,11 @@ def test_tls_to_a_plain_http_registry_suggests_plain_http(package: Path, tmp_pat
         run = cli("pull", _ref(reg), "-o", tmp_path / "out.ptm")
     assert_clean_error(run, 9)
     assert "--plain-http" in run.err and reg.host in run.err
+
+
+def test_ls_of_a_repository_that_does_not_exist_exits_2(package: Path, tmp_path: Path) -> None:
+    """Issue 16 item 7: it used to print 'no tags' and exit 0."""
+    with served(tmp_path / "layout", {"v1": package}) as reg:
+        run = cli("ls", f"{reg.host}/no/such-repo", "--plain-http")
+    assert_clean_error(run, 2)
+    assert f"{reg.host}/no/such-repo" in run.err and "no such repository" in run.err
