@@ -25,7 +25,7 @@ def graph_check_cmd(source: Path, passphrase_file: Path | None, key_file: Path |
     """Validate the IR of a package, tree or bare graph.json (exit 5 names the node and reason)."""
     report = api.graph_check(source, opener=opener(passphrase_file, key_file, identity))
     if as_json:
-        emit(report.to_json(), input=file_ref(source))
+        emit(report.to_json(), input=file_ref(source), drop=("source",))
         return
     out = Printer()
     out.status("OK", f"{report.model.name}: {report.graphs} graphs, {report.operators} operators, "
