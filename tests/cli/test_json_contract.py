@@ -114,7 +114,7 @@ def test_residual_commands(work: dict[str, Path]) -> None:
 
 
 def test_ir_commands(work: dict[str, Path]) -> None:
-    pkg, root = work["pkg"], work["root"]
+    pkg = work["pkg"]
     doc = check("run", cli("run", pkg, "--tokens", "2,5,7,3", "--json"), True)
     assert doc["kind"] == "embedding"
     check("run", cli("run", pkg, "--json"), False)
