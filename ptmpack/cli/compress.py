@@ -105,6 +105,9 @@ def _loads_with(steps: tuple[dict[str, Any], ...]) -> str:
     quant = [s for s in steps if s.get("step") == "quant"]
     if not quant:
         return "anything that loads the original format (float weights; unpack gives a Hugging Face checkpoint)"
+    if any(s.get("method") == "ptq" for s in quant):
+        return ("ptmpack run/eval: activation quantization with channel compensation is an operator of "
+                "Model/graph.json that transformers + compressed-tensors do not run")
     if any(s.get("symmetric") is False for s in quant):
         return ("ptmpack run/eval; the asymmetric pack-quantized weights do not load in released transformers + "
                 "compressed-tensors (zero-point shape, llm-compressor #1618): `ptmpack unpack --dequantize` "
