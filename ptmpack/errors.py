@@ -15,6 +15,8 @@ class PtmError(Exception):
     """Root of all ptmpack errors; ``exit_code`` is what the CLI exits with."""
 
     exit_code = 1
+    check: str | None = None
+    """For a failed verification: which check failed (``digests``, ``signature``…), set by the verifier."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

@@ -16,7 +16,7 @@ _EXPORTS: dict[str, str] = {  # verb -> module under ptmpack.api (never named li
     "load_opener": "container", "load_encryption": "container", "load_signing_key": "container",
     "load_public_key": "container", "PackConfig": "container", "EncryptionSpec": "container",
     "KeyFiles": "container", "RecipientFiles": "container", "parse_compression": "container",
-    "tree_bytes": "container", "Opener": "container",
+    "tree_bytes": "container", "Opener": "container", "output_config": "container", "package_bytes": "container",
     # residual updates
     "diff": "residual", "apply": "residual", "DiffReport": "residual", "ApplyReport": "residual",
     # chapter-6 IR
