@@ -8,14 +8,24 @@ Everything a registry says (tags, annotations) is escaped before it is printed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ptmpack.api.distribution import ClientOptions, PullOptions, PushOptions, ls_ref, plain_http_warning, pull, push
-from ptmpack.cli._common import json_option, opener, opener_options
+from ptmpack.api.distribution import (
+    DEFAULT_CACHE_LIMIT,
+    ClientOptions,
+    PullOptions,
+    PushOptions,
+    ls_ref,
+    plain_http_warning,
+    pull,
+    push,
+)
+from ptmpack.cli._common import json_option, opener, opener_options, parse_size
 from ptmpack.cli.output import Printer, clean, emit, file_ref, human_size, warn
 from ptmpack.cli.progress import TransferProgress, progress_option
 
@@ -41,6 +51,12 @@ def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="PEM bundle of a private CA to trust for HTTPS (verification is always on).")(f)
     return click.option("--plain-http", is_flag=True,
                         help="Speak HTTP instead of HTTPS (warns on stderr for a host that is not loopback).")(f)
+
+
+def cache_limit() -> int:
+    """The pull cache's size limit: ``PTMPACK_CACHE_SIZE`` (e.g. ``10G``), else the library's default."""
+    text = os.environ.get("PTMPACK_CACHE_SIZE")
+    return parse_size(text) if text else DEFAULT_CACHE_LIMIT
 
 
 def _client(plain_http: bool, ca_file: Path | None, workers: int, reference: str = "") -> ClientOptions:
@@ -101,6 +117,7 @@ def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | Non
     Key options are needed only to apply an encrypted residual with --delta.
     """
     options = PullOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, force=force, delta=delta,
+                          cache_limit=cache_limit(),
                           base=base, opener=opener(passphrase_file, key_file, identity))
     with TransferProgress() as bars:
         report = pull(reference, output, options, bars)

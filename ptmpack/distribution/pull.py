@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptmpack.distribution.cache import BlobCache, damaged
+from ptmpack.distribution.cache import DEFAULT_LIMIT, BlobCache, damaged
 from ptmpack.distribution.describe import PackageConfig
 from ptmpack.distribution.layout import LayoutStore
 from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, decode_recipe, layer_sizes
@@ -45,6 +45,8 @@ class PullOptions:
     workers: int = 4
     cache_dir: Path | None = None
     """Content cache root; default ``$XDG_CACHE_HOME/ptmpack``."""
+    cache_limit: int = DEFAULT_LIMIT
+    """Bytes the content cache keeps after the pull (least recently used blobs go first)."""
     force: bool = False
     delta: bool = False
     """Use a published residual when the local base (``base``, else the output file) matches (§5)."""
@@ -124,8 +126,10 @@ def pull(reference: Reference | str, output: Path | str, options: PullOptions = 
         fetched = resolve(store, ref, cache)
         tally, checks = fetch_into(store, fetched, out, options, progress)
         if not ref.is_layout:
-            cache.remember(ref.location, ref.repository, [fetched.manifest.config.digest,
-                                                          *(d.digest for d in fetched.manifest.layers)])
+            used = [fetched.manifest.config.digest, *(d.digest for d in fetched.manifest.layers)]
+            cache.remember(ref.location, ref.repository, used)
+            cache.touch(used)
+            cache.prune(options.cache_limit, keep=used, partials=False)
     finally:
         store.close()
     return report(fetched, out, "full", tally, checks, started)

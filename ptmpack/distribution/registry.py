@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from ptmpack.distribution.auth import ENV_PASSWORD, ENV_USER, RegistryAuth, find_credentials, origin_of
+from ptmpack.distribution.auth import ENV_PASSWORD, ENV_USER, Credentials, RegistryAuth, find_credentials, origin_of
 from ptmpack.distribution.oci import ACCEPT_MANIFESTS, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, sha256_digest
 from ptmpack.distribution.reference import Reference
 from ptmpack.distribution.stores import ClientOptions
@@ -87,7 +87,9 @@ class Reply:
 class RegistryStore:
     """One repository of one registry. Thread-safe: blobs may be moved from several threads."""
 
-    def __init__(self, ref: Reference, options: ClientOptions | None = None) -> None:
+    def __init__(self, ref: Reference, options: ClientOptions | None = None,
+                 credentials: Credentials | bool | None = True) -> None:
+        """``credentials``: True finds them (see :mod:`.auth`); None is anonymous; else these."""
         options = options or ClientOptions()
         self.ref = ref
         self.options = options
@@ -99,7 +101,8 @@ class RegistryStore:
             if not Path(options.ca_file).is_file():
                 raise UsageError(f"CA file {options.ca_file} does not exist")
             verify = ssl.create_default_context(cafile=str(options.ca_file))
-        self.auth = RegistryAuth(find_credentials(ref.location), self.origin)
+        found = find_credentials(ref.location) if credentials is True else credentials
+        self.auth = RegistryAuth(found if isinstance(found, Credentials) else None, self.origin)
         limits = httpx.Limits(max_connections=options.workers + 2, max_keepalive_connections=options.workers + 2)
         self.client = httpx.Client(auth=self.auth, verify=verify, timeout=options.timeout_s, limits=limits,
                                    follow_redirects=False, headers={"User-Agent": "ptmpack"})
@@ -256,6 +259,18 @@ class RegistryStore:
             errs = reply.json().get("errors") or []
             detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)[:300]
         return RegistryError(f"{self.ref.location}: {what}: HTTP {reply.status_code}" + (f" ({detail})" if detail else ""))
+
+    def ping(self) -> None:
+        """GET the API root ``/v2/`` (with the credentials, answering its challenge): what ``login`` checks.
+
+        Raises:
+            KeyAccessError: the registry refuses the credentials.
+            NetworkError / RegistryError: unreachable, or not a distribution registry.
+        """
+        root = self.base[: self.base.index("/v2/") + 4]
+        r = self._request("GET", root, "the API root /v2/")
+        if r.status_code != 200:
+            raise self._fail(r, "the API root /v2/ (is this an OCI registry?)")
 
     # manifests and tags
     def get_manifest(self, target: str) -> tuple[bytes, str] | None:
