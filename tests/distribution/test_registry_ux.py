@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests._support.clirun import assert_clean_error, cli
-from tests.cli.test_json_contract import check
 from tests._support.hostile_registry import served
 from tests._support.registry import Registry, registry_available, write_htpasswd
 from tests._support.trees import REPO
+from tests.cli.test_json_contract import check
 from tests.distribution.packages import pack_kind, write_model_tree
 
 
