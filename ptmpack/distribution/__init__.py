@@ -10,13 +10,15 @@ operations: docs/DISTRIBUTION.md.
 from ptmpack.distribution.listing import LsReport, PackageListing, ls_ref
 from ptmpack.distribution.pull import PullOptions, PullReport, pull
 from ptmpack.distribution.push import PushOptions, PushReport, push
-from ptmpack.distribution.reference import Reference, parse_reference
+from ptmpack.distribution.reference import Reference, parse_reference, plain_http_warning
 from ptmpack.distribution.stores import residual_tag
-from ptmpack.distribution.storetypes import ClientOptions, RegistryError, TransferProgress
+from ptmpack.distribution.storetypes import ClientOptions, TransferProgress
+from ptmpack.errors import NetworkError, RegistryError
 
 __all__ = [
     "ClientOptions",
     "LsReport",
+    "NetworkError",
     "PackageListing",
     "PullOptions",
     "PullReport",
@@ -27,6 +29,7 @@ __all__ = [
     "TransferProgress",
     "ls_ref",
     "parse_reference",
+    "plain_http_warning",
     "pull",
     "push",
     "residual_tag",

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from ptmpack.distribution.referrers import require_signer
 from ptmpack.distribution.stores import open_store, residual_tag
 from ptmpack.distribution.storetypes import Store, TransferProgress
 from ptmpack.errors import UsageError
-from ptmpack.format.atomic import TEMP_PREFIX
+from ptmpack.format.atomic import temp_dir_beside
 from ptmpack.format.reader import PackageReader, is_package_file
 
 
@@ -65,7 +64,7 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
         base_digest = reader.trailer.manifest_sha256.hex()
     cache = BlobCache(options.cache_dir)
     store = open_store(ref, options.client, create=False)
-    work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out.parent))
+    work = temp_dir_beside(out)
     try:
         target = resolve(store, ref, cache)
         if options.pubkey is not None:
@@ -93,9 +92,7 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
         missing = {d for d, n in target.recipe.blobs().items() if not cache.has(d, n)}
         if residual is not None and missing:
             built = work / "rebuilt.ptm"
-            with PackageReader(built, sealed_ok=True) as reader:
-                encrypted = reader.encrypted
-            checks = check_package(built, encrypted, None, progress, options.pubkey)
+            checks = check_package(built, None, progress, pubkey=options.pubkey)
             os.replace(built, out)
             tally = Tally(bytes=moved)
             return report(target, out, "delta", tally, ("residual digests", "apply digests", *checks[1:]), started,

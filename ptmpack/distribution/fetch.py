@@ -18,14 +18,13 @@ import concurrent.futures as cf
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptmpack.distribution.cache import BlobCache, damaged
+from ptmpack.distribution.cache import DEFAULT_LIMIT, BlobCache, damaged
 from ptmpack.distribution.chunks import LocalChunks, Region, fetch_by_ranges
 from ptmpack.distribution.describe import PackageConfig
 from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, decode_recipe, layer_sizes
@@ -33,8 +32,9 @@ from ptmpack.distribution.modelpack import ANN_FILEPATH, ANN_PART_OFFSET
 from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest
 from ptmpack.distribution.reference import Reference
 from ptmpack.distribution.storetypes import ClientOptions, LocalBlobs, Store, TransferProgress
-from ptmpack.errors import IntegrityError, PtmError, UsageError
-from ptmpack.format.atomic import TEMP_PREFIX
+from ptmpack.errors import IntegrityError, PtmError, UsageError, raise_environment_fault
+from ptmpack.format import spec
+from ptmpack.format.atomic import check_free_space, temp_file_beside
 from ptmpack.format.paths import check_entry_path
 from ptmpack.format.reader import PackageReader, is_package_file
 
@@ -47,6 +47,8 @@ class PullOptions:
     workers: int = 4
     cache_dir: Path | None = None
     """Content cache root; default ``$XDG_CACHE_HOME/ptmpack``."""
+    cache_limit: int = DEFAULT_LIMIT
+    """Bytes the content cache keeps after the pull (least recently used blobs go first)."""
     force: bool = False
     delta: bool = False
     """Use a published residual when the local base (``base``, else the output file) matches (§5)."""
@@ -119,7 +121,7 @@ def resolve(store: Store, ref: Reference, cache: BlobCache) -> Fetched:
     """
     got = store.get_manifest(ref.target)
     if got is None:
-        known = ", ".join(store.tags()[:10]) or "none"
+        known = ", ".join(store.tags(limit=10)) or "none"  # one page: a hint must not walk a hostile tag list
         raise UsageError(f"{ref}: no package tagged {ref.target!r} there (tags: {known})",
                          hint=f"list the tags with 'ptmpack ls {ref.untagged()}'")
     data, digest = got
@@ -127,6 +129,9 @@ def resolve(store: Store, ref: Reference, cache: BlobCache) -> Fetched:
     moved = [0]
     if manifest.is_modelpack:  # the config is the spec's; ptmpack's facts are annotations
         config = PackageConfig.from_annotations(dict(manifest.annotations), str(ref))
+        if config.encrypted:
+            raise IntegrityError(f"{ref}: a ModelPack manifest claims an encrypted package (ModelPack is never "
+                                 "encrypted)", hint="the registry's description of the package was altered")
         _check_filepaths(manifest, str(ref))
     else:
         config = PackageConfig.from_bytes(_small(store, cache, manifest.config.digest, manifest.config.size,
@@ -223,21 +228,27 @@ def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
     copied into place as soon as it and everything before it are there.
     """
     tally = Tally()
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out.parent, suffix=".ptm")
+    cache = BlobCache(options.cache_dir)
+    fresh = 0 if isinstance(store, LocalBlobs) else sum(n for d, n in fetched.recipe.blobs().items()
+                                                        if not cache.has(d, n))
+    check_free_space({out: fetched.recipe.size, cache.root: fresh})
+    fd, tmp = temp_file_beside(out, ".ptm")
     try:
-        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, BlobCache(options.cache_dir),
+        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache,
                                                            options, progress, tally, out) as blobs:
             assemble(fetched.recipe, blobs.path, f)  # type: ignore[arg-type]
             if f.tell() != fetched.recipe.size:
                 raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
         progress.start("verifying", fetched.recipe.size)
         hashed = check_layer_paths(Path(tmp), fetched) if fetched.manifest.is_modelpack else frozenset()
-        checks = check_package(Path(tmp), fetched.config.encrypted, fetched.config.sha256, progress, options.pubkey,
-                               hashed)
+        checks = check_package(Path(tmp), fetched.config, progress, str(fetched.ref), options.pubkey, hashed)
         if fetched.manifest.is_modelpack:
             checks = (*checks, "layer paths")
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
+    except OSError as exc:  # ENOSPC while assembling names the output, not a file descriptor
+        raise_environment_fault(exc, out)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -296,6 +307,8 @@ class _Blobs:
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
+            if exc[0] is not None:  # Ctrl-C, SIGTERM or a failure: stop the transfers in flight now, not after retries
+                self.store.cancel()
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def path(self, digest: str) -> Path:
@@ -329,29 +342,42 @@ class _Blobs:
         self.tally.downloaded, self.tally.bytes = len(paths), sum(self.needed.values())
 
 
-def check_package(path: Path, encrypted: bool, sha256: str | None, progress: TransferProgress,
+def check_package(path: Path, config: PackageConfig | None, progress: TransferProgress, where: str = "",
                   pubkey: Any = None, hashed: frozenset[int] = frozenset()) -> tuple[str, ...]:
     """Verify an assembled package like ``ptmpack verify``; encrypted ones keylessly plus the file digest.
 
-    ``sha256`` is the digest the whole file must have (checked for encrypted packages,
-    whose entries cannot be checked without the key); None skips it (a package
-    rebuilt by apply, which checked every plaintext digest itself). With ``pubkey``
-    (an Ed25519 public key) the file's own signature must verify with it. ``hashed``
-    names raw entries whose bytes were already checked against their digest.
+    Which checks run is decided by the file's own header, never by the registry's
+    config blob: a config that claims ENCRYPTED for a plain file would otherwise
+    switch the entry digests off. ``config`` (what the registry said) must agree with
+    the header's flags and the trailer's manifest digest; its ``sha256`` is the digest
+    the whole file must have (checked for encrypted packages, whose entries cannot be
+    checked without the key). None skips both (a package rebuilt by apply, which
+    checked every plaintext digest itself). With ``pubkey`` (an Ed25519 public key)
+    the file's own signature must verify with it. ``hashed`` names raw entries whose
+    bytes were already checked against their digest as they arrived.
 
     Raises:
-        IntegrityError (or another PtmError of verify): the package fails a check, or is not signed by ``pubkey``.
+        IntegrityError (or another PtmError of verify): the package fails a check, config and header disagree,
+            or the package is not signed by ``pubkey``.
     """
+    with PackageReader(path, sealed_ok=True) as reader:
+        flags, manifest_sha256 = reader.header.flags, reader.trailer.manifest_sha256.hex()
+    if config is not None and (config.flags != flags or config.manifest_sha256 != manifest_sha256):
+        said = ", ".join(config.flag_names()) or "no flags"
+        has = ", ".join(f.name for f in spec.Flags if flags & f and f.name) or "no flags"
+        raise IntegrityError(f"{where or path}: the registry's config says {said} (manifest {config.manifest_sha256[:16]}), "
+                             f"the assembled file's header says {has} (manifest {manifest_sha256[:16]})",
+                             hint="the registry's description of the package was altered; nothing was written")
+    sha256 = config.sha256 if config is not None else None
     signed: tuple[str, ...] = ()
     if pubkey is not None:
         from ptmpack.storage.verify import verify_package
 
-        if encrypted:  # keyless: the signature covers every byte before it
-            verify_package(path, pubkey=pubkey)
-            signed = ("signature",)
-        else:
+        if not flags & spec.Flags.ENCRYPTED:
             return ("blob digests", *verify_package(path, pubkey=pubkey, progress=progress.advance, hashed=hashed).checks)
-    if encrypted:
+        verify_package(path, pubkey=pubkey)  # keyless: the signature covers every byte before it
+        signed = ("signature",)
+    if flags & spec.Flags.ENCRYPTED:
         with PackageReader(path, sealed_ok=True) as reader:
             reader.check_padding()
             for _ in reader.walk_headers():

@@ -58,8 +58,10 @@ def pull(reference: Reference | str, output: Path | str, options: PullOptions | 
             require_signer(store, fetched.digest, options.pubkey)
         tally, checks = fetch_into(store, fetched, out, options, progress)
         if not ref.is_layout:
-            cache.remember(ref.location, ref.repository, [fetched.manifest.config.digest,
-                                                          *(d.digest for d in fetched.manifest.layers)])
+            used = [fetched.manifest.config.digest, *(d.digest for d in fetched.manifest.layers)]
+            cache.remember(ref.location, ref.repository, used)
+            cache.touch(used)
+            cache.prune(options.cache_limit, keep=used, partials=False)
     finally:
         store.close()
     return report(fetched, out, "full", tally, checks, started)

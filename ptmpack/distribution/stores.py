@@ -13,10 +13,10 @@ from ptmpack.distribution.storetypes import (
     ClientOptions,
     LocalBlobs,
     NoProgress,
-    RegistryError,
     Store,
     TransferProgress,
 )
+from ptmpack.errors import RegistryError as RegistryError  # re-exported: it lived here before errors.py
 from ptmpack.errors import UnsupportedError, UsageError
 
 __all__ = ["BlobMounter", "ClientOptions", "LocalBlobs", "NoProgress", "RegistryError", "Store", "TransferProgress",

@@ -1,4 +1,4 @@
-"""The types every distribution module shares, in a module that imports none of them (only ``errors``).
+"""The types every distribution module shares, in a module that imports none of them.
 
 ``Store`` is what push, pull and ls ask of a place that holds packages; the
 registry repository (:mod:`ptmpack.distribution.registry`) and the OCI layout
@@ -18,14 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ptmpack.errors import PtmError
-
-
-class RegistryError(PtmError):
-    """The registry could not be reached or answered with an error that is not the package's fault."""
-
-    exit_code = 1
-
 
 @dataclass(frozen=True)
 class ClientOptions:
@@ -35,6 +27,13 @@ class ClientOptions:
     ca_file: Path | None = None
     workers: int = 4
     timeout_s: float = 60.0
+    """Connect and per-request timeout."""
+    speed_limit: int = 1024
+    speed_time_s: float = 30.0
+    """A transfer that moves fewer than ``speed_limit`` bytes/s over ``speed_time_s`` seconds stops (exit 9),
+    like curl's ``--speed-limit``/``--speed-time``; a peer silent that long times out the same way."""
+    deadline_s: float | None = None
+    """Overall time limit for the whole operation (``pull --timeout``); None: none."""
     retries: int = 6
     """Attempts per blob download after a connection failure (each resumes with Range)."""
     upload_chunk: int = 16 * 1024 * 1024
@@ -75,8 +74,12 @@ class Store(Protocol):
         """Store a manifest under ``tag`` (or by digest only); returns its digest and whether anything changed."""
         ...
 
-    def tags(self) -> list[str]:
-        """Every tag, sorted."""
+    def tags(self, limit: int | None = None) -> list[str]:
+        """Every tag, sorted; with ``limit``, at most that many (one page: for a hint)."""
+        ...
+
+    def cancel(self) -> None:
+        """Make transfers in flight fail now (Ctrl-C, SIGTERM); a no-op where nothing is in flight."""
         ...
 
     def put_index(self, data: bytes, tag: str) -> str:
