@@ -29,7 +29,7 @@ from ptmpack.distribution.chunks import LocalChunks, Region, fetch_by_ranges
 from ptmpack.distribution.describe import PackageConfig
 from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, decode_recipe, layer_sizes
 from ptmpack.distribution.modelpack import ANN_FILEPATH, ANN_PART_OFFSET
-from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest
+from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest, load_document
 from ptmpack.distribution.reference import Reference
 from ptmpack.distribution.storetypes import ClientOptions, LocalBlobs, Store, TransferProgress
 from ptmpack.errors import IntegrityError, PtmError, UsageError, raise_environment_fault
@@ -136,6 +136,9 @@ def resolve(store: Store, ref: Reference, cache: BlobCache) -> Fetched:
     else:
         config = PackageConfig.from_bytes(_small(store, cache, manifest.config.digest, manifest.config.size,
                                                  MAX_CONFIG_BYTES, moved), f"{ref} config")
+    if manifest.is_modelpack:  # what ModelPack clients read must agree with the layers ptmpack assembles
+        _check_model_config(_small(store, cache, manifest.config.digest, manifest.config.size, MAX_CONFIG_BYTES,
+                                   moved), manifest, str(ref))
     layers = layer_sizes((d.digest, d.size) for d in manifest.blobs)
     recipe = decode_recipe(_small(store, cache, manifest.recipe.digest, manifest.recipe.size, MAX_RECIPE_BYTES,
                                   moved), layers, str(ref))
@@ -148,6 +151,15 @@ def resolve(store: Store, ref: Reference, cache: BlobCache) -> Fetched:
         if order != [d.digest for d in manifest.blobs]:
             raise IntegrityError(f"{ref}: the recipe does not use the file layers in the manifest's order")
     return Fetched(ref, digest, manifest, config, recipe, moved[0])
+
+
+def _check_model_config(data: bytes, manifest: PackageManifest, where: str) -> None:
+    """The ModelPack config is a JSON object whose ``modelfs.diffIds`` are the manifest's layer digests, in order."""
+    doc = load_document(data, f"{where} config")
+    fs = doc.get("modelfs")
+    if not isinstance(fs, dict) or fs.get("diffIds") != [d.digest for d in manifest.layers]:
+        raise IntegrityError(f"{where}: the ModelPack config's modelfs.diffIds are not the manifest's layers",
+                             hint="the registry's description of the package was altered; nothing was written")
 
 
 def _check_filepaths(manifest: PackageManifest, where: str) -> None:

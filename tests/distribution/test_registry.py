@@ -181,8 +181,7 @@ class RegistryStoreView:
         store = RegistryStore(parse_reference(ref), PLAIN)
         try:
             fetched = resolve(store, parse_reference(ref), BlobCache())
-            config = [] if fetched.manifest.is_modelpack else [fetched.manifest.config]  # ModelPack: facts in annotations
-            return [*fetched.manifest.layers, *config]
+            return [*fetched.manifest.layers, fetched.manifest.config]
         finally:
             store.close()
 
