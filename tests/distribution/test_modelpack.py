@@ -158,10 +158,19 @@ def _swap_paths(m: dict[str, Any]) -> None:
     pytest.param(lambda m: m["layers"].insert(0, m["layers"].pop(1)), id="layers-reordered"),
     pytest.param(lambda m: m["annotations"].update({"org.ptmpack.package.size": "12"}), id="size-lies"),
     pytest.param(lambda m: m["layers"][0].update(size=m["layers"][0]["size"] + 1), id="layer-size-lies"),
+    pytest.param(lambda m: m["annotations"].update({"org.ptmpack.package.flags": "ENCRYPTED"}), id="claims-encrypted"),
+    pytest.param("diffids", id="config-diffids-lie"),
 ])
 def test_lying_manifest_exits_3_and_writes_nothing(package: Path, tmp_path: Path, edit: Any) -> None:
     layout = tmp_path / "layout"
     push(package, f"oci:{layout}:v1")
+    if edit == "diffids":  # a config that tells ModelPack clients about other layers
+        def edit(m: dict[str, Any]) -> None:
+            config = json.loads(_blob(layout, m["config"]["digest"]))
+            config["modelfs"]["diffIds"].reverse()
+            data = canonical_json(config)
+            (layout / "blobs" / "sha256" / sha256_digest(data)[7:]).write_bytes(data)
+            m["config"].update(digest=sha256_digest(data), size=len(data))
     _rewrite(layout, "v1", edit)
     run = cli("pull", f"oci:{layout}:v1", "-o", tmp_path / "out.ptm")
     assert_clean_error(run, 3)
