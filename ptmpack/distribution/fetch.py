@@ -246,8 +246,8 @@ def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
     check_free_space({out: fetched.recipe.size, cache.root: fresh})
     fd, tmp = temp_file_beside(out, ".ptm")
     try:
-        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache,
-                                                           options, progress, tally, out) as blobs:
+        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache, options, progress, tally,
+                                                           out, fetched.manifest) as blobs:
             assemble(fetched.recipe, blobs.path, f)  # type: ignore[arg-type]
             if f.tell() != fetched.recipe.size:
                 raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
@@ -275,9 +275,14 @@ class _Blobs:
     """
 
     def __init__(self, store: Store, recipe: Recipe, cache: BlobCache, options: PullOptions,
-                 progress: TransferProgress, tally: Tally, out: Path | None = None) -> None:
+                 progress: TransferProgress, tally: Tally, out: Path | None = None,
+                 manifest: PackageManifest | None = None) -> None:
         self.store, self.cache, self.options, self.progress, self.tally = store, cache, options, progress, tally
         self.recipe = recipe
+        self.filepaths: dict[str, set[str]] = {}
+        """digest -> the package paths its layer is (ModelPack), so only those local files are hashed."""
+        for d in manifest.blobs if manifest is not None and manifest.is_modelpack else ():
+            self.filepaths.setdefault(d.digest, set()).add(dict(d.annotations).get(ANN_FILEPATH, ""))
         self.needed = recipe.blobs()
         self.local: LocalChunks | None = None
         self.sources = [p for p in (options.base, out) if p is not None and p.is_file() and is_package_file(p)]
@@ -304,15 +309,21 @@ class _Blobs:
         return self
 
     def _local_chunks(self, todo: list[str]) -> LocalChunks | None:
-        """The chunks of the local package (``base``, else the output being replaced) for blobs still to fetch."""
+        """The chunks of the local package (``base``, else the output being replaced) for blobs still to fetch.
+
+        Only the local files at the paths of those blobs are hashed (a file renamed
+        between versions is fetched whole).
+        """
         index = self.recipe.index
         if index is None or not todo:
             return None
+        wanted = set().union(*(self.filepaths.get(d, set()) for d in todo))
         regions = []
         for src in self.sources:
             try:
                 with PackageReader(src) as reader:
-                    regions += [Region(src, e.data_offset, e.raw_length) for e in reader.entries if not e.codec]
+                    regions += [Region(src, e.data_offset, e.raw_length) for e in reader.entries
+                                if not e.codec and e.path in wanted]
             except PtmError:
                 continue  # not a readable clear package: nothing to reuse from it
         return LocalChunks(index.chunk, regions, self.options.workers) if regions else None
