@@ -43,6 +43,7 @@ from ptmpack.distribution.oci import (
     CHUNK_MEDIA_TYPE,
     CONFIG_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
+    MAX_MANIFEST_BYTES,
     MODEL_ARTIFACT_TYPE,
     RECIPE_MEDIA_TYPE,
     Descriptor,
@@ -126,7 +127,7 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
         raise UsageError(f"{path} is not a .ptm package", hint="pack a tree first: ptmpack pack DIR -o OUT.ptm")
     with PackageReader(path, sealed_ok=True) as reader:
         block = signature_block(reader)
-        if reader.sealed or any(e.codec for e in reader.entries):
+        if not as_modelpack(reader):
             spans = cut_spans(reader)
             progress.start("hashing", reader.size)
             cut = hash_cut(path, spans, workers=options.workers, progress=progress.advance)
@@ -204,6 +205,21 @@ def _manifest(cut: Cut, recipe: bytes, config: bytes, ann: dict[str, str]) -> Pa
     layers += [Descriptor(CHUNK_MEDIA_TYPE, p.digest, p.length) for p in cut.pieces()]
     return PackageManifest(Descriptor(CONFIG_MEDIA_TYPE, sha256_digest(config), len(config)), tuple(layers),
                            tuple(sorted(ann.items())))
+
+
+MODELPACK_MANIFEST_BUDGET = MAX_MANIFEST_BYTES - 256 * 1024
+"""Largest ModelPack manifest push writes (registries refuse manifests over 4 MiB)."""
+LAYER_DESCRIPTOR_BYTES = 420
+"""Bytes of a file layer's descriptor besides its path, which appears three times (filepath, title, metadata)."""
+
+
+def as_modelpack(reader: PackageReader) -> bool:
+    """Whether a package is pushed as a ModelPack artifact: clear, every entry raw, and few enough files for one
+    manifest (each file is a layer); else it stays ptmpack-native (docs/DISTRIBUTION.md §2)."""
+    if reader.sealed or any(e.codec for e in reader.entries):
+        return False
+    size = sum(LAYER_DESCRIPTOR_BYTES + 3 * len(e.path.encode("utf-8")) for e in reader.entries)
+    return size <= MODELPACK_MANIFEST_BUDGET
 
 
 def _modelpack_manifest(layers: list[modelpack.FileLayer], recipe: bytes, config: bytes,

@@ -295,3 +295,19 @@ def test_split_size_option(package: Path, tmp_path: Path) -> None:
     assert run.code == 0, run.err
     manifest, _ = _layout_manifest(tmp_path / "layout", "v1")
     assert sum(1 for d in manifest["layers"] if ANN_PART in d.get("annotations", {})) == 3
+
+
+def test_too_many_files_for_one_manifest_stay_native(package: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file is a layer: a tree with more files than a 4 MiB manifest can list is pushed ptmpack-native."""
+    import importlib
+
+    from ptmpack.distribution.oci import ARTIFACT_TYPE
+
+    monkeypatch.setattr(importlib.import_module("ptmpack.distribution.push"), "MODELPACK_MANIFEST_BUDGET", 1000)  # as if the tree had thousands of files
+    layout = tmp_path / "layout"
+    push(package, f"oci:{layout}:v1")
+    manifest, _ = _layout_manifest(layout, "v1")
+    assert manifest["artifactType"] == ARTIFACT_TYPE
+    pull(f"oci:{layout}:v1", tmp_path / "out.ptm")
+    assert (tmp_path / "out.ptm").read_bytes() == package.read_bytes()
