@@ -85,11 +85,10 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         find_targets,
         ignored_linears,
         load_model,
-        read_json,
-        write_json,
     )
     from ptmpack.compress.storage import QuantizedWeight, quantization_config
     from ptmpack.compress.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, CausalLM, LlamaConfig
+    from ptmpack.compress.tree.documents import read_json, write_json
 
     spec, tree = ctx.spec, Path(tree)
     if spec.device == "cuda" and not torch.cuda.is_available():
@@ -136,7 +135,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
                            tensors.where[f"{LAYER_PREFIX}{i}.input_layernorm.weight"])
         config["attention_bias"] = config["mlp_bias"] = True
     tensors.save()
-    ignore = [n for n in ignored_linears(tensors, targets, decoder=True) if not n.endswith(f".{AFFINE}")]
+    ignore = [n for n in ignored_linears({n: tensors[n].shape for n in tensors.names()}, targets, decoder=True) if not n.endswith(f".{AFFINE}")]
     config["quantization_config"] = quantization_config(spec.bits, group, spec.symmetric, ignore)
     write_json(config_path, config)
     _write_graph(tree)

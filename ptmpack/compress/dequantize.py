@@ -43,7 +43,8 @@ def dequantize_tree(tree: Path) -> dict[str, Any]:
         UnsupportedError: quantized tensors whose config.json states no usable scheme.
         IntegrityError: inconsistent quantized tensors.
     """
-    from ptmpack.compress.quantize import ModelTensors, read_json, regraph, write_json
+    from ptmpack.compress.quantize import ModelTensors, regraph
+    from ptmpack.compress.tree.documents import read_json, write_json
 
     tree = Path(tree)
     model_dir = tree / "Model"

@@ -25,9 +25,10 @@ import numpy as np
 
 from ptmpack.compress.gptq_solver import DAMP, backend, gptq_quantize
 from ptmpack.compress.gptq_streams import Streams, layer_index
-from ptmpack.compress.quantize import ModelTensors, Target, load_model, quantize_tree
+from ptmpack.compress.quantize import Target, load_model, quantize_tree
 from ptmpack.compress.spec import GPTQ_ORDERS
 from ptmpack.compress.storage import QuantizedWeight
+from ptmpack.compress.tree.weights import WeightFiles
 
 _SLOTS = {"linear": ("X", "W"), "matmul": ("A", "B")}
 _KEEP_HESSIANS = 2
@@ -55,7 +56,7 @@ def feeds_for(model: Any, windows: np.ndarray) -> dict[str, np.ndarray]:
     return feeds
 
 
-def calibrate_and_quantize(tree: Path, targets: list[Target], tensors: ModelTensors, windows: np.ndarray,
+def calibrate_and_quantize(tree: Path, targets: list[Target], tensors: WeightFiles, windows: np.ndarray,
                            solve: Any, progress: Any, *, sequential: str | None = None) -> dict[str, QuantizedWeight]:
     """Run the calibration windows through the tree's model, quantizing each target as it is reached.
 
@@ -143,7 +144,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     xp = backend(spec.device)
     calib = ctx.calib()
 
-    def run(targets: list[Target], tensors: ModelTensors, group: int) -> dict[str, QuantizedWeight]:
+    def run(targets: list[Target], tensors: WeightFiles, group: int) -> dict[str, QuantizedWeight]:
         def solve(w: np.ndarray, h: np.ndarray) -> QuantizedWeight:
             scale_dtype = w.dtype if w.dtype in (np.float16, np.float32) else np.float32
             return gptq_quantize(w, h, spec.bits, group or w.shape[1], spec.symmetric, act_order=spec.act_order, xp=xp,

@@ -2,7 +2,8 @@
 
 The input (a ``.ptm`` — encrypted ones opened with the caller's opener — or a tree) is
 materialized as a working tree in a temporary directory beside the target (so the final
-rename stays on one file system), the steps run on it in the fixed order
+rename stays on one file system; a tree's safetensors files are hard-linked, not copied,
+where the file system allows), the steps run on it in the fixed order
 ``merge_lora → merge_adapter → fold_norm → prune → quant``, each step's record is appended
 to ``Meta-info/technicalinfo.json`` ``compression.steps``, and the tree is packed with the
 caller's :class:`PackConfig` (compression, encryption, signing as ``pack``). The working
@@ -12,6 +13,7 @@ tree is removed whatever happens; nothing appears at the target unless every ste
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import tempfile
 import time
@@ -58,10 +60,26 @@ def step_module(step: str, spec: CompressSpec) -> Any:
     return module
 
 
+def _link_or_copy(src: str, dst: str) -> object:
+    """Hard-link a weight file into the working tree (no copy of gigabytes), copy anything else.
+
+    Safe because no step writes into an existing weight file: every rewrite goes to a temporary
+    file renamed over the old name, which replaces the working tree's link and leaves the
+    source's file as it was. Falls back to a copy across file systems or where linking is refused.
+    """
+    if src.endswith(".safetensors"):
+        try:
+            os.link(src, dst)
+            return dst
+        except OSError:
+            pass
+    return shutil.copy2(src, dst)
+
+
 def _materialize(source: Path, work: Path, opener: Any) -> None:
-    """Copy the input package into ``work`` as a tree."""
+    """Bring the input package into ``work`` as a tree (a tree's weight files are hard-linked)."""
     if source.is_dir():
-        shutil.copytree(source, work, symlinks=False)
+        shutil.copytree(source, work, symlinks=False, copy_function=_link_or_copy)
         return
     if not source.is_file():
         raise UsageError(f"{source}: no such package file or tree")
@@ -78,7 +96,7 @@ def _pack(work: Path, target: Path, pack_config: Any, force: bool) -> Any:
 
 def _record(work: Path, records: list[dict[str, Any]], spec: CompressSpec) -> None:
     """Append the step records to technicalinfo.json ``compression.steps`` (kept valid by its schema)."""
-    from ptmpack.compress.quantize import read_json, write_json
+    from ptmpack.compress.tree.documents import read_json, write_json
 
     path = work / TECHNICAL
     doc = read_json(path)

@@ -14,7 +14,6 @@ safetensors library through a temporary file and a rename), ``config.json`` gain
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -24,11 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.rtn import error_row
-from ptmpack.compress.storage import QuantizedWeight, quantization_config, write_quantized_linear
+from ptmpack.compress.storage import (
+    QuantizedWeight,
+    layout_of,
+    quantization_config,
+    quantized_layout,
+    quantized_tensors,
+    write_quantized_linear,
+)
+from ptmpack.compress.tree.documents import read_json, write_json
+from ptmpack.compress.tree.weights import WeightFiles
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
-from ptmpack.jsonio import read_object_file
 
 GROUP_CANDIDATES = (128, 64, 32)
 
@@ -174,16 +180,6 @@ class ModelTensors:
         self.changed.clear()
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    return read_object_file(path)
-
-
-def write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def load_model(tree: Path) -> ModelStructure:
     """The IR of the tree's checkpoint, built from config.json and the weights (not graph.json).
 
@@ -195,11 +191,14 @@ def load_model(tree: Path) -> ModelStructure:
     return model_from_dir(Path(tree) / "Model")
 
 
-def ignored_linears(tensors: ModelTensors, targets: list[Target], decoder: bool) -> list[str]:
-    """Module names of 2-D weights left float (the LM head, a pooler): compressed-tensors' ``ignore``."""
+def ignored_linears(shapes: Mapping[str, tuple[int, ...]], targets: list[Target], decoder: bool) -> list[str]:
+    """Module names of 2-D weights left float (the LM head, a pooler): compressed-tensors' ``ignore``.
+
+    ``shapes`` maps every tensor name of the checkpoint to its shape.
+    """
     done = {t.weight for t in targets}
-    ignore = {n[: -len(".weight")] for n in tensors.names()
-              if n.endswith(".weight") and n not in done and tensors[n].ndim == 2
+    ignore = {n[: -len(".weight")] for n, shape in shapes.items()
+              if n.endswith(".weight") and n not in done and len(shape) == 2
               and not any(e in n for e in ("embed", "wte", "wpe"))}
     if decoder:
         ignore.add("lm_head")
@@ -216,21 +215,29 @@ def regraph(tree: Path) -> None:
         write_graph(Path(tree))
 
 
-LayerFn = Callable[[list[Target], ModelTensors, int], dict[str, QuantizedWeight]]
+RunFn = Callable[[list[Target], WeightFiles, int], Mapping[str, QuantizedWeight]]
+"""A whole-model quantizer (GPTQ: calibration runs through the model): every target's weight, by prefix."""
+LayerFn = Callable[[Target, np.ndarray, int], QuantizedWeight]
+"""A data-free quantizer of one weight (``[out, in]``, in its stored dtype) and the step's group size."""
 
 
-def quantize_tree(tree: Path, ctx: Any, method: str, run: LayerFn, *, extra: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
-    """Quantize the tree's linears with ``run`` and rewrite ``Model/``; return the step record.
+def quantize_tree(tree: Path, ctx: Any, method: str, run: RunFn | None = None, *, layer: LayerFn | None = None,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Quantize the tree's linears and rewrite ``Model/``; return the step record.
 
-    ``run(targets, tensors, group_size)`` returns the quantized weight of each target prefix
-    (group size 0: per channel, each target's ``in_features``; see :func:`group_of`).
+    Give ``run(targets, weights, group_size)``, returning the quantized weight of each target
+    prefix at once, or ``layer(target, weight, group_size)`` for a method that needs nothing but
+    the weight: then each weight is read, quantized and written one at a time while the
+    safetensors files are rewritten (:meth:`WeightFiles.rewrite`), so memory holds one layer.
+    Group size 0 means per channel (see :func:`group_of`). Tensors that are not quantized are
+    copied as stored (a bfloat16 embedding stays bfloat16).
 
     Raises:
         UsageError: a bad group size.
         UnsupportedError: an unknown architecture, or no linear to quantize.
     """
     from ptmpack.compress.quality import measure
+    from ptmpack.compress.rtn import error_row, scale_dtype_for
 
     spec = ctx.spec
     tree = Path(tree)
@@ -244,29 +251,44 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: LayerFn, *, extra: Map
     group = choose_group_size(targets, spec.group_size)
     calibration = ctx.calib() if ctx.calibration is not None else None
     before = measure(tree, calibration)
-    tensors = ModelTensors(tree / "Model")
-    size_before = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
-    originals = {t.prefix: (tensors[t.weight].T if t.transposed else tensors[t.weight]) for t in targets}
+    weights = WeightFiles(tree / "Model")
+    size_before = weights.file_bytes()
+    by_weight = {t.weight: t for t in targets}
     start = time.perf_counter()
-    quantized = run(targets, tensors, group)
+    computed: dict[str, QuantizedWeight] = {}
+    if layer is None:
+        if run is None:
+            raise TypeError("quantize_tree needs run or layer")
+        computed = dict(run(targets, weights, group))
+        plan = {t.weight: layout_of(t.prefix, computed[t.prefix]) for t in targets}
+    else:
+        plan = {t.weight: quantized_layout(t.prefix, (t.out_features, t.in_features), spec.bits, group_of(t, group),
+                                           scale_dtype_for(weights.spec(t.weight).dtype), symmetric=spec.symmetric)
+                for t in targets}
+    rows: dict[str, dict[str, Any]] = {}
+
+    def produce(name: str) -> dict[str, np.ndarray]:
+        t = by_weight[name]
+        w = weights.read(name)
+        w = w.T if t.transposed else w
+        q = computed.pop(t.prefix) if layer is None else layer(t, w, group)
+        rows[t.prefix] = error_row(t.prefix, w, q)
+        return quantized_tensors(t.prefix, q)
+
+    shapes = {n: weights.spec(n).shape for n in weights.names()}
+    weights.rewrite(plan, produce, None if layer is None else lambda done, total: ctx.progress(method, done, total))
     seconds = time.perf_counter() - start
-    rows = []
-    for t in targets:
-        q = quantized[t.prefix]
-        rows.append(error_row(t.prefix, originals[t.prefix], q))
-        tensors.store(t, q)
-    del originals
-    tensors.save()
     config_path = tree / "Model" / "config.json"
     config = read_json(config_path)
     decoder = model.metadata.get("structure") == "decoder-only"
     actorder = "weight" if getattr(spec, "act_order", False) else None
     config["quantization_config"] = quantization_config(spec.bits, group or None, spec.symmetric,
-                                                        ignored_linears(tensors, targets, decoder), actorder=actorder)
+                                                        ignored_linears(shapes, targets, decoder), actorder=actorder)
     write_json(config_path, config)
     regraph(tree)
-    size_after = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
+    size_after = weights.file_bytes()
     after = measure(tree, calibration, reference=before)
+    ordered = [rows[t.prefix] for t in targets]
     record: dict[str, Any] = {
         "step": "quant", "method": method, "bits": spec.bits, "group_size": group or "channel",
         "symmetric": spec.symmetric,
@@ -274,8 +296,7 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: LayerFn, *, extra: Map
         "size_before": size_before, "size_after": size_after, "seconds": round(seconds, 3),
         "calibration": calibration.record() if calibration is not None else None,
         "quality": {"before": before.get("value"), "after": after.get("value"), **after.get("about", {})},
-        "layers": rows, "mean_rel_error": float(np.mean([r["rel_error"] for r in rows])),
+        "layers": ordered, "mean_rel_error": float(np.mean([r["rel_error"] for r in ordered])),
     }
     record.update(extra or {})
     return record
-

@@ -52,52 +52,85 @@ def quantize_codes(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int
     return np.clip(np.round(w.astype(np.float32) / scale + zero), lo, hi)
 
 
+BLOCK_ELEMENTS = 1 << 22
+"""Weights quantized (and measured) per block of rows of about this many elements: rows are independent,
+so the float32 temporaries of a block, not of the layer, bound the memory (16 MiB each)."""
+
+
+def _row_blocks(rows: int, cols: int) -> range:
+    step = max(32, (BLOCK_ELEMENTS // max(cols, 1)) // 32 * 32)
+    return range(0, rows, step)
+
+
+def scale_dtype_for(dtype: np.dtype) -> np.dtype:
+    """The dtype scales are stored in for a weight of ``dtype``: its own float type, else float32."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype in (np.float16, np.float32) or dtype.name == "bfloat16" else np.dtype(np.float32)
+
+
 def quantize_rtn(weight: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
                  scale_dtype: np.dtype | type | None = None) -> QuantizedWeight:
     """Quantize a ``[out, in]`` weight group-wise by round-to-nearest.
 
-    ``scale_dtype`` defaults to the weight's dtype (float32 for integer or float64 inputs).
+    ``scale_dtype`` defaults to :func:`scale_dtype_for` the weight's dtype. Computed in blocks
+    of rows (:data:`BLOCK_ELEMENTS`); each row's result does not depend on the others.
     """
     out, cols = weight.shape
     groups = math.ceil(cols / group_size)
-    if scale_dtype is None:
-        scale_dtype = weight.dtype if weight.dtype in (np.float16, np.float32) or weight.dtype.name == "bfloat16" \
-            else np.float32
-    w = weight.astype(np.float32)
+    scale_dtype = scale_dtype_for(weight.dtype) if scale_dtype is None else np.dtype(scale_dtype)
     pad = groups * group_size - cols
-    wg = np.pad(w, ((0, 0), (0, pad)), mode="edge") if pad else w
-    wg = wg.reshape(out * groups, group_size)
-    scale, zero = group_params(wg, bits, symmetric, scale_dtype)
-    codes = quantize_codes(wg, scale[:, None], zero[:, None], bits).reshape(out, groups * group_size)[:, :cols]
-    return QuantizedWeight(codes.astype(np.int8), scale.reshape(out, groups).astype(scale_dtype),
-                           None if symmetric else zero.reshape(out, groups).astype(np.int8), bits, group_size)
+    codes = np.empty((out, cols), np.int8)
+    scales = np.empty((out, groups), scale_dtype)
+    zeros = None if symmetric else np.empty((out, groups), np.int8)
+    step = _row_blocks(out, cols).step
+    for r in range(0, out, step):
+        w = weight[r:r + step].astype(np.float32)
+        n = len(w)
+        wg = np.pad(w, ((0, 0), (0, pad)), mode="edge") if pad else w
+        wg = wg.reshape(n * groups, group_size)
+        scale, zero = group_params(wg, bits, symmetric, scale_dtype)
+        block = quantize_codes(wg, scale[:, None], zero[:, None], bits).reshape(n, groups * group_size)
+        codes[r:r + n] = block[:, :cols]
+        scales[r:r + n] = scale.reshape(n, groups)
+        if zeros is not None:
+            zeros[r:r + n] = zero.reshape(n, groups)
+    return QuantizedWeight(codes, scales, zeros, bits, group_size)
 
 
 def error_row(name: str, weight: np.ndarray, q: QuantizedWeight) -> dict[str, Any]:
-    """The per-layer record of a quantized weight: relative Frobenius error and max |error|."""
-    w = weight.astype(np.float32)
-    err = q.dequantize() - w
-    norm = float(np.linalg.norm(w))
-    return {"name": name, "shape": list(w.shape), "rel_error": float(np.linalg.norm(err)) / norm if norm else 0.0,
-            "max_abs_error": float(np.abs(err).max()) if err.size else 0.0}
+    """The per-layer record of a quantized weight: relative Frobenius error and max |error| (by blocks of rows)."""
+    rows, cols = q.shape
+    sq_err = sq_w = 0.0
+    max_abs = 0.0
+    step = _row_blocks(rows, cols).step
+    for r in range(0, rows, step):
+        zero = None if q.zero_point is None else q.zero_point[r:r + step]
+        part = QuantizedWeight(q.codes[r:r + step], q.scale[r:r + step], zero, q.bits, q.group_size, q.g_idx)
+        w = weight[r:r + step].astype(np.float32)
+        err = part.dequantize() - w
+        sq_err += float(np.square(err, dtype=np.float64).sum())
+        sq_w += float(np.square(w, dtype=np.float64).sum())
+        if err.size:
+            max_abs = max(max_abs, float(np.abs(err).max()))
+    norm = math.sqrt(sq_w)
+    return {"name": name, "shape": [rows, cols], "rel_error": math.sqrt(sq_err) / norm if norm else 0.0,
+            "max_abs_error": max_abs}
 
 
 def apply(tree: Path, ctx: Any) -> dict[str, Any]:
-    """The ``--quant rtn`` step: quantize every target linear of the tree's model in place.
+    """The ``--quant rtn`` step: quantize every target linear of the tree's model, one layer at a time.
+
+    Each weight is read from disk when its turn comes, quantized, written into the rewritten
+    safetensors file and dropped (:func:`ptmpack.compress.quantize.quantize_tree`), so memory
+    holds one layer, whatever the size of the model.
 
     Raises:
         UsageError: a group size that does not divide a layer's input width.
         UnsupportedError: a model the IR converter does not know.
     """
-    from ptmpack.compress.quantize import ModelTensors, Target, group_of, quantize_tree
+    from ptmpack.compress.quantize import Target, group_of, quantize_tree
 
-    def run(targets: list[Target], tensors: ModelTensors, group: int) -> dict[str, QuantizedWeight]:
-        done: dict[str, QuantizedWeight] = {}
-        for i, t in enumerate(targets):
-            w = tensors[t.weight]
-            done[t.prefix] = quantize_rtn(w.T if t.transposed else w, ctx.spec.bits, group_of(t, group),
-                                          ctx.spec.symmetric)
-            ctx.progress("rtn", i + 1, len(targets))
-        return done
+    def layer(t: Target, weight: np.ndarray, group: int) -> QuantizedWeight:
+        return quantize_rtn(weight, ctx.spec.bits, group_of(t, group), ctx.spec.symmetric)
 
-    return quantize_tree(tree, ctx, "rtn", run)
+    return quantize_tree(tree, ctx, "rtn", layer=layer)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ptmpack.compress.tree.weights import TensorSpec
 from ptmpack.errors import IntegrityError, UsageError
 from ptmpack.quant.packing import pack_int, qrange, unpack_int
 from ptmpack.quant.scheme import FORMAT, QUANT_METHOD, WeightScheme, scheme_of
@@ -97,6 +98,38 @@ def write_quantized_linear(tensors: MutableMapping[str, np.ndarray], prefix: str
     tensors[f"{prefix}.{SHAPE}"] = np.asarray([out, cols], np.int64)
     if q.g_idx is not None:
         tensors[f"{prefix}.{G_IDX}"] = np.asarray(q.g_idx, np.int32)
+
+
+def quantized_layout(prefix: str, shape: tuple[int, int], bits: int, group_size: int, scale_dtype: np.dtype,
+                     *, symmetric: bool, g_idx: bool = False) -> list[TensorSpec]:
+    """The tensors :func:`write_quantized_linear` stores for a ``[out, in]`` weight, before it is quantized.
+
+    Lets a writer lay out a safetensors file's header ahead of the data (see
+    :meth:`ptmpack.compress.tree.weights.WeightFiles.rewrite`, which checks every produced tensor against it).
+    """
+    out, cols = shape
+    groups = math.ceil(cols / group_size)
+    specs = [TensorSpec(f"{prefix}.{PACKED}", np.dtype(np.int32), (out, math.ceil(cols * bits / 32))),
+             TensorSpec(f"{prefix}.{SCALE}", np.dtype(scale_dtype), (out, groups))]
+    if not symmetric:
+        specs.append(TensorSpec(f"{prefix}.{ZERO_POINT}", np.dtype(np.int32), (math.ceil(out * bits / 32), groups)))
+    specs.append(TensorSpec(f"{prefix}.{SHAPE}", np.dtype(np.int64), (2,)))
+    if g_idx:
+        specs.append(TensorSpec(f"{prefix}.{G_IDX}", np.dtype(np.int32), (cols,)))
+    return specs
+
+
+def layout_of(prefix: str, q: QuantizedWeight) -> list[TensorSpec]:
+    """:func:`quantized_layout` of an already quantized weight."""
+    return quantized_layout(prefix, q.shape, q.bits, q.group_size, q.scale.dtype, symmetric=q.symmetric,
+                            g_idx=q.g_idx is not None)
+
+
+def quantized_tensors(prefix: str, q: QuantizedWeight) -> dict[str, np.ndarray]:
+    """The tensors :func:`write_quantized_linear` stores for ``q``, in a dict of their own."""
+    tensors: dict[str, np.ndarray] = {}
+    write_quantized_linear(tensors, prefix, q)
+    return tensors
 
 
 def quantized_prefixes(names: Iterable[str]) -> list[str]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.tree import documents
 from ptmpack.errors import InvalidTreeError, UnsupportedError
-from ptmpack.jsonio import read_object_file
 
 MODEL = "Model"
 CONFIG = "Model/config.json"
@@ -120,26 +120,17 @@ class Checkpoint:
 
 
 def read_json(tree: Path, rel: str) -> dict[str, Any]:
-    """A JSON object from the tree.
+    """A JSON object from the tree (:func:`ptmpack.compress.tree.documents.read_json` of ``tree/rel``).
 
     Raises:
         InvalidTreeError: missing, unreadable or not an object.
     """
-    return read_object_file(Path(tree) / rel)
+    return documents.read_json(Path(tree) / rel)
 
 
 def write_json(tree: Path, rel: str, doc: Mapping[str, Any]) -> None:
     """Write ``doc`` to ``tree/rel`` through a temp file and a rename."""
-    path = Path(tree) / rel
-    fd, tmp = tempfile.mkstemp(prefix=".json-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InvalidTreeError(f"{path}: cannot write ({exc})") from None
+    documents.write_json(Path(tree) / rel, doc)
 
 
 def rebuild_graph(tree: Path) -> bool:
@@ -161,7 +152,7 @@ def rebuild_graph(tree: Path) -> bool:
     found = read_adapters(tree)
     if found is not None:
         model = attach(model, *found, file=f"{FOLDER}/{WEIGHTS_NAME}")
-    write_bytes(target, model.dumps())
+    documents.write_bytes(target, model.dumps())
     return True
 
 
@@ -193,18 +184,6 @@ def open_tree(tree: Path) -> Any:
     from ptmpack.storage.package import open_package
 
     return open_package(Path(tree))
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` atomically (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InvalidTreeError(f"{path}: cannot write ({exc})") from None
 
 
 def refresh_parameters(ck: Checkpoint) -> None:
