@@ -217,8 +217,9 @@ def regraph(tree: Path) -> None:
 
 RunFn = Callable[[list[Target], WeightFiles, int], Mapping[str, QuantizedWeight]]
 """A whole-model quantizer (GPTQ: calibration runs through the model): every target's weight, by prefix."""
-LayerFn = Callable[[Target, np.ndarray, int], QuantizedWeight]
-"""A data-free quantizer of one weight (``[out, in]``, in its stored dtype) and the step's group size."""
+LayerFn = Callable[[Target, np.ndarray, int], tuple[QuantizedWeight, dict[str, Any]]]
+"""A data-free quantizer of one weight (``[out, in]``, in its stored dtype) and the step's group size:
+the quantized weight and its :func:`ptmpack.compress.rtn.error_row`."""
 
 
 def quantize_tree(tree: Path, ctx: Any, method: str, run: RunFn | None = None, *, layer: LayerFn | None = None,
@@ -271,8 +272,11 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: RunFn | None = None, *
         t = by_weight[name]
         w = weights.read(name)
         w = w.T if t.transposed else w
-        q = computed.pop(t.prefix) if layer is None else layer(t, w, group)
-        rows[t.prefix] = error_row(t.prefix, w, q)
+        if layer is None:
+            q = computed.pop(t.prefix)
+            rows[t.prefix] = error_row(t.prefix, w, q)
+        else:
+            q, rows[t.prefix] = layer(t, w, group)
         return quantized_tensors(t.prefix, q)
 
     shapes = {n: weights.spec(n).shape for n in weights.names()}

@@ -49,7 +49,10 @@ def group_params(w: np.ndarray, bits: int, symmetric: bool, scale_dtype: np.dtyp
 def quantize_codes(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int) -> np.ndarray:
     """Codes ``clamp(round(w / scale + zero), qmin, qmax)``; ``scale``/``zero`` broadcast against ``w``."""
     lo, hi = qrange(bits)
-    return np.clip(np.round(w.astype(np.float32) / scale + zero), lo, hi)
+    x = np.divide(w, scale, dtype=np.float32)
+    x += zero
+    np.rint(x, out=x)  # round half to even, as np.round and torch.round
+    return np.clip(x, lo, hi, out=x)
 
 
 BLOCK_ELEMENTS = 1 << 22
@@ -75,6 +78,19 @@ def quantize_rtn(weight: np.ndarray, bits: int, group_size: int, symmetric: bool
     ``scale_dtype`` defaults to :func:`scale_dtype_for` the weight's dtype. Computed in blocks
     of rows (:data:`BLOCK_ELEMENTS`); each row's result does not depend on the others.
     """
+    return _quantize(weight, bits, group_size, symmetric, scale_dtype, None)
+
+
+def quantize_rtn_measured(name: str, weight: np.ndarray, bits: int, group_size: int, symmetric: bool = False
+                          ) -> tuple[QuantizedWeight, dict[str, Any]]:
+    """:func:`quantize_rtn` and its :func:`error_row`, the error measured on each block while it is at hand."""
+    sums = [0.0, 0.0, 0.0]
+    q = _quantize(weight, bits, group_size, symmetric, None, sums)
+    return q, _row(name, q.shape, *sums)
+
+
+def _quantize(weight: np.ndarray, bits: int, group_size: int, symmetric: bool, scale_dtype: np.dtype | type | None,
+              sums: list[float] | None) -> QuantizedWeight:
     out, cols = weight.shape
     groups = math.ceil(cols / group_size)
     scale_dtype = scale_dtype_for(weight.dtype) if scale_dtype is None else np.dtype(scale_dtype)
@@ -89,32 +105,49 @@ def quantize_rtn(weight: np.ndarray, bits: int, group_size: int, symmetric: bool
         wg = np.pad(w, ((0, 0), (0, pad)), mode="edge") if pad else w
         wg = wg.reshape(n * groups, group_size)
         scale, zero = group_params(wg, bits, symmetric, scale_dtype)
-        block = quantize_codes(wg, scale[:, None], zero[:, None], bits).reshape(n, groups * group_size)
-        codes[r:r + n] = block[:, :cols]
+        x = quantize_codes(wg, scale[:, None], zero[:, None], bits)
+        codes[r:r + n] = x.reshape(n, groups * group_size)[:, :cols]
         scales[r:r + n] = scale.reshape(n, groups)
         if zeros is not None:
             zeros[r:r + n] = zero.reshape(n, groups)
+        if sums is not None:  # the dequantized block (x - zero) · scale against the weight, in place
+            x -= zero[:, None]
+            x *= scale[:, None]
+            x -= wg
+            _accumulate(sums, x.reshape(n, groups * group_size)[:, :cols], w)
     return QuantizedWeight(codes, scales, zeros, bits, group_size)
+
+
+def _accumulate(sums: list[float], err: np.ndarray, w: np.ndarray) -> None:
+    """Add a block's squared error, squared weight and max |error| to ``sums``."""
+    e, v = err.reshape(-1), w.reshape(-1)
+    if not e.flags.c_contiguous:
+        e = np.ascontiguousarray(e)
+    sums[0] += float(np.dot(e, e))
+    sums[1] += float(np.dot(v, v))
+    if e.size:
+        sums[2] = max(sums[2], float(e.max()), -float(e.min()))
+
+
+def _row(name: str, shape: tuple[int, int], sq_err: float, sq_w: float, max_abs: float) -> dict[str, Any]:
+    norm = math.sqrt(sq_w)
+    return {"name": name, "shape": list(shape), "rel_error": math.sqrt(sq_err) / norm if norm else 0.0,
+            "max_abs_error": max_abs}
 
 
 def error_row(name: str, weight: np.ndarray, q: QuantizedWeight) -> dict[str, Any]:
     """The per-layer record of a quantized weight: relative Frobenius error and max |error| (by blocks of rows)."""
     rows, cols = q.shape
-    sq_err = sq_w = 0.0
-    max_abs = 0.0
+    sums = [0.0, 0.0, 0.0]
     step = _row_blocks(rows, cols).step
     for r in range(0, rows, step):
         zero = None if q.zero_point is None else q.zero_point[r:r + step]
         part = QuantizedWeight(q.codes[r:r + step], q.scale[r:r + step], zero, q.bits, q.group_size, q.g_idx)
         w = weight[r:r + step].astype(np.float32)
-        err = part.dequantize() - w
-        sq_err += float(np.square(err, dtype=np.float64).sum())
-        sq_w += float(np.square(w, dtype=np.float64).sum())
-        if err.size:
-            max_abs = max(max_abs, float(np.abs(err).max()))
-    norm = math.sqrt(sq_w)
-    return {"name": name, "shape": [rows, cols], "rel_error": math.sqrt(sq_err) / norm if norm else 0.0,
-            "max_abs_error": max_abs}
+        err = part.dequantize()
+        err -= w
+        _accumulate(sums, err, w)
+    return _row(name, (rows, cols), *sums)
 
 
 def apply(tree: Path, ctx: Any) -> dict[str, Any]:
@@ -130,7 +163,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     """
     from ptmpack.compress.quantize import Target, group_of, quantize_tree
 
-    def layer(t: Target, weight: np.ndarray, group: int) -> QuantizedWeight:
-        return quantize_rtn(weight, ctx.spec.bits, group_of(t, group), ctx.spec.symmetric)
+    def layer(t: Target, weight: np.ndarray, group: int) -> tuple[QuantizedWeight, dict[str, Any]]:
+        return quantize_rtn_measured(t.prefix, weight, ctx.spec.bits, group_of(t, group), ctx.spec.symmetric)
 
     return quantize_tree(tree, ctx, "rtn", layer=layer)

@@ -70,6 +70,14 @@ class QuantizedWeight:
 
     def dequantize(self, dtype: np.dtype | type = np.float32) -> np.ndarray:
         """``(q - zero_point) · scale`` per group, computed in float32 and returned as ``dtype``."""
+        out, width = self.shape
+        groups = self.scale.shape[1]
+        if self.g_idx is None and groups * self.group_size == width:  # contiguous whole groups: broadcast, no gather
+            q = self.codes.astype(np.float32).reshape(out, groups, self.group_size)
+            if self.zero_point is not None:
+                q -= self.zero_point.astype(np.float32)[:, :, None]
+            q *= self.scale.astype(np.float32)[:, :, None]
+            return q.reshape(out, width).astype(dtype, copy=False)
         cols = self.group_of_columns()
         q = self.codes.astype(np.float32)
         if self.zero_point is not None:

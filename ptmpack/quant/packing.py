@@ -43,15 +43,15 @@ def pack_int(values: np.ndarray, bits: int, packed_dim: int = 1) -> np.ndarray:
     rows, cols = v.shape
     words = math.ceil(cols * bits / 32)
     runs = math.ceil(cols / 32)
-    if 32 % bits == 0:  # no code straddles two words: each word holds 32 / bits whole codes, in order
-        per = 32 // bits
-        u32 = np.zeros((rows, runs * 32), np.uint32)
-        u32[:, :cols] = v.astype(np.int32) - lo  # offset to unsigned; every value fits (checked above)
-        u32 = u32.reshape(rows, runs * bits, per)
-        packed = u32[:, :, 0].copy()
+    if 8 % bits == 0:  # whole codes per byte, bytes in little-endian word order: pack bytes, view as words
+        per = 8 // bits
+        u8 = np.zeros((rows, runs * 32), np.uint8)
+        u8[:, :cols] = (v.astype(np.int16) - lo).astype(np.uint8)  # offset to unsigned; every value fits
+        u8 = u8.reshape(rows, runs * 32 // per, per)
+        packed = u8[:, :, 0].copy()
         for i in range(1, per):
-            packed |= u32[:, :, i] << np.uint32(i * bits)
-        out = packed[:, :words].view(np.int32)
+            packed |= u8[:, :, i] << np.uint8(i * bits)
+        out = packed.view("<i4")[:, :words].astype(np.int32, copy=False)
         return np.ascontiguousarray(out.T if packed_dim == 0 else out)
     u = np.zeros((rows, runs * 32), np.uint64)
     u[:, :cols] = (v.astype(np.int64) - lo).astype(np.uint64)
