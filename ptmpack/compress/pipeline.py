@@ -8,6 +8,8 @@ where the file system allows), the steps run on it in the fixed order
 to ``Meta-info/technicalinfo.json`` ``compression.steps``, and the tree is packed with the
 caller's :class:`PackConfig` (compression, encryption, signing as ``pack``). The working
 tree is removed whatever happens; nothing appears at the target unless every step succeeded.
+A run killed outright leaves its tree behind; the next run into the same folder removes it
+(:mod:`ptmpack.compress.tree.scratch`: stale by age and by a lock no live process holds).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from ptmpack.compress.context import CalibrationData, StepContext, no_progress
 from ptmpack.compress.report import CompressReport
 from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.tree.scratch import working_tree
 from ptmpack.errors import PtmError, UnsupportedError, UsageError
 
 STEP_MODULES = {
@@ -141,10 +143,8 @@ def compress(source: Path, target: Path, spec: CompressSpec, pack_config: Any, *
     if target.exists() and not force:
         raise UsageError(f"{target} exists", hint="add --force to replace it")
     modules = [(step, step_module(step, spec)) for step in spec.steps()]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".ptmpack-compress-", dir=target.parent))
     started = time.perf_counter()
-    try:
+    with working_tree(target.parent) as scratch:
         work = scratch / "tree"
         _materialize(source, work, opener)
         size_in = source.stat().st_size if source.is_file() else sum(
@@ -170,8 +170,6 @@ def compress(source: Path, target: Path, spec: CompressSpec, pack_config: Any, *
             records.append(record)
         _record(work, records, spec)
         _pack(work, target, pack_config, force)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return CompressReport(source=str(source), target=str(target), steps=tuple(_json_safe(r) for r in records),
                           size_in=size_in, size_out=target.stat().st_size,
                           seconds=round(time.perf_counter() - started, 3))
