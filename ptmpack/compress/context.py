@@ -24,7 +24,7 @@ class CalibrationData:
     text_sha256: str
     """sha256 of the calibration file's bytes."""
     text_tokens: int
-    """Tokens in the whole calibration text."""
+    """Tokens tokenized: the whole text for random windows, else the pieces the windows and held-out tail need."""
     source: str
     """The calibration file's name (no directories: a path may be private)."""
     selection: str
