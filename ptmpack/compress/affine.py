@@ -21,7 +21,6 @@ torch is needed (``pip install 'ptmpack[torch]'``); ``--device cuda`` runs the s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -49,22 +48,6 @@ def _store(tensors: Any, name: str, value: np.ndarray, file: str) -> None:
     tensors.changed.add(file)
 
 
-def _write_graph(tree: Path) -> None:
-    """Rebuild ``Model/graph.json`` from the checkpoint, keeping the model's name (the converter
-    describes the unmerged transforms as ``affine_transform`` operators)."""
-    from ptmpack.ir.convert_hf import model_from_dir
-    from ptmpack.ir.model import ModelStructure
-
-    path = tree / "Model" / "graph.json"
-    if not path.exists():
-        return
-    name = ModelStructure.loads(path.read_bytes(), str(path)).name
-    model = model_from_dir(tree / "Model", name=name)
-    tmp = path.with_name(".graph.json.tmp")
-    tmp.write_bytes(model.dumps())
-    os.replace(tmp, path)
-
-
 def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     """Learn AffineQuant transforms block by block on the calibration windows and rewrite ``tree``'s ``Model/``.
 
@@ -85,6 +68,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         find_targets,
         ignored_linears,
         load_model,
+        regraph,
     )
     from ptmpack.compress.storage import QuantizedWeight, quantization_config
     from ptmpack.compress.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, CausalLM, LlamaConfig
@@ -138,7 +122,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     ignore = [n for n in ignored_linears({n: tensors[n].shape for n in tensors.names()}, targets, decoder=True) if not n.endswith(f".{AFFINE}")]
     config["quantization_config"] = quantization_config(spec.bits, group, spec.symmetric, ignore)
     write_json(config_path, config)
-    _write_graph(tree)
+    regraph(tree)
     size_after = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
     after = measure(tree, calibration, reference=before)
     unmerged = sum(len(r.transforms) for r in result.layers.values())

@@ -278,9 +278,10 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     from ptmpack.compress.struct_eval import compare, snapshot, step_text, step_windows
 
     mode = ctx.spec.fold_norm
-    if mode == "unified" and ctx.spec.quant not in (None, "ptq"):
-        raise UnsupportedError(f"--fold-norm unified with --quant {ctx.spec.quant}: the quantization step rebuilds "
-                               "the graph from config.json alone and would put the on-line norms back",
+    if mode == "unified" and ctx.spec.quant == "affine":
+        raise UnsupportedError("--fold-norm unified with --quant affine: AffineQuant learns its transforms in a "
+                               "PyTorch LLaMA that normalizes on line and merges them into the norm weights, "
+                               "which the unified norms have replaced by fixed statistics",
                                hint="--fold-norm affine combines with any --quant")
     text = step_text(ctx)
     windows = step_windows(tree, ctx) if mode == "unified" else None

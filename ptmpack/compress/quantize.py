@@ -181,14 +181,15 @@ class ModelTensors:
 
 
 def load_model(tree: Path) -> ModelStructure:
-    """The IR of the tree's checkpoint, built from config.json and the weights (not graph.json).
+    """The IR of the tree's checkpoint, built from config.json and the weights (not graph.json), with
+    the records earlier steps left in config.json applied (unified norms, activation quantization).
 
     Raises:
         UnsupportedError: an architecture the IR converter does not know.
     """
-    from ptmpack.ir.convert_hf import model_from_dir
+    from ptmpack.compress.struct_tree import base_model
 
-    return model_from_dir(Path(tree) / "Model")
+    return base_model(Path(tree))
 
 
 def ignored_linears(shapes: Mapping[str, tuple[int, ...]], targets: list[Target], decoder: bool) -> list[str]:
@@ -207,12 +208,9 @@ def ignored_linears(shapes: Mapping[str, tuple[int, ...]], targets: list[Target]
 
 def regraph(tree: Path) -> None:
     """Rebuild ``Model/graph.json`` from the edited config.json and weights (if the tree had one)."""
-    from ptmpack.ir.convert_hf import write_graph
+    from ptmpack.compress.struct_tree import rebuild_graph
 
-    graph = Path(tree) / "Model" / "graph.json"
-    if graph.exists():
-        graph.unlink()
-        write_graph(Path(tree))
+    rebuild_graph(Path(tree))
 
 
 RunFn = Callable[[list[Target], WeightFiles, int], Mapping[str, QuantizedWeight]]

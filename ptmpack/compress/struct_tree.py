@@ -168,15 +168,10 @@ def base_model(tree: Path, *, name: str | None = None) -> Any:
 
     config = read_json(tree, CONFIG)
     model = model_from_dir(Path(tree) / MODEL, name=name or Path(tree).name)  # per-layer heads from the tensors
-    names = {n for p in (Path(tree) / MODEL).glob("*.safetensors") for n in _tensor_names(p)}
+    from ptmpack.compress.tree.weights import WeightFiles
+
+    names = set(WeightFiles(Path(tree) / MODEL).names())
     return patch_act_quant(patch_graph(model, config), names, config)
-
-
-def _tensor_names(path: Path) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        return list(f.keys())
 
 
 def open_tree(tree: Path) -> Any:
