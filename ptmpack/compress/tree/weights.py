@@ -18,9 +18,11 @@ memory of a rewrite is therefore the largest single replacement, not the checkpo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +145,20 @@ class WeightFiles:
 
     __getitem__ = read
 
+    def prefetch(self, name: str) -> None:
+        """Ask the kernel to start reading tensor ``name`` now (it is read soon; a hint, never an error)."""
+        file, info = self._info(name)
+        try:
+            fd = os.open(self.model_dir / file, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, info.begin, info.nbytes, os.POSIX_FADV_WILLNEED)
+        except (OSError, AttributeError):
+            pass
+        finally:
+            os.close(fd)
+
     def rewrite(self, replace: Mapping[str, Sequence[TensorSpec]], produce: Produce,
                 progress: Callable[[int, int], None] | None = None) -> None:
         """Replace each tensor named in ``replace`` by the planned tensors ``produce(name)`` returns.
@@ -157,41 +173,48 @@ class WeightFiles:
         missing = sorted(set(replace) - set(self._where))
         if missing:
             raise InvalidTreeError(f"{self.model_dir}: checkpoint has no tensor {missing[0]!r}")
-        done = 0
-        for file, infos in self.files.items():
-            if not any(t.name in replace for t in infos):
-                continue
-            layout: list[TensorSpec] = []
-            for t in infos:
-                layout.extend(replace.get(t.name, [self.spec(t.name)]))
-            header = encode_header(((s.name, safetensors_dtype(s.dtype), s.shape) for s in layout),
-                                   self.metadata[file] or {"format": "pt"})
-            path = self.model_dir / file
-            fd, tmp = tempfile.mkstemp(prefix=".st-", dir=self.model_dir)
+        order = [t.name for infos in self.files.values() for t in infos if t.name in replace]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptmpack-produce") as pool:
+            ahead = _Ahead(pool, produce, order, self.prefetch)
             try:
-                with os.fdopen(fd, "wb", buffering=0) as out, open(path, "rb", buffering=0) as src:
-                    out.write(header)
-                    for t in infos:
-                        if t.name not in replace:
-                            _copy_range(src.fileno(), out.fileno(), t.begin, t.nbytes)
-                            continue
-                        arrays = produce(t.name)
-                        for plan in replace[t.name]:
-                            arr = arrays.get(plan.name)
-                            if arr is None or TensorSpec.of(plan.name, arr) != plan:
-                                got = None if arr is None else TensorSpec.of(plan.name, arr)
-                                raise PtmError(f"{t.name}: produced {got} where {plan} was planned")
-                            _write_all(out.fileno(), np.ascontiguousarray(arr))
-                        del arrays
-                        done += 1
-                        if progress is not None:
-                            progress(done, len(replace))
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise InvalidTreeError(f"{path}: cannot rewrite ({exc})") from None
+                for file, infos in self.files.items():
+                    if any(t.name in replace for t in infos):
+                        self._rewrite_file(file, infos, replace, ahead, progress)
             finally:
-                Path(tmp).unlink(missing_ok=True)
+                ahead.cancel()
         self._reindex(replace)
+
+    def _rewrite_file(self, file: str, infos: tuple[TensorInfo, ...], replace: Mapping[str, Sequence[TensorSpec]],
+                      ahead: _Ahead, progress: Callable[[int, int], None] | None) -> None:
+        layout: list[TensorSpec] = []
+        for t in infos:
+            layout.extend(replace.get(t.name, [self.spec(t.name)]))
+        header = encode_header(((s.name, safetensors_dtype(s.dtype), s.shape) for s in layout),
+                               self.metadata[file] or {"format": "pt"})
+        path = self.model_dir / file
+        fd, tmp = tempfile.mkstemp(prefix=".st-", dir=self.model_dir)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as out, open(path, "rb", buffering=0) as src:
+                out.write(header)
+                for t in infos:
+                    if t.name not in replace:
+                        _copy_range(src.fileno(), out.fileno(), t.begin, t.nbytes)
+                        continue
+                    arrays = ahead.next(t.name)
+                    for plan in replace[t.name]:
+                        arr = arrays.get(plan.name)
+                        if arr is None or TensorSpec.of(plan.name, arr) != plan:
+                            got = None if arr is None else TensorSpec.of(plan.name, arr)
+                            raise PtmError(f"{t.name}: produced {got} where {plan} was planned")
+                        _write_all(out.fileno(), np.ascontiguousarray(arr))
+                    del arrays
+                    if progress is not None:
+                        progress(ahead.done, len(ahead.order))
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise InvalidTreeError(f"{path}: cannot rewrite ({exc})") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def _reindex(self, replace: Mapping[str, Sequence[TensorSpec]]) -> None:
         """Re-read the headers after a rewrite and bring a sharded checkpoint's weight map up to date."""
@@ -215,6 +238,43 @@ class WeightFiles:
             return self._where[name]
         except KeyError:
             raise InvalidTreeError(f"{self.model_dir}: checkpoint has no tensor {name!r}") from None
+
+
+class _Ahead:
+    """The replacements in file order, each produced on a worker thread while the previous one is written.
+
+    numpy releases the interpreter lock in its loops, so quantizing layer ``i + 1`` overlaps
+    writing layer ``i`` and copying the tensors that stay; memory holds two replacements at most.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, produce: Produce, order: list[str],
+                 prefetch: Callable[[str], None]) -> None:
+        self.pool, self.produce, self.order, self.prefetch = pool, produce, order, prefetch
+        self.done = 0
+        self._future: Future[Mapping[str, np.ndarray]] | None = None
+        self._submit(0)
+
+    def _submit(self, i: int) -> None:
+        self._future = self.pool.submit(self.produce, self.order[i]) if i < len(self.order) else None
+        if i + 1 < len(self.order):
+            self.prefetch(self.order[i + 1])  # read from disk while layer i is being quantized
+
+    def next(self, name: str) -> Mapping[str, np.ndarray]:
+        """The replacement of ``name`` (the next in order); starts producing the one after it."""
+        if self._future is None or self.order[self.done] != name:
+            raise PtmError(f"replacement of {name!r} asked out of order")
+        result = self._future.result()
+        self.done += 1
+        self._submit(self.done)
+        return result
+
+    def cancel(self) -> None:
+        """Drop the replacement being produced (after a failure); waits for it to stop."""
+        if self._future is not None:
+            self._future.cancel()
+            with contextlib.suppress(Exception):
+                self._future.result()
+            self._future = None
 
 
 def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
