@@ -59,10 +59,14 @@ class VerifyReport:
     signer: str | None
     checks: tuple[str, ...]
     decrypted: bool = True
-    """False when an encrypted package was checked without its key (signature and layout only)."""
+    """For an encrypted package: False when it was checked without its key (signature and layout only).
+    Not in ``to_json()`` for a package that was never encrypted."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": True, **{k: _plain(v) for k, v in asdict(self).items()}}
+        doc = {k: _plain(v) for k, v in asdict(self).items()}
+        if not self.encrypted:
+            del doc["decrypted"]  # said only of an encrypted package
+        return doc
 
 
 @dataclass(frozen=True)
@@ -85,9 +89,11 @@ class InspectReport:
     encryption: dict[str, Any] | None = None
     residual: dict[str, Any] | None = None
     tensors: tuple[dict[str, Any], ...] | None = None
+    sealed: bool = False
+    """An encrypted package inspected without its key: only the clear header, signer and key slots are known."""
 
     def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"path": self.path, "type": self.type}
+        doc: dict[str, Any] = {"path": self.path, "type": self.type, "sealed": self.sealed}
         if self.type == "file":
             doc.update(file_size=self.file_size, header=self.header, manifest=self.manifest,
                        signature=self.signature)

@@ -16,7 +16,7 @@ _EXPORTS: dict[str, str] = {  # verb -> module under ptmpack.api (never named li
     "load_opener": "container", "load_encryption": "container", "load_signing_key": "container",
     "load_public_key": "container", "PackConfig": "container", "EncryptionSpec": "container",
     "KeyFiles": "container", "RecipientFiles": "container", "parse_compression": "container",
-    "tree_bytes": "container", "Opener": "container",
+    "tree_bytes": "container", "Opener": "container", "output_config": "container", "package_bytes": "container",
     # residual updates
     "diff": "residual", "apply": "residual", "DiffReport": "residual", "ApplyReport": "residual",
     # chapter-6 IR
@@ -24,7 +24,8 @@ _EXPORTS: dict[str, str] = {  # verb -> module under ptmpack.api (never named li
     # chapter-7 compression
     "compress": "compression", "CompressSpec": "compression", "dequantize": "compression",
     # distribution (§8.3)
-    "push": "distribution", "pull": "distribution", "ls": "distribution",
+    "push": "distribution", "pull": "distribution", "ls": "distribution", "login": "distribution",
+    "logout": "distribution", "cache_list": "distribution", "cache_prune": "distribution",
 }
 
 __all__ = sorted(_EXPORTS)

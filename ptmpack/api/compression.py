@@ -12,7 +12,7 @@ from ptmpack.compress.spec import CompressSpec
 from ptmpack.config import PackConfig
 from ptmpack.crypto.keyslots import Opener
 
-__all__ = ["CalibrationData", "CompressReport", "CompressSpec", "StepContext", "compress", "dequantize"]
+__all__ = ["CalibrationData", "CompressReport", "CompressSpec", "StepContext", "check_device", "compress", "dequantize"]
 
 
 def compress(source: Path, target: Path, spec: CompressSpec, config: PackConfig | None = None, *,
@@ -25,14 +25,34 @@ def compress(source: Path, target: Path, spec: CompressSpec, config: PackConfig 
 
     Raises:
         UsageError (exit 2): bad options, a group size not dividing a layer, missing --calib, target exists.
-        UnsupportedError (exit 6): a step not available, or a model a step cannot handle.
+        UnsupportedError (exit 6): a step not available, a model a step cannot handle, or ``spec.device``
+            not available here (checked before any work, for every method).
         PtmError: reading the input or writing the output failed (nothing is left at ``target``).
     """
     from ptmpack.compress.context import no_progress
     from ptmpack.compress.pipeline import compress as run
 
+    check_device(spec.device)
     return run(Path(source), Path(target), spec, config or PackConfig(), opener=opener, force=force,
                progress=progress or no_progress)
+
+
+def check_device(device: str) -> None:
+    """Refuse a compute device this machine does not have, whatever the method (exit 6).
+
+    Raises:
+        UnsupportedError: ``cuda`` without PyTorch or without a CUDA device PyTorch can see.
+    """
+    if device == "cpu":
+        return
+    from ptmpack.errors import UnsupportedError
+
+    try:
+        import torch
+    except ImportError:
+        raise UnsupportedError(f"--device {device} needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UnsupportedError("--device cuda: PyTorch sees no CUDA device on this machine", hint="use --device cpu")
 
 
 def dequantize(tree: Path) -> dict[str, Any]:

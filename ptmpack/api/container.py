@@ -11,20 +11,25 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ptmpack.config import CIPHER_NAMES, EncryptionSpec, KeyFiles, PackConfig, RecipientFiles, parse_compression
 from ptmpack.crypto import keyfiles
 from ptmpack.crypto.keyslots import Opener
+from ptmpack.format import spec
 from ptmpack.reports import InspectReport, PackReport, UnpackReport, VerifyReport
 from ptmpack.storage.package import open_package
 
 __all__ = [
     "EncryptionSpec", "KeyFiles", "Opener", "PackConfig", "RecipientFiles", "init", "inspect", "keygen", "load_encryption",
-    "load_opener", "load_public_key", "load_signing_key", "open_package", "pack", "parse_compression", "tree_bytes",
+    "load_opener", "load_public_key", "load_signing_key", "open_package", "output_config", "pack", "package_bytes", "parse_compression", "tree_bytes",
     "unpack", "verify",
 ]
 
 Progress = Callable[[int], None]
 
 def init(directory: Path, *, from_hf: Path | None = None, from_gguf: Path | None = None, name: str | None = None,
-         gguf_dtype: str = "float32") -> list[str]:
+         gguf_dtype: str = "float32", provider: str | None = None, license: str | None = None,
+         model_version: str | None = None) -> list[str]:
     """Lay out a package tree with valid metadata, empty or imported from a checkpoint; return the files written.
+
+    ``provider``, ``license`` (SPDX id) and ``model_version`` (semver) are set in
+    ``managementinfo.json`` over whatever the template or the checkpoint says.
 
     Raises:
         UsageError: both sources given, or the target exists and is not empty.
@@ -34,13 +39,15 @@ def init(directory: Path, *, from_hf: Path | None = None, from_gguf: Path | None
 
     if from_hf is not None and from_gguf is not None:
         raise UsageError("import from a Hugging Face directory or a GGUF file, not both")
+    fields = {k: v for k, v in (("provider", provider), ("license", license), ("version", model_version)) if v}
     if from_gguf is not None:
         from ptmpack.importers.gguf import init_tree_from_gguf
 
-        return init_tree_from_gguf(Path(directory), Path(from_gguf), name=name, dtype=gguf_dtype)
+        return init_tree_from_gguf(Path(directory), Path(from_gguf), name=name, dtype=gguf_dtype,
+                                   management_fields=fields)
     from ptmpack.importers.hf import init_tree
 
-    return init_tree(Path(directory), from_hf=from_hf, name=name)
+    return init_tree(Path(directory), from_hf=from_hf, name=name, management_fields=fields)
 
 
 def pack(source: Path, target: Path, config: PackConfig | None = None, *, force: bool = False,
@@ -50,6 +57,52 @@ def pack(source: Path, target: Path, config: PackConfig | None = None, *, force:
 
     manifest = pack_tree(Path(source), Path(target), config, force=force, progress=progress, package_id=package_id)
     return PackReport(str(target), manifest, Path(target).stat().st_size)
+
+
+def output_config(source: Path, opener: Opener | None, *, compression: tuple[spec.Compression, int] | None = None,
+                  encryption: EncryptionSpec | None = None, encrypt: bool | None = None,
+                  chunk_size: int = spec.DEFAULT_CHUNK_SIZE,
+                  sign_key: Ed25519PrivateKey | None = None) -> PackConfig:
+    """How to pack a package made from ``source``: whatever the caller did not choose follows the input.
+
+    The codec is ``compression`` when given, else the input's (zstd when it was compressed).
+    The output is encrypted for ``encryption`` when given; else, when ``encrypt`` is True or
+    the input is encrypted and ``encrypt`` is not False, for the secret(s) in ``opener`` with
+    the input's cipher: a package derived from an encrypted one never comes out in the clear
+    unless asked for (``encrypt=False``).
+
+    Raises:
+        KeyAccessError: the output must be encrypted like the input but no key was given.
+    """
+    from ptmpack.storage.facts import package_facts, same_protection
+
+    facts = None
+    if Path(source).is_file():
+        with open_package(Path(source), opener) as pkg:
+            facts = package_facts(pkg)
+    if compression is None:
+        compression = (spec.Compression.ZSTD if facts is not None and facts.compressed else spec.Compression.NONE, 3)
+    if encryption is None and (encrypt or (encrypt is None and facts is not None and facts.encrypted)):
+        encryption = same_protection(facts, opener, "protect the output like the input")
+    return PackConfig(compression=compression[0], level=compression[1], chunk_size=chunk_size,
+                      encryption=encryption if encrypt is not False else None, sign_key=sign_key)
+
+
+def package_bytes(package: Path, opener: Opener | None = None) -> int | None:
+    """Raw bytes of the files of a package or tree (what unpack writes, verify reads); None when unknown.
+
+    For progress totals only: a package that cannot be opened here gives None, and the
+    command itself then reports why.
+    """
+    from ptmpack.errors import PtmError
+
+    if Path(package).is_dir():
+        return tree_bytes(Path(package))
+    try:
+        with open_package(Path(package), opener) as pkg:
+            return sum(f.size for f in pkg.files)
+    except (PtmError, OSError):
+        return None
 
 
 def tree_bytes(directory: Path) -> int | None:
@@ -66,9 +119,11 @@ def unpack(package: Path, target: Path, *, opener: Opener | None = None, pubkey:
 
     With ``dequantize`` the quantized linear layers of a compressed package come out as float
     weights (and ``config.json`` without its ``quantization_config``) before the tree appears.
+    Missing parent directories of ``target`` are created (as ``mkdir -p`` would).
     """
     from ptmpack.storage.unpack import unpack_file
 
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
     finish = None
     if dequantize:
         from ptmpack.compress.dequantize import dequantize_tree

@@ -34,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("distribution", "Push a .ptm to an OCI registry or an oci:DIR layout."),
     "pull": ("distribution", "Pull a package from an OCI registry or an oci:DIR layout, verified."),
     "ls": ("distribution", "List the tags of a repository, or show a package's annotations."),
+    "login": ("registry_admin", "Check and store a registry's credentials (password on stdin), as docker login."),
+    "logout": ("registry_admin", "Remove a registry's stored credentials."),
+    "cache": ("registry_admin", "Show (ls) or shrink (prune) the pull cache."),
 }
 """Every subcommand: the module under ptmpack.cli that defines it, and its one-line help."""
 
@@ -73,15 +76,28 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"ptmpack: error: {message}", err=True)
+def _fail(message: str, code: int, hint: str | None = None, **fields: object) -> None:
+    """Report a failure: the ``--json`` failure document on stdout when asked for, one line on stderr, exit."""
+    from ptmpack.cli.output import clean_lines, emit_failure, session
+
+    if session().json:
+        emit_failure(code, message, hint, **fields)
+    text = f"{message} ({hint})" if hint else message
+    click.echo(f"ptmpack: error: {clean_lines(text)}", err=True)
     sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI and turn errors into exit codes (SPEC §6)."""
+    """Entry point: run the CLI and turn errors into exit codes (SPEC §6).
+
+    With ``--json`` a failure still prints one document on stdout (``ok: false`` and an
+    ``error`` object, :mod:`ptmpack.cli.output`), so a script always has something to parse.
+    """
+    from ptmpack.cli.output import begin
+
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    begin(args)
     # A stop signal unwinds like an interrupt, so temporary outputs are removed on the way out.
     signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -89,23 +105,27 @@ def main(argv: list[str] | None = None) -> None:
     except PtmError as exc:
         if debug:
             traceback.print_exc()
-        _fail(exc.diagnostics(), exc.exit_code)
+        fields = {"check": exc.check} if getattr(exc, "check", None) else {}
+        _fail(exc.message, exc.exit_code, exc.hint, **fields)
     except click.exceptions.Abort:
-        click.echo("ptmpack: aborted", err=True)
-        sys.exit(130)
+        _fail("aborted", 130)
+    except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
+        from ptmpack.cli.output import session
+
+        if session().json:
+            _fail(exc.format_message(), 2, "see --help")
         exc.show()
         sys.exit(2)
     except OSError as exc:
         if debug:
             traceback.print_exc()
         where = f": {exc.filename}" if exc.filename else ""
-        if exc.errno in ENVIRONMENT_ERRNOS:
-            _fail(f"{exc.strerror or exc}{where}", EnvironmentFault.exit_code)
-        _fail(f"{exc.strerror or exc}{where}", 1)
+        code = EnvironmentFault.exit_code if exc.errno in ENVIRONMENT_ERRNOS else 1
+        _fail(f"{exc.strerror or exc}{where}", code)
     except Exception as exc:
         if debug:
             raise
-        _fail(f"unexpected {type(exc).__name__}: {exc} (a bug: run with --debug and report the traceback)", 1)
+        _fail(f"unexpected {type(exc).__name__}: {exc}", 1, "a bug: run with --debug and report the traceback")
     sys.exit(0)
-

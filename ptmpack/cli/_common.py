@@ -1,16 +1,17 @@
-"""What every command family shares: key and protection options, size and codec parsing, output.
+"""What every command family shares: key and protection options, size and codec parsing.
 
-Options are defined once as decorators; human output goes to stdout on a terminal and
-to stderr otherwise, so ``--json`` keeps stdout to exactly one JSON document.
+Options are defined once as decorators, so every command spells them the same way:
+``--passphrase-file``/``--key-file``/``--identity`` always name the keys that open an
+*input*; ``--encrypt`` with ``--recipient``/``--passphrase-file``/``--key-file`` (pack) or
+``--encrypt-passphrase-file``/``--encrypt-key-file`` (commands that also read a package)
+name who may open the *output*. Output and progress live in :mod:`ptmpack.cli.output`
+and :mod:`ptmpack.cli.progress`.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,25 +21,10 @@ from ptmpack.config import CIPHER_NAMES, parse_compression
 from ptmpack.errors import UsageError
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from ptmpack.api import Opener
     from ptmpack.config import EncryptionSpec, PackConfig
 
 _SIZE = re.compile(r"^(\d+)([kKmMgG]?)(i?[bB])?$")
-
-
-
-def console() -> Console:
-    """Human output: stdout on a terminal, else stderr so stdout stays clean for pipes."""
-    from rich.console import Console
-
-    return Console(stderr=not sys.stdout.isatty())
-
-
-def emit_json(doc: Any) -> None:
-    """Print one JSON document on stdout."""
-    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
 
 
 def parse_size(text: str) -> int:
@@ -102,22 +88,69 @@ def pack_config(*, compress: str, chunk_size: str, encrypt: bool, passphrase_fil
                           encryption=encryption, sign_key=api.load_signing_key(sign_key) if sign_key else None)
 
 
-@contextmanager
-def progress_bar(label: str, total: int | Callable[[], int | None] | None,
-                 enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A byte-progress callback drawing a rich bar on a terminal's stderr (a no-op elsewhere).
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json``: one document on stdout, success or failure (:mod:`ptmpack.cli.output`)."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON document on stdout, on success and on failure.")(f)
 
-    ``total`` may be a function, called only when a bar is drawn (it may walk a tree).
-    """
-    if not enabled or not sys.stderr.isatty():
-        yield lambda n: None
-        return
-    if callable(total):
-        total = total()
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    cols = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(f"[bold]{label}", *cols, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+def deprecated_alias(old: str, new: str, dest: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """A hidden option ``old`` that still works for one release: it fills ``dest`` (the option ``new``'s
+    parameter) when that is unset, and warns on stderr that ``new`` is the spelling to use."""
+
+    def take(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is None or value == ():
+            return
+        from ptmpack.cli.output import warn
+
+        warn(f"{old} is deprecated and will be removed in the next release; use {new}")
+        ctx.meta.setdefault("deprecated", {})[dest] = value
+
+    return click.option(old, f"_deprecated_{dest}", hidden=True, expose_value=False, callback=take, **kwargs)
+
+
+def aliased(ctx: click.Context, dest: str, value: Any) -> Any:
+    """``value``, or what a deprecated spelling of the same option gave when ``value`` is unset."""
+    return value if value not in (None, ()) else ctx.meta.get("deprecated", {}).get(dest, value)
+
+
+def output_protection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Who may open the output of a command that also reads a package (compress): named like ``pack``'s
+    ``--encrypt``/``--recipient``/``--cipher``/``--sign-key``, with ``--encrypt-passphrase-file`` and
+    ``--encrypt-key-file`` for symmetric secrets, since ``--passphrase-file``/``--key-file`` open the input."""
+    for option in reversed((
+        click.option("--encrypt/--no-encrypt", "encrypt", default=None,
+                     help="Encrypt the output (default: when the input is encrypted, for the key that opened it); "
+                          "--no-encrypt writes plaintext on purpose."),
+        click.option("--recipient", "recipients", multiple=True, type=click.Path(path_type=Path),
+                     help="X25519 public key (PEM) of a device that may open the output; repeatable."),
+        click.option("--encrypt-passphrase-file", "encrypt_passphrase_files", multiple=True,
+                     type=click.Path(path_type=Path), help="Passphrase file that may open the output; repeatable."),
+        click.option("--encrypt-key-file", "encrypt_key_files", multiple=True, type=click.Path(path_type=Path),
+                     help="Symmetric key file that may open the output; repeatable."),
+        click.option("--cipher", type=click.Choice(sorted(CIPHER_NAMES)), default=None,
+                     help="Cipher of the output (default: the input's, else aes-256-gcm)."),
+        click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) to sign with."),
+    )):
+        f = option(f)
+    return f
+
+
+def derived_output_config(source: Path, keys: Opener | None, *, codec: str | None, chunk_size: str,
+                          encrypt: bool | None, recipients: tuple[Path, ...],
+                          encrypt_passphrase_files: tuple[Path, ...], encrypt_key_files: tuple[Path, ...],
+                          cipher: str | None, sign_key: Path | None) -> PackConfig:
+    """The PackConfig of a package made from ``source``: what the options say, the rest like the input."""
+    from ptmpack import api
+
+    named = recipients or encrypt_passphrase_files or encrypt_key_files
+    if named and encrypt is False:
+        raise UsageError("--no-encrypt given together with output recipients", hint="drop one of them")
+    encryption = None
+    if named:
+        encryption = api.load_encryption(api.RecipientFiles(encrypt_passphrase_files, encrypt_key_files, recipients,
+                                                            cipher or "aes-256-gcm"))
+    return api.output_config(source, keys, compression=parse_compression(codec) if codec else None,
+                             encryption=encryption, encrypt=True if named else encrypt,
+                             chunk_size=parse_size(chunk_size),
+                             sign_key=api.load_signing_key(sign_key) if sign_key else None)

@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ptmpack import api
 from ptmpack.api import CompressSpec, compress
-from ptmpack.cli._common import console, emit_json, pack_config, protection_options
+from ptmpack.cli._common import (
+    aliased,
+    deprecated_alias,
+    derived_output_config,
+    json_option,
+    opener,
+    opener_options,
+    output_protection_options,
+)
+from ptmpack.cli.output import Printer, emit, file_ref, human_size
+from ptmpack.cli.progress import progress_option, step_progress
 
 _METHODS = ("rtn", "gptq", "affine", "ptq")
-
-
-@contextmanager
-def _layer_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """A ``(label, done, total)`` callback drawing one rich bar per step label on a terminal's stderr."""
-    if not enabled or not sys.stderr.isatty():
-        yield lambda label, done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-    with Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True)) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bar.add_task(f"{label} layers", total=total)
-            bar.update(tasks[label], completed=done, total=total)
-
-        yield update
 
 
 @click.command("compress")
@@ -46,7 +31,9 @@ def _layer_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--act-bits", type=int, help="Activation bits (--quant ptq).")
 @click.option("--group-size", type=int, help="Input columns per scale; must divide every layer's input width "
                                              "(default: the largest of 128, 64, 32 that does; 0: per output channel).")
-@click.option("--sym/--asym", "symmetric", default=False, show_default=True, help="Symmetric or asymmetric (zero point).")
+@click.option("--sym/--asym", "symmetric", default=True, show_default=True,
+              help="Symmetric (loads in transformers + compressed-tensors) or asymmetric with zero points "
+                   "(smaller error; loads after unpack --dequantize).")
 @click.option("--act-order/--no-act-order", default=None,
               help="GPTQ: visit columns by decreasing Hessian diagonal, static groups (default: on for gptq).")
 @click.option("--gptq-order", type=click.Choice(["layer", "linear"]), default="layer", show_default=True,
@@ -64,41 +51,66 @@ def _layer_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--merge-lora", type=click.Path(path_type=Path, file_okay=False), help="PEFT LoRA adapter directory to merge.")
 @click.option("--merge-adapter", is_flag=True, help="Re-parameterize the package's adapters into the base weights.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--compress", "codec", default="none", show_default=True, help="Output codec: none, zstd or zstd:LEVEL.")
+@click.option("--compress", "codec", default=None, help="Output codec: none, zstd or zstd:LEVEL (default: the input's).")
 @click.option("--chunk-size", default="4M", show_default=True, help="Chunk size for compressed/encrypted entries.")
-@protection_options
-@click.option("--in-passphrase-file", type=click.Path(path_type=Path), help="Passphrase file opening an encrypted input.")
-@click.option("--in-key-file", type=click.Path(path_type=Path), help="Symmetric key file opening an encrypted input.")
-@click.option("--identity", type=click.Path(path_type=Path), help="X25519 private key (PEM) opening an encrypted input.")
+@opener_options
+@deprecated_alias("--in-passphrase-file", "--passphrase-file", "passphrase_file", type=click.Path(path_type=Path))
+@deprecated_alias("--in-key-file", "--key-file", "key_file", type=click.Path(path_type=Path))
+@output_protection_options
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def compress_cmd(source: Path, output: Path, quant: str | None, bits: str, act_bits: int | None,
-                 group_size: int | None, symmetric: bool, act_order: bool | None, gptq_order: str, calib: Path | None, nsamples: int | None,
-                 seqlen: int | None, calib_seed: int | None, epochs: int | None, fold_norm: str | None, prune: str | None,
-                 flops_budget: float | None, prune_method: str, merge_lora: Path | None, merge_adapter: bool,
-                 device: str, codec: str, chunk_size: str, in_passphrase_file: Path | None, in_key_file: Path | None,
-                 identity: Path | None, force: bool, as_json: bool, **protection: Any) -> None:
+@progress_option
+@json_option
+@click.pass_context
+def compress_cmd(ctx: click.Context, source: Path, output: Path, quant: str | None, bits: str, act_bits: int | None,
+                 group_size: int | None, symmetric: bool, act_order: bool | None, gptq_order: str, calib: Path | None,
+                 nsamples: int | None, seqlen: int | None, calib_seed: int | None, epochs: int | None,
+                 fold_norm: str | None, prune: str | None, flops_budget: float | None, prune_method: str,
+                 merge_lora: Path | None, merge_adapter: bool, device: str, codec: str | None, chunk_size: str,
+                 passphrase_file: Path | None, key_file: Path | None, identity: Path | None, force: bool,
+                 as_json: bool, **protection: Any) -> None:
     """Compress a model (chapter 7): quantize, fold norms, prune, merge adapters."""
     spec = CompressSpec(quant=quant, bits=int(bits), act_bits=act_bits, group_size=group_size, symmetric=symmetric,
                         calib=calib, nsamples=nsamples, seqlen=seqlen, calib_seed=calib_seed, epochs=epochs,
                         device=device, fold_norm=fold_norm, prune=prune, flops_budget=flops_budget,
                         prune_method=prune_method, merge_lora=merge_lora, merge_adapter=merge_adapter,
                         act_order=act_order, gptq_order=gptq_order).check()
-    config = pack_config(compress=codec, chunk_size=chunk_size, **protection)
-    keys = api.load_opener(api.KeyFiles(in_passphrase_file, in_key_file, identity))
-    with _layer_bars(not as_json) as progress:
+    keys = opener(aliased(ctx, "passphrase_file", passphrase_file), aliased(ctx, "key_file", key_file), identity)
+    config = derived_output_config(source, keys, codec=codec, chunk_size=chunk_size, **protection)
+    with step_progress() as progress:
         report = compress(source, output, spec, config, opener=keys, force=force, progress=progress)
+    loads = _loads_with(report.steps)
     if as_json:
-        emit_json(report.to_json())
+        emit({**report.to_json(), "encrypted": config.encryption is not None, "loads_with": loads},
+             input=file_ref(source), output=file_ref(output), drop=("source", "target", "size_in", "size_out"))
         return
-    con = console()
+    out = Printer()
     for step in report.steps:
         quality = step.get("quality") or {}
         what = step.get("method") or step.get("step")
         detail = f" W{step['bits']} g{step['group_size']}" if "bits" in step and "group_size" in step else ""
+        if "symmetric" in step:
+            detail += " sym" if step["symmetric"] else " asym"
         q = ""
         if quality.get("before") is not None and quality.get("after") is not None:
             q = f", {quality.get('metric')} {quality['before']:.4g} -> {quality['after']:.4g}"
-        con.print(f"[green]{step.get('step')}[/] {what}{detail}{q}")
-    con.print(f"[green]compressed[/] {output}: {report.size_in:,} -> {report.size_out:,} bytes "
-              f"({report.ratio:.3f}x) in {report.seconds:.1f}s")
+        out.status(str(step.get("step")), f"{what}{detail}{q}")
+    out.status("compressed", f"{output}: {human_size(report.size_in)} -> {human_size(report.size_out)} "
+                             f"({report.ratio:.3f}x) in {report.seconds:.1f} s"
+                             + (", encrypted like the input" if config.encryption is not None else ""))
+    out.line(f"loads with: {loads}")
+
+
+def _loads_with(steps: tuple[dict[str, Any], ...]) -> str:
+    """What loads the compressed output, said at the end of every run (SPEC §7)."""
+    quant = [s for s in steps if s.get("step") == "quant"]
+    if not quant:
+        return "anything that loads the original format (float weights; unpack gives a Hugging Face checkpoint)"
+    if any(s.get("method") == "ptq" for s in quant):
+        return ("ptmpack run/eval: activation quantization with channel compensation is an operator of "
+                "Model/graph.json that transformers + compressed-tensors do not run")
+    if any(s.get("symmetric") is False for s in quant):
+        return ("ptmpack run/eval; the asymmetric pack-quantized weights do not load in released transformers + "
+                "compressed-tensors (zero-point shape, llm-compressor #1618): `ptmpack unpack --dequantize` "
+                "writes float weights any loader reads, or compress without --asym")
+    return ("ptmpack run/eval; after `ptmpack unpack`, transformers with compressed-tensors installed "
+            "(pip install compressed-tensors); `ptmpack unpack --dequantize` writes plain float weights")

@@ -8,15 +8,9 @@ from typing import Any
 import click
 
 from ptmpack import api
-from ptmpack.cli._common import (
-    console,
-    emit_json,
-    opener,
-    opener_options,
-    pack_config,
-    progress_bar,
-    protection_options,
-)
+from ptmpack.cli._common import json_option, opener, opener_options, pack_config, protection_options
+from ptmpack.cli.output import Printer, emit, file_ref, human_size
+from ptmpack.cli.progress import byte_progress, progress_option
 
 
 @click.command("init")
@@ -26,10 +20,19 @@ from ptmpack.cli._common import (
 @click.option("--gguf-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Dtype of the weights dequantized from GGUF.")
 @click.option("--name", help="Model name for managementinfo.json.")
-def init_cmd(directory: Path, from_hf: Path | None, from_gguf: Path | None, gguf_dtype: str, name: str | None) -> None:
+@click.option("--provider", help="Provider (organisation) for managementinfo.json.")
+@click.option("--license", "license_", metavar="SPDX", help="License as an SPDX id, e.g. Apache-2.0.")
+@click.option("--model-version", metavar="SEMVER", help="Model version (semver) for managementinfo.json.")
+@json_option
+def init_cmd(directory: Path, from_hf: Path | None, from_gguf: Path | None, gguf_dtype: str, name: str | None,
+             provider: str | None, license_: str | None, model_version: str | None, as_json: bool) -> None:
     """Lay out a package tree (Model/, Program/, Meta-info/) with metadata."""
-    written = api.init(directory, from_hf=from_hf, from_gguf=from_gguf, name=name, gguf_dtype=gguf_dtype)
-    console().print(f"[green]initialised[/] {directory} ({len(written)} files)")
+    written = api.init(directory, from_hf=from_hf, from_gguf=from_gguf, name=name, gguf_dtype=gguf_dtype,
+                       provider=provider, license=license_, model_version=model_version)
+    if as_json:
+        emit({"files": written}, output=file_ref(directory))
+        return
+    Printer().status("initialised", f"{directory} ({len(written)} files)")
 
 
 @click.command("pack")
@@ -39,94 +42,112 @@ def init_cmd(directory: Path, from_hf: Path | None, from_gguf: Path | None, gguf
 @click.option("--chunk-size", default="4M", show_default=True, help="Chunk size for compressed/encrypted entries.")
 @protection_options
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@progress_option
+@json_option
 def pack_cmd(directory: Path, output: Path, compress: str, chunk_size: str, force: bool, as_json: bool,
              **protection: Any) -> None:
     """Pack a package tree into a .ptm container."""
     config = pack_config(compress=compress, chunk_size=chunk_size, **protection)
-    with progress_bar("packing", lambda: api.tree_bytes(directory), not as_json) as progress:
+    with byte_progress("packing", lambda: api.tree_bytes(directory)) as progress:
         report = api.pack(directory, output, config, force=force, progress=progress)
-    if as_json:
-        emit_json(report.to_json())
-        return
     doc = report.to_json()
-    console().print(f"[green]packed[/] {output}: {doc['entries']} files, {doc['raw_bytes']:,} bytes -> "
-                    f"{doc['file_bytes']:,} bytes")
+    if as_json:
+        emit(doc, input=file_ref(directory), output=file_ref(output), drop=("file_bytes",))
+        return
+    Printer().status("packed", f"{output}: {doc['entries']} files, {human_size(doc['raw_bytes'])} -> "
+                               f"{human_size(report.file_bytes)} ({report.file_bytes} bytes)")
 
 
 @click.command("unpack")
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Directory to create.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Directory to create (missing parent directories are created too).")
 @opener_options
 @click.option("--pubkey", type=click.Path(path_type=Path),
               help="Ed25519 public key (PEM): refuse the package unless it carries a valid signature by it.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--dequantize", is_flag=True, help="Write float weights instead of quantized ones (compressed packages).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@progress_option
+@json_option
 def unpack_cmd(package: Path, output: Path, passphrase_file: Path | None, key_file: Path | None,
                identity: Path | None, pubkey: Path | None, force: bool, dequantize: bool, as_json: bool) -> None:
     """Unpack a .ptm container into a package tree (atomically)."""
     key = api.load_public_key(pubkey) if pubkey else None
-    size = package.stat().st_size if package.is_file() else 0
-    with progress_bar("unpacking", size, not as_json) as progress:
-        report = api.unpack(package, output, opener=opener(passphrase_file, key_file, identity), pubkey=key,
+    keys = opener(passphrase_file, key_file, identity)
+    with byte_progress("unpacking", lambda: api.package_bytes(package, keys)) as progress:
+        report = api.unpack(package, output, opener=keys, pubkey=key,
                             force=force, progress=progress, dequantize=dequantize)
     if as_json:
-        emit_json(report.to_json())
+        emit(report.to_json(), input=file_ref(package), output=file_ref(output), drop=("target", "bytes"))
         return
-    console().print(f"[green]unpacked[/] {report.files} files, {report.bytes:,} bytes into {report.target}")
+    Printer().status("unpacked", f"{report.files} files, {human_size(report.bytes)} into {report.target}")
 
 
 @click.command("verify")
 @click.argument("package", type=click.Path(path_type=Path))
 @opener_options
 @click.option("--pubkey", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) the signature must verify with.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@progress_option
+@json_option
 def verify_cmd(package: Path, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
                pubkey: Path | None, as_json: bool) -> None:
-    """Verify a package or tree: layout, digests, tags, schemas, signature."""
+    """Verify a package or tree: layout, digests, tags, schemas, signature.
+
+    Without a key, an encrypted package fails with exit 4 and a message naming its cipher
+    and key slots; ``--pubkey`` alone checks its signature over every byte.
+    """
     key = api.load_public_key(pubkey) if pubkey else None
-    size = package.stat().st_size if package.is_file() else 0
-    with progress_bar("verifying", size, not as_json) as progress:
-        report = api.verify(package, opener=opener(passphrase_file, key_file, identity), pubkey=key,
+    keys = opener(passphrase_file, key_file, identity)
+    with byte_progress("verifying", lambda: api.package_bytes(package, keys)) as progress:
+        report = api.verify(package, opener=keys, pubkey=key,
                             progress=progress)
     if as_json:
-        emit_json(report.to_json())
+        emit(report.to_json(), input=file_ref(package), drop=("path",))
         return
-    con = console()
-    con.print(f"[green]OK[/] {report.path}: {report.entries} files, {report.bytes:,} bytes")
-    con.print(f"checked: {', '.join(report.checks)}")
+    out = Printer()
+    out.status("OK", f"{report.path}: {report.entries} files, {human_size(report.bytes)}")
+    out.line(f"checked: {', '.join(report.checks)}")
     if report.signature == "unchecked":
-        con.print(f"[yellow]signed by {report.signer}, signature not checked[/] (pass --pubkey to check it)")
+        out.status("signed", f"by {report.signer}, signature not checked (pass --pubkey to check it)", "yellow")
     elif report.signature == "verified":
-        con.print(f"[green]signature verified[/] (signer {report.signer})")
-    if not report.decrypted:
-        con.print("[yellow]content not decrypted[/] (no key given): the signature covers every byte of the "
-                  "file, so it is exactly what the signer made; give a key to check the plaintext digests too")
+        out.status("signature verified", f"(signer {report.signer})")
+    if report.encrypted and not report.decrypted:
+        out.status("content not decrypted", "(no key given): the signature covers every byte of the file, so it is "
+                   "exactly what the signer made; give a key to check the plaintext digests too", "yellow")
 
 
 @click.command("inspect")
 @click.argument("package", type=click.Path(path_type=Path))
 @opener_options
 @click.option("--tensors", is_flag=True, help="List every tensor (name, dtype, shape, bytes).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def inspect_cmd(package: Path, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
                 tensors: bool, as_json: bool) -> None:
-    """Show a package's headers, entries, metadata and tensors."""
+    """Show a package's headers, entries, metadata and tensors.
+
+    An encrypted package inspected without a key shows what its clear header says:
+    version, flags, cipher, key-slot kinds and signer.
+    """
     doc = api.inspect(package, opener=opener(passphrase_file, key_file, identity), tensors=tensors).to_json()
     if as_json:
-        emit_json(doc)
+        emit(doc, input=file_ref(package), drop=("path", "file_size"))
         return
     from ptmpack.cli.inspect_view import render_inspect
 
-    render_inspect(doc, console())
+    render_inspect(doc, Printer())
 
 
 @click.command("keygen")
 @click.option("--type", "kind", required=True, type=click.Choice(["symmetric", "x25519", "ed25519"]))
 @click.option("-o", "--output", "prefix", required=True, type=click.Path(path_type=Path),
               help="Writes PREFIX.key (and PREFIX.pub).")
-def keygen_cmd(kind: str, prefix: Path) -> None:
+@json_option
+def keygen_cmd(kind: str, prefix: Path, as_json: bool) -> None:
     """Make a key: symmetric key file, X25519 recipient pair, or Ed25519 signing pair."""
-    for path in api.keygen(kind, prefix):
-        console().print(f"wrote {path}")
+    paths = api.keygen(kind, prefix)
+    if as_json:
+        emit({"type": kind, "files": [str(p) for p in paths]})
+        return
+    out = Printer()
+    for path in paths:
+        out.status("wrote", str(path))

@@ -1,83 +1,73 @@
 """``ptmpack push``, ``pull`` and ``ls``: move packages through OCI registries and layout directories.
 
-Parses options, calls :mod:`ptmpack.api.distribution`, renders the report: one JSON
-document on stdout with ``--json``, else a line or a table (stderr when stdout is
-not a terminal), with rich progress bars on stderr while bytes move. Errors are
-PtmErrors that the root command turns into exit codes.
+Parses options, calls :mod:`ptmpack.api.distribution`, renders the report through
+:mod:`ptmpack.cli.output` (one JSON document with ``--json``, else a line or a table on
+stdout), with progress on stderr while bytes move (:mod:`ptmpack.cli.progress`).
+Everything a registry says (tags, annotations) is escaped before it is printed.
 """
 
 from __future__ import annotations
 
-import sys
-import threading
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
 
-from ptmpack.api.distribution import ClientOptions, PullOptions, PushOptions, ls_ref, pull, push
-from ptmpack.cli._common import console as _console
-from ptmpack.cli._common import emit_json as _emit_json
-from ptmpack.cli._common import opener, opener_options
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
+from ptmpack.api.distribution import (
+    DEFAULT_CACHE_LIMIT,
+    ClientOptions,
+    PullOptions,
+    PushOptions,
+    ls_ref,
+    plain_http_warning,
+    pull,
+    push,
+)
+from ptmpack.cli._common import json_option, opener, opener_options, parse_size
+from ptmpack.cli.output import Printer, clean, emit, file_ref, human_size, warn
+from ptmpack.cli.progress import TransferProgress, progress_option
 
 
-class _Bars:
-    """rich progress bars on stderr, one per phase (hashing, uploading, downloading, assembling, verifying)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._lock = threading.Lock()
-        self._task: TaskID | None = None
-        self._bar: Progress | None = None
-
-    def __enter__(self) -> _Bars:
-        if self.enabled:
-            cols = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-            self._bar = Progress("[bold]{task.description}", *cols, console=Console(stderr=True), transient=True)
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def start(self, label: str, total: int) -> None:
-        if self._bar is None:
-            return
-        with self._lock:
-            if self._task is not None:
-                self._bar.update(self._task, visible=False)
-            self._task = self._bar.add_task(label, total=max(total, 1))
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None and self._task is not None:
-            self._bar.advance(self._task, n)
+def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    ctx.meta[f"ptmpack.{param.name}"] = value
+    return value
 
 
 def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The registry connection options every distribution command takes."""
+    f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), expose_value=False, callback=_remember,
+                     metavar="SECONDS", help="Give up (exit 9) when the whole command takes longer than this.")(f)
+    f = click.option("--speed-time", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                     expose_value=False, callback=_remember, metavar="SECONDS",
+                     help="Window of --speed-limit; a registry silent this long times out too.")(f)
+    f = click.option("--speed-limit", default=1024, show_default=True, type=click.IntRange(0), expose_value=False,
+                     callback=_remember, metavar="BYTES",
+                     help="Stop a transfer slower than this many bytes/s for --speed-time seconds (exit 9).")(f)
     f = click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 32),
                      help="Blobs moved in parallel.")(f)
     f = click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
                      help="PEM bundle of a private CA to trust for HTTPS (verification is always on).")(f)
     return click.option("--plain-http", is_flag=True,
-                        help="Speak HTTP instead of HTTPS; only to loopback registries (localhost, 127.0.0.1, ::1).")(f)
+                        help="Speak HTTP instead of HTTPS (warns on stderr for a host that is not loopback).")(f)
 
 
-def _client(plain_http: bool, ca_file: Path | None, workers: int) -> ClientOptions:
-    return ClientOptions(plain_http=plain_http, ca_file=ca_file, workers=workers)
+def cache_limit() -> int:
+    """The pull cache's size limit: ``PTMPACK_CACHE_SIZE`` (e.g. ``10G``), else the library's default."""
+    text = os.environ.get("PTMPACK_CACHE_SIZE")
+    return parse_size(text) if text else DEFAULT_CACHE_LIMIT
+
+
+def _client(plain_http: bool, ca_file: Path | None, workers: int, reference: str = "") -> ClientOptions:
+    meta = click.get_current_context().meta
+    warning = plain_http_warning(reference) if plain_http else None
+    if warning:
+        warn(warning)
+    return ClientOptions(plain_http=plain_http, ca_file=ca_file, workers=workers,
+                         speed_limit=meta.get("ptmpack.speed_limit", 1024),
+                         speed_time_s=meta.get("ptmpack.speed_time", 30.0),
+                         deadline_s=meta.get("ptmpack.timeout"))
 
 
 @click.command("push")
@@ -90,20 +80,22 @@ def _client(plain_http: bool, ca_file: Path | None, workers: int) -> ClientOptio
               help="Do not mount blobs from the repositories the local cache saw holding them.")
 @click.option("--residual", is_flag=True,
               help="Publish this residual package as the delta to REFERENCE's tag (tag TAG.residual-<base>).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@progress_option
+@json_option
 def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | None, workers: int,
              mount_from: tuple[str, ...], no_auto_mount: bool, residual: bool, as_json: bool) -> None:
     """Push PACKAGE (.ptm) to REFERENCE: oci:DIR[:TAG] or HOST[:PORT]/REPO[:TAG]. Only new blobs are uploaded."""
-    options = PushOptions(client=_client(plain_http, ca_file, workers), workers=workers, mount_from=mount_from,
+    options = PushOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, mount_from=mount_from,
                           auto_mount=not no_auto_mount, residual=residual)
-    with _Bars(not as_json) as bars:
+    with TransferProgress() as bars:
         report = push(package, reference, options, bars)
     if as_json:
-        _emit_json(report.to_json())
+        emit(report.to_json(), input=file_ref(package), drop=("package_bytes",))
         return
-    _console().print(f"[green]pushed[/] {report.reference} {report.digest}: uploaded {_size(report.bytes_uploaded)} "
-                     f"of {_size(report.package_bytes)} ({report.blobs_uploaded} blobs uploaded, "
-                     f"{report.blobs_reused} already there, {report.blobs_mounted} mounted) in {report.seconds:.2f}s")
+    Printer().status("pushed", f"{report.reference} {report.digest}: uploaded {human_size(report.bytes_uploaded)} "
+                               f"of {human_size(report.package_bytes)} ({report.blobs_uploaded} blobs uploaded, "
+                               f"{report.blobs_reused} already there, {report.blobs_mounted} mounted) "
+                               f"in {report.seconds:.2f} s")
 
 
 @click.command("pull")
@@ -115,7 +107,8 @@ def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | No
 @click.option("--base", type=click.Path(path_type=Path, dir_okay=False), help="Local base package for --delta.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @opener_options
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@progress_option
+@json_option
 def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | None, workers: int, delta: bool,
              base: Path | None, force: bool, passphrase_file: Path | None, key_file: Path | None,
              identity: Path | None, as_json: bool) -> None:
@@ -123,42 +116,47 @@ def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | Non
 
     Key options are needed only to apply an encrypted residual with --delta.
     """
-    options = PullOptions(client=_client(plain_http, ca_file, workers), workers=workers, force=force, delta=delta,
+    options = PullOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, force=force, delta=delta,
+                          cache_limit=cache_limit(),
                           base=base, opener=opener(passphrase_file, key_file, identity))
-    with _Bars(not as_json) as bars:
+    with TransferProgress() as bars:
         report = pull(reference, output, options, bars)
     if as_json:
-        _emit_json(report.to_json())
+        emit(report.to_json(), output=file_ref(output), drop=("package_bytes",))
         return
     how = {"full": "pulled", "delta": "updated (residual)", "up-to-date": "up to date"}[report.method]
-    _console().print(f"[green]{how}[/] {report.output} from {report.reference}: downloaded "
-                     f"{_size(report.bytes_downloaded)} for a {_size(report.package_bytes)} package "
-                     f"({report.blobs_downloaded} blobs fetched, {report.blobs_cached} from the cache) "
-                     f"in {report.seconds:.2f}s" + (f"; {report.note}" if report.note else ""))
+    Printer().status(how, f"{report.output} from {report.reference}: downloaded "
+                          f"{human_size(report.bytes_downloaded)} for a {human_size(report.package_bytes)} package "
+                          f"({report.blobs_downloaded} blobs fetched, {report.blobs_cached} from the cache) "
+                          f"in {report.seconds:.2f} s" + (f"; {report.note}" if report.note else ""))
 
 
 @click.command("ls")
 @click.argument("reference")
 @client_options
-@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON on stdout.")
+@json_option
 def ls_cmd(reference: str, plain_http: bool, ca_file: Path | None, workers: int, as_json: bool) -> None:
-    """List the tags at REFERENCE, and describe the package it names (annotations, size) without downloading it."""
-    report = ls_ref(reference, _client(plain_http, ca_file, workers))
+    """List the tags at REFERENCE, and describe the package it names (annotations, size) without downloading it.
+
+    Not on a terminal, tags come one a line (``ptmpack ls oci:dir | wc -l`` counts them)
+    and a package's fields as ``key<TAB>value`` lines.
+    """
+    report = ls_ref(reference, _client(plain_http, ca_file, workers, reference))
     if as_json:
-        _emit_json(report.to_json())
+        emit(report.to_json())
         return
-    console = _console()
+    out = Printer()
     if report.package is None:
-        table = Table("tag", title=report.reference)
-        for t in report.tags:
-            table.add_row(t)
-        console.print(table if report.tags else f"{report.reference}: no tags")
+        if not report.tags:
+            click.echo(f"ptmpack: {clean(report.reference)}: no tags", err=True)  # stdout stays 0 lines
+        elif out.terminal:
+            out.table(report.reference, ("tag",), [(t,) for t in report.tags])
+        else:
+            for t in report.tags:
+                out.line(t)
         return
     p = report.package
-    table = Table("field", "value", title=f"{report.reference} {p.digest}")
-    table.add_row("size", _size(p.size))
-    table.add_row("flags", ", ".join(p.flags) or "-")
-    table.add_row("blobs", f"{p.blobs} ({_size(p.blob_bytes)})")
-    for k, v in sorted(p.annotations.items()):
-        table.add_row(k, v)
-    console.print(table)
+    rows: list[tuple[str, object]] = [("digest", p.digest), ("size", human_size(p.size)),
+                                      ("flags", ", ".join(p.flags) or "-"),
+                                      ("blobs", f"{p.blobs} ({human_size(p.blob_bytes)})")]
+    out.fields(report.reference, rows + sorted(p.annotations.items()))

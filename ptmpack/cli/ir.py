@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from ptmpack import api
-from ptmpack.cli._common import console, emit_json, opener, opener_options
+from ptmpack.cli._common import json_option, opener, opener_options
+from ptmpack.cli.output import Printer, emit, file_ref
 
 
 @click.group("graph")
@@ -18,19 +19,19 @@ def graph_cmd() -> None:
 @graph_cmd.command("check")
 @click.argument("source", type=click.Path(path_type=Path))
 @opener_options
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@json_option
 def graph_check_cmd(source: Path, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
                     as_json: bool) -> None:
     """Validate the IR of a package, tree or bare graph.json (exit 5 names the node and reason)."""
     report = api.graph_check(source, opener=opener(passphrase_file, key_file, identity))
     if as_json:
-        emit_json(report.to_json())
+        emit(report.to_json(), input=file_ref(source), drop=("source",))
         return
-    con = console()
-    con.print(f"[green]OK[/] {report.model.name}: {report.graphs} graphs, {report.operators} operators, "
-              f"{report.variables} variables, {report.tensors_checked} parameters matched to tensors")
+    out = Printer()
+    out.status("OK", f"{report.model.name}: {report.graphs} graphs, {report.operators} operators, "
+                     f"{report.variables} variables, {report.tensors_checked} parameters matched to tensors")
     for w in report.warnings:
-        con.print(f"[yellow]warning[/] {w}")
+        out.status("warning", w, "yellow")
 
 
 @graph_cmd.command("show")
@@ -53,7 +54,7 @@ def graph_show_cmd(source: Path, passphrase_file: Path | None, key_file: Path | 
 @click.option("--dtype", "compute_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Compute dtype of the reference executor.")
 @opener_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@json_option
 def run_cmd(package: Path, text: str | None, tokens: str | None, top_k: int, compute_dtype: str,
             passphrase_file: Path | None, key_file: Path | None, identity: Path | None, as_json: bool) -> None:
     """Run a packaged model on one input: next-token top-k (decoders) or the sentence embedding (encoders)."""
@@ -61,22 +62,17 @@ def run_cmd(package: Path, text: str | None, tokens: str | None, top_k: int, com
                      opener=opener(passphrase_file, key_file, identity))
     doc = result.to_json()
     if as_json:
-        emit_json(doc)
+        emit(doc, input=file_ref(package), drop=("seconds",))
         return
-    from rich.table import Table
-
-    con = console()
-    con.print(f"{len(doc['tokens'])} tokens in {doc['seconds']} s")
+    out = Printer()
+    out.line(f"{len(doc['tokens'])} tokens in {doc['seconds']} s")
     if doc["kind"] == "logits":
-        t = Table(title="next token")
-        for col in ("id", "token", "logit", "prob"):
-            t.add_column(col)
-        for row in doc["top"]:
-            t.add_row(str(row["id"]), repr(row["token"]), f"{row['logit']:.4f}", f"{row['prob']:.4f}")
-        con.print(t)
+        out.table("next token", ("id", "token", "logit", "prob"),
+                  [(row["id"], repr(row["token"]), f"{row['logit']:.4f}", f"{row['prob']:.4f}") for row in doc["top"]])
     else:
         emb = doc["embedding"]
-        con.print(f"embedding ({len(emb)} dims): [{', '.join(f'{v:.4f}' for v in emb[:8])}, ...]")
+        out.line(f"embedding ({len(emb)} dims, {doc.get('pooling', 'mean')} pooling): "
+                 f"[{', '.join(f'{v:.4f}' for v in emb[:8])}, ...]")
 
 
 @click.command("eval")
@@ -87,7 +83,7 @@ def run_cmd(package: Path, text: str | None, tokens: str | None, top_k: int, com
 @click.option("--max-tokens", type=int, help="Score at most this many tokens.")
 @click.option("--dtype", "compute_dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @opener_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@json_option
 def eval_cmd(package: Path, perplexity_file: Path | None, embeddings_file: Path | None, max_tokens: int | None,
              compute_dtype: str, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
              as_json: bool) -> None:
@@ -97,8 +93,6 @@ def eval_cmd(package: Path, perplexity_file: Path | None, embeddings_file: Path 
                           opener=opener(passphrase_file, key_file, identity))
     doc = result.to_json()
     if as_json:
-        emit_json(doc)
+        emit(doc, input=file_ref(package), drop=("seconds",))
         return
-    con = console()
-    for key, value in doc.items():
-        con.print(f"{key}: {value}")
+    Printer().fields("evaluation", [(key, value) for key, value in doc.items()])

@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from ptmpack import api
-from ptmpack.cli._common import console, emit_json, opener, opener_options, progress_bar
+from ptmpack.cli._common import json_option, opener, opener_options
+from ptmpack.cli.output import Printer, emit, file_ref, human_size
+from ptmpack.cli.progress import byte_progress, progress_option
 from ptmpack.errors import UsageError
 
 
@@ -15,7 +17,8 @@ from ptmpack.errors import UsageError
 @click.argument("base", type=click.Path(path_type=Path))
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The delta .ptm to write.")
-@click.option("--residual", is_flag=True, help="Write a residual delta (the only kind of diff; required).")
+@click.option("--residual", is_flag=True, hidden=True,
+              help="Write a residual delta (the only kind of diff; accepted for older scripts).")
 @click.option("--bits", type=click.Choice(["8", "4", "2", "0", "auto"]), default="8", show_default=True,
               help="Bits per delta element; 0 is lossless; auto picks the smallest within --max-error.")
 @click.option("--max-error", type=float, help="Largest relative error ||Q(d)-d||/||d|| a tensor may have.")
@@ -27,13 +30,12 @@ from ptmpack.errors import UsageError
               help="X25519 public key (PEM) that may open the delta; repeatable.")
 @click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) to sign the delta with.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@progress_option
+@json_option
 def diff_cmd(base: Path, target: Path, output: Path, residual: bool, bits: str, max_error: float | None,
              group_size: int, level: int, passphrase_file: Path | None, key_file: Path | None, identity: Path | None,
              encrypt: bool, recipients: tuple[Path, ...], sign_key: Path | None, force: bool, as_json: bool) -> None:
     """Write the residual delta that turns BASE (.ptm) into TARGET (.ptm or tree)."""
-    if not residual:
-        raise UsageError("diff writes residual deltas only", hint="pass --residual")
     if recipients and not encrypt:
         raise UsageError("--recipient given without --encrypt", hint="add --encrypt")
     encryption = None
@@ -44,22 +46,23 @@ def diff_cmd(base: Path, target: Path, output: Path, residual: bool, bits: str, 
     compression, level = api.parse_compression(f"zstd:{level}")
     config = api.PackConfig(compression=compression, level=level, encryption=encryption,
                             sign_key=api.load_signing_key(sign_key) if sign_key else None)
-    with progress_bar("diffing", lambda: api.tree_bytes(target), not as_json) as progress:
+    with byte_progress("diffing", lambda: api.tree_bytes(target)) as progress:
         report = api.diff(base, target, output, bits=bits if bits == "auto" else int(bits), group_size=group_size,
                           max_error=max_error, opener=opener(passphrase_file, key_file, identity), force=force,
                           config=config, progress=progress)
     doc = report.to_json()
     if as_json:
-        emit_json(doc)
+        emit(doc, input={"base": file_ref(base), "target": file_ref(target)}, output=file_ref(output),
+             drop=("delta_bytes",))
         return
-    con = console()
-    con.print(f"[green]wrote[/] {output}: {report.delta_bytes:,} bytes = {report.ratio:.1%} of the target's "
-              f"{report.target_bytes:,} bytes ({report.seconds:.1f} s)")
+    out = Printer()
+    out.status("wrote", f"{output}: {human_size(report.delta_bytes)} = {report.ratio:.1%} of the target's "
+                        f"{human_size(report.target_bytes)} ({report.seconds:.1f} s)")
     modes = ", ".join(f"{n} {m}" for m, n in doc["modes"].items() if n)
     bits_used = ", ".join(f"{n} at {b} bits" for b, n in doc["bits"].items())
-    con.print(f"tensors: {modes or 'none'}" + (f" ({bits_used})" if bits_used else ""))
-    con.print(f"files: {', '.join(f'{n} {m}' for m, n in doc['files'].items() if n)}; "
-              f"worst relative error {doc['max_rel_fro']:.3%}" + (" (lossless)" if report.lossless else ""))
+    out.line(f"tensors: {modes or 'none'}" + (f" ({bits_used})" if bits_used else ""))
+    out.line(f"files: {', '.join(f'{n} {m}' for m, n in doc['files'].items() if n)}; "
+             f"worst relative error {doc['max_rel_fro']:.3%}" + (" (lossless)" if report.lossless else ""))
 
 
 @click.command("apply")
@@ -70,7 +73,8 @@ def diff_cmd(base: Path, target: Path, output: Path, residual: bool, bits: str, 
 @click.option("--compress", default=None, help="none, zstd or zstd:LEVEL (default: as the base).")
 @click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) to sign the output with.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@progress_option
+@json_option
 def apply_cmd(base: Path, delta: Path, output: Path, passphrase_file: Path | None, key_file: Path | None,
               identity: Path | None, compress: str | None, sign_key: Path | None, force: bool, as_json: bool) -> None:
     """Rebuild the target of DELTA on BASE into a normal package (refuses another base: exit 7)."""
@@ -79,16 +83,17 @@ def apply_cmd(base: Path, delta: Path, output: Path, passphrase_file: Path | Non
         compression, level = api.parse_compression(compress or "zstd")
         config = api.PackConfig(compression=compression, level=level,
                                 sign_key=api.load_signing_key(sign_key) if sign_key else None)
-    with progress_bar("applying", None, not as_json) as progress:
+    with byte_progress("applying", None) as progress:
         report = api.apply(base, delta, output, opener=opener(passphrase_file, key_file, identity), force=force,
                            config=config, progress=progress)
-    if as_json:
-        emit_json(report.to_json())
-        return
     doc = report.to_json()
-    con = console()
-    con.print(f"[green]rebuilt[/] {output}: {report.bytes:,} bytes in {sum(report.files.values())} files "
-              f"({report.seconds:.1f} s)")
-    con.print(f"tensors: {', '.join(f'{n} {m}' for m, n in doc['modes'].items() if n) or 'none'}; "
-              + ("bit-exact to the target" if report.lossless else f"worst relative error {doc['max_rel_fro']:.3%}"))
-    con.print(f"checked: {', '.join(report.checks)}")
+    if as_json:
+        emit(doc, input={"base": file_ref(base), "delta": file_ref(delta)}, output=file_ref(output),
+             drop=("package_bytes",))
+        return
+    out = Printer()
+    out.status("rebuilt", f"{output}: {human_size(report.bytes)} in {sum(report.files.values())} files "
+                          f"({report.seconds:.1f} s)")
+    out.line(f"tensors: {', '.join(f'{n} {m}' for m, n in doc['modes'].items() if n) or 'none'}; "
+             + ("bit-exact to the target" if report.lossless else f"worst relative error {doc['max_rel_fro']:.3%}"))
+    out.line(f"checked: {', '.join(report.checks)}")

@@ -128,6 +128,35 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _run(source: Path, work: Path, spec: CompressSpec, modules: list[tuple[str, Any]],
+         progress: Callable[[str, int, int], None], opener: Any) -> tuple[list[dict[str, Any]], int]:
+    """Materialize ``source`` as the tree ``work``, run the steps on it and record them; the records and input size."""
+    _materialize(source, work, opener)
+    size_in = source.stat().st_size if source.is_file() else sum(
+        p.stat().st_size for p in source.rglob("*") if p.is_file())
+    cache: list[CalibrationData] = []
+
+    def calibration() -> CalibrationData:
+        if not cache:
+            from ptmpack.compress.calibration import load_calibration
+
+            cache.append(load_calibration(work, spec))
+        return cache[0]
+
+    ctx = StepContext(spec, progress, calibration if spec.calib is not None else None)
+    records = []
+    for step, module in modules:
+        t0 = time.perf_counter()
+        record = module.apply(work, ctx)
+        if not isinstance(record, dict):
+            raise PtmError(f"step {step} returned no record")
+        record.setdefault("step", step)
+        record.setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
+        records.append(record)
+    _record(work, records, spec)
+    return records, size_in
+
+
 def compress(source: Path, target: Path, spec: CompressSpec, pack_config: Any, *,
              progress: Callable[[str, int, int], None] = no_progress, opener: Any = None,
              force: bool = False) -> CompressReport:
@@ -146,30 +175,13 @@ def compress(source: Path, target: Path, spec: CompressSpec, pack_config: Any, *
     started = time.perf_counter()
     with working_tree(target.parent) as scratch:
         work = scratch / "tree"
-        _materialize(source, work, opener)
-        size_in = source.stat().st_size if source.is_file() else sum(
-            p.stat().st_size for p in source.rglob("*") if p.is_file())
-        cache: list[CalibrationData] = []
-
-        def calibration() -> CalibrationData:
-            if not cache:
-                from ptmpack.compress.calibration import load_calibration
-
-                cache.append(load_calibration(work, spec))
-            return cache[0]
-
-        ctx = StepContext(spec, progress, calibration if spec.calib is not None else None)
-        records = []
-        for step, module in modules:
-            t0 = time.perf_counter()
-            record = module.apply(work, ctx)
-            if not isinstance(record, dict):
-                raise PtmError(f"step {step} returned no record")
-            record.setdefault("step", step)
-            record.setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
-            records.append(record)
-        _record(work, records, spec)
-        _pack(work, target, pack_config, force)
+        try:
+            records, size_in = _run(source, work, spec, modules, progress, opener)
+            _pack(work, target, pack_config, force)
+        except PtmError as exc:  # name the user's input, never the scratch copy that is about to be deleted
+            exc.message = exc.message.replace(str(work), str(source))
+            exc.args = (exc.message,)
+            raise
     return CompressReport(source=str(source), target=str(target), steps=tuple(_json_safe(r) for r in records),
                           size_in=size_in, size_out=target.stat().st_size,
                           seconds=round(time.perf_counter() - started, 3))

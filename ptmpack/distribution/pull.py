@@ -15,25 +15,25 @@ import concurrent.futures as cf
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptmpack.distribution.cache import BlobCache, damaged
+from ptmpack.distribution.cache import DEFAULT_LIMIT, BlobCache, damaged
 from ptmpack.distribution.describe import PackageConfig
 from ptmpack.distribution.layout import LayoutStore
 from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, decode_recipe, layer_sizes
 from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest
 from ptmpack.distribution.reference import Reference, parse_reference
 from ptmpack.distribution.stores import ClientOptions, NoProgress, TransferProgress, open_store
-from ptmpack.errors import IntegrityError, UsageError
+from ptmpack.errors import IntegrityError, UsageError, raise_environment_fault
 
 if TYPE_CHECKING:
     from ptmpack.distribution.registry import RegistryStore
-from ptmpack.format.atomic import TEMP_PREFIX, check_target
+from ptmpack.format import spec
+from ptmpack.format.atomic import check_free_space, check_target, temp_file_beside
 from ptmpack.format.reader import PackageReader
 
 
@@ -45,6 +45,8 @@ class PullOptions:
     workers: int = 4
     cache_dir: Path | None = None
     """Content cache root; default ``$XDG_CACHE_HOME/ptmpack``."""
+    cache_limit: int = DEFAULT_LIMIT
+    """Bytes the content cache keeps after the pull (least recently used blobs go first)."""
     force: bool = False
     delta: bool = False
     """Use a published residual when the local base (``base``, else the output file) matches (§5)."""
@@ -124,8 +126,10 @@ def pull(reference: Reference | str, output: Path | str, options: PullOptions = 
         fetched = resolve(store, ref, cache)
         tally, checks = fetch_into(store, fetched, out, options, progress)
         if not ref.is_layout:
-            cache.remember(ref.location, ref.repository, [fetched.manifest.config.digest,
-                                                          *(d.digest for d in fetched.manifest.layers)])
+            used = [fetched.manifest.config.digest, *(d.digest for d in fetched.manifest.layers)]
+            cache.remember(ref.location, ref.repository, used)
+            cache.touch(used)
+            cache.prune(options.cache_limit, keep=used, partials=False)
     finally:
         store.close()
     return report(fetched, out, "full", tally, checks, started)
@@ -146,7 +150,7 @@ def resolve(store: LayoutStore | RegistryStore, ref: Reference, cache: BlobCache
     """
     got = store.get_manifest(ref.target)
     if got is None:
-        known = ", ".join(store.tags()[:10]) or "none"
+        known = ", ".join(store.tags(limit=10)) or "none"  # one page: a hint must not walk a hostile tag list
         raise UsageError(f"{ref}: no package tagged {ref.target!r} there (tags: {known})",
                          hint=f"list the tags with 'ptmpack ls {ref.untagged()}'")
     data, digest = got
@@ -184,17 +188,24 @@ def fetch_into(store: LayoutStore | RegistryStore, fetched: Fetched, out: Path, 
     copied into place as soon as it and everything before it are there.
     """
     tally = _Tally()
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out.parent, suffix=".ptm")
+    cache = BlobCache(options.cache_dir)
+    fresh = 0 if isinstance(store, LayoutStore) else sum(n for d, n in fetched.recipe.blobs().items()
+                                                         if not cache.has(d, n))
+    check_free_space({out: fetched.recipe.size, cache.root: fresh})
+    fd, tmp = temp_file_beside(out, ".ptm")
     try:
-        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, BlobCache(options.cache_dir),
+        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache,
                                                            options, progress, tally) as blobs:
             assemble(fetched.recipe, blobs.path, f)  # type: ignore[arg-type]
             if f.tell() != fetched.recipe.size:
                 raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
         progress.start("verifying", fetched.recipe.size)
-        checks = check_package(Path(tmp), fetched.config.encrypted, fetched.config.sha256, progress)
+        checks = check_package(Path(tmp), fetched.config, progress, str(fetched.ref))
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
+    except OSError as exc:  # ENOSPC while assembling names the output, not a file descriptor
+        raise_environment_fault(exc, out)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -235,6 +246,8 @@ class _Blobs:
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
+            if exc[0] is not None:  # Ctrl-C, SIGTERM or a failure: stop the transfers in flight now, not after retries
+                self.store.cancel()  # type: ignore[union-attr]
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def path(self, digest: str) -> Path:
@@ -262,17 +275,31 @@ class _Blobs:
         self.tally.downloaded, self.tally.bytes = len(paths), sum(self.needed.values())
 
 
-def check_package(path: Path, encrypted: bool, sha256: str | None, progress: TransferProgress) -> tuple[str, ...]:
+def check_package(path: Path, config: PackageConfig | None, progress: TransferProgress,
+                  where: str = "") -> tuple[str, ...]:
     """Verify an assembled package like ``ptmpack verify``; encrypted ones keylessly plus the file digest.
 
-    ``sha256`` is the digest the whole file must have (checked for encrypted packages,
-    whose entries cannot be checked without the key); None skips it (a package
-    rebuilt by apply, which checked every plaintext digest itself).
+    Which checks run is decided by the file's own header, never by the registry's
+    config blob: a config that claims ENCRYPTED for a plain file would otherwise
+    switch the entry digests off. ``config`` (what the registry said) must agree with
+    the header's flags and the trailer's manifest digest; its ``sha256`` is the digest
+    the whole file must have (checked for encrypted packages, whose entries cannot be
+    checked without the key). None skips both (a package rebuilt by apply, which
+    checked every plaintext digest itself).
 
     Raises:
-        IntegrityError (or another PtmError of verify): the package fails a check.
+        IntegrityError (or another PtmError of verify): the package fails a check, or config and header disagree.
     """
-    if encrypted:
+    with PackageReader(path, sealed_ok=True) as reader:
+        flags, manifest_sha256 = reader.header.flags, reader.trailer.manifest_sha256.hex()
+    if config is not None and (config.flags != flags or config.manifest_sha256 != manifest_sha256):
+        said = ", ".join(config.flag_names()) or "no flags"
+        has = ", ".join(f.name for f in spec.Flags if flags & f and f.name) or "no flags"
+        raise IntegrityError(f"{where or path}: the registry's config says {said} (manifest {config.manifest_sha256[:16]}), "
+                             f"the assembled file's header says {has} (manifest {manifest_sha256[:16]})",
+                             hint="the registry's description of the package was altered; nothing was written")
+    sha256 = config.sha256 if config is not None else None
+    if flags & spec.Flags.ENCRYPTED:
         with PackageReader(path, sealed_ok=True) as reader:
             reader.check_padding()
             for _ in reader.walk_headers():

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ptmpack.errors import UsageError, raise_environment_fault
+from ptmpack.errors import EnvironmentFault, UsageError, raise_environment_fault
 
 TEMP_PREFIX = ".ptmpack-tmp-"
 
@@ -45,15 +45,59 @@ def check_target(target: Path, *, force: bool, want_dir: bool) -> None:
             raise UsageError(f"{target} exists and is not {kind}; refusing to replace it")
 
 
+def check_free_space(needs: dict[Path, int]) -> None:
+    """Refuse, before writing, when the file systems of ``needs`` (path -> bytes to write there) lack the room.
+
+    Paths on the same file system are added up; a path that does not exist yet
+    is measured at its nearest existing parent. Declared sizes come from outside
+    (a registry's manifest), so this is what stops a layer declared at 2^62 bytes
+    from filling the disk.
+
+    Raises:
+        EnvironmentFault: some file system has fewer free bytes than asked for (names the folders).
+    """
+    by_device: dict[int, tuple[int, int, list[str]]] = {}
+    for folder, size in needs.items():
+        probe = Path(folder)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        st = os.statvfs(probe)
+        total, _, names = by_device.get(probe.stat().st_dev, (0, 0, []))
+        by_device[probe.stat().st_dev] = (total + size, st.f_bavail * st.f_frsize, [*names, f"{size} bytes in {folder}"])
+    for total, free, names in by_device.values():
+        if total > free:
+            raise EnvironmentFault(f"not enough free space: {' and '.join(names)}, but only {free} bytes are free there",
+                                   hint="free some space, or point the cache (XDG_CACHE_HOME) or the output elsewhere")
+
+
+def temp_file_beside(target: Path, suffix: str = "") -> tuple[int, str]:
+    """A new private temporary file in ``target``'s folder (descriptor, path), for writing ``target`` by rename.
+
+    Raises:
+        EnvironmentFault: the folder refuses new files for any reason (full, read-only, forbidden, or a file
+            system such as /proc that creates none); the message names ``target``, never the temporary name.
+    """
+    try:
+        return tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent, suffix=suffix)
+    except OSError as exc:
+        raise EnvironmentFault(f"{target}: cannot write it: {exc.strerror or exc}",
+                               hint=f"the file system refuses new files in {target.parent}") from None
+
+
+def temp_dir_beside(target: Path) -> Path:
+    """A new private temporary folder in ``target``'s folder; like :func:`temp_file_beside`."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
+    except OSError as exc:
+        raise EnvironmentFault(f"{target}: cannot write it: {exc.strerror or exc}",
+                               hint=f"the file system refuses new folders in {target.parent}") from None
+
+
 @contextlib.contextmanager
 def atomic_file(target: Path, *, force: bool) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``target`` only if the block completes."""
     check_target(target, force=force, want_dir=False)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-    except OSError as exc:
-        raise_environment_fault(exc, target)
-        raise
+    fd, tmp = temp_file_beside(target)
     try:
         with os.fdopen(fd, "w+b") as f:
             yield f
@@ -74,11 +118,7 @@ def atomic_dir(target: Path, *, force: bool) -> Iterator[Path]:
     With ``force`` an existing target directory is moved aside, replaced, then removed.
     """
     check_target(target, force=force, want_dir=True)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
-    except OSError as exc:
-        raise_environment_fault(exc, target)
-        raise
+    tmp = temp_dir_beside(target)
     try:
         yield tmp
         os.chmod(tmp, 0o755)

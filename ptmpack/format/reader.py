@@ -75,6 +75,7 @@ class PackageReader:
 
     def _open(self, unlock: Unlock | None, sealed_ok: bool) -> None:
         self.size = os.fstat(self._file.fileno()).st_size
+        self._check_is_package()
         if self.size < FileHeader.SIZE + Trailer.SIZE:
             raise IntegrityError(f"{self.path}: {self.size} bytes is too short to be a ptmpack package (truncated?)")
         self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -102,6 +103,15 @@ class PackageReader:
         body = self._open_manifest(stored) if self.encrypted else stored
         self._manifest = Manifest.from_json(body)
         self._check_layout()
+
+    def _check_is_package(self) -> None:
+        """A file with the magic at neither end is some other file, not a damaged package (exit 6, not 3)."""
+        head = os.pread(self._file.fileno(), len(spec.MAGIC), 0)
+        tail = os.pread(self._file.fileno(), len(spec.END_MAGIC), max(0, self.size - len(spec.END_MAGIC)))
+        if head != spec.MAGIC and tail != spec.END_MAGIC:
+            raise UnsupportedError(f"{self.path} is not a ptmpack package (no PTMPACK magic at its start or end)",
+                                   hint="give a .ptm made by ptmpack pack, or a package tree; "
+                                        "import a checkpoint with ptmpack init --from-hf")
 
     def close(self) -> None:
         mm = getattr(self, "_mm", None)

@@ -397,13 +397,13 @@ def technical_from_gguf(imp: GgufImport, dtype: str) -> dict[str, Any]:
 
 
 def init_tree_from_gguf(dest: Path, gguf_path: Path, *, name: str | None = None, dtype: str = "float32",
-                        graph: bool = True) -> list[str]:
+                        graph: bool = True, management_fields: Mapping[str, str] | None = None) -> list[str]:
     """Create a package tree at ``dest`` from a GGUF file (``ptmpack init --from-gguf``).
 
     ``Model/`` receives the converted checkpoint (see :func:`convert_gguf`) and, with
     ``graph``, ``Model/graph.json``; ``Meta-info/`` the metadata filled from the GGUF
-    keys. ``dest`` must not exist (or be an empty directory); nothing is left behind
-    on failure.
+    keys, with ``management_fields`` (``provider``, ``license``, ``version``…) set over
+    them. ``dest`` must not exist (or be an empty directory); nothing is left behind on failure.
 
     Returns:
         The relative POSIX paths of every directory (ending in ``/``) and file created, sorted.
@@ -425,11 +425,11 @@ def init_tree_from_gguf(dest: Path, gguf_path: Path, *, name: str | None = None,
     check_destination(Path(dest))
     with new_tree(Path(dest)) as tmp:
         imp = convert_gguf(Path(gguf_path), tmp / "Model", dtype=dtype)
-        management = management_from_gguf(imp.metadata, name)
+        mgmt = {**management_from_gguf(imp.metadata, name), **(management_fields or {})}
         technical = technical_from_gguf(imp, dtype)
-        validate_document(MANAGEMENT_SCHEMA, management, MANAGEMENT_FILE)
+        validate_document(MANAGEMENT_SCHEMA, mgmt, MANAGEMENT_FILE)
         validate_document(TECHNICAL_SCHEMA, technical, TECHNICAL_FILE)
-        write_json(tmp / MANAGEMENT_FILE, management)
+        write_json(tmp / MANAGEMENT_FILE, mgmt)
         write_json(tmp / TECHNICAL_FILE, technical)
         files = [*(f"Model/{f}" for f in imp.files), MANAGEMENT_FILE, TECHNICAL_FILE]
         if graph:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +155,14 @@ def management_from_hf(hf_dir: Path, name: str | None = None) -> dict[str, Any]:
     return management_doc(_open(hf_dir), name)
 
 
-def init_tree(dest: Path, *, from_hf: Path | None = None, name: str | None = None) -> list[str]:
+def init_tree(dest: Path, *, from_hf: Path | None = None, name: str | None = None,
+              management_fields: Mapping[str, str] | None = None) -> list[str]:
     """Create a package tree at ``dest`` (SPEC §1) and return what was created.
 
     Without ``from_hf`` the metadata are templates to edit (name defaults to the
     directory's name). With it, the checkpoint's files are copied into ``Model/`` and
-    the metadata filled from it. ``dest`` must not exist or be an empty directory.
+    the metadata filled from it; ``management_fields`` (``provider``, ``license``,
+    ``version``…) are set over either. ``dest`` must not exist or be an empty directory.
     Nothing is left behind on failure.
 
     Returns:
@@ -177,6 +180,7 @@ def init_tree(dest: Path, *, from_hf: Path | None = None, name: str | None = Non
         ck = _open(from_hf)
         sources = list(ck.sources)
         management, technical = management_doc(ck, name), technical_doc(ck)
+    management = {**management, **(management_fields or {})}
     validate_document(MANAGEMENT_SCHEMA, management, MANAGEMENT_FILE)
     validate_document(TECHNICAL_SCHEMA, technical, TECHNICAL_FILE)
     created = [MANAGEMENT_FILE, TECHNICAL_FILE, *(f"Model/{s.rel}" for s in sources)]

@@ -9,9 +9,12 @@ tokenizer's post-processor adds them. Weights stream from the package as the exe
 needs them (:class:`ptmpack.ir.execute.Executor`).
 
 Decoders (models whose output is ``logits``) give next-token top-k and perplexity;
-encoders (``last_hidden_state``) give sentence embeddings pooled as the package's
-sentence-transformers ``1_Pooling/config.json`` says (mean by default), L2-normalised
-when its ``modules.json`` lists a ``Normalize`` module.
+encoders (``last_hidden_state``) give sentence embeddings pooled over the real tokens
+only (the attention mask; never over padding) as the package's sentence-transformers
+Pooling module says (``modules.json`` names its folder, ``1_Pooling/`` by default; mean
+pooling when there is none), L2-normalised when ``modules.json`` lists a ``Normalize``
+module. A tokenizer saved with fixed-length padding (all-MiniLM-L6-v2 pads to 128) is
+used without it: a single text is never padded, a batch only to its longest text.
 """
 
 from __future__ import annotations
@@ -62,13 +65,16 @@ class RunResult:
     top: tuple[TopToken, ...] = ()
     embedding: tuple[float, ...] = ()
     seconds: float = 0.0
+    pooling: str = ""
+    """Embeddings: the pooling modes applied (``mean``, ``cls``, ``max``…, joined by ``+`` when several)."""
+    normalized: bool = False
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": self.kind, "tokens": list(self.tokens), "seconds": round(self.seconds, 4)}
         if self.kind == "logits":
             doc["top"] = [{"id": t.id, "token": t.token, "logit": t.logit, "prob": t.prob} for t in self.top]
         else:
-            doc["embedding"] = list(self.embedding)
+            doc.update(embedding=list(self.embedding), pooling=self.pooling, normalized=self.normalized)
         return doc
 
 
@@ -142,14 +148,39 @@ def _json(pkg: Package, path: str) -> dict[str, Any]:
     return doc
 
 
-def _lists_normalize(raw: bytes) -> bool:
-    """Whether a sentence-transformers ``modules.json`` ends its pipeline with a Normalize module."""
+POOLING_MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens",
+                 "lasttoken")
+"""sentence-transformers' pooling modes, in the order its Pooling module concatenates them."""
+
+
+def _modules(pkg: Package) -> list[dict[str, Any]]:
+    """The sentence-transformers pipeline of ``Model/modules.json`` (empty when absent or unreadable)."""
+    if not pkg.has_file("Model/modules.json"):
+        return []
     try:
-        modules = json.loads(raw.decode("utf-8"))
+        modules = json.loads(pkg.read_file("Model/modules.json").decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(modules, list) and any(
-        isinstance(m, dict) and str(m.get("type", "")).endswith("Normalize") for m in modules)
+        return []
+    return [m for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+
+
+def pooling_modes(pkg: Package) -> tuple[tuple[str, ...], bool]:
+    """How the package's sentence-transformers pipeline pools and whether it normalises.
+
+    The Pooling module's folder comes from ``modules.json`` (``1_Pooling`` when it names none);
+    its ``config.json`` switches modes on with ``pooling_mode_<mode>`` (or names one as
+    ``pooling_mode``). Without a Pooling config the embedding is the mean over real tokens.
+    """
+    modules = _modules(pkg)
+    folder = next((str(m.get("path") or "") for m in modules if str(m.get("type", "")).endswith("Pooling")),
+                  "1_Pooling")
+    path = f"Model/{folder.strip('/')}/config.json"
+    config = _json(pkg, path) if folder and pkg.has_file(path) else {}
+    named = config.get("pooling_mode")
+    modes = tuple(m.removesuffix("_token").removesuffix("_tokens") for m in POOLING_MODES
+                  if config.get(f"pooling_mode_{m}") or named in (m, m.removesuffix("_tokens")))
+    normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
+    return modes or ("mean",), normalize
 
 
 class LoadedModel:
@@ -174,10 +205,8 @@ class LoadedModel:
         self.config = _json(pkg, CONFIG_FILE) if CONFIG_FILE in names else {}
         self._tokenizer: Any = None
         self._has_tokenizer = TOKENIZER_FILE in names
-        pooling = _json(pkg, "Model/1_Pooling/config.json") if "Model/1_Pooling/config.json" in names else {}
-        self.pooling = ("cls" if pooling.get("pooling_mode_cls_token") else
-                        "max" if pooling.get("pooling_mode_max_tokens") else "mean")
-        self.normalize = "Model/modules.json" in names and _lists_normalize(pkg.read_file("Model/modules.json"))
+        self.pooling_modes, self.normalize = pooling_modes(pkg)
+        self.pooling = "+".join(self.pooling_modes)
 
     @classmethod
     def open(cls, path: Path | str, *, opener: Opener | None = None, compute_dtype: str = "float32") -> LoadedModel:
@@ -217,11 +246,13 @@ class LoadedModel:
                 from tokenizers import Tokenizer
             except ImportError:
                 raise UsageError("tokenizing text needs the 'tokenizers' package", hint="pip install tokenizers") from None
-            self._tokenizer = Tokenizer.from_str(self.pkg.read_file(TOKENIZER_FILE).decode("utf-8"))
+            tok = Tokenizer.from_str(self.pkg.read_file(TOKENIZER_FILE).decode("utf-8"))
+            tok.no_padding()  # a saved fixed-length padding would make every text 128 tokens of mostly [PAD]
+            self._tokenizer = tok
         return self._tokenizer
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``, special tokens added as the tokenizer's post-processor says."""
+        """Token ids of ``text`` (never padded), special tokens added as the tokenizer's post-processor says."""
         return list(self.tokenizer.encode(text).ids)
 
     def forward(self, ids: np.ndarray, mask: np.ndarray | None = None, type_ids: np.ndarray | None = None) -> np.ndarray:
@@ -244,14 +275,24 @@ class LoadedModel:
             raise UsageError(f"{ids.shape[-1]} tokens exceed the model's {limit} positions")
 
     def pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Sentence embeddings ``[batch, hidden]`` from ``[batch, seq, hidden]`` and the padding mask."""
+        """Sentence embeddings ``[batch, hidden]`` from ``[batch, seq, hidden]`` and the attention mask.
+
+        Only real tokens (mask 1) count; several modes are concatenated in sentence-transformers' order.
+        """
+        h = np.asarray(hidden, dtype=np.float32)
         m = np.asarray(mask, dtype=np.float32)[..., None]
-        if self.pooling == "cls":
-            e = hidden[:, 0]
-        elif self.pooling == "max":
-            e = np.where(m > 0, hidden, -np.inf).max(axis=1)
-        else:
-            e = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        count = np.maximum(m.sum(axis=1), 1e-9)
+        last = np.maximum(np.asarray(mask).sum(axis=1).astype(np.int64) - 1, 0)
+        weights = m * np.arange(1, h.shape[1] + 1, dtype=np.float32)[None, :, None]
+        pooled = {
+            "cls": lambda: h[:, 0],
+            "max": lambda: np.where(m > 0, h, -np.inf).max(axis=1),
+            "mean": lambda: (h * m).sum(axis=1) / count,
+            "mean_sqrt_len": lambda: (h * m).sum(axis=1) / np.sqrt(count),
+            "weightedmean": lambda: (h * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9),
+            "lasttoken": lambda: h[np.arange(len(h)), last],
+        }
+        e = np.concatenate([pooled[mode]() for mode in self.pooling_modes], axis=-1)
         if self.normalize:
             e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
         return e.astype(np.float32)
@@ -282,13 +323,15 @@ def run_model(lm: LoadedModel, *, text: str | None = None, tokens: Sequence[int]
         raise UsageError("no tokens to run")
     start = time.perf_counter()
     arr = np.asarray([ids], dtype=np.int64)
-    out = lm.forward(arr)
+    mask = np.ones_like(arr)  # one unpadded sequence: every token is real
+    out = lm.forward(arr, mask)
     if lm.kind == "logits":
         decode = (lambda i: lm.tokenizer.decode([i], skip_special_tokens=False)) if lm._has_tokenizer else str
         top = _top_k(out[0, -1], top_k, decode)
         return RunResult("logits", tuple(ids), top=top, seconds=time.perf_counter() - start)
-    emb = lm.pool(out, np.ones_like(arr))[0]
-    return RunResult("embedding", tuple(ids), embedding=tuple(float(v) for v in emb), seconds=time.perf_counter() - start)
+    emb = lm.pool(out, mask)[0]
+    return RunResult("embedding", tuple(ids), embedding=tuple(float(v) for v in emb), seconds=time.perf_counter() - start,
+                     pooling=lm.pooling, normalized=lm.normalize)
 
 
 def sequence_nll(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int]:

@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.config import EncryptionSpec, PackConfig
-from ptmpack.crypto.aead import Cipher
+from ptmpack.config import PackConfig
 from ptmpack.crypto.keyslots import Opener
-from ptmpack.errors import BaseMismatchError, IntegrityError, InvalidTreeError, KeyAccessError, UsageError
+from ptmpack.errors import BaseMismatchError, IntegrityError, InvalidTreeError, UsageError
 from ptmpack.format import spec
 from ptmpack.format.atomic import TEMP_PREFIX, check_target
 from ptmpack.format.manifest import TensorRecord
@@ -39,7 +38,7 @@ from ptmpack.residual.codec import LOSSY_DTYPES, dequantize, xor_decode
 from ptmpack.residual.record import RESIDUAL_JSON, FileEntry, FileMode, ResidualDoc, TensorEntry, TensorMode
 from ptmpack.residual.report import ApplyReport, tensor_rows
 from ptmpack.residual.source import TensorSource, sha256_hex
-from ptmpack.storage.facts import PackageFacts, package_facts
+from ptmpack.storage.facts import package_facts, same_protection
 from ptmpack.storage.pack import pack_tree
 from ptmpack.storage.package import FileInfo
 from ptmpack.tensors.dtypes import numpy_dtype
@@ -214,23 +213,6 @@ def _find(f: FileInfo, name: str) -> TensorRecord | None:
     return next((t for t in f.tensors or () if t.name == name), None)
 
 
-def _same_protection(base: PackageFacts, opener: Opener | None) -> EncryptionSpec:
-    """Encrypt the rebuilt package for the secret that opened the inputs, with the base's cipher.
-
-    An encrypted update must not come out in the clear; the device re-opens the result
-    with the same key file, passphrase or identity it used for ``apply``.
-    """
-    if opener is None:
-        raise KeyAccessError("an encrypted input needs a key to apply")
-    cipher = base.cipher if base.encrypted else Cipher.AES_256_GCM
-    return EncryptionSpec(
-        cipher=cipher,
-        passphrases=(opener.passphrase,) if opener.passphrase is not None else (),
-        keks=(opener.kek,) if opener.kek is not None else (),
-        recipients=(opener.identity.public_key(),) if opener.identity is not None else (),
-    )
-
-
 def apply_residual(base: Path, delta: Path, out: Path, *, opener: Opener | None = None, force: bool = False,
                    config: PackConfig | None = None, progress: Progress | None = None) -> ApplyReport:
     """Rebuild the target of ``delta`` from ``base`` into the normal package ``out``.
@@ -266,7 +248,7 @@ def apply_residual(base: Path, delta: Path, out: Path, *, opener: Opener | None 
             if config is None:
                 config = PackConfig(compression=spec.Compression.ZSTD if facts.compressed else spec.Compression.NONE)
             if encrypted and config.encryption is None:
-                config = dataclasses.replace(config, encryption=_same_protection(facts, opener))
+                config = dataclasses.replace(config, encryption=same_protection(facts, opener, "apply"))
             work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out.parent))
             try:
                 tree = work / "tree"

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ptmpack.config import EncryptionSpec
 from ptmpack.crypto.aead import Cipher
-from ptmpack.errors import UsageError
+from ptmpack.crypto.keyslots import Opener
+from ptmpack.errors import KeyAccessError, UsageError
 from ptmpack.format import spec
 from ptmpack.format.manifest import EntryRecord
 from ptmpack.storage.package import FilePackage, Package
@@ -45,6 +47,27 @@ def package_facts(pkg: Package) -> PackageFacts | None:
     cipher = read_protection(r.keyslots)[0] if r.encrypted else Cipher.NONE
     return PackageFacts(package_id=r.header.package_id.hex(), manifest_sha256=r.trailer.manifest_sha256.hex(),
                         flags=spec.Flags(r.header.flags), residual_base=r.manifest.residual_base, cipher=cipher)
+
+
+def same_protection(facts: PackageFacts | None, opener: Opener | None, what: str = "use") -> EncryptionSpec:
+    """Encryption for a package made from an encrypted input: its cipher, for the secret(s) that opened it.
+
+    A package derived from an encrypted one (``apply``, ``compress``) must not come out in
+    the clear by default; whoever opened the input opens the output with the same key
+    file, passphrase or identity.
+
+    Raises:
+        KeyAccessError: no key was given (an encrypted input cannot have been opened).
+    """
+    if opener is None:
+        raise KeyAccessError(f"an encrypted input needs a key to {what}")
+    cipher = facts.cipher if facts is not None and facts.encrypted else Cipher.AES_256_GCM
+    return EncryptionSpec(
+        cipher=cipher,
+        passphrases=(opener.passphrase,) if opener.passphrase is not None else (),
+        keks=(opener.kek,) if opener.kek is not None else (),
+        recipients=(opener.identity.public_key(),) if opener.identity is not None else (),
+    )
 
 
 def stored_entry(pkg: Package, path: str) -> EntryRecord:

@@ -10,6 +10,7 @@ from ptmpack.crypto.aead import Cipher
 from ptmpack.crypto.keyslots import Opener
 from ptmpack.format import spec
 from ptmpack.format.manifest import EntryRecord
+from ptmpack.format.reader import PackageReader
 from ptmpack.metadata import documents as meta
 from ptmpack.reports import InspectReport
 from ptmpack.storage.pack import METADATA_FILES
@@ -25,29 +26,18 @@ def inspect_package(package: Path, *, opener: Opener | None = None, tensors: boo
         the errors of :func:`ptmpack.storage.package.open_package`; MetadataError for bad metadata.
     """
     path = Path(package)
+    if opener is None and path.is_file():
+        with PackageReader(path, sealed_ok=True) as sealed:
+            if sealed.sealed:
+                return _inspect_sealed(sealed)
     with open_package(path, opener) as pkg:
         fields: dict[str, Any] = {}
         if isinstance(pkg, FilePackage):
             r = pkg.reader
-            h = r.header
-            fields["file_size"] = r.size
-            fields["header"] = {
-                "version": f"{h.version_major}.{h.version_minor}",
-                "flags": [f.name for f in spec.Flags if h.flags & f],
-                "package_id": h.package_id.hex(),
-                "entry_count": h.entry_count,
-                "model_count": h.model_count,
-                "header_size": h.header_size,
-            }
+            fields.update(_clear_fields(r))
             m = r.manifest
             fields["manifest"] = {"created": m.created, "tool": m.tool, "residual_base": m.residual_base,
                                   "length": r.trailer.manifest_length, "sha256": r.trailer.manifest_sha256.hex()}
-            sig = r.signature()
-            fields["signature"] = None if sig is None else {"algorithm": "ed25519", "signer": signer_fingerprint(sig)}
-            if r.encrypted:
-                cipher, slots = read_protection(r.keyslots)
-                fields["encryption"] = {"cipher": cipher.name.lower().replace("_", "-"),
-                                        "slots": [s.describe() for s in slots]}
             entries = tuple(_entry_doc(e) for e in m.entries)
         else:
             entries = tuple({"path": f.path, "kind": f.kind.name.lower(), "raw_length": f.size} for f in pkg.files)
@@ -65,6 +55,37 @@ def inspect_package(package: Path, *, opener: Opener | None = None, tensors: boo
                 for p, t in all_tensors
             )
         return InspectReport(str(path), "file" if pkg.is_file else "tree", entries, metadata, totals, **fields)
+
+
+def _clear_fields(r: PackageReader) -> dict[str, Any]:
+    """What a ``.ptm`` says in the clear: file header, signature, cipher and key-slot kinds (no key needed)."""
+    h = r.header
+    fields: dict[str, Any] = {"file_size": r.size, "header": {
+        "version": f"{h.version_major}.{h.version_minor}",
+        "flags": [f.name for f in spec.Flags if h.flags & f],
+        "package_id": h.package_id.hex(),
+        "entry_count": h.entry_count,
+        "model_count": h.model_count,
+        "header_size": h.header_size,
+    }}
+    sig = r.signature()
+    fields["signature"] = None if sig is None else {"algorithm": "ed25519", "signer": signer_fingerprint(sig)}
+    if r.encrypted:
+        cipher, slots = read_protection(r.keyslots)
+        fields["encryption"] = {"cipher": cipher.name.lower().replace("_", "-"),
+                                "slots": [s.describe() for s in slots]}
+    return fields
+
+
+def _inspect_sealed(r: PackageReader) -> InspectReport:
+    """An encrypted package described without its key: the clear header, flags, signer and key-slot kinds.
+
+    Names, sizes and metadata live in the sealed manifest, so they stay unknown.
+    """
+    fields = _clear_fields(r)
+    fields["manifest"] = {"length": r.trailer.manifest_length, "sha256": r.trailer.manifest_sha256.hex(),
+                          "sealed": True}
+    return InspectReport(str(r.path), "file", (), {}, {"files": r.header.entry_count}, sealed=True, **fields)
 
 
 def codec_names(codec: int) -> dict[str, str]:

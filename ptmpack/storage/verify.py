@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ptmpack.crypto.keyslots import Opener
-from ptmpack.errors import IntegrityError, InvalidTreeError
+from ptmpack.errors import IntegrityError, InvalidTreeError, KeyAccessError, PtmError
 from ptmpack.format.reader import PackageReader
 from ptmpack.reports import VerifyReport
 from ptmpack.storage.package import FilePackage, Package, is_safetensors, open_package
@@ -42,37 +43,71 @@ def verify_package(package: Path, *, opener: Opener | None = None, pubkey: Ed255
         loading.exception()  # never leave the thread importing
 
 
+@contextmanager
+def _checking(name: str) -> Iterator[None]:
+    """Name the check a PtmError raised inside comes from (``verify --json`` reports it as ``check``)."""
+    try:
+        yield
+    except PtmError as exc:
+        if exc.check is None:
+            exc.check = name
+        raise
+
+
 def _verify(path: Path, opener: Opener | None, pubkey: Ed25519PublicKey | None, progress: Progress) -> VerifyReport:
-    if opener is None and pubkey is not None and path.is_file():
-        with PackageReader(path, sealed_ok=True) as sealed:
-            if sealed.sealed:
+    if opener is None and path.is_file():
+        with _checking("signature"), PackageReader(path, sealed_ok=True) as sealed:
+            if sealed.sealed and pubkey is not None:
                 return _verify_sealed(sealed, pubkey)
-    with open_package(path, opener) as pkg:
+            if sealed.sealed:
+                raise _no_key(sealed)
+    with _checking("manifest"):
+        pkg = open_package(path, opener)
+    with pkg:
         checks = ["paths", "metadata schemas", "safetensors headers"]
         signature, signer_fp = "none", None
         if isinstance(pkg, FilePackage):
             reader = pkg.reader
             sig = reader.signature()
-            if pubkey is not None and sig is None:
-                raise IntegrityError(f"{path} is not signed, but a signature by the given public key is required")
-            if sig is not None:
-                signer_fp = signer_fingerprint(sig)
-                if pubkey is not None:
-                    check_signature(sig, reader.header.package_id, pubkey)
-                    signature = "verified"
-                else:
-                    signature = "unchecked"
-            reader.check_entries(progress=progress)  # sequential walk, headers, padding, digests
+            with _checking("signature"):
+                if pubkey is not None and sig is None:
+                    raise IntegrityError(f"{path} is not signed, but a signature by the given public key is required")
+                if sig is not None:
+                    signer_fp = signer_fingerprint(sig)
+                    if pubkey is not None:
+                        check_signature(sig, reader.header.package_id, pubkey)
+                        signature = "verified"
+                    else:
+                        signature = "unchecked"
+            with _checking("entries"):
+                reader.check_entries(progress=progress)  # sequential walk, headers, padding, digests
             checks = ["trailer", "sequential walk", "entry headers", "padding", "digests", *checks]
             if reader.encrypted:
                 checks.append("AEAD tags")
             if sig is not None and pubkey is not None:
                 checks.append("signature")
-        check_metadata(pkg)
-        _check_tensor_tables(pkg)
+        with _checking("metadata schemas"):
+            check_metadata(pkg)
+        with _checking("tensor tables"):
+            _check_tensor_tables(pkg)
         size = sum(f.size for f in pkg.files)
         return VerifyReport(str(path), "file" if pkg.is_file else "tree", len(pkg.files), size,
                             pkg.encrypted, signature != "none", signature, signer_fp, tuple(checks))
+
+
+def _no_key(reader: PackageReader) -> KeyAccessError:
+    """The error for an encrypted package given no key: what the clear header says, and the two ways on."""
+    from ptmpack.storage.protect import read_protection
+
+    cipher, slots = read_protection(reader.keyslots)
+    signed = reader.signature() is not None
+    exc = KeyAccessError(
+        f"{reader.path} is encrypted ({cipher.name.lower().replace('_', '-')}; key slots: "
+        f"{', '.join(s.describe() for s in slots)}; {'signed' if signed else 'not signed'})",
+        hint="give a key (--passphrase-file, --key-file or --identity) to check every digest"
+             + (", or --pubkey alone to check the signature over every byte" if signed else ""))
+    exc.check = "key"
+    return exc
 
 
 def _verify_sealed(reader: PackageReader, pubkey: Ed25519PublicKey) -> VerifyReport:

@@ -50,8 +50,11 @@ def sub(*args: object, env: dict[str, str] | None = None, program: list[str] | N
 
 
 def assert_clean_error(run: Run, code: int) -> None:
-    """Exit ``code``, a one-line ``ptmpack: error:`` message on stderr, nothing on stdout, no traceback."""
+    """Exit ``code``, a ``ptmpack: error:`` message on stderr, no traceback; on stdout nothing, or (with
+    ``--json``) exactly the one failure document that names the same exit code."""
     assert run.code == code, (run.code, run.err)
-    assert run.out == ""
+    if run.out:
+        doc = run.json()
+        assert isinstance(doc, dict) and doc["ok"] is False and doc["error"]["exit_code"] == code, doc
     assert "Traceback" not in run.err
-    assert run.err.strip(), "no message"
+    assert "ptmpack: error:" in run.err, "no message"

@@ -45,8 +45,7 @@ def pkg(tree: Path, tmp_path: Path) -> Path:
 def test_init_bare(tmp_path: Path) -> None:
     run = cli("init", tmp_path / "pkg", "--name", "My Model")
     assert run.code == 0, run.err
-    assert run.out == ""
-    assert "initialised" in run.err
+    assert run.out.startswith("initialised") and run.err == ""
     root = tmp_path / "pkg"
     for d in ("Model", "Program/Library/environment", "Program/Library/core", "Program/Library/converter",
               "Program/Scripts", "Meta-info"):
@@ -68,7 +67,7 @@ def test_init_from_hf_then_full_round_trip_in_a_subprocess(tmp_path: Path) -> No
     tree = tmp_path / "tree"
     run = sub("init", tree, "--from-hf", TINY_BERT, "--name", "tiny-bert")
     assert run.code == 0, run.err
-    assert run.out == ""
+    assert run.out.startswith("initialised")
     for name in ("model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json"):
         assert (tree / "Model" / name).read_bytes() == (TINY_BERT / name).read_bytes()
     tech = json.loads((tree / "Meta-info" / "technicalinfo.json").read_text())
@@ -79,7 +78,7 @@ def test_init_from_hf_then_full_round_trip_in_a_subprocess(tmp_path: Path) -> No
     assert run.code == 0, run.err
     summary = run.json()
     assert summary["entries"] == 7 and summary["flags"] == ["COMPRESSED"]  # 4 checkpoint files, graph.json, 2 metadata
-    assert summary["file_bytes"] == out.stat().st_size
+    assert summary["output"]["bytes"] == out.stat().st_size
 
     run = sub("verify", out, "--json")
     assert run.code == 0, run.err
@@ -96,7 +95,7 @@ def test_init_from_hf_then_full_round_trip_in_a_subprocess(tmp_path: Path) -> No
 
     run = sub("unpack", out, "-o", tmp_path / "back")
     assert run.code == 0, run.err
-    assert run.out == ""
+    assert run.out.startswith("unpacked")
     assert tree_files(tmp_path / "back") == tree_files(tree)
 
 
@@ -117,7 +116,7 @@ def test_json_outputs_are_one_document_and_nothing_else(tree: Path, tmp_path: Pa
     out = tmp_path / "m.ptm"
     pack = cli("pack", tree, "-o", out, "--json")
     assert pack.code == 0
-    assert pack.json()["output"] == str(out)
+    assert pack.json()["output"]["path"] == str(out)
     verify = cli("verify", out, "--json")
     assert verify.code == 0 and verify.json()["ok"] is True
     inspect = cli("inspect", out, "--json", "--tensors")
@@ -137,15 +136,16 @@ def test_json_verify_of_tree(tree: Path) -> None:
     assert run.json()["kind"] == "tree"
 
 
-def test_human_output_goes_to_stderr_when_stdout_is_not_a_tty(pkg: Path, tmp_path: Path) -> None:
+def test_results_go_to_stdout_when_it_is_not_a_tty(pkg: Path, tmp_path: Path) -> None:
+    """Results are for stdout, piped or not (`inspect > out.txt` must not write 0 bytes); stderr has progress only."""
     for args in (("verify", pkg), ("inspect", pkg, "--tensors"), ("unpack", pkg, "-o", tmp_path / "u"),
                  ("keygen", "--type", "symmetric", "-o", tmp_path / "k")):
-        run = cli(*args)
+        run = cli(*args, "--progress", "none") if args[0] in ("verify", "unpack") else cli(*args)
         assert run.code == 0, (args, run.err)
-        assert run.out == "", args
-        assert run.err.strip(), args
-    assert "OK" in cli("verify", pkg).err
-    assert "encoder.weight" in cli("inspect", pkg, "--tensors").err
+        assert run.out.strip(), args
+        assert run.err == "", args
+        assert "\x1b" not in run.out and "\u2500" not in run.out and "━" not in run.out and "│" not in run.out
+    assert cli("verify", pkg).out.startswith("OK ")
 
 
 def test_human_output_goes_to_stdout_on_a_terminal(pkg: Path) -> None:
@@ -252,7 +252,9 @@ def test_exit_3_corrupt_file(pkg: Path, tmp_path: Path) -> None:
         assert "ptmpack: error:" in run.err
     garbage = tmp_path / "garbage.ptm"
     garbage.write_bytes(os.urandom(5000))
-    assert_clean_error(cli("inspect", garbage, "--json"), 3)
+    run = cli("inspect", garbage, "--json")
+    assert_clean_error(run, 6)  # no magic at either end: some other file, not a damaged package
+    assert "not a ptmpack package" in run.json()["error"]["message"]
 
 
 def test_exit_3_in_a_subprocess_without_and_with_debug(pkg: Path) -> None:
@@ -281,8 +283,9 @@ def test_exit_4_encrypted_without_and_with_wrong_key(tree: Path, tmp_path: Path)
     run = cli("pack", tree, "-o", out, "--encrypt", "--key-file", right, "--compress", "zstd", "--json")
     assert run.code == 0, run.err
     assert run.json()["flags"] == ["ENCRYPTED", "COMPRESSED"]
-    for args in (("verify", out), ("inspect", out), ("unpack", out, "-o", tmp_path / "u")):
+    for args in (("verify", out), ("unpack", out, "-o", tmp_path / "u")):
         assert_clean_error(cli(*args), 4)
+    for args in (("verify", out), ("inspect", out), ("unpack", out, "-o", tmp_path / "u")):
         assert_clean_error(cli(*args, "--key-file", wrong), 4)
     assert not (tmp_path / "u").exists()
     assert "key" in cli("verify", out).err.lower()
@@ -303,9 +306,10 @@ def test_exit_4_in_a_subprocess(tree: Path, tmp_path: Path) -> None:
     assert cli("keygen", "--type", "symmetric", "-o", tmp_path / "k").code == 0
     out = tmp_path / "enc.ptm"
     assert cli("pack", tree, "-o", out, "--encrypt", "--key-file", tmp_path / "k.key").code == 0
-    run = sub("inspect", out, "--json")
+    run = sub("verify", out, "--json")
     assert_clean_error(run, 4)
-    debug = cli("--debug", "inspect", out)
+    assert run.json()["error"]["kind"] == "key"
+    debug = cli("--debug", "verify", out)
     assert debug.code == KeyAccessError.exit_code and "Traceback" in debug.err
 
 
@@ -383,14 +387,14 @@ def test_sign_and_verify_pubkey(tree: Path, tmp_path: Path) -> None:
 
 def test_keygen_symmetric_file_and_mode(tmp_path: Path) -> None:
     run = cli("keygen", "--type", "symmetric", "-o", tmp_path / "k")
-    assert run.code == 0 and run.out == ""
+    assert run.code == 0 and run.err == ""
     key = tmp_path / "k.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     text = key.read_bytes()
     assert text.endswith(b"\n") and text.count(b"\n") == 1
     assert len(base64.b64decode(text.strip(), validate=True)) == 32
     assert not (tmp_path / "k.pub").exists()
-    assert str(key) in run.err
+    assert str(key) in run.out
 
 
 @pytest.mark.parametrize("kind", ["x25519", "ed25519"])

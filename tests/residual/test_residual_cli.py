@@ -38,9 +38,9 @@ def test_diff_and_apply_json(packages: tuple[Path, Path], tmp_path: Path) -> Non
     code, out, err = cli("diff", a, b, "-o", tmp_path / "d.ptm", "--residual", "--bits", "4", "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["ok"] and doc["delta_bytes"] == (tmp_path / "d.ptm").stat().st_size
+    assert doc["ok"] and doc["output"]["bytes"] == (tmp_path / "d.ptm").stat().st_size
     assert doc["modes"]["quantized"] == 4 and doc["bits"] == {"4": 4}
-    assert doc["ratio"] == pytest.approx(doc["delta_bytes"] / doc["target_bytes"])
+    assert doc["ratio"] == pytest.approx(doc["output"]["bytes"] / doc["target_bytes"])
     assert {t["name"] for t in doc["tensors"] if t["mode"] == "quantized"} == {"w32", "w16", "wbf", "w64"}
     code, out, err = cli("apply", a, tmp_path / "d.ptm", "-o", tmp_path / "n.ptm", "--json")
     assert code == 0, err
@@ -50,13 +50,13 @@ def test_diff_and_apply_json(packages: tuple[Path, Path], tmp_path: Path) -> Non
     assert code == 0 and "RESIDUAL" in json.loads(out)["header"]["flags"]
 
 
-def test_human_output_goes_to_stderr(packages: tuple[Path, Path], tmp_path: Path) -> None:
+def test_human_output_goes_to_stdout(packages: tuple[Path, Path], tmp_path: Path) -> None:
     a, b = packages
-    code, out, err = cli("diff", a, b, "-o", tmp_path / "d.ptm", "--residual", "--bits", "0")
-    assert code == 0 and out == ""
-    assert "wrote" in err and "lossless" in err
+    code, out, err = cli("diff", a, b, "-o", tmp_path / "d.ptm", "--bits", "0", "--progress", "none")
+    assert code == 0 and err == ""
+    assert "wrote" in out and "lossless" in out
     code, out, err = cli("apply", a, tmp_path / "d.ptm", "-o", tmp_path / "n.ptm", "--compress", "none")
-    assert code == 0 and out == "" and "bit-exact" in err
+    assert code == 0 and "bit-exact" in out
     code, _, err = cli("unpack", tmp_path / "n.ptm", "-o", tmp_path / "n")
     assert code == 0, err
     assert tree_files(tmp_path / "n") == tree_files(tmp_path / "B")
@@ -65,7 +65,7 @@ def test_human_output_goes_to_stderr(packages: tuple[Path, Path], tmp_path: Path
 def test_exit_codes(packages: tuple[Path, Path], tmp_path: Path) -> None:
     a, b = packages
     delta = tmp_path / "d.ptm"
-    assert cli("diff", a, b, "-o", delta)[0] == 2  # --residual is required
+    assert cli("diff", a, b, "-o", delta, "--bits", "9")[0] == 2
     assert cli("diff", a, b, "-o", delta, "--residual", "--bits", "auto")[0] == 2
     assert cli("diff", a, b, "-o", delta, "--residual", "--bits", "3")[0] == 2
     assert cli("diff", a, b, "-o", delta, "--residual")[0] == 0
@@ -73,6 +73,8 @@ def test_exit_codes(packages: tuple[Path, Path], tmp_path: Path) -> None:
     assert cli("diff", a, b, "-o", delta, "--residual", "--force", "--bits", "8")[0] == 0
     code, out, err = cli("apply", b, delta, "-o", tmp_path / "n.ptm")
     assert code == 7 and out == "" and "manifest sha256" in err
+    code, out, err = cli("apply", b, delta, "-o", tmp_path / "n.ptm", "--json")
+    assert code == 7 and json.loads(out)["error"]["kind"] == "base-mismatch"
     assert not (tmp_path / "n.ptm").exists()
     with open_package(delta) as pkg:
         entry = pkg.entry("Model/residual/data-00000.safetensors")  # type: ignore[attr-defined]

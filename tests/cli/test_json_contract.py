@@ -1,0 +1,176 @@
+"""Every command's ``--json`` is one document on stdout that validates against ``schemas/cli/<command>``,
+on success and on failure; README's CI recipe (``jq -e '.ok'``) reads a tampered package as ``ok: false``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from tests._support.clirun import Run, cli
+from tests._support.trees import FIXTURES, REPO
+
+SCHEMAS = REPO / "schemas" / "cli"
+TINY_BERT = FIXTURES / "tiny-bert"
+
+
+def _registry() -> Registry:
+    resources = []
+    for path in SCHEMAS.glob("*.schema.json"):
+        doc = json.loads(path.read_text())
+        resources.append((doc["$id"], Resource.from_contents(doc)))
+    return Registry().with_resources(resources)
+
+
+REGISTRY = _registry()
+
+
+def check(command: str, run: Run, ok: bool) -> dict[str, Any]:
+    """``run`` printed exactly one document, valid against ``command``'s schema, with the expected ``ok``."""
+    doc = run.json()
+    assert isinstance(doc, dict)
+    schema = json.loads((SCHEMAS / f"{command.replace(' ', '-')}.schema.json").read_text())
+    Draft202012Validator(schema, registry=REGISTRY).validate(doc)
+    assert doc["command"] == command and doc["ok"] is ok, (doc, run.err)
+    assert (run.code == 0) is ok
+    if not ok:
+        assert doc["error"]["exit_code"] == run.code
+    return doc
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("contract")
+    tree = root / "tree"
+    assert cli("init", tree, "--from-hf", TINY_BERT, "--name", "tiny-bert").code == 0
+    pkg = root / "m.ptm"
+    assert cli("pack", tree, "-o", pkg, "--compress", "zstd").code == 0
+    return {"root": root, "tree": tree, "pkg": pkg}
+
+
+def test_schemas_are_valid_and_one_per_command() -> None:
+    from ptmpack.cli import COMMANDS
+
+    names = {p.name.removesuffix(".schema.json") for p in SCHEMAS.glob("*.schema.json")}
+    expected = (set(COMMANDS) - {"graph"}) | {"graph-check", "common"}
+    assert names == expected
+    for path in SCHEMAS.glob("*.schema.json"):
+        Draft202012Validator.check_schema(json.loads(path.read_text()))
+
+
+def test_container_commands(work: dict[str, Path]) -> None:
+    root, tree, pkg = work["root"], work["tree"], work["pkg"]
+    doc = check("init", cli("init", root / "t2", "--json"), True)
+    assert doc["output"]["kind"] == "tree"
+    check("init", cli("init", tree, "--json"), False)  # not empty
+    doc = check("pack", cli("pack", tree, "-o", root / "p.ptm", "--json"), True)
+    assert doc["output"]["sha256"] and doc["output"]["bytes"] == (root / "p.ptm").stat().st_size
+    assert doc["input"]["kind"] == "tree"
+    check("pack", cli("pack", root / "missing", "-o", root / "x.ptm", "--json"), False)
+    check("unpack", cli("unpack", pkg, "-o", root / "u", "--json"), True)
+    check("unpack", cli("unpack", pkg, "-o", root / "u", "--json"), False)  # exists
+    doc = check("verify", cli("verify", pkg, "--json"), True)
+    assert "decrypted" not in doc  # never encrypted, so nothing was decrypted
+    check("inspect", cli("inspect", pkg, "--tensors", "--json"), True)
+    check("inspect", cli("inspect", tree, "--json"), True)
+    doc = check("inspect", cli("inspect", TINY_BERT / "model.safetensors", "--json"), False)
+    assert doc["error"]["kind"] == "unsupported" and "not a ptmpack package" in doc["error"]["message"]
+    check("keygen", cli("keygen", "--type", "ed25519", "-o", root / "sig", "--json"), True)
+    check("keygen", cli("keygen", "--type", "ed25519", "-o", root / "sig", "--json"), False)  # never overwrites
+    check("graph check", cli("graph", "check", pkg, "--json"), True)
+    check("graph check", cli("graph", "check", root / "missing.ptm", "--json"), False)
+    # A usage error that click itself catches is a document too.
+    check("pack", cli("pack", tree, "--json"), False)
+
+
+def test_encrypted_verify_reports_decryption(work: dict[str, Path]) -> None:
+    root, tree = work["root"], work["tree"]
+    assert cli("keygen", "--type", "symmetric", "-o", root / "k").code == 0
+    enc = root / "enc.ptm"
+    assert cli("pack", tree, "-o", enc, "--encrypt", "--key-file", root / "k.key").code == 0
+    doc = check("verify", cli("verify", enc, "--key-file", root / "k.key", "--json"), True)
+    assert doc["encrypted"] is True and doc["decrypted"] is True
+    doc = check("verify", cli("verify", enc, "--json"), False)
+    assert doc["error"]["kind"] == "key" and "--pubkey" not in doc["error"]["hint"]  # unsigned: no signature to check
+    doc = check("inspect", cli("inspect", enc, "--json"), True)
+    assert doc["sealed"] is True and doc["encryption"]["slots"][0].startswith("keyfile")
+
+
+def test_residual_commands(work: dict[str, Path]) -> None:
+    root, pkg, tree = work["root"], work["pkg"], work["tree"]
+    delta = root / "d.ptm"
+    doc = check("diff", cli("diff", pkg, tree, "-o", delta, "--json"), True)  # no --residual needed
+    assert doc["input"]["base"]["sha256"] and doc["output"]["bytes"] == delta.stat().st_size
+    check("diff", cli("diff", pkg, tree, "-o", delta, "--json"), False)
+    check("apply", cli("apply", pkg, delta, "-o", root / "n.ptm", "--json"), True)
+    doc = check("apply", cli("apply", delta, delta, "-o", root / "n2.ptm", "--json"), False)
+    assert doc["error"]["exit_code"] in (2, 7)
+
+
+def test_ir_commands(work: dict[str, Path]) -> None:
+    pkg = work["pkg"]
+    doc = check("run", cli("run", pkg, "--tokens", "2,5,7,3", "--json"), True)
+    assert doc["kind"] == "embedding"
+    check("run", cli("run", pkg, "--json"), False)
+    check("eval", cli("eval", pkg, "--json"), False)
+
+
+def test_distribution_commands(work: dict[str, Path]) -> None:
+    pkg, root = work["pkg"], work["root"]
+    ref = f"oci:{root / 'layout'}:v1"
+    doc = check("push", cli("push", pkg, ref, "--json"), True)
+    assert doc["input"]["sha256"]
+    check("push", cli("push", root / "missing.ptm", ref, "--json"), False)
+    doc = check("pull", cli("pull", ref, "-o", root / "pulled.ptm", "--json"), True)
+    assert doc["output"]["sha256"] == check("verify", cli("verify", root / "pulled.ptm", "--json"), True)["input"]["sha256"]
+    check("pull", cli("pull", f"oci:{root / 'layout'}:nope", "-o", root / "p2.ptm", "--json"), False)
+    check("ls", cli("ls", ref, "--json"), True)
+    check("ls", cli("ls", f"oci:{root / 'absent'}", "--json"), False)
+
+
+def test_compress_and_eval_json(tmp_path: Path) -> None:
+    pytest.importorskip("tokenizers")
+    from tests.compress.tiny import tiny_tree
+
+    tree = tiny_tree(tmp_path, "llama")
+    doc = check("compress", cli("compress", tree, "-o", tmp_path / "q.ptm", "--quant", "rtn", "--group-size", "32",
+                                "--json"), True)
+    assert doc["steps"][0]["symmetric"] is True and "compressed-tensors" in doc["loads_with"]
+    assert doc["encrypted"] is False
+    check("compress", cli("compress", tree, "-o", tmp_path / "q.ptm", "--quant", "rtn", "--json"), False)  # exists
+    from tests.compress.tiny import sample_text
+
+    (tmp_path / "text.txt").write_text(sample_text(300, seed=5))
+    doc = check("eval", cli("eval", tmp_path / "q.ptm", "--perplexity", tmp_path / "text.txt", "--json"), True)
+    assert doc["perplexity"] > 1
+
+
+def test_readme_ci_recipe_reads_a_tampered_package(work: dict[str, Path], tmp_path: Path) -> None:
+    """README: ``ptmpack verify model.ptm --json | jq -e '.ok'`` passes a good package and fails a tampered one
+    with a document that names the failing check (not a jq parse error)."""
+    jq = shutil.which("jq")
+    if jq is None:
+        pytest.skip("jq is not installed")
+    bad = tmp_path / "bad.ptm"
+    blob = bytearray(work["pkg"].read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    bad.write_bytes(bytes(blob))
+    script = "set -o pipefail; python -m ptmpack.cli verify \"$1\" --json | jq -e '.ok' >/dev/null"
+    env_python = str(Path(__import__("sys").executable).parent)
+    env = {"PATH": f"{env_python}:/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    good = subprocess.run(["bash", "-c", script, "-", str(work["pkg"])], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert good.returncode == 0, good.stderr
+    tampered = subprocess.run(["bash", "-c", script, "-", str(bad)], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=120, check=False)
+    assert tampered.returncode != 0 and "parse error" not in tampered.stderr
+    why = subprocess.run(["bash", "-c", "python -m ptmpack.cli verify \"$1\" --json | jq -r '.error.kind, .check'", "-",
+                          str(bad)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    kind, failed = why.stdout.split()
+    assert kind == "integrity" and failed in ("entries", "manifest", "tensor tables", "metadata schemas")
