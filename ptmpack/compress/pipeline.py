@@ -22,23 +22,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ptmpack.compress.context import CalibrationData, StepContext, no_progress
 from ptmpack.compress.report import CompressReport
 from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import CalibrationData, StepContext, no_progress
 from ptmpack.compress.tree.scratch import working_tree
 from ptmpack.errors import PtmError, UnsupportedError, UsageError
 
 STEP_MODULES = {
-    "merge_lora": "ptmpack.compress.lora",
-    "merge_adapter": "ptmpack.compress.adapters",
-    "fold_norm": "ptmpack.compress.fold_norm",
-    "prune": "ptmpack.compress.prune",
+    "merge_lora": "ptmpack.compress.structure.lora",
+    "merge_adapter": "ptmpack.compress.structure.merge_adapter",
+    "fold_norm": "ptmpack.compress.structure.fold_norm",
+    "prune": "ptmpack.compress.structure.prune.step",
 }
 QUANT_MODULES = {
-    "rtn": "ptmpack.compress.rtn",
-    "gptq": "ptmpack.compress.gptq",
-    "affine": "ptmpack.compress.affine",
-    "ptq": "ptmpack.compress.ptq",
+    "rtn": "ptmpack.compress.quant.rtn",
+    "gptq": "ptmpack.compress.quant.gptq.step",
+    "affine": "ptmpack.compress.quant.affine.step",
+    "ptq": "ptmpack.compress.quant.ptq.step",
 }
 TECHNICAL = "Meta-info/technicalinfo.json"
 
@@ -138,7 +138,7 @@ def _run(source: Path, work: Path, spec: CompressSpec, modules: list[tuple[str, 
 
     def calibration() -> CalibrationData:
         if not cache:
-            from ptmpack.compress.calibration import load_calibration
+            from ptmpack.compress.eval.calibration import load_calibration
 
             cache.append(load_calibration(work, spec))
         return cache[0]

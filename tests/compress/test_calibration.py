@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptmpack.compress import calibration
-from ptmpack.compress.calibration import load_calibration, tokenize_file
+from ptmpack.compress.eval import calibration as calibration
+from ptmpack.compress.eval.calibration import load_calibration, tokenize_file
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.errors import UsageError
 from tests.compress.tiny import sample_text, tiny_tree
@@ -72,7 +72,7 @@ def test_a_bad_byte_after_the_windows_is_still_refused(tmp_path: Path) -> None:
 MEASURE = """
 import json, resource, sys
 from pathlib import Path
-from ptmpack.compress.calibration import load_calibration
+from ptmpack.compress.eval.calibration import load_calibration
 from ptmpack.compress.spec import CompressSpec
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 data = load_calibration(Path(sys.argv[1]), CompressSpec(quant="gptq", calib=Path(sys.argv[2]), nsamples=4, seqlen=64))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ptmpack.compress import pipeline
-from ptmpack.compress.calibration import windows_of
-from ptmpack.compress.dequantize import dequantize_tree
+from ptmpack.compress.eval.calibration import windows_of
 from ptmpack.compress.pipeline import compress
+from ptmpack.compress.quant.dequantize import dequantize_tree
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.config import PackConfig
 from ptmpack.errors import UnsupportedError, UsageError

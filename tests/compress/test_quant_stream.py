@@ -11,9 +11,9 @@ import pytest
 from safetensors import safe_open
 
 from ptmpack.compress.pipeline import compress
-from ptmpack.compress.rtn import quantize_rtn
+from ptmpack.compress.quant.pack_quantized import quantized_tensors
+from ptmpack.compress.quant.rtn import quantize_rtn
 from ptmpack.compress.spec import CompressSpec
-from ptmpack.compress.storage import quantized_tensors
 from ptmpack.compress.tree.weights import TensorSpec, WeightFiles
 from ptmpack.config import PackConfig
 from ptmpack.errors import PtmError

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.context import CalibrationData
 from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import CalibrationData
 from ptmpack.errors import UsageError
 
 TOKENIZER = "Model/tokenizer.json"

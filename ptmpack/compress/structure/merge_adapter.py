@@ -37,8 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.struct_graph import checked, consumers, insert, param
-from ptmpack.compress.struct_tree import CONFIG, Checkpoint, read_json, refresh_parameters, update_ptm_info, write_json
+from ptmpack.compress.tree.checkpoint import (
+    CONFIG,
+    Checkpoint,
+    read_json,
+    refresh_parameters,
+    update_ptm_info,
+    write_json,
+)
+from ptmpack.compress.tree.graph import checked, consumers, insert, param
 from ptmpack.errors import InvalidTreeError, UsageError
 from ptmpack.ir.model import ModelStructure, OperatorNode
 from ptmpack.ir.ops.adapters import fold_linear_adapter, merge_rep_adapter
@@ -230,7 +237,7 @@ def merge_adapters(tree: Path) -> dict[str, Any]:
         UsageError: the package carries no adapters.
         InvalidTreeError: as :func:`read_adapters`; shapes that do not fit their targets.
     """
-    from ptmpack.compress.struct_tree import base_model, rebuild_graph
+    from ptmpack.compress.tree.checkpoint import base_model, rebuild_graph
 
     found = read_adapters(tree)
     if found is None:
@@ -288,7 +295,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     Raises:
         PtmError: as :func:`merge_adapters`.
     """
-    from ptmpack.compress.struct_eval import compare, snapshot, step_text
+    from ptmpack.compress.eval.probe import compare, snapshot, step_text
 
     text = step_text(ctx)
     before = snapshot(tree, text)

@@ -1,6 +1,6 @@
 """W·A post-training quantization (``compress --quant ptq --bits W --act-bits A``, §7.3.1.2).
 
-The weights and activation steps come from :mod:`ptmpack.compress.ptq_torch` (channel
+The weights and activation steps come from :mod:`ptmpack.compress.quant.ptq.fake_quant` (channel
 compensation and cascaded reconstruction, both optional for the ablation). Storage:
 
 * each quantized linear in compressed-tensors ``pack-quantized`` layout, per output channel
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.struct_tree import CONFIG, Checkpoint, read_json, refuse_unmerged_adapters, write_json
+from ptmpack.compress.tree.checkpoint import CONFIG, Checkpoint, read_json, refuse_unmerged_adapters, write_json
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 
@@ -44,16 +44,16 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
     ``compensate``, ``reconstruct`` (step 1, steps) and ``rounding`` (step 2) switch the parts of
     §7.3.1.2 on and off for the ablation; the CLI runs all three. ``per_sentence`` (encoders whose
     windows are packed sentences): calibrate on each sentence alone, as the encoder sees text
-    (:func:`ptmpack.compress.ptq_torch.calibration_batches`); False keeps the packed windows.
+    (:func:`ptmpack.compress.quant.ptq.fake_quant.calibration_batches`); False keeps the packed windows.
 
     Raises:
         UsageError: unsupported bit widths.
         UnsupportedError: PyTorch missing, an architecture other than BERT/LLaMA, or a checkpoint
             transformers cannot load (already quantized, pruned heads, unified norms).
     """
-    from ptmpack.compress.ptq_torch import quantize_blocks
-    from ptmpack.compress.storage import QuantizedWeight, quantization_config, write_quantized_linear
-    from ptmpack.compress.struct_tree import rebuild_graph
+    from ptmpack.compress.quant.pack_quantized import QuantizedWeight, quantization_config, write_quantized_linear
+    from ptmpack.compress.quant.ptq.fake_quant import quantize_blocks
+    from ptmpack.compress.tree.checkpoint import rebuild_graph
 
     if bits not in (2, 3, 4, 8) or act_bits not in (4, 8, 16):
         raise UsageError(f"--quant ptq takes --bits 2, 3, 4 or 8 and --act-bits 4, 8 or 16 (got W{bits}A{act_bits})")
@@ -65,7 +65,7 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
     if "quantization_config" in config or any(k.startswith("ptmpack_") for k in config):
         raise UnsupportedError("--quant ptq runs the float checkpoint in transformers, which cannot load this one "
                                "(already quantized, head-pruned or with unified norms)")
-    from ptmpack.compress.struct_eval import sentence_start_id
+    from ptmpack.compress.eval.probe import sentence_start_id
 
     start = sentence_start_id(tree) if per_sentence and family == "bert" else None
     results, simulated = quantize_blocks(tree / "Model", family, windows, bits, act_bits, compensate=compensate,
@@ -122,7 +122,7 @@ def patch_graph(model: ModelStructure, names: set[str], config: dict[str, Any]) 
     Raises:
         GraphError: the edited graph is not valid.
     """
-    from ptmpack.compress.struct_graph import checked, insert, param
+    from ptmpack.compress.tree.graph import checked, insert, param
 
     qc = config.get("quantization_config") or {}
     acts = next((g.get("input_activations") for g in (qc.get("config_groups") or {}).values()
@@ -160,7 +160,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     Raises:
         PtmError: as :func:`ptq`; no calibration text.
     """
-    from ptmpack.compress.struct_eval import compare, snapshot, step_text, step_windows
+    from ptmpack.compress.eval.probe import compare, snapshot, step_text, step_windows
 
     spec = ctx.spec
     text = step_text(ctx)

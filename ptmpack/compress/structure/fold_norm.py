@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.struct_graph import bypass, checked, consumers, param, replace_op
-from ptmpack.compress.struct_tree import (
+from ptmpack.compress.tree.checkpoint import (
     CONFIG,
     GRAPH,
     Checkpoint,
@@ -40,6 +39,7 @@ from ptmpack.compress.struct_tree import (
     refuse_unmerged_adapters,
     write_json,
 )
+from ptmpack.compress.tree.graph import bypass, checked, consumers, param, replace_op
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 
@@ -163,7 +163,7 @@ def smoothed_variances(tree: Path, model: ModelStructure, windows: np.ndarray, s
     squared RMS a pre-trained RMSNorm divides by, frozen), broadcast to every channel. Across
     windows, the geometric mean (14).
     """
-    from ptmpack.compress.struct_eval import feeds_for
+    from ptmpack.compress.eval.probe import feeds_for
     from ptmpack.ir.execute import Executor
 
     logs: dict[str, list[np.ndarray]] = {s.op: [] for s in sites}
@@ -247,7 +247,7 @@ def fold_norm(tree: Path, mode: str, windows: np.ndarray | None = None, *, stati
         UsageError: an unknown mode, or unified without calibration windows.
         UnsupportedError: as :func:`fold_affine`, or a model without a graph.
     """
-    from ptmpack.compress.struct_tree import rebuild_graph
+    from ptmpack.compress.tree.checkpoint import rebuild_graph
 
     if mode not in ("affine", "unified"):
         raise UsageError(f"--fold-norm takes affine or unified, not {mode!r}")
@@ -275,7 +275,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     Raises:
         PtmError: as :func:`fold_norm`.
     """
-    from ptmpack.compress.struct_eval import compare, snapshot, step_text, step_windows
+    from ptmpack.compress.eval.probe import compare, snapshot, step_text, step_windows
 
     mode = ctx.spec.fold_norm
     if mode == "unified" and ctx.spec.quant == "affine":

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptmpack.compress.affine_block import AffineOptions, BlockResult, affine_quantize_block
-from ptmpack.compress.torch_llama import AFFINE, CausalLM, DecoderLayer
+from ptmpack.compress.quant.affine.block import AffineOptions, BlockResult, affine_quantize_block
+from ptmpack.compress.quant.affine.torch_llama import AFFINE, CausalLM, DecoderLayer
 
 Progress = Callable[[str, int, int], None]
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.storage import SUFFIXES, quantized_prefixes, read_quantized_linear
+from ptmpack.compress.quant.pack_quantized import SUFFIXES, quantized_prefixes, read_quantized_linear
 from ptmpack.errors import IntegrityError, UnsupportedError
 from ptmpack.quant.scheme import scheme_of
 
 AFFINE = "affine_transform"
-"""Name of an unmerged AffineQuant transform beside its norm (as :mod:`ptmpack.compress.torch_llama` writes it)."""
+"""Name of an unmerged AffineQuant transform beside its norm (as :mod:`ptmpack.compress.quant.affine.torch_llama` writes it)."""
 TRANSFORM_CONSUMERS = {"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                        "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj")}
 """The linears of a LLaMA block that read each norm's output (and so its transform's)."""
@@ -43,7 +43,7 @@ def dequantize_tree(tree: Path) -> dict[str, Any]:
         UnsupportedError: quantized tensors whose config.json states no usable scheme.
         IntegrityError: inconsistent quantized tensors.
     """
-    from ptmpack.compress.quantize import ModelTensors, regraph
+    from ptmpack.compress.quant.linear import ModelTensors, regraph
     from ptmpack.compress.tree.documents import read_json, write_json
 
     tree = Path(tree)

@@ -141,7 +141,7 @@ def rebuild_graph(tree: Path) -> bool:
     Raises:
         UnsupportedError: the converter cannot express the new checkpoint.
     """
-    from ptmpack.compress.adapters import FOLDER, WEIGHTS_NAME, attach, read_adapters
+    from ptmpack.compress.structure.merge_adapter import FOLDER, WEIGHTS_NAME, attach, read_adapters
 
     tree = Path(tree)
     target = tree / GRAPH
@@ -162,8 +162,8 @@ def base_model(tree: Path, *, name: str | None = None) -> Any:
     Raises:
         UnsupportedError: the converter cannot express the checkpoint.
     """
-    from ptmpack.compress.fold_norm import patch_graph
-    from ptmpack.compress.ptq import patch_graph as patch_act_quant
+    from ptmpack.compress.quant.ptq.step import patch_graph as patch_act_quant
+    from ptmpack.compress.structure.fold_norm import patch_graph
     from ptmpack.ir.convert_hf import model_from_dir
 
     config = read_json(tree, CONFIG)

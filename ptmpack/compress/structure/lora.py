@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.struct_tree import Checkpoint
+from ptmpack.compress.tree.checkpoint import Checkpoint
 from ptmpack.errors import InvalidTreeError, UnsupportedError, UsageError
 
 CONFIG_FILE = "adapter_config.json"
@@ -148,7 +148,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     Raises:
         PtmError: as :func:`merge_lora`, or the model cannot be run for the quality report.
     """
-    from ptmpack.compress.struct_eval import compare, snapshot, step_text
+    from ptmpack.compress.eval.probe import compare, snapshot, step_text
 
     text = step_text(ctx)
     before = snapshot(tree, text)

@@ -3,7 +3,7 @@
 One batched forward pass of the calibration windows through the numpy IR executor
 (:class:`ptmpack.ir.execute.Executor`) with an operator hook: when a target linear is about
 to run, the hook builds the Hessian ``2/n · XᵀX`` of its input (once per input, shared by
-q/k/v and gate/up), solves GPTQ for its weight (:mod:`ptmpack.compress.gptq_solver`, torch
+q/k/v and gate/up), solves GPTQ for its weight (:mod:`ptmpack.compress.quant.gptq.solver`, torch
 when installed) and hands the *quantized* weight to the operator, so every later layer is
 calibrated on the activations of the already-quantized model (sequential GPTQ). The pass
 stops after the last target: the LM head never runs.
@@ -12,7 +12,7 @@ Inside a layer there are two orders (``sequential``): ``"linear"``, each linear 
 the activations of the already-quantized linears before it (o_proj after the quantized q/k/v);
 ``"layer"``, every linear of the layer calibrated with the layer's float weights on the
 quantized model's input to the layer, as llm-compressor's sequential pipeline does
-(:mod:`ptmpack.compress.gptq_streams`).
+(:mod:`ptmpack.compress.quant.gptq.streams`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.gptq_solver import DAMP, backend, gptq_quantize
-from ptmpack.compress.gptq_streams import Streams, layer_index
-from ptmpack.compress.quantize import Target, load_model, quantize_tree
+from ptmpack.compress.quant.gptq.solver import DAMP, backend, gptq_quantize
+from ptmpack.compress.quant.gptq.streams import Streams, layer_index
+from ptmpack.compress.quant.linear import Target, load_model, quantize_tree
+from ptmpack.compress.quant.pack_quantized import QuantizedWeight
 from ptmpack.compress.spec import GPTQ_ORDERS
-from ptmpack.compress.storage import QuantizedWeight
 from ptmpack.compress.tree.weights import WeightFiles
 
 _SLOTS = {"linear": ("X", "W"), "matmul": ("A", "B")}
@@ -62,7 +62,7 @@ def calibrate_and_quantize(tree: Path, targets: list[Target], tensors: WeightFil
 
     ``solve(weight [out, in], hessian) -> QuantizedWeight``. ``sequential`` (default :data:`SEQUENTIAL`): ``"layer"`` (each
     linear's Hessian from its layer's float weights on the quantized model's input to the layer,
-    as llm-compressor; :mod:`ptmpack.compress.gptq_streams`) or ``"linear"`` (from the activations
+    as llm-compressor; :mod:`ptmpack.compress.quant.gptq.streams`) or ``"linear"`` (from the activations
     of the already-quantized earlier linears, inside the layer too).
 
     Raises:

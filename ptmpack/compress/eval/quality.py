@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.context import CalibrationData
+from ptmpack.compress.step import CalibrationData
 
 _ENCODER_TOKENS = 128
 

@@ -11,7 +11,7 @@ projection biases. Weights are ``[out, in]`` and applied as ``x Wᵀ``.
 GQA layout: key/value head ``j`` serves the query heads ``j·g … j·g + g − 1`` (``g`` =
 heads / kv-heads), as ``repeat_kv`` in transformers.
 
-torch is imported lazily by the callers of this module (``ptmpack.compress.affine``), which
+torch is imported lazily by the callers of this module (``ptmpack.compress.quant.affine.step``), which
 raise :class:`~ptmpack.errors.UnsupportedError` when it is missing; importing this module
 itself needs torch.
 """

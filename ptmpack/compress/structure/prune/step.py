@@ -2,7 +2,7 @@
 """Structured pruning of attention heads and FFN neurons under a FLOPs budget (``compress --prune``, §7.3.2).
 
 ``--prune-method structure`` (the standard's structure-aware criterion): importance from
-calibration data (:mod:`ptmpack.compress.prune_torch`: first-order Taylor term plus the Fisher
+calibration data (:mod:`ptmpack.compress.structure.prune.importance`: first-order Taylor term plus the Fisher
 approximation of the second-order term, cross-group blocks included); an evolutionary search
 (Table 46) over the per-group pruning ratios (q = (α heads, γ FFN); the residual group's ratio
 stays 0 — pruning the hidden width would change every LayerNorm and embedding) minimising the
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.struct_tree import (
+from ptmpack.compress.tree.checkpoint import (
     CONFIG,
     Checkpoint,
     read_json,
@@ -223,8 +223,8 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         UsageError: bad target, method or budget; the structure method without calibration windows.
         UnsupportedError: an architecture or group that cannot be pruned, or torch missing (structure).
     """
-    from ptmpack.compress.struct_eval import flops_per_token
-    from ptmpack.compress.struct_tree import rebuild_graph
+    from ptmpack.compress.eval.probe import flops_per_token
+    from ptmpack.compress.tree.checkpoint import rebuild_graph
 
     if target not in ("heads", "ffn", "both") or method not in ("structure", "magnitude"):
         raise UsageError("--prune takes heads, ffn or both; --prune-method structure or magnitude")
@@ -245,7 +245,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         if LAYER_HEADS in config or config.get("ptmpack_unified_norm"):
             raise UnsupportedError("structure-aware importance runs the checkpoint in transformers, which cannot "
                                    "load this one (already head-pruned or unified norms)", hint="use --prune-method magnitude")
-        from ptmpack.compress.prune_torch import importance
+        from ptmpack.compress.structure.prune.importance import importance
 
         imp = importance(tree / "Model", lay["family"], windows, groups, seed=seed)
         diag = imp.diag_score()
@@ -282,7 +282,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     Raises:
         PtmError: as :func:`prune`.
     """
-    from ptmpack.compress.struct_eval import compare, snapshot, step_text, step_windows
+    from ptmpack.compress.eval.probe import compare, snapshot, step_text, step_windows
 
     spec = ctx.spec
     text = step_text(ctx)

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from ptmpack.compress.affine_quantizer import Clipping, QuantFormat, QuantizedTensor, fake_quantize, quantize
-from ptmpack.compress.affine_transforms import AffineTransform, band_width, gradual_mask, smooth_scales
-from ptmpack.compress.torch_llama import LINEARS, DecoderLayer
+from ptmpack.compress.quant.affine.quantizer import Clipping, QuantFormat, QuantizedTensor, fake_quantize, quantize
+from ptmpack.compress.quant.affine.torch_llama import LINEARS, DecoderLayer
+from ptmpack.compress.quant.affine.transforms import AffineTransform, band_width, gradual_mask, smooth_scales
 from ptmpack.errors import UsageError
 
 TRANSFORM_KINDS = ("full", "diagonal", "identity")

@@ -7,7 +7,7 @@ safetensors headers by :mod:`ptmpack.ir.convert_hf`): every ``linear`` whose wei
 output (the LM head) — embeddings and norms are not linears and stay float too.
 
 The step rewrites ``Model/`` in place: each quantized linear's ``weight`` becomes the
-compressed-tensors tensors of :mod:`ptmpack.compress.storage` (files rewritten by the
+compressed-tensors tensors of :mod:`ptmpack.compress.quant.pack_quantized` (files rewritten by the
 safetensors library through a temporary file and a rename), ``config.json`` gains the
 ``quantization_config``, and ``graph.json`` is rebuilt so it runs ``quantized_linear``.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.storage import (
+from ptmpack.compress.quant.pack_quantized import (
     QuantizedWeight,
     layout_of,
     quantization_config,
@@ -187,7 +187,7 @@ def load_model(tree: Path) -> ModelStructure:
     Raises:
         UnsupportedError: an architecture the IR converter does not know.
     """
-    from ptmpack.compress.struct_tree import base_model
+    from ptmpack.compress.tree.checkpoint import base_model
 
     return base_model(Path(tree))
 
@@ -208,7 +208,7 @@ def ignored_linears(shapes: Mapping[str, tuple[int, ...]], targets: list[Target]
 
 def regraph(tree: Path) -> None:
     """Rebuild ``Model/graph.json`` from the edited config.json and weights (if the tree had one)."""
-    from ptmpack.compress.struct_tree import rebuild_graph
+    from ptmpack.compress.tree.checkpoint import rebuild_graph
 
     rebuild_graph(Path(tree))
 
@@ -217,7 +217,7 @@ RunFn = Callable[[list[Target], WeightFiles, int], Mapping[str, QuantizedWeight]
 """A whole-model quantizer (GPTQ: calibration runs through the model): every target's weight, by prefix."""
 LayerFn = Callable[[Target, np.ndarray, int], tuple[QuantizedWeight, dict[str, Any]]]
 """A data-free quantizer of one weight (``[out, in]``, in its stored dtype) and the step's group size:
-the quantized weight and its :func:`ptmpack.compress.rtn.error_row`."""
+the quantized weight and its :func:`ptmpack.compress.quant.rtn.error_row`."""
 
 
 def quantize_tree(tree: Path, ctx: Any, method: str, run: RunFn | None = None, *, layer: LayerFn | None = None,
@@ -235,8 +235,8 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: RunFn | None = None, *
         UsageError: a bad group size.
         UnsupportedError: an unknown architecture, or no linear to quantize.
     """
-    from ptmpack.compress.quality import measure
-    from ptmpack.compress.rtn import error_row, scale_dtype_for
+    from ptmpack.compress.eval.quality import measure
+    from ptmpack.compress.quant.rtn import error_row, scale_dtype_for
 
     spec = ctx.spec
     tree = Path(tree)

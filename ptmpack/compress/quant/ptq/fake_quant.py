@@ -169,7 +169,7 @@ def calibration_batches(windows: np.ndarray, start: int | None, tokens: int | No
     """The calibration windows as model inputs: ``(ids [B, T], valid [B, T] bool)`` per batch.
 
     ``start`` None: every window is one sequence. Otherwise the windows are an encoder's packed
-    sentences (:func:`ptmpack.compress.struct_eval.calibration_windows`), each beginning with
+    sentences (:func:`ptmpack.compress.eval.probe.calibration_windows`), each beginning with
     token ``start`` ([CLS]): the stream is split back into its sentences, each run as its own
     sequence (positions from 0, attention inside the sentence) as the encoder sees text at
     inference, and consecutive sentences are padded into batches of about ``tokens`` tokens
@@ -216,7 +216,7 @@ def quantize_blocks(model_dir: Path, family: str, windows: np.ndarray, bits: int
         UnsupportedError: PyTorch or transformers missing, or the checkpoint does not load.
     """
     torch = _torch()
-    from ptmpack.compress.prune_torch import load_hf
+    from ptmpack.compress.structure.prune.importance import load_hf
 
     torch.manual_seed(seed)
     model = load_hf(model_dir, family)

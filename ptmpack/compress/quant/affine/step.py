@@ -4,7 +4,7 @@
 What happens to ``Model/``:
 
 * every decoder linear is stored quantized in the compressed-tensors ``pack-quantized`` layout
-  (:mod:`ptmpack.compress.storage`), in the *transformed* space (``W·(A⊙GM)ᵀ`` …);
+  (:mod:`ptmpack.compress.quant.pack_quantized`), in the *transformed* space (``W·(A⊙GM)ᵀ`` …);
 * merged inverses change float tensors in place: each RMSNorm weight takes the diagonal part of
   its transform, v_proj and o_proj absorb the per-kv-head value→output transform exactly, and
   learned shifts become projection biases (``attention_bias``/``mlp_bias`` are then set in
@@ -58,10 +58,11 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         UsageError: no calibration text, or a group size that does not divide a linear's input width.
     """
     torch = _torch()
-    from ptmpack.compress.affine_block import AffineOptions
-    from ptmpack.compress.affine_model import affine_quantize_model
-    from ptmpack.compress.quality import measure
-    from ptmpack.compress.quantize import (
+    from ptmpack.compress.eval.quality import measure
+    from ptmpack.compress.quant.affine.block import AffineOptions
+    from ptmpack.compress.quant.affine.model import affine_quantize_model
+    from ptmpack.compress.quant.affine.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, CausalLM, LlamaConfig
+    from ptmpack.compress.quant.linear import (
         ModelTensors,
         Target,
         choose_group_size,
@@ -70,8 +71,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         load_model,
         regraph,
     )
-    from ptmpack.compress.storage import QuantizedWeight, quantization_config
-    from ptmpack.compress.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, CausalLM, LlamaConfig
+    from ptmpack.compress.quant.pack_quantized import QuantizedWeight, quantization_config
     from ptmpack.compress.tree.documents import read_json, write_json
 
     spec, tree = ctx.spec, Path(tree)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.struct_tree import Checkpoint, read_json
+from ptmpack.compress.tree.checkpoint import Checkpoint, read_json
 from ptmpack.errors import UsageError
 
 DEFAULT_TEXT = (

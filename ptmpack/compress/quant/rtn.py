@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.storage import QuantizedWeight, qrange
+from ptmpack.compress.quant.pack_quantized import QuantizedWeight, qrange
 
 
 def group_params(w: np.ndarray, bits: int, symmetric: bool, scale_dtype: np.dtype | type = np.float32
@@ -154,14 +154,14 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     """The ``--quant rtn`` step: quantize every target linear of the tree's model, one layer at a time.
 
     Each weight is read from disk when its turn comes, quantized, written into the rewritten
-    safetensors file and dropped (:func:`ptmpack.compress.quantize.quantize_tree`), so memory
+    safetensors file and dropped (:func:`ptmpack.compress.quant.linear.quantize_tree`), so memory
     holds one layer, whatever the size of the model.
 
     Raises:
         UsageError: a group size that does not divide a layer's input width.
         UnsupportedError: a model the IR converter does not know.
     """
-    from ptmpack.compress.quantize import Target, group_of, quantize_tree
+    from ptmpack.compress.quant.linear import Target, group_of, quantize_tree
 
     def layer(t: Target, weight: np.ndarray, group: int) -> tuple[QuantizedWeight, dict[str, Any]]:
         return quantize_rtn_measured(t.prefix, weight, ctx.spec.bits, group_of(t, group), ctx.spec.symmetric)
