@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ptmpack.compress.structure.merge_adapter import FOLDER, merge_adapters
-from ptmpack.compress.tree.checkpoint import rebuild_graph
+from ptmpack.compress.structure.merge_adapter import merge_adapters
+from ptmpack.compress.tree.adapters import FOLDER
+from ptmpack.compress.tree.rebuild import rebuild_graph
 from ptmpack.errors import InvalidTreeError, UsageError
 from ptmpack.ir.model import ModelStructure
 from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel

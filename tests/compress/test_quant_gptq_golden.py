@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from ptmpack.compress.quant.gptq.solver import gptq_quantize
-from ptmpack.compress.quant.rtn import group_params
+from ptmpack.compress.quant.observer import group_params
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "gptq" / "llmcompressor_golden.npz"
 

@@ -187,7 +187,7 @@ def load_model(tree: Path) -> ModelStructure:
     Raises:
         UnsupportedError: an architecture the IR converter does not know.
     """
-    from ptmpack.compress.tree.checkpoint import base_model
+    from ptmpack.compress.tree.rebuild import base_model
 
     return base_model(Path(tree))
 
@@ -208,7 +208,7 @@ def ignored_linears(shapes: Mapping[str, tuple[int, ...]], targets: list[Target]
 
 def regraph(tree: Path) -> None:
     """Rebuild ``Model/graph.json`` from the edited config.json and weights (if the tree had one)."""
-    from ptmpack.compress.tree.checkpoint import rebuild_graph
+    from ptmpack.compress.tree.rebuild import rebuild_graph
 
     rebuild_graph(Path(tree))
 
@@ -236,7 +236,8 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: RunFn | None = None, *
         UnsupportedError: an unknown architecture, or no linear to quantize.
     """
     from ptmpack.compress.eval.quality import measure
-    from ptmpack.compress.quant.rtn import error_row, scale_dtype_for
+    from ptmpack.compress.quant.metrics import error_row
+    from ptmpack.compress.quant.observer import scale_dtype_for
 
     spec = ctx.spec
     tree = Path(tree)

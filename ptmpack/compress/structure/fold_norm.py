@@ -39,12 +39,11 @@ from ptmpack.compress.tree.checkpoint import (
     refuse_unmerged_adapters,
     write_json,
 )
-from ptmpack.compress.tree.graph import bypass, checked, consumers, param, replace_op
+from ptmpack.compress.tree.graph import consumers
+from ptmpack.compress.tree.rebuild import MARKER, NORMS
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 
-MARKER = "ptmpack_unified_norm"
-_NORMS = {"layer_norm": ("Scale", "Bias"), "rms_norm": ("Weight", None)}
 _HEAD = "lm_head.weight"
 
 
@@ -70,9 +69,9 @@ def norm_sites(model: ModelStructure) -> list[NormSite]:
     readers = consumers(g)
     sites = []
     for node in g.operators:
-        if node.type not in _NORMS:
+        if node.type not in NORMS:
             continue
-        s_slot, b_slot = _NORMS[node.type]
+        s_slot, b_slot = NORMS[node.type]
         y = node.outputs["Y"][0]
         linears, reason = [], None
         if y in model.outputs:
@@ -210,34 +209,6 @@ def fold_unified(tree: Path, model: ModelStructure, windows: np.ndarray, statist
     return {"mode": "unified", "statistic": statistic, "windows": int(windows.shape[0]), "tokens": int(windows.size), "norms": rows}
 
 
-def patch_graph(model: ModelStructure, config: dict[str, Any]) -> ModelStructure:
-    """Apply config.json's ``ptmpack_unified_norm`` record to a graph built by ``convert_hf``.
-
-    Folded norms are removed (their readers read the norm's input); the others become
-    ``unified_norm`` operators reading their ``running_var`` tensor.
-
-    Raises:
-        GraphError: the record names operators or tensors the graph lacks.
-    """
-    marker = config.get(MARKER)
-    if not isinstance(marker, dict):
-        return model
-    for op in marker.get("folded", []):
-        model = bypass(model, op)
-    variables = model.main_graph.variable_map()
-    for op, var_name in marker.get("explicit", {}).items():
-        node = next(n for n in model.main_graph.operators if n.name == op)
-        s_slot, b_slot = _NORMS[node.type]
-        scale = variables[node.inputs[s_slot][0]]
-        eps = node.attributes.get("epsilon")
-        inputs = {"X": node.inputs["X"], "running_var": (var_name,), "gamma": node.inputs[s_slot]}
-        if b_slot and node.inputs.get(b_slot):
-            inputs["beta"] = node.inputs[b_slot]
-        model = replace_op(model, op, "unified_norm", inputs, [param(var_name, scale.dtype, scale.shape, scale.tensor.file)],
-                           eps=float(eps.value) if eps is not None else 1e-5)
-    return checked(model)
-
-
 def fold_norm(tree: Path, mode: str, windows: np.ndarray | None = None, *, statistic: str = "channel") -> dict[str, Any]:
     """Fold the normalizations of ``tree``'s model (``mode`` affine or unified) and rewrite its graph.
 
@@ -247,7 +218,7 @@ def fold_norm(tree: Path, mode: str, windows: np.ndarray | None = None, *, stati
         UsageError: an unknown mode, or unified without calibration windows.
         UnsupportedError: as :func:`fold_affine`, or a model without a graph.
     """
-    from ptmpack.compress.tree.checkpoint import rebuild_graph
+    from ptmpack.compress.tree.rebuild import rebuild_graph
 
     if mode not in ("affine", "unified"):
         raise UsageError(f"--fold-norm takes affine or unified, not {mode!r}")

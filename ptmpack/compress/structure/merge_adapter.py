@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.tree.adapters import CONFIG_NAME, FOLDER, linear_op, read_adapters
 from ptmpack.compress.tree.checkpoint import (
     CONFIG,
     Checkpoint,
@@ -45,18 +46,11 @@ from ptmpack.compress.tree.checkpoint import (
     update_ptm_info,
     write_json,
 )
-from ptmpack.compress.tree.graph import checked, consumers, insert, param
+from ptmpack.compress.tree.graph import consumers
 from ptmpack.errors import InvalidTreeError, UsageError
 from ptmpack.ir.model import ModelStructure, OperatorNode
 from ptmpack.ir.ops.adapters import fold_linear_adapter, merge_rep_adapter
 from ptmpack.ir.ops.blocks import activate
-
-FOLDER = "Model/adapters"
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapters.safetensors"
-FORMAT = "ptmpack-adapters"
-_ACT = {"gelu": lambda node: "gelu" if _attr(node, "approximate", "none") == "none" else "gelu_tanh",
-        "silu": lambda node: "silu", "relu": lambda node: "relu"}
 
 
 def _attr(node: OperatorNode, key: str, default: Any) -> Any:
@@ -64,74 +58,13 @@ def _attr(node: OperatorNode, key: str, default: Any) -> Any:
     return default if a is None else a.value
 
 
-def read_adapters(tree: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]] | None:
-    """The adapter list and tensors of ``tree`` (None when it carries no adapters).
 
-    Raises:
-        InvalidTreeError: a malformed config, a missing tensor or an unknown adapter type.
-    """
-    from safetensors.numpy import load_file
-
-    folder = Path(tree) / FOLDER
-    if not (folder / CONFIG_NAME).is_file():
-        return None
-    doc = read_json(tree, f"{FOLDER}/{CONFIG_NAME}")
-    adapters = doc.get("adapters")
-    if doc.get("format") != FORMAT or not isinstance(adapters, list) or not adapters:
-        raise InvalidTreeError(f"{folder / CONFIG_NAME}: not a {FORMAT} document with a non-empty adapters list")
-    try:
-        tensors = load_file(str(folder / WEIGHTS_NAME))
-    except (OSError, ValueError) as exc:
-        raise InvalidTreeError(f"{folder / WEIGHTS_NAME}: unreadable ({exc})") from None
-    needs = {"rep_adapter": ("W_down", "W_up"), "linear_adapter": ("scale",)}
-    for a in adapters:
-        kind = a.get("type") if isinstance(a, dict) else None
-        if kind not in needs or not isinstance(a.get("name"), str):
-            raise InvalidTreeError(f"{folder / CONFIG_NAME}: adapter {a!r} needs a name and a type in {sorted(needs)}")
-        missing = [f"{a['name']}.{k}" for k in needs[kind] if f"{a['name']}.{k}" not in tensors]
-        if missing:
-            raise InvalidTreeError(f"{folder / WEIGHTS_NAME}: missing {', '.join(missing)}")
-    return adapters, tensors
-
-
-def _linear(graph: Any, weight: str) -> OperatorNode:
-    for node in graph.operators:
-        if node.type == "linear" and node.inputs["W"][0] == weight:
-            return node
-    raise InvalidTreeError(f"adapter target {weight[: -len('.weight')]!r} is not a linear layer of the graph")
+_ACT = {"gelu": lambda node: "gelu" if _attr(node, "approximate", "none") == "none" else "gelu_tanh",
+        "silu": lambda node: "silu", "relu": lambda node: "relu"}
 
 
 def _t(tensors: dict[str, np.ndarray], name: str) -> np.ndarray | None:
     return np.asarray(tensors[name], np.float64) if name in tensors else None
-
-
-def attach(model: ModelStructure, adapters: list[dict[str, Any]], tensors: dict[str, np.ndarray],
-           file: str = f"{FOLDER}/{WEIGHTS_NAME}") -> ModelStructure:
-    """The graph with the unmerged adapters as ``rep_adapter``/``transfer_compression_adapter`` operators.
-
-    Raises:
-        InvalidTreeError: a target is not a linear, or a RepAdapter's targets read different inputs.
-    """
-    for a in adapters:
-        g = model.main_graph
-        if a["type"] == "rep_adapter":
-            nodes = [_linear(g, f"{t}.weight") for t in a.get("targets", [])]
-            xs = {n.inputs["X"][0] for n in nodes}
-            if len(xs) != 1:
-                raise InvalidTreeError(f"adapter {a['name']!r}: its targets must read one common input, not {sorted(xs)}")
-            src, readers, slots = xs.pop(), {n.name for n in nodes}, ("W_down", "b_down", "W_up", "b_up")
-            op_type, extra = "rep_adapter", {"scale": float(a.get("scale", 1.0))}
-        else:
-            src, readers, slots = _linear(g, f"{a['target']}.weight").outputs["Y"][0], None, ("scale", "shift")
-            op_type, extra = "transfer_compression_adapter", {}
-        ins, decl = {"X": (src,)}, []
-        for slot in slots:
-            n = f"{a['name']}.{slot}"
-            if n in tensors:
-                ins[slot] = (n,)
-                decl.append(param(n, str(tensors[n].dtype), tensors[n].shape, file))
-        model = insert(model, op_type, f"adapter.{a['name']}", ins, redirect=src, readers=readers, params=decl, **extra)
-    return checked(model)
 
 
 _BIAS_FLAGS = {"self_attn.": ("attention_bias", ("q_proj", "k_proj", "v_proj", "o_proj")),
@@ -160,7 +93,7 @@ def _bias_for(ck: Checkpoint, config: dict[str, Any], weight: str) -> str:
     return name
 
 
-def _set_linear(ck: Checkpoint, config: dict[str, Any], weight: str, w: np.ndarray, b: np.ndarray) -> None:
+def _setlinear_op(ck: Checkpoint, config: dict[str, Any], weight: str, w: np.ndarray, b: np.ndarray) -> None:
     ck.set(weight, w)
     bias = weight[: -len("weight")] + "bias"
     if bias in ck.tensors or np.any(b):
@@ -215,7 +148,7 @@ def _shrink(ck: Checkpoint, config: dict[str, Any], first: list[OperatorNode], s
     w2v = ck.f64(w2)
     if contribution is not None and np.any(contribution[gone]):
         b2 = _bias_or_zero(ck, w2) + w2v[:, gone] @ contribution[gone]
-        _set_linear(ck, config, w2, w2v, b2)
+        _setlinear_op(ck, config, w2, w2v, b2)
     ck.set(w2, w2v[:, keep])
     for w in ws:
         ck.set(w, ck.f64(w)[keep])
@@ -237,7 +170,7 @@ def merge_adapters(tree: Path) -> dict[str, Any]:
         UsageError: the package carries no adapters.
         InvalidTreeError: as :func:`read_adapters`; shapes that do not fit their targets.
     """
-    from ptmpack.compress.tree.checkpoint import base_model, rebuild_graph
+    from ptmpack.compress.tree.rebuild import base_model, rebuild_graph
 
     found = read_adapters(tree)
     if found is None:
@@ -254,17 +187,17 @@ def merge_adapters(tree: Path) -> dict[str, Any]:
             if a["type"] == "rep_adapter":
                 for target in a.get("targets", []):
                     w = f"{target}.weight"
-                    _linear(model.main_graph, w)
+                    linear_op(model.main_graph, w)
                     wn, bn = merge_rep_adapter(ck.f64(w), _bias_or_zero(ck, w), t["W_down"], t.get("b_down"),
                                                t["W_up"], t.get("b_up"), float(a.get("scale", 1.0)))
-                    _set_linear(ck, config, w, wn, bn)
+                    _setlinear_op(ck, config, w, wn, bn)
                 rows.append({"adapter": a["name"], "type": "rep_adapter", "into": a.get("targets", [])})
             else:
                 w = f"{a['target']}.weight"
-                _linear(model.main_graph, w)
+                linear_op(model.main_graph, w)
                 scale = np.asarray(t["scale"], np.float64)
                 wn, bn = fold_linear_adapter(ck.f64(w), _bias_or_zero(ck, w), scale, t.get("shift"))
-                _set_linear(ck, config, w, wn, bn)
+                _setlinear_op(ck, config, w, wn, bn)
                 zero[w] = scale == 0
                 rows.append({"adapter": a["name"], "type": "linear_adapter", "into": [a["target"]],
                              "zero_channels": int((scale == 0).sum())})

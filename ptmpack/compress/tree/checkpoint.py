@@ -9,7 +9,6 @@ library (temp file, then rename), and rebuild the graph with :mod:`ptmpack.ir.co
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -131,47 +130,6 @@ def read_json(tree: Path, rel: str) -> dict[str, Any]:
 def write_json(tree: Path, rel: str, doc: Mapping[str, Any]) -> None:
     """Write ``doc`` to ``tree/rel`` through a temp file and a rename."""
     documents.write_json(Path(tree) / rel, doc)
-
-
-def rebuild_graph(tree: Path) -> bool:
-    """Re-describe ``Model/`` in ``Model/graph.json`` from config.json + safetensors (when one existed).
-
-    Returns whether a graph was written. The new graph is built completely before the old one is replaced.
-
-    Raises:
-        UnsupportedError: the converter cannot express the new checkpoint.
-    """
-    from ptmpack.compress.structure.merge_adapter import FOLDER, WEIGHTS_NAME, attach, read_adapters
-
-    tree = Path(tree)
-    target = tree / GRAPH
-    if not target.exists():
-        return False
-    old = json.loads(target.read_text(encoding="utf-8"))
-    model = base_model(tree, name=str(old.get("name") or tree.name))
-    found = read_adapters(tree)
-    if found is not None:
-        model = attach(model, *found, file=f"{FOLDER}/{WEIGHTS_NAME}")
-    documents.write_bytes(target, model.dumps())
-    return True
-
-
-def base_model(tree: Path, *, name: str | None = None) -> Any:
-    """The IR model of ``Model/`` as convert_hf builds it, with a unified-norm record applied (no adapters).
-
-    Raises:
-        UnsupportedError: the converter cannot express the checkpoint.
-    """
-    from ptmpack.compress.quant.ptq.step import patch_graph as patch_act_quant
-    from ptmpack.compress.structure.fold_norm import patch_graph
-    from ptmpack.ir.convert_hf import model_from_dir
-
-    config = read_json(tree, CONFIG)
-    model = model_from_dir(Path(tree) / MODEL, name=name or Path(tree).name)  # per-layer heads from the tensors
-    from ptmpack.compress.tree.weights import WeightFiles
-
-    names = set(WeightFiles(Path(tree) / MODEL).names())
-    return patch_act_quant(patch_graph(model, config), names, config)
 
 
 def open_tree(tree: Path) -> Any:

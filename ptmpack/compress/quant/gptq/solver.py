@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.quant.observer import group_params
 from ptmpack.compress.quant.pack_quantized import QuantizedWeight, qrange
-from ptmpack.compress.quant.rtn import group_params
 from ptmpack.errors import PtmError
 
 BLOCK = 128

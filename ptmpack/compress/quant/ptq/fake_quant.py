@@ -216,10 +216,10 @@ def quantize_blocks(model_dir: Path, family: str, windows: np.ndarray, bits: int
         UnsupportedError: PyTorch or transformers missing, or the checkpoint does not load.
     """
     torch = _torch()
-    from ptmpack.compress.structure.prune.importance import load_hf
+    from ptmpack.compress.tree.torch_hf import load_hf
 
     torch.manual_seed(seed)
-    model = load_hf(model_dir, family)
+    model = load_hf(model_dir, family, purpose="--quant ptq")
     for p in model.parameters():
         p.requires_grad_(False)
     QLinear = _modules(torch)

@@ -24,7 +24,6 @@ import numpy as np
 
 from ptmpack.compress.tree.checkpoint import CONFIG, Checkpoint, read_json, refuse_unmerged_adapters, write_json
 from ptmpack.errors import UnsupportedError, UsageError
-from ptmpack.ir.model import ModelStructure
 
 ACT_SUFFIXES = ("input_scale", "input_zero_point", "input_comp_scale", "input_comp_shift")
 _FAMILIES = {"bert": "bert", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
@@ -53,7 +52,7 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
     """
     from ptmpack.compress.quant.pack_quantized import QuantizedWeight, quantization_config, write_quantized_linear
     from ptmpack.compress.quant.ptq.fake_quant import quantize_blocks
-    from ptmpack.compress.tree.checkpoint import rebuild_graph
+    from ptmpack.compress.tree.rebuild import rebuild_graph
 
     if bits not in (2, 3, 4, 8) or act_bits not in (4, 8, 16):
         raise UsageError(f"--quant ptq takes --bits 2, 3, 4 or 8 and --act-bits 4, 8 or 16 (got W{bits}A{act_bits})")
@@ -114,44 +113,6 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
             "layers_quantized": len(rows), "quantized_layers": rows,
             "mean_weight_rel_error": float(np.mean([r["weight_rel_error"] for r in rows])),
             "simulated_last_block_output": simulated}
-
-
-def patch_graph(model: ModelStructure, names: set[str], config: dict[str, Any]) -> ModelStructure:
-    """Insert a ``fake_quant`` before every ``quantized_linear`` whose prefix has an ``input_scale`` tensor.
-
-    Raises:
-        GraphError: the edited graph is not valid.
-    """
-    from ptmpack.compress.tree.graph import checked, insert, param
-
-    qc = config.get("quantization_config") or {}
-    acts = next((g.get("input_activations") for g in (qc.get("config_groups") or {}).values()
-                 if isinstance(g, dict) and g.get("input_activations")), None)
-    if not acts:
-        return model
-    bits = int(acts["num_bits"])
-    for node in list(model.main_graph.operators):
-        if node.type != "quantized_linear":
-            continue
-        packed = model.main_graph.variable_map()[node.inputs["Packed"][0]]
-        prefix = packed.name[: -len(".weight_packed")]
-        if f"{prefix}.input_scale" not in names:
-            continue
-        file = packed.tensor.file if packed.tensor else "Model/model.safetensors"
-        x = node.inputs["X"][0]
-        width = model.main_graph.variable_map()[x].shape[-1]
-        ins: dict[str, tuple[str, ...]] = {"X": (x,)}
-        params = []
-        for slot, suffix, dtype, shape in (("Scale", "input_scale", "float32", (1,)),
-                                           ("ZeroPoint", "input_zero_point", "int8", (1,)),
-                                           ("CompScale", "input_comp_scale", "float32", (width,)),
-                                           ("CompShift", "input_comp_shift", "float32", (width,))):
-            if f"{prefix}.{suffix}" in names:
-                ins[slot] = (f"{prefix}.{suffix}",)
-                params.append(param(f"{prefix}.{suffix}", dtype, shape, file))
-        model = insert(model, "fake_quant", f"{node.name}.act_quant", ins, redirect=x, readers={node.name},
-                       params=params, bits=bits)
-    return checked(model)
 
 
 def apply(tree: Path, ctx: Any) -> dict[str, Any]:

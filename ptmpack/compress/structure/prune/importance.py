@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.errors import UnsupportedError
+from ptmpack.compress.tree.torch_hf import load_hf
 
 
 @dataclass(frozen=True)
@@ -67,26 +67,6 @@ def _sites(family: str, layers: int) -> list[tuple[str, str]]:
     return [(f"model.layers.{i}.self_attn.o_proj", f"model.layers.{i}.mlp.down_proj") for i in range(layers)]
 
 
-def load_hf(model_dir: Path, family: str) -> Any:
-    """The transformers model of ``Model/`` (BertModel or LlamaForCausalLM), float32, eval mode.
-
-    Raises:
-        UnsupportedError: transformers is missing or cannot load the checkpoint.
-    """
-    try:
-        import transformers
-    except ImportError:
-        raise UnsupportedError("structure-aware pruning needs transformers",
-                               hint="pip install 'ptmpack[torch]' transformers") from None
-    cls = transformers.BertModel if family == "bert" else transformers.AutoModelForCausalLM
-    try:
-        kwargs = {"add_pooling_layer": False} if family == "bert" else {}
-        return cls.from_pretrained(str(model_dir), dtype=_torch().float32, **kwargs).eval()
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UnsupportedError(f"{model_dir}: transformers cannot load the checkpoint for pruning ({exc})",
-                               hint="use --prune-method magnitude") from None
-
-
 def importance(model_dir: Path, family: str, windows: np.ndarray, targets: tuple[str, ...], *,
                probes: int = 2, seed: int = 0) -> Importance:
     """Masks, gradients and Fisher factors of the ``targets`` groups over the calibration ``windows``.
@@ -95,7 +75,7 @@ def importance(model_dir: Path, family: str, windows: np.ndarray, targets: tuple
         UnsupportedError: PyTorch or transformers missing, or the checkpoint does not load.
     """
     torch = _torch()
-    model = load_hf(model_dir, family)
+    model = load_hf(model_dir, family, purpose="structure-aware pruning", hint="use --prune-method magnitude")
     cfg = model.config
     layers, heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)

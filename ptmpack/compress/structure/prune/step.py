@@ -224,7 +224,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         UnsupportedError: an architecture or group that cannot be pruned, or torch missing (structure).
     """
     from ptmpack.compress.eval.probe import flops_per_token
-    from ptmpack.compress.tree.checkpoint import rebuild_graph
+    from ptmpack.compress.tree.rebuild import rebuild_graph
 
     if target not in ("heads", "ffn", "both") or method not in ("structure", "magnitude"):
         raise UsageError("--prune takes heads, ffn or both; --prune-method structure or magnitude")
