@@ -22,44 +22,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ptmpack.compress.methods import method
 from ptmpack.compress.report import CompressReport
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.compress.step import CalibrationData, StepContext, no_progress
 from ptmpack.compress.tree.scratch import working_tree
 from ptmpack.errors import PtmError, UnsupportedError, UsageError
 
-STEP_MODULES = {
-    "merge_lora": "ptmpack.compress.structure.lora",
-    "merge_adapter": "ptmpack.compress.structure.merge_adapter",
-    "fold_norm": "ptmpack.compress.structure.fold_norm",
-    "prune": "ptmpack.compress.structure.prune.step",
-}
-QUANT_MODULES = {
-    "rtn": "ptmpack.compress.quant.rtn",
-    "gptq": "ptmpack.compress.quant.gptq.step",
-    "affine": "ptmpack.compress.quant.affine.step",
-    "ptq": "ptmpack.compress.quant.ptq.step",
-}
 TECHNICAL = "Meta-info/technicalinfo.json"
 
 
-def step_module(step: str, spec: CompressSpec) -> Any:
-    """The module running ``step`` (the quant step by method), imported now.
+def step_function(step: str, spec: CompressSpec) -> Callable[[Path, StepContext], dict[str, Any]]:
+    """The function running slot ``step`` with the method ``spec`` names there (methods table), imported now.
 
     Raises:
-        UnsupportedError: the module is not part of this ptmpack.
+        UnsupportedError: the method's module is not part of this ptmpack.
     """
-    name = QUANT_MODULES[spec.quant or ""] if step == "quant" else STEP_MODULES[step]
+    name = spec.method_name(step) or ""
+    found = method(step, name)
+    if found is None:
+        raise UsageError(f"no {step.replace('_', '-')} method {name!r}")
+    module_name, _, function = found.entry.partition(":")
     try:
-        module = importlib.import_module(name)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name != name:
+        if exc.name != module_name:
             raise
         what = f"--quant {spec.quant}" if step == "quant" else f"--{step.replace('_', '-')}"
-        raise UnsupportedError(f"{what} is not available in this ptmpack (no module {name})") from None
-    if not callable(getattr(module, "apply", None)):
-        raise UnsupportedError(f"{name} has no apply(tree, ctx)")
-    return module
+        raise UnsupportedError(f"{what} is not available in this ptmpack (no module {module_name})") from None
+    return getattr(module, function)
 
 
 def _link_or_copy(src: str, dst: str) -> object:
@@ -147,7 +138,7 @@ def _run(source: Path, work: Path, spec: CompressSpec, modules: list[tuple[str, 
     records = []
     for step, module in modules:
         t0 = time.perf_counter()
-        record = module.apply(work, ctx)
+        record = module(work, ctx)
         if not isinstance(record, dict):
             raise PtmError(f"step {step} returned no record")
         record.setdefault("step", step)
@@ -171,7 +162,7 @@ def compress(source: Path, target: Path, spec: CompressSpec, pack_config: Any, *
     source, target = Path(source), Path(target)
     if target.exists() and not force:
         raise UsageError(f"{target} exists", hint="add --force to replace it")
-    modules = [(step, step_module(step, spec)) for step in spec.steps()]
+    modules = [(step, step_function(step, spec)) for step in spec.steps()]
     started = time.perf_counter()
     with working_tree(target.parent) as scratch:
         work = scratch / "tree"

@@ -144,7 +144,7 @@ def test_every_cli_command_loads() -> None:
 
 COMPRESS = PACKAGE / "compress"
 COMPRESS_ALLOWED: dict[str, set[str]] = {
-    "spec": set(),
+    "spec": {"methods"},
     "methods": set(),
     "report": set(),
     "step": {"spec"},
@@ -247,3 +247,18 @@ def test_the_module_graph_sees_imports_inside_functions() -> None:
     """The checks above read imports in function bodies too (``fake_quant`` loads transformers' model lazily)."""
     edges = {t for t, _ in _module_graph()["ptmpack.compress.quant.ptq.fake_quant"]}
     assert "ptmpack.compress.tree.torch_hf" in edges
+
+
+def test_the_methods_table_loads_no_method_and_names_real_functions() -> None:
+    """``compress/methods.py`` and ``spec.py`` load nothing heavy; every row's entry is a function that exists."""
+    import importlib
+
+    code = ("import sys, ptmpack.compress.spec, ptmpack.compress.methods\n"
+            "print(','.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert not set(proc.stdout.strip().split(",")) & set(HEAVY)
+    from ptmpack.compress.methods import METHODS, SLOTS
+
+    for m in METHODS:
+        module, _, function = m.entry.partition(":")
+        assert m.slot in SLOTS and callable(getattr(importlib.import_module(module), function)), m
