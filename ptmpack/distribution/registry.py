@@ -7,7 +7,7 @@ Every verb of the distribution API that push and pull need is here: manifests
 POST/PATCH.../PUT for large ones, cross-repository mounts), resumable blob
 downloads (GET with ``Range``) and the tag list.
 
-The registry is trusted for availability only (docs/SECURITY.md §7), so this
+The registry is trusted for availability only (docs/SECURITY.md §8), so this
 module bounds what it can make the client do: every body is streamed and read to
 at most its limit + 1 (gzip included), error bodies to 64 KiB; redirects are
 followed here, at most five, never from HTTPS down to HTTP, and a hop to another
