@@ -411,8 +411,15 @@ def _gzip_zeros(size: int) -> list[bytes]:
 
 def served(layout: Path, packages: dict[str, Path], mode: str = "honest", **kw: Any) -> HostileRegistry:
     """A hostile registry serving ``packages`` (tag -> .ptm), pushed first to the OCI layout ``layout``."""
+    import pytest
+
     from ptmpack import api
 
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.2", 0))
+    except OSError:
+        pytest.skip("the hostile registry's second origin needs 127.0.0.2 (all of 127/8 is loopback on Linux)")
     for tag, package in packages.items():
         api.push(package, f"oci:{layout}:{tag}")
     return HostileRegistry(mode, **kw).load_layout(layout)
