@@ -211,14 +211,18 @@ def test_cli_round_trip_each_way_in(tree: Path, tmp_path: Path, keys: Keys, run_
     doc = json.loads(stdout)
     assert {e["path"] for e in doc["entries"]} == set(tree_files(tree))
     assert doc["encryption"]["cipher"] == "aes-256-gcm"
-    # Without any key the same commands are key errors, and say which slots exist.
+    # Without any key unpack and verify are key errors that say which slots exist; inspect shows the clear header.
     monkeypatch.delenv(keyfiles.PASSPHRASE_ENV, raising=False)
     monkeypatch.delenv(keyfiles.KEY_FILE_ENV, raising=False)
-    for args in (("unpack", out, "-o", tmp_path / "nokey"), ("verify", out), ("inspect", out)):
+    for args in (("unpack", out, "-o", tmp_path / "nokey"), ("verify", out)):
         code, _, err = run_cli(*args)
         assert code == 4, (args, err)
         assert "slots" in err
     assert not (tmp_path / "nokey").exists()
+    code, stdout, err = run_cli("inspect", out, "--json")
+    assert code == 0, err
+    sealed = json.loads(stdout)
+    assert sealed["sealed"] and sealed["entries"] == [] and sealed["encryption"]["cipher"] == "aes-256-gcm"
 
 
 @needs_sm4
@@ -476,7 +480,7 @@ def test_golden_encrypted_package_opens(tmp_path: Path, run_cli, name: str, way:
     assert doc["header"]["flags"] == facts["flags"]
     assert doc["encryption"] == {"cipher": facts["cipher"], "slots": facts["slots"]}
     assert doc["manifest"]["sha256"] == facts["manifest_sha256"]
-    assert doc["file_size"] == facts["file_size"]
+    assert doc["input"]["bytes"] == facts["file_size"]
 
 
 def test_golden_signed_package_verifies_without_a_key(run_cli) -> None:
@@ -514,4 +518,5 @@ def test_apply_keeps_an_encrypted_package_encrypted(tmp_path: Path, keys: Keys, 
     code, _, err = run_cli("apply", tmp_path / "base.ptm", tmp_path / "delta.ptm", "-o", tmp_path / "new.ptm", *key)
     assert code == 0, err
     assert b"encoder.weight" not in (tmp_path / "new.ptm").read_bytes(), "the rebuilt package shows tensor names"
-    assert run_cli("inspect", tmp_path / "new.ptm")[0] == 4, "the rebuilt package opens without a key"
+    assert run_cli("verify", tmp_path / "new.ptm")[0] == 4, "the rebuilt package opens without a key"
+    assert json.loads(run_cli("inspect", tmp_path / "new.ptm", "--json")[1])["sealed"]
