@@ -100,7 +100,19 @@ class EnvironmentFault(PtmError):
     exit_code = 8
 
 
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+class NetworkError(PtmError):
+    """The network or a registry failed: unreachable, TLS refused, timed out or too slow, HTTP 5xx/429 after
+    bounded retries, or an answer that breaks the protocol. Not a bug and not the package's fault: the message
+    names the registry and the object, the hint what to try (exit 9)."""
+
+    exit_code = 9
+
+
+class RegistryError(NetworkError):
+    """A registry answered, but with an error that is neither the package's nor the credentials' fault (exit 9)."""
+
+
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 """OS errors the environment causes; they surface as :class:`EnvironmentFault` (exit 8)."""
 
 

@@ -5,7 +5,7 @@ typed report (``to_json()`` gives the ``--json`` document). Raises what the engi
 raises: UsageError (2: bad reference, unknown tag, existing output), IntegrityError
 (3: a blob or the assembled package fails a digest or check; nothing is written),
 KeyAccessError (4: the registry refuses the credentials), UnsupportedError (6: not
-a ptmpack package), RegistryError (1: unreachable or failing registry).
+a ptmpack package), NetworkError and its RegistryError (9: unreachable, failing or misbehaving registry).
 """
 
 from __future__ import annotations

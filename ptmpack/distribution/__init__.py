@@ -11,11 +11,13 @@ from ptmpack.distribution.listing import LsReport, PackageListing, ls_ref
 from ptmpack.distribution.pull import PullOptions, PullReport, pull
 from ptmpack.distribution.push import PushOptions, PushReport, push
 from ptmpack.distribution.reference import Reference, parse_reference
-from ptmpack.distribution.stores import ClientOptions, RegistryError, TransferProgress, residual_tag
+from ptmpack.distribution.stores import ClientOptions, TransferProgress, residual_tag
+from ptmpack.errors import NetworkError, RegistryError
 
 __all__ = [
     "ClientOptions",
     "LsReport",
+    "NetworkError",
     "PackageListing",
     "PullOptions",
     "PullReport",

@@ -54,6 +54,9 @@ RECIPE_LEVEL = 10
 MAX_RECIPE_BYTES = 256 * 1024 * 1024 + 64 * 1024 * 1024
 """Decompressed recipe limit: literals are headers, small entries and the manifest (≤ 256 MiB)."""
 MAX_SPANS = 4_000_000
+MAX_REFERENCES = 1024
+"""Times one blob may appear in a recipe. Identical chunks repeat (zero-filled tensors), but a few
+blobs referenced many thousand times would turn a small download into a huge file."""
 HASH_BLOCK = 8 * 1024 * 1024
 
 
@@ -208,10 +211,7 @@ def decode_recipe(data: bytes, layers: dict[str, int], where: str) -> Recipe:
         IntegrityError: malformed, lengths that do not add up, or a blob the manifest does not list.
         UnsupportedError: a newer recipe version.
     """
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_RECIPE_BYTES)
-    except zstandard.ZstdError as exc:
-        raise IntegrityError(f"{where}: recipe is not valid zstd ({exc})") from None
+    raw = _inflate(data, MAX_RECIPE_BYTES, f"{where}: recipe")
     if len(raw) < RECIPE_HEAD.size:
         raise IntegrityError(f"{where}: recipe too short")
     magic, n = RECIPE_HEAD.unpack_from(raw)
@@ -231,15 +231,51 @@ def decode_recipe(data: bytes, layers: dict[str, int], where: str) -> Recipe:
         raise IntegrityError(f"{where}: {len(spans)} spans is more than any package has")
     out: list[tuple[str | None, int]] = []
     lit = 0
+    uses: dict[str, int] = {}
     for i, s in enumerate(spans):
         out.append(_span(s, layers, f"{where} span {i}"))
-        if out[-1][0] is None:
+        digest = out[-1][0]
+        if digest is None:
             lit += out[-1][1]
+            continue
+        uses[digest] = uses.get(digest, 0) + 1
+        if uses[digest] > MAX_REFERENCES:
+            times = sum(1 for x in spans if isinstance(x, list) and len(x) == 3 and x[1] == digest)
+            raise IntegrityError(f"{where}: blob {digest} is used {times} times; at most {MAX_REFERENCES} are allowed")
     if lit != len(literals):
         raise IntegrityError(f"{where}: spans take {lit} literal bytes, the recipe holds {len(literals)}")
     if sum(n for _, n in out) != size:
         raise IntegrityError(f"{where}: spans add up to {sum(n for _, n in out)} bytes, the recipe says {size}")
     return Recipe(size, sha, tuple(out), literals)
+
+
+def _inflate(data: bytes, limit: int, what: str) -> bytes:
+    """Decompress one zstd frame of at most ``limit`` bytes, never holding more than ``limit + 1``.
+
+    The size a frame declares is checked before anything is allocated (zstandard
+    allocates a declared size whole, whatever ``max_output_size`` says); then the
+    frame is read as a stream that stops one byte past the limit.
+
+    Raises:
+        IntegrityError: not zstd, or larger than ``limit`` (declared or actual).
+    """
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{what} is not valid zstd ({exc})") from None
+    if declared > limit:
+        raise IntegrityError(f"{what} declares {declared} bytes; at most {limit} are allowed")
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+            parts, got = [], 0
+            while got <= limit and (block := reader.read(min(1 << 20, limit + 1 - got))):
+                parts.append(block)
+                got += len(block)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{what} is not valid zstd ({exc})") from None
+    if got > limit:
+        raise IntegrityError(f"{what} expands past {limit} bytes")
+    return b"".join(parts)
 
 
 def _span(s: Any, layers: dict[str, int], where: str) -> tuple[str | None, int]:

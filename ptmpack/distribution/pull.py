@@ -29,11 +29,12 @@ from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, dec
 from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest
 from ptmpack.distribution.reference import Reference, parse_reference
 from ptmpack.distribution.stores import ClientOptions, NoProgress, TransferProgress, open_store
-from ptmpack.errors import IntegrityError, UsageError
+from ptmpack.errors import IntegrityError, UsageError, raise_environment_fault
 
 if TYPE_CHECKING:
     from ptmpack.distribution.registry import RegistryStore
-from ptmpack.format.atomic import TEMP_PREFIX, check_target
+from ptmpack.format import spec
+from ptmpack.format.atomic import TEMP_PREFIX, check_free_space, check_target
 from ptmpack.format.reader import PackageReader
 
 
@@ -184,17 +185,24 @@ def fetch_into(store: LayoutStore | RegistryStore, fetched: Fetched, out: Path, 
     copied into place as soon as it and everything before it are there.
     """
     tally = _Tally()
+    cache = BlobCache(options.cache_dir)
+    fresh = 0 if isinstance(store, LayoutStore) else sum(n for d, n in fetched.recipe.blobs().items()
+                                                         if not cache.has(d, n))
+    check_free_space({out.parent: fetched.recipe.size, cache.root: fresh})
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out.parent, suffix=".ptm")
     try:
-        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, BlobCache(options.cache_dir),
+        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache,
                                                            options, progress, tally) as blobs:
             assemble(fetched.recipe, blobs.path, f)  # type: ignore[arg-type]
             if f.tell() != fetched.recipe.size:
                 raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
         progress.start("verifying", fetched.recipe.size)
-        checks = check_package(Path(tmp), fetched.config.encrypted, fetched.config.sha256, progress)
+        checks = check_package(Path(tmp), fetched.config, progress, str(fetched.ref))
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
+    except OSError as exc:  # ENOSPC while assembling names the output, not a file descriptor
+        raise_environment_fault(exc, out)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -262,17 +270,31 @@ class _Blobs:
         self.tally.downloaded, self.tally.bytes = len(paths), sum(self.needed.values())
 
 
-def check_package(path: Path, encrypted: bool, sha256: str | None, progress: TransferProgress) -> tuple[str, ...]:
+def check_package(path: Path, config: PackageConfig | None, progress: TransferProgress,
+                  where: str = "") -> tuple[str, ...]:
     """Verify an assembled package like ``ptmpack verify``; encrypted ones keylessly plus the file digest.
 
-    ``sha256`` is the digest the whole file must have (checked for encrypted packages,
-    whose entries cannot be checked without the key); None skips it (a package
-    rebuilt by apply, which checked every plaintext digest itself).
+    Which checks run is decided by the file's own header, never by the registry's
+    config blob: a config that claims ENCRYPTED for a plain file would otherwise
+    switch the entry digests off. ``config`` (what the registry said) must agree with
+    the header's flags and the trailer's manifest digest; its ``sha256`` is the digest
+    the whole file must have (checked for encrypted packages, whose entries cannot be
+    checked without the key). None skips both (a package rebuilt by apply, which
+    checked every plaintext digest itself).
 
     Raises:
-        IntegrityError (or another PtmError of verify): the package fails a check.
+        IntegrityError (or another PtmError of verify): the package fails a check, or config and header disagree.
     """
-    if encrypted:
+    with PackageReader(path, sealed_ok=True) as reader:
+        flags, manifest_sha256 = reader.header.flags, reader.trailer.manifest_sha256.hex()
+    if config is not None and (config.flags != flags or config.manifest_sha256 != manifest_sha256):
+        said = ", ".join(config.flag_names()) or "no flags"
+        has = ", ".join(f.name for f in spec.Flags if flags & f and f.name) or "no flags"
+        raise IntegrityError(f"{where or path}: the registry's config says {said} (manifest {config.manifest_sha256[:16]}), "
+                             f"the assembled file's header says {has} (manifest {manifest_sha256[:16]})",
+                             hint="the registry's description of the package was altered; nothing was written")
+    sha256 = config.sha256 if config is not None else None
+    if flags & spec.Flags.ENCRYPTED:
         with PackageReader(path, sealed_ok=True) as reader:
             reader.check_padding()
             for _ in reader.walk_headers():

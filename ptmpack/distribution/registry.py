@@ -28,7 +28,7 @@ from ptmpack.distribution.auth import RegistryAuth, find_credentials
 from ptmpack.distribution.oci import ACCEPT_MANIFESTS, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, sha256_digest
 from ptmpack.distribution.reference import Reference, is_loopback
 from ptmpack.distribution.stores import ClientOptions, RegistryError
-from ptmpack.errors import IntegrityError, KeyAccessError, PtmError, UsageError
+from ptmpack.errors import ENVIRONMENT_ERRNOS, EnvironmentFault, IntegrityError, KeyAccessError, PtmError, UsageError
 
 
 class RegistryStore:
@@ -212,11 +212,19 @@ class RegistryStore:
             IntegrityError: the bytes do not match the digest (the partial file is removed).
             RegistryError: the registry stayed unreachable through every retry.
         """
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "ab") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # one process per blob; a second waits, then finds it done
-            received = self._fetch_locked(digest, size, partial, f, progress)
-        return received
+        try:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "ab") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # one process per blob; a second waits, then finds it done
+                return self._fetch_locked(digest, size, partial, f, progress)
+        except OSError as exc:
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            with contextlib.suppress(FileNotFoundError):  # it cannot finish: do not leave it to fill the disk again
+                partial.unlink()
+            raise EnvironmentFault(f"{partial}: {exc.strerror or exc} (downloading blob {digest})",
+                                   hint="free some space or point XDG_CACHE_HOME elsewhere; the partial "
+                                        "download was removed") from None
 
     def _fetch_locked(self, digest: str, size: int, partial: Path, f: BinaryIO, progress: Callable[[int], None]) -> int:
         count = [0]

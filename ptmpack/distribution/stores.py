@@ -9,19 +9,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from ptmpack.distribution.layout import LayoutStore
 from ptmpack.distribution.reference import Reference, check_tag
-from ptmpack.errors import PtmError, UnsupportedError, UsageError
+from ptmpack.errors import RegistryError as RegistryError  # re-exported: it lived here before errors.py
+from ptmpack.errors import UnsupportedError, UsageError
 
 if TYPE_CHECKING:
     from ptmpack.distribution.registry import RegistryStore
 
 RESIDUAL_TAG_INFIX = ".residual-"
 RESIDUAL_TAG_HEX = 16
-
-
-class RegistryError(PtmError):
-    """The registry could not be reached or answered with an error that is not the package's fault."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

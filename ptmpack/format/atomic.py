@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ptmpack.errors import UsageError, raise_environment_fault
+from ptmpack.errors import EnvironmentFault, UsageError, raise_environment_fault
 
 TEMP_PREFIX = ".ptmpack-tmp-"
 
@@ -43,6 +43,31 @@ def check_target(target: Path, *, force: bool, want_dir: bool) -> None:
         if target.is_symlink() or target.is_dir() != want_dir:
             kind = "a directory" if want_dir else "a file"
             raise UsageError(f"{target} exists and is not {kind}; refusing to replace it")
+
+
+def check_free_space(needs: dict[Path, int]) -> None:
+    """Refuse, before writing, when the file systems of ``needs`` (folder -> bytes to write there) lack the room.
+
+    Folders on the same file system are added up; a folder that does not exist yet
+    is measured at its nearest existing parent. Declared sizes come from outside
+    (a registry's manifest), so this is what stops a layer declared at 2^62 bytes
+    from filling the disk.
+
+    Raises:
+        EnvironmentFault: some file system has fewer free bytes than asked for (names the folders).
+    """
+    by_device: dict[int, tuple[int, int, list[str]]] = {}
+    for folder, size in needs.items():
+        probe = Path(folder)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        st = os.statvfs(probe)
+        total, _, names = by_device.get(probe.stat().st_dev, (0, 0, []))
+        by_device[probe.stat().st_dev] = (total + size, st.f_bavail * st.f_frsize, [*names, f"{size} bytes in {folder}"])
+    for total, free, names in by_device.values():
+        if total > free:
+            raise EnvironmentFault(f"not enough free space: {' and '.join(names)}, but only {free} bytes are free there",
+                                   hint="free some space, or point the cache (XDG_CACHE_HOME) or the output elsewhere")
 
 
 @contextlib.contextmanager

@@ -211,7 +211,8 @@ def test_cli_round_trip_each_way_in(tree: Path, tmp_path: Path, keys: Keys, run_
     doc = json.loads(stdout)
     assert {e["path"] for e in doc["entries"]} == set(tree_files(tree))
     assert doc["encryption"]["cipher"] == "aes-256-gcm"
-    # Without any key unpack and verify are key errors that say which slots exist; inspect shows the clear header.
+    # Without any key, unpack and verify are key errors that say which slots exist; inspect
+    # shows the clear header (flags, cipher, key-slot kinds) and succeeds.
     monkeypatch.delenv(keyfiles.PASSPHRASE_ENV, raising=False)
     monkeypatch.delenv(keyfiles.KEY_FILE_ENV, raising=False)
     for args in (("unpack", out, "-o", tmp_path / "nokey"), ("verify", out)):
@@ -219,6 +220,9 @@ def test_cli_round_trip_each_way_in(tree: Path, tmp_path: Path, keys: Keys, run_
         assert code == 4, (args, err)
         assert "slots" in err
     assert not (tmp_path / "nokey").exists()
+    code, stdout, err = run_cli("inspect", out)
+    assert code == 0, err
+    assert "key slots" in stdout and "ENCRYPTED" in stdout
     code, stdout, err = run_cli("inspect", out, "--json")
     assert code == 0, err
     sealed = json.loads(stdout)
@@ -518,5 +522,7 @@ def test_apply_keeps_an_encrypted_package_encrypted(tmp_path: Path, keys: Keys, 
     code, _, err = run_cli("apply", tmp_path / "base.ptm", tmp_path / "delta.ptm", "-o", tmp_path / "new.ptm", *key)
     assert code == 0, err
     assert b"encoder.weight" not in (tmp_path / "new.ptm").read_bytes(), "the rebuilt package shows tensor names"
+    code, stdout, _ = run_cli("inspect", tmp_path / "new.ptm", "--json")
+    assert code == 0 and json.loads(stdout)["sealed"] is True, "the rebuilt package opens without a key"
+    assert "ENCRYPTED" in json.loads(stdout)["header"]["flags"], "the rebuilt package is not encrypted"
     assert run_cli("verify", tmp_path / "new.ptm")[0] == 4, "the rebuilt package opens without a key"
-    assert json.loads(run_cli("inspect", tmp_path / "new.ptm", "--json")[1])["sealed"]
