@@ -236,3 +236,11 @@ def test_readme_quick_start_import_works(bert_tree: Path, tmp_path: Path) -> Non
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert proc.returncode == 0 and int(proc.stdout) > 0, proc.stderr
+
+
+def test_graph_show_piped_is_indented_text(bert_tree: Path) -> None:
+    run = cli("graph", "show", bert_tree)
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    assert lines[0].startswith("tiny-bert") and any(line.startswith("  main graph") for line in lines)
+    assert not any(c in run.out for c in "├└│━─"), "no tree guides or box drawing when piped"
