@@ -74,7 +74,7 @@ def unpack_cmd(package: Path, output: Path, passphrase_file: Path | None, key_fi
     """Unpack a .ptm container into a package tree (atomically)."""
     key = api.load_public_key(pubkey) if pubkey else None
     keys = opener(passphrase_file, key_file, identity)
-    with byte_progress("unpacking", lambda: api.package_bytes(package, keys)) as progress:
+    with byte_progress("unpacking", lambda: api.package_bytes(package)) as progress:
         report = api.unpack(package, output, opener=keys, pubkey=key,
                             force=force, progress=progress, dequantize=dequantize)
     if as_json:
@@ -98,7 +98,7 @@ def verify_cmd(package: Path, passphrase_file: Path | None, key_file: Path | Non
     """
     key = api.load_public_key(pubkey) if pubkey else None
     keys = opener(passphrase_file, key_file, identity)
-    with byte_progress("verifying", lambda: api.package_bytes(package, keys)) as progress:
+    with byte_progress("verifying", lambda: api.package_bytes(package)) as progress:
         report = api.verify(package, opener=keys, pubkey=key,
                             progress=progress)
     if as_json:

@@ -244,3 +244,14 @@ def test_graph_show_piped_is_indented_text(bert_tree: Path) -> None:
     lines = run.out.splitlines()
     assert lines[0].startswith("tiny-bert") and any(line.startswith("  main graph") for line in lines)
     assert not any(c in run.out for c in "├└│━─"), "no tree guides or box drawing when piped"
+
+
+def test_ls_of_a_repository_prints_one_tag_a_line(bert_tree: Path, tmp_path: Path) -> None:
+    pkg = tmp_path / "m.ptm"
+    assert cli("pack", bert_tree, "-o", pkg).code == 0
+    layout = tmp_path / "layout"
+    for tag in ("v1", "v2", "latest"):
+        assert cli("push", pkg, f"oci:{layout}:{tag}").code == 0
+    run = cli("ls", f"oci:{layout}")
+    assert run.code == 0, run.err
+    assert sorted(run.out.splitlines()) == ["latest", "v1", "v2"]  # `| wc -l` counts tags
