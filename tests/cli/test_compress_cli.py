@@ -44,6 +44,8 @@ def test_default_output_loads_in_transformers_with_compressed_tensors(method: st
     """Each method's default (symmetric) output unpacks to a checkpoint transformers + compressed-tensors load,
     with the perplexity ``ptmpack eval`` measures on the package. (affine keeps a small unmerged part in the IR,
     so its transformers perplexity agrees to 1 %, not bit for bit.)"""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     pytest.importorskip("compressed_tensors")
     from tokenizers import Tokenizer
 
