@@ -24,7 +24,8 @@ _EXPORTS: dict[str, str] = {  # verb -> module under ptmpack.api (never named li
     # chapter-7 compression
     "compress": "compression", "CompressSpec": "compression", "dequantize": "compression",
     # distribution (§8.3)
-    "push": "distribution", "pull": "distribution", "ls": "distribution",
+    "push": "distribution", "pull": "distribution", "ls": "distribution", "login": "distribution",
+    "logout": "distribution", "cache_list": "distribution", "cache_prune": "distribution",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,6 +15,7 @@ from pathlib import Path
 from ptmpack.distribution import (
     ClientOptions,
     LsReport,
+    NetworkError,
     PackageListing,
     PullOptions,
     PullReport,
@@ -24,16 +25,25 @@ from ptmpack.distribution import (
     RegistryError,
     TransferProgress,
     parse_reference,
+    plain_http_warning,
     residual_tag,
 )
+from ptmpack.distribution import account as _account
+from ptmpack.distribution import cache as _cache
 from ptmpack.distribution import ls_ref as _ls_ref
 from ptmpack.distribution import pull as _pull
 from ptmpack.distribution import push as _push
 
 __all__ = [
+    "DEFAULT_CACHE_LIMIT",
+    "CacheListing",
     "ClientOptions",
+    "LoginReport",
+    "LogoutReport",
     "LsReport",
+    "NetworkError",
     "PackageListing",
+    "PruneReport",
     "PullOptions",
     "PullReport",
     "PushOptions",
@@ -41,9 +51,14 @@ __all__ = [
     "Reference",
     "RegistryError",
     "TransferProgress",
+    "cache_list",
+    "cache_prune",
+    "login",
+    "logout",
     "ls",
     "ls_ref",
     "parse_reference",
+    "plain_http_warning",
     "pull",
     "push",
     "residual_tag",
@@ -69,3 +84,30 @@ def ls_ref(reference: str | Reference, client: ClientOptions | None = None) -> L
 
 ls = ls_ref
 """``ptmpack.api.ls``: the same verb as :func:`ls_ref`."""
+
+
+LoginReport = _account.LoginReport
+LogoutReport = _account.LogoutReport
+CacheListing = _cache.CacheListing
+DEFAULT_CACHE_LIMIT = _cache.DEFAULT_LIMIT
+PruneReport = _cache.PruneReport
+
+
+def login(host: str, username: str, password: str, client: ClientOptions | None = None) -> LoginReport:
+    """Check the credentials against the registry at ``host``, then store them in the Docker config."""
+    return _account.login(host, username, password, client)
+
+
+def logout(host: str) -> LogoutReport:
+    """Remove ``host``'s credentials from the Docker config."""
+    return _account.logout(host)
+
+
+def cache_list(cache_dir: Path | None = None, limit: int = _cache.DEFAULT_LIMIT) -> CacheListing:
+    """What the pull cache holds, least recently used first."""
+    return _cache.list_cache(cache_dir, limit)
+
+
+def cache_prune(cache_dir: Path | None = None, limit: int = _cache.DEFAULT_LIMIT) -> PruneReport:
+    """Shrink the pull cache to ``limit`` bytes (0 empties it), least recently used first."""
+    return _cache.prune_cache(cache_dir, limit)

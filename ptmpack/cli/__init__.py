@@ -34,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("distribution", "Push a .ptm to an OCI registry or an oci:DIR layout."),
     "pull": ("distribution", "Pull a package from an OCI registry or an oci:DIR layout, verified."),
     "ls": ("distribution", "List the tags of a repository, or show a package's annotations."),
+    "login": ("registry_admin", "Check and store a registry's credentials (password on stdin), as docker login."),
+    "logout": ("registry_admin", "Remove a registry's stored credentials."),
+    "cache": ("registry_admin", "Show (ls) or shrink (prune) the pull cache."),
 }
 """Every subcommand: the module under ptmpack.cli that defines it, and its one-line help."""
 

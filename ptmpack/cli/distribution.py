@@ -8,30 +8,66 @@ Everything a registry says (tags, annotations) is escaped before it is printed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ptmpack.api.distribution import ClientOptions, PullOptions, PushOptions, ls_ref, pull, push
-from ptmpack.cli._common import json_option, opener, opener_options
-from ptmpack.cli.output import Printer, clean, emit, file_ref, human_size
+from ptmpack.api.distribution import (
+    DEFAULT_CACHE_LIMIT,
+    ClientOptions,
+    PullOptions,
+    PushOptions,
+    ls_ref,
+    plain_http_warning,
+    pull,
+    push,
+)
+from ptmpack.cli._common import json_option, opener, opener_options, parse_size
+from ptmpack.cli.output import Printer, clean, emit, file_ref, human_size, warn
 from ptmpack.cli.progress import TransferProgress, progress_option
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    ctx.meta[f"ptmpack.{param.name}"] = value
+    return value
 
 
 def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The registry connection options every distribution command takes."""
+    f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), expose_value=False, callback=_remember,
+                     metavar="SECONDS", help="Give up (exit 9) when the whole command takes longer than this.")(f)
+    f = click.option("--speed-time", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                     expose_value=False, callback=_remember, metavar="SECONDS",
+                     help="Window of --speed-limit; a registry silent this long times out too.")(f)
+    f = click.option("--speed-limit", default=1024, show_default=True, type=click.IntRange(0), expose_value=False,
+                     callback=_remember, metavar="BYTES",
+                     help="Stop a transfer slower than this many bytes/s for --speed-time seconds (exit 9).")(f)
     f = click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 32),
                      help="Blobs moved in parallel.")(f)
     f = click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
                      help="PEM bundle of a private CA to trust for HTTPS (verification is always on).")(f)
     return click.option("--plain-http", is_flag=True,
-                        help="Speak HTTP instead of HTTPS; only to loopback registries (localhost, 127.0.0.1, ::1).")(f)
+                        help="Speak HTTP instead of HTTPS (warns on stderr for a host that is not loopback).")(f)
 
 
-def _client(plain_http: bool, ca_file: Path | None, workers: int) -> ClientOptions:
-    return ClientOptions(plain_http=plain_http, ca_file=ca_file, workers=workers)
+def cache_limit() -> int:
+    """The pull cache's size limit: ``PTMPACK_CACHE_SIZE`` (e.g. ``10G``), else the library's default."""
+    text = os.environ.get("PTMPACK_CACHE_SIZE")
+    return parse_size(text) if text else DEFAULT_CACHE_LIMIT
+
+
+def _client(plain_http: bool, ca_file: Path | None, workers: int, reference: str = "") -> ClientOptions:
+    meta = click.get_current_context().meta
+    warning = plain_http_warning(reference) if plain_http else None
+    if warning:
+        warn(warning)
+    return ClientOptions(plain_http=plain_http, ca_file=ca_file, workers=workers,
+                         speed_limit=meta.get("ptmpack.speed_limit", 1024),
+                         speed_time_s=meta.get("ptmpack.speed_time", 30.0),
+                         deadline_s=meta.get("ptmpack.timeout"))
 
 
 @click.command("push")
@@ -49,7 +85,7 @@ def _client(plain_http: bool, ca_file: Path | None, workers: int) -> ClientOptio
 def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | None, workers: int,
              mount_from: tuple[str, ...], no_auto_mount: bool, residual: bool, as_json: bool) -> None:
     """Push PACKAGE (.ptm) to REFERENCE: oci:DIR[:TAG] or HOST[:PORT]/REPO[:TAG]. Only new blobs are uploaded."""
-    options = PushOptions(client=_client(plain_http, ca_file, workers), workers=workers, mount_from=mount_from,
+    options = PushOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, mount_from=mount_from,
                           auto_mount=not no_auto_mount, residual=residual)
     with TransferProgress() as bars:
         report = push(package, reference, options, bars)
@@ -80,7 +116,8 @@ def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | Non
 
     Key options are needed only to apply an encrypted residual with --delta.
     """
-    options = PullOptions(client=_client(plain_http, ca_file, workers), workers=workers, force=force, delta=delta,
+    options = PullOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, force=force, delta=delta,
+                          cache_limit=cache_limit(),
                           base=base, opener=opener(passphrase_file, key_file, identity))
     with TransferProgress() as bars:
         report = pull(reference, output, options, bars)
@@ -104,7 +141,7 @@ def ls_cmd(reference: str, plain_http: bool, ca_file: Path | None, workers: int,
     Not on a terminal, tags come one a line (``ptmpack ls oci:dir | wc -l`` counts them)
     and a package's fields as ``key<TAB>value`` lines.
     """
-    report = ls_ref(reference, _client(plain_http, ca_file, workers))
+    report = ls_ref(reference, _client(plain_http, ca_file, workers, reference))
     if as_json:
         emit(report.to_json())
         return

@@ -152,6 +152,10 @@ def compress(source: Path, target: Path, spec: CompressSpec, pack_config: Any, *
             records.append(record)
         _record(work, records, spec)
         _pack(work, target, pack_config, force)
+    except PtmError as exc:  # name the user's input, never the scratch copy that is about to be deleted
+        exc.message = exc.message.replace(str(work), str(source))
+        exc.args = (exc.message,)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return CompressReport(source=str(source), target=str(target), steps=tuple(_json_safe(r) for r in records),

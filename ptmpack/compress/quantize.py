@@ -77,7 +77,7 @@ def find_targets(model: ModelStructure) -> list[Target]:
 
 def largest_valid_group(widths: list[int], limit: int) -> int | None:
     """The largest power of two ≤ ``limit`` (and ≥ 8) dividing every width, or None."""
-    g = 1 << max(0, int(limit).bit_length() - 1)
+    g = 1 << max(3, int(limit).bit_length() - 1)  # from 8 up: a request below 8 still gets a hint
     while g >= 8:
         if all(w % g == 0 for w in widths):
             return g

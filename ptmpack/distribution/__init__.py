@@ -10,7 +10,7 @@ operations: docs/DISTRIBUTION.md.
 from ptmpack.distribution.listing import LsReport, PackageListing, ls_ref
 from ptmpack.distribution.pull import PullOptions, PullReport, pull
 from ptmpack.distribution.push import PushOptions, PushReport, push
-from ptmpack.distribution.reference import Reference, parse_reference
+from ptmpack.distribution.reference import Reference, parse_reference, plain_http_warning
 from ptmpack.distribution.stores import ClientOptions, TransferProgress, residual_tag
 from ptmpack.errors import NetworkError, RegistryError
 
@@ -28,6 +28,7 @@ __all__ = [
     "TransferProgress",
     "ls_ref",
     "parse_reference",
+    "plain_http_warning",
     "pull",
     "push",
     "residual_tag",

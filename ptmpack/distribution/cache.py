@@ -8,6 +8,12 @@ Layout under ``$XDG_CACHE_HOME/ptmpack`` (default ``~/.cache/ptmpack``)::
 
 Blobs are content-addressed, so the cache is shared by every registry and
 repository and needs no index. Deleting the folder is always safe.
+
+The cache is bounded: after every pull the least recently used blobs are removed
+until it holds at most its size limit (``DEFAULT_LIMIT``, or what the caller sets;
+the CLI reads ``PTMPACK_CACHE_SIZE``). A blob's modification time is its last use:
+a pull touches every cached blob it reads. Blobs of the pull that just ran are
+never evicted by it. ``ptmpack cache ls`` and ``cache prune`` show and shrink it.
 """
 
 from __future__ import annotations
@@ -20,10 +26,17 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CACHE_SUBDIR = "ptmpack"
+DEFAULT_LIMIT = 20 * 1024**3
+"""Bytes of blobs kept after a pull (least recently used go first)."""
+STALE_PARTIAL_S = 24 * 3600
+"""A partial download untouched this long, and not locked by a running pull, is removed by a prune."""
 MAX_ORIGINS = 200_000
 """Digests remembered per registry host (the oldest are forgotten first)."""
 
@@ -138,6 +151,48 @@ class BlobCache:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.blob_path(digest))
 
+    def touch(self, digests: Iterable[str]) -> None:
+        """Mark blobs as just used (their modification time), so eviction keeps them longest."""
+        for d in digests:
+            with contextlib.suppress(OSError):
+                os.utime(self.blob_path(d))
+
+    def entries(self) -> list[CacheEntry]:
+        """Every complete blob, least recently used first."""
+        out = []
+        folder = self.root / "blobs"
+        for path in folder.glob("*/*") if folder.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                out.append(CacheEntry(f"{path.parent.name}:{path.name}", st.st_size, st.st_mtime))
+        return sorted(out, key=lambda e: (e.used, e.digest))
+
+    def partials(self) -> list[Path]:
+        folder = self.root / "partial"
+        return sorted(p for p in folder.glob("*/*") if p.is_file()) if folder.is_dir() else []
+
+    def prune(self, limit: int, keep: Iterable[str] = (), *, partials: bool = True) -> PruneReport:
+        """Remove least recently used blobs until at most ``limit`` bytes remain (never those in ``keep``),
+        and partial downloads left by pulls that ended long ago."""
+        keep = set(keep)
+        entries = self.entries()
+        total = sum(e.size for e in entries)
+        removed = freed = 0
+        for e in entries:
+            if total <= limit:
+                break
+            if e.digest in keep:
+                continue
+            self.drop(e.digest)
+            total -= e.size
+            removed += 1
+            freed += e.size
+        dropped = 0
+        for p in self.partials() if partials else ():
+            if _stale_and_free(p, limit == 0):
+                dropped += 1
+        return PruneReport(str(self.root), removed, freed, dropped, total, limit)
+
 
 def damaged(paths: dict[str, Path], workers: int) -> list[str]:
     """Re-hash files that claim to hold the blobs ``digest -> path`` (in parallel); the digests that do not match."""
@@ -151,3 +206,73 @@ def damaged(paths: dict[str, Path], workers: int) -> list[str]:
 
     with cf.ThreadPoolExecutor(max(1, workers)) as pool:
         return [d for d in pool.map(one, paths.items()) if d is not None]
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached blob: its digest, size and last use (seconds since the epoch)."""
+
+    digest: str
+    size: int
+    used: float
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What a prune removed and what the cache holds now."""
+
+    root: str
+    blobs_removed: int
+    bytes_freed: int
+    partials_removed: int
+    bytes_kept: int
+    limit: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": True, "command": "cache prune", **self.__dict__}
+
+
+@dataclass(frozen=True)
+class CacheListing:
+    """The cache's folder, its blobs (least recently used first) and its size limit."""
+
+    root: str
+    entries: tuple[CacheEntry, ...]
+    partials: int
+    limit: int
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": True, "command": "cache ls", "root": self.root, "blobs": len(self.entries), "bytes": self.bytes,
+                "limit": self.limit, "partials": self.partials,
+                "entries": [{"digest": e.digest, "size": e.size, "used": round(e.used, 3)} for e in self.entries]}
+
+
+def list_cache(root: Path | None = None, limit: int = DEFAULT_LIMIT) -> CacheListing:
+    """What the content cache at ``root`` (default: the user's) holds."""
+    cache = BlobCache(root)
+    return CacheListing(str(cache.root), tuple(cache.entries()), len(cache.partials()), limit)
+
+
+def prune_cache(root: Path | None = None, limit: int = DEFAULT_LIMIT) -> PruneReport:
+    """Shrink the content cache at ``root`` to ``limit`` bytes (0 empties it), least recently used first."""
+    return BlobCache(root).prune(limit)
+
+
+def _stale_and_free(path: Path, everything: bool) -> bool:
+    """Remove a partial download no pull holds (its flock is free) and, unless ``everything``, that is old."""
+    try:
+        if not everything and time.time() - path.stat().st_mtime < STALE_PARTIAL_S:
+            return False
+        with open(path, "rb") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a pull is resuming it right now
+            os.unlink(path)
+            return True
+    except FileNotFoundError:
+        return False

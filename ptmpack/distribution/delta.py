@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +33,7 @@ from ptmpack.distribution.oci import ANN_RESIDUAL_TARGET
 from ptmpack.distribution.reference import DEFAULT_TAG, Reference
 from ptmpack.distribution.stores import TransferProgress, open_store, residual_tag
 from ptmpack.errors import UsageError
-from ptmpack.format.atomic import TEMP_PREFIX
+from ptmpack.format.atomic import temp_dir_beside
 from ptmpack.format.reader import PackageReader, is_package_file
 
 if TYPE_CHECKING:
@@ -58,7 +57,7 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
         base_digest = reader.trailer.manifest_sha256.hex()
     cache = BlobCache(options.cache_dir)
     store = open_store(ref, options.client, create=False)
-    work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out.parent))
+    work = temp_dir_beside(out)
     try:
         target = resolve(store, ref, cache)
         if target.config.manifest_sha256 == base_digest:

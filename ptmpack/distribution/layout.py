@@ -29,7 +29,7 @@ from ptmpack.distribution.oci import (
     sha256_digest,
 )
 from ptmpack.distribution.reference import Reference
-from ptmpack.errors import IntegrityError, UsageError
+from ptmpack.errors import IntegrityError, UsageError, raise_environment_fault
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
@@ -115,11 +115,11 @@ class LayoutStore:
             raise IntegrityError(f"{p}: manifests must be a list")
         return doc
 
-    def tags(self) -> list[str]:
-        """Every tag of the layout, sorted."""
+    def tags(self, limit: int | None = None) -> list[str]:
+        """Every tag of the layout (the first ``limit``), sorted."""
         return sorted({m["annotations"][REF_NAME] for m in self.index().get("manifests", [])
                        if isinstance(m, dict) and isinstance(m.get("annotations"), dict)
-                       and isinstance(m["annotations"].get(REF_NAME), str)})
+                       and isinstance(m["annotations"].get(REF_NAME), str)})[:limit]
 
     def resolve(self, target: str) -> str | None:
         """The manifest digest a tag or digest names, or None when the layout has no such manifest."""
@@ -166,20 +166,28 @@ class LayoutStore:
     # helpers
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.root / ".ptmpack-lock", "a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        """An exclusive lock on the layout folder itself (flock on its descriptor): no lock file is left in it."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the last descriptor releases the lock
 
     @contextlib.contextmanager
     def _temp(self, folder: Path) -> Iterator[tuple[Any, str]]:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ptmpack-tmp-", dir=folder)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".ptmpack-tmp-", dir=folder)
+        except OSError as exc:
+            raise_environment_fault(exc, folder)
+            raise
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f, tmp
+        except OSError as exc:  # a full disk names the layout, not a descriptor
+            raise_environment_fault(exc, self.root)
+            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -15,14 +15,13 @@ import concurrent.futures as cf
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptmpack.distribution.cache import BlobCache, damaged
+from ptmpack.distribution.cache import DEFAULT_LIMIT, BlobCache, damaged
 from ptmpack.distribution.describe import PackageConfig
 from ptmpack.distribution.layout import LayoutStore
 from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, decode_recipe, layer_sizes
@@ -34,7 +33,7 @@ from ptmpack.errors import IntegrityError, UsageError, raise_environment_fault
 if TYPE_CHECKING:
     from ptmpack.distribution.registry import RegistryStore
 from ptmpack.format import spec
-from ptmpack.format.atomic import TEMP_PREFIX, check_free_space, check_target
+from ptmpack.format.atomic import check_free_space, check_target, temp_file_beside
 from ptmpack.format.reader import PackageReader
 
 
@@ -46,6 +45,8 @@ class PullOptions:
     workers: int = 4
     cache_dir: Path | None = None
     """Content cache root; default ``$XDG_CACHE_HOME/ptmpack``."""
+    cache_limit: int = DEFAULT_LIMIT
+    """Bytes the content cache keeps after the pull (least recently used blobs go first)."""
     force: bool = False
     delta: bool = False
     """Use a published residual when the local base (``base``, else the output file) matches (§5)."""
@@ -125,8 +126,10 @@ def pull(reference: Reference | str, output: Path | str, options: PullOptions = 
         fetched = resolve(store, ref, cache)
         tally, checks = fetch_into(store, fetched, out, options, progress)
         if not ref.is_layout:
-            cache.remember(ref.location, ref.repository, [fetched.manifest.config.digest,
-                                                          *(d.digest for d in fetched.manifest.layers)])
+            used = [fetched.manifest.config.digest, *(d.digest for d in fetched.manifest.layers)]
+            cache.remember(ref.location, ref.repository, used)
+            cache.touch(used)
+            cache.prune(options.cache_limit, keep=used, partials=False)
     finally:
         store.close()
     return report(fetched, out, "full", tally, checks, started)
@@ -147,7 +150,7 @@ def resolve(store: LayoutStore | RegistryStore, ref: Reference, cache: BlobCache
     """
     got = store.get_manifest(ref.target)
     if got is None:
-        known = ", ".join(store.tags()[:10]) or "none"
+        known = ", ".join(store.tags(limit=10)) or "none"  # one page: a hint must not walk a hostile tag list
         raise UsageError(f"{ref}: no package tagged {ref.target!r} there (tags: {known})",
                          hint=f"list the tags with 'ptmpack ls {ref.untagged()}'")
     data, digest = got
@@ -188,8 +191,8 @@ def fetch_into(store: LayoutStore | RegistryStore, fetched: Fetched, out: Path, 
     cache = BlobCache(options.cache_dir)
     fresh = 0 if isinstance(store, LayoutStore) else sum(n for d, n in fetched.recipe.blobs().items()
                                                          if not cache.has(d, n))
-    check_free_space({out.parent: fetched.recipe.size, cache.root: fresh})
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out.parent, suffix=".ptm")
+    check_free_space({out: fetched.recipe.size, cache.root: fresh})
+    fd, tmp = temp_file_beside(out, ".ptm")
     try:
         with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache,
                                                            options, progress, tally) as blobs:
@@ -243,6 +246,8 @@ class _Blobs:
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
+            if exc[0] is not None:  # Ctrl-C, SIGTERM or a failure: stop the transfers in flight now, not after retries
+                self.store.cancel()  # type: ignore[union-attr]
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def path(self, digest: str) -> Path:

@@ -17,7 +17,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from ptmpack.errors import UsageError
+from ptmpack.errors import PtmError, UsageError
 
 DEFAULT_TAG = "latest"
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
@@ -145,3 +145,20 @@ def is_loopback(location: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def plain_http_warning(reference: str) -> str | None:
+    """What to warn about when ``--plain-http`` is given for ``reference``: None for loopback hosts and layouts.
+
+    Plain HTTP works for any registry named explicitly (CI sidecars such as
+    ``registry:5000``), but off the machine every byte, and any credentials, travel
+    in clear.
+    """
+    try:
+        ref = parse_reference(reference)
+    except PtmError:
+        return None
+    if ref.is_layout or is_loopback(ref.location):
+        return None
+    return (f"--plain-http: speaking unencrypted HTTP to {ref.location}; blobs and any credentials travel in clear "
+            f"(integrity still holds: every byte is checked against its digest)")

@@ -5,9 +5,19 @@ parallel over kept-alive connections without ever being held whole in memory.
 Every verb of the distribution API that push and pull need is here: manifests
 (GET/HEAD/PUT), blob existence (HEAD), uploads (POST then PUT for small blobs,
 POST/PATCH.../PUT for large ones, cross-repository mounts), resumable blob
-downloads (GET with ``Range``) and the tag list. Registry errors become PtmErrors:
-401/403 → :class:`KeyAccessError` (exit 4), unreachable or failing registries →
-:class:`RegistryError` (exit 1).
+downloads (GET with ``Range``) and the tag list.
+
+The registry is trusted for availability only (docs/SECURITY.md §7), so this
+module bounds what it can make the client do: every body is streamed and read to
+at most its limit + 1 (gzip included), error bodies to 64 KiB; redirects are
+followed here, at most five, never from HTTPS down to HTTP, and a hop to another
+origin is sent without credentials; transfers slower than the speed limit, or
+past the overall deadline, stop with a message naming the object; the tag list
+is read for at most ``MAX_TAG_PAGES`` pages; :meth:`RegistryStore.cancel` makes
+every in-flight transfer fail at once (Ctrl-C). Failures become PtmErrors:
+401/403 → :class:`KeyAccessError` (exit 4); unreachable, TLS, timeouts, too slow
+→ :class:`NetworkError` (exit 9); a registry answering an error or breaking the
+protocol → :class:`RegistryError` (exit 9). Nothing of httpx escapes.
 """
 
 from __future__ import annotations
@@ -15,71 +25,252 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
+import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 
-from ptmpack.distribution.auth import RegistryAuth, find_credentials
+from ptmpack.distribution.auth import ENV_PASSWORD, ENV_USER, Credentials, RegistryAuth, find_credentials, origin_of
 from ptmpack.distribution.oci import ACCEPT_MANIFESTS, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, sha256_digest
-from ptmpack.distribution.reference import Reference, is_loopback
-from ptmpack.distribution.stores import ClientOptions, RegistryError
-from ptmpack.errors import ENVIRONMENT_ERRNOS, EnvironmentFault, IntegrityError, KeyAccessError, PtmError, UsageError
+from ptmpack.distribution.reference import Reference
+from ptmpack.distribution.stores import ClientOptions
+from ptmpack.errors import (
+    ENVIRONMENT_ERRNOS,
+    EnvironmentFault,
+    IntegrityError,
+    KeyAccessError,
+    NetworkError,
+    PtmError,
+    RegistryError,
+    UsageError,
+)
+
+MAX_REDIRECTS = 5
+MAX_ERROR_BODY = 64 * 1024
+"""Bytes of an error answer read (for its message); the rest is never received."""
+MAX_TAGS_BODY = 4 * 1024 * 1024
+TAGS_PAGE = 1000
+MAX_TAG_PAGES = 100
+"""Tag-list pages followed (100,000 tags); a registry that keeps sending ``Link: next`` is refused."""
+_NO_AUTH: Any = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A registry's answer, its body read to a bound: what every non-streaming verb looks at."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+    url: httpx.URL
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def links(self) -> dict[str | None, dict[str, str]]:
+        return httpx.Response(self.status_code, headers=self.headers).links
 
 
 class RegistryStore:
     """One repository of one registry. Thread-safe: blobs may be moved from several threads."""
 
-    def __init__(self, ref: Reference, options: ClientOptions | None = None) -> None:
+    def __init__(self, ref: Reference, options: ClientOptions | None = None,
+                 credentials: Credentials | bool | None = True) -> None:
+        """``credentials``: True finds them (see :mod:`.auth`); None is anonymous; else these."""
         options = options or ClientOptions()
-        if options.plain_http and not is_loopback(ref.location):
-            raise UsageError(f"--plain-http is allowed only for loopback registries, not {ref.location}",
-                             hint="use HTTPS (add --ca-file for a private CA)")
         self.ref = ref
         self.options = options
         scheme = "http" if options.plain_http else "https"
         self.base = f"{scheme}://{ref.location}/v2/{ref.repository}"
+        self.origin = origin_of(httpx.URL(self.base))
         verify: ssl.SSLContext | bool = True
         if options.ca_file is not None:
             if not Path(options.ca_file).is_file():
                 raise UsageError(f"CA file {options.ca_file} does not exist")
             verify = ssl.create_default_context(cafile=str(options.ca_file))
-        self.auth = RegistryAuth(find_credentials(ref.location))
+        found = find_credentials(ref.location) if credentials is True else credentials
+        self.auth = RegistryAuth(found if isinstance(found, Credentials) else None, self.origin)
         limits = httpx.Limits(max_connections=options.workers + 2, max_keepalive_connections=options.workers + 2)
         self.client = httpx.Client(auth=self.auth, verify=verify, timeout=options.timeout_s, limits=limits,
-                                   follow_redirects=True, headers={"User-Agent": "ptmpack"})
+                                   follow_redirects=False, headers={"User-Agent": "ptmpack"})
+        self.deadline = time.monotonic() + options.deadline_s if options.deadline_s else None
+        self.cancelled = threading.Event()
+        self._live: set[socket.socket] = set()
+        self._live_lock = threading.Lock()
 
     def close(self) -> None:
         self.client.close()
 
+    def cancel(self) -> None:
+        """Make every transfer in flight fail now and every later one refuse to start (Ctrl-C, SIGTERM)."""
+        self.cancelled.set()
+        with self._live_lock:
+            live = list(self._live)
+        for sock in live:  # shutdown, unlike close, wakes a thread blocked reading the socket
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     # plumbing
-    def _request(self, method: str, url: str, what: str, **kw: object) -> httpx.Response:
+    def _timeout(self, what: str) -> httpx.Timeout:
+        """Per request: the read timeout is the speed window (a silent peer is too slow) and ends by the deadline."""
+        if self.cancelled.is_set():
+            raise _Final(f"{what}: cancelled")
+        read = min(self.options.timeout_s, self.options.speed_time_s)
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise _Final(f"{what} did not finish within the {self.options.deadline_s:g} s time limit "
+                                   f"({self.ref.location})", hint="raise --timeout, or try again later")
+            read = min(read, left)
+        return httpx.Timeout(self.options.timeout_s, read=max(read, 0.001))
+
+    @contextlib.contextmanager
+    def _open(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
+              content: bytes | None = None) -> Iterator[httpx.Response]:
+        """A streaming response, redirects followed here (see the module docstring); closed on leaving."""
+        hops = 0
+        while True:
+            same = origin_of(httpx.URL(url)) == self.origin
+            try:
+                request = self.client.build_request(method, url, headers=headers, content=content,
+                                                    timeout=self._timeout(what))
+                response = self.client.send(request, stream=True, **({} if same else {"auth": _NO_AUTH}))
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise self._network_error(exc, what) from None
+            location = response.headers.get("location")
+            if response.status_code not in (301, 302, 303, 307, 308) or not location:
+                break
+            response.close()  # a redirect's body is never read
+            hops += 1
+            if hops > MAX_REDIRECTS:
+                raise RegistryError(f"{self.ref.location}: {what}: more than {MAX_REDIRECTS} redirects",
+                                    hint="the registry redirects in a loop")
+            try:
+                target = response.url.join(location)
+            except httpx.InvalidURL:
+                raise RegistryError(f"{self.ref.location}: {what}: redirect to a malformed URL") from None
+            if target.scheme not in ("http", "https") or (response.url.scheme == "https" and target.scheme != "https"):
+                raise RegistryError(f"{self.ref.location}: {what}: refused a redirect from {response.url.scheme} to "
+                                    f"{target.scheme}://{target.netloc.decode()} (the bytes would travel in clear)",
+                                    hint="a registry on HTTPS must keep its redirects on HTTPS")
+            if response.status_code == 303:
+                method, content = "GET", None
+            url = str(target)
+        sock = _socket_of(response)
+        if sock is not None:
+            with self._live_lock:
+                self._live.add(sock)
         try:
-            response = self.client.request(method, url, **kw)  # type: ignore[arg-type]
-        except httpx.ConnectError as exc:
-            raise RegistryError(f"cannot reach {self.ref.location}: {exc}",
-                                hint="check the host and port; HTTPS needs --ca-file for a private CA") from None
-        except httpx.TransportError as exc:
-            raise RegistryError(f"{what}: {type(exc).__name__}: {exc}") from None
-        self._check_auth(response, what)
-        return response
+            yield response
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise self._network_error(exc, what) from None
+        finally:
+            if sock is not None:
+                with self._live_lock:
+                    self._live.discard(sock)
+            response.close()
 
-    def _check_auth(self, response: httpx.Response, what: str) -> None:
-        if response.status_code in (401, 403):
-            who = f" (credentials from {self.auth.credentials.source})" if self.auth.credentials else " (anonymous)"
-            raise KeyAccessError(f"{self.ref.location} refused {what}{who}: HTTP {response.status_code}",
-                                 hint="set PTMPACK_REGISTRY_USER/PTMPACK_REGISTRY_PASSWORD or docker login")
+    def _request(self, method: str, url: str, what: str, *, limit: int = MAX_ERROR_BODY,
+                 headers: dict[str, str] | None = None, content: bytes | None = None) -> Reply:
+        """Send, read the body to at most ``limit`` + 1 bytes (error bodies to 64 KiB), check authorization.
 
-    def _fail(self, response: httpx.Response, what: str) -> RegistryError:
+        GET and HEAD answered 429 or 5xx are retried (``retries`` times, growing pauses).
+        """
+        attempt = 0
+        while True:
+            with self._open(method, url, what, headers=headers, content=content) as response:
+                bound = limit if response.status_code < 300 else min(limit, MAX_ERROR_BODY)
+                body = _read_bounded(response, bound)
+                reply = Reply(response.status_code, response.headers, body, response.url)
+            busy = reply.status_code == 429 or reply.status_code >= 500
+            if busy and method in ("GET", "HEAD") and attempt < self.options.retries:
+                attempt += 1
+                self._pause(attempt, what)
+                continue
+            self._check_auth(reply, what)
+            return reply
+
+    def _pause(self, attempt: int, what: str) -> None:
+        """Back off before retry ``attempt``; a cancel ends the wait at once."""
+        if self.cancelled.wait(min(4.0, 0.25 * 2 ** (attempt - 1))):
+            raise _Final(f"{what}: cancelled")
+
+    def _network_error(self, exc: Exception, what: str) -> NetworkError:
+        """The PtmError for an httpx failure: names the host that failed (the registry, a redirect target or the
+        token service) and what was being moved, with a hint."""
+        try:
+            host = exc.request.url.netloc.decode() if isinstance(exc, httpx.RequestError) else self.ref.location
+        except RuntimeError:
+            host = self.ref.location
+        who = self.ref.location if host == self.ref.location else f"{host} (reached through {self.ref.location})"
+        if self.auth.realm_host(host):
+            who = f"the token service {host} named by {self.ref.location}"
+        text = str(exc) or type(exc).__name__
+        if self.cancelled.is_set():
+            return _Final(f"{what}: cancelled")
+        if isinstance(exc, httpx.InvalidURL):
+            return RegistryError(f"{self.ref.location}: {what}: the registry sent a malformed URL ({text})")
+        if isinstance(exc, httpx.DecodingError):
+            return RegistryError(f"{who}: {what}: the body does not decode as its Content-Encoding says ({text})")
+        if isinstance(exc, httpx.ConnectError) and ("WRONG_VERSION_NUMBER" in text or "record layer" in text):
+            return NetworkError(f"{who}: TLS handshake failed for {what} ({text})",
+                                hint="the registry speaks plain HTTP? add --plain-http")
+        if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in text:
+            return NetworkError(f"{who}: its TLS certificate is not trusted ({text})",
+                                hint="for a private CA give --ca-file; verification is never switched off")
+        if isinstance(exc, httpx.ConnectError):
+            return NetworkError(f"cannot reach {who} for {what}: {text}",
+                                hint="check the host and port, and that the registry runs")
+        if isinstance(exc, httpx.TimeoutException):
+            return NetworkError(f"{who}: no answer for {what} within {self.options.speed_time_s:g} s",
+                                hint="the network or the registry is too slow; raise --speed-time or try again")
+        return NetworkError(f"{who}: {what} failed: {type(exc).__name__}: {text}", hint="try again")
+
+    def _check_auth(self, reply: Reply | httpx.Response, what: str) -> None:
+        if reply.status_code not in (401, 403):
+            return
+        where = reply.url.netloc.decode()
+        if origin_of(reply.url) != self.origin:
+            raise KeyAccessError(f"{where}, where {self.ref.location} redirected {what}, asks for credentials "
+                                 f"(HTTP {reply.status_code})",
+                                 hint="ptmpack sends registry credentials only to the registry itself")
+        who = f" (credentials from {self.auth.credentials.source})" if self.auth.credentials else " (anonymous)"
+        raise KeyAccessError(f"{self.ref.location} refused {what}{who}: HTTP {reply.status_code}",
+                             hint=f"check those credentials, or run 'ptmpack login {self.ref.location}'"
+                                  if self.auth.credentials else
+                                  f"run 'ptmpack login {self.ref.location}' or set {ENV_USER}/{ENV_PASSWORD}")
+
+    def _fail(self, reply: Reply, what: str) -> RegistryError:
         detail = ""
         with contextlib.suppress(Exception):
-            errs = response.json().get("errors") or []
+            errs = reply.json().get("errors") or []
             detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)[:300]
-        return RegistryError(f"{what}: HTTP {response.status_code}" + (f" ({detail})" if detail else ""))
+        return RegistryError(f"{self.ref.location}: {what}: HTTP {reply.status_code}" + (f" ({detail})" if detail else ""))
+
+    def ping(self) -> None:
+        """GET the API root ``/v2/`` (with the credentials, answering its challenge): what ``login`` checks.
+
+        Raises:
+            KeyAccessError: the registry refuses the credentials.
+            NetworkError / RegistryError: unreachable, or not a distribution registry.
+        """
+        root = self.base[: self.base.index("/v2/") + 4]
+        r = self._request("GET", root, "the API root /v2/")
+        if r.status_code != 200:
+            raise self._fail(r, "the API root /v2/ (is this an OCI registry?)")
 
     # manifests and tags
     def get_manifest(self, target: str) -> tuple[bytes, str] | None:
@@ -89,14 +280,16 @@ class RegistryStore:
             IntegrityError: the bytes do not match the digest asked for or announced.
         """
         what = f"manifest {self.ref.repository}:{target}"
-        r = self._request("GET", f"{self.base}/manifests/{target}", what, headers={"Accept": ACCEPT_MANIFESTS})
+        r = self._request("GET", f"{self.base}/manifests/{target}", what, headers={"Accept": ACCEPT_MANIFESTS},
+                          limit=MAX_MANIFEST_BYTES)
         if r.status_code == 404:
             return None
         if r.status_code != 200:
             raise self._fail(r, what)
         data = r.content
         if len(data) > MAX_MANIFEST_BYTES:
-            raise IntegrityError(f"{what}: {len(data)} bytes is larger than any manifest should be")
+            raise IntegrityError(f"{self.ref.location}: {what} is larger than any manifest may be "
+                                 f"({MAX_MANIFEST_BYTES} bytes); stopped reading it")
         digest = sha256_digest(data)
         announced = r.headers.get("docker-content-digest")
         if (target.startswith("sha256:") and digest != target) or (announced and announced != digest):
@@ -125,20 +318,38 @@ class RegistryStore:
             raise self._fail(r, what)
         return digest, True
 
-    def tags(self) -> list[str]:
-        """Every tag of the repository (following the Link pagination)."""
+    def tags(self, limit: int | None = None) -> list[str]:
+        """The tags of the repository, following the ``Link`` pagination for at most ``MAX_TAG_PAGES`` pages;
+        with ``limit``, only the first page of at most that many tags (for a hint).
+
+        Raises:
+            UsageError: the repository does not exist (exit 2).
+            RegistryError: more pages than ``MAX_TAG_PAGES``, or an error answer.
+        """
         out: list[str] = []
-        url: str | None = f"{self.base}/tags/list?n=1000"
-        while url:
-            r = self._request("GET", url, "tag list")
+        url: str | None = f"{self.base}/tags/list?n={min(limit or TAGS_PAGE, TAGS_PAGE)}"
+        what = f"tag list of {self.ref.repository}"
+        for _ in range(MAX_TAG_PAGES):
+            r = self._request("GET", url, what, limit=MAX_TAGS_BODY)  # type: ignore[arg-type]
             if r.status_code == 404:
-                return []
+                raise UsageError(f"{self.ref.location}/{self.ref.repository}: no such repository",
+                                 hint="check the name; 'ptmpack push' creates a repository")
             if r.status_code != 200:
-                raise self._fail(r, "tag list")
-            out += [t for t in (r.json().get("tags") or []) if isinstance(t, str)]
+                raise self._fail(r, what)
+            try:
+                page = r.json().get("tags") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"{self.ref.location}: {what} is not the JSON the distribution API says") from None
+            out += [t for t in page if isinstance(t, str)]
             link = r.links.get("next", {}).get("url")
-            url = str(r.url.join(link)) if link else None
-        return sorted(set(out))
+            if not link or limit is not None:
+                return sorted(set(out))[:limit]
+            try:
+                url = str(r.url.join(link))
+            except httpx.InvalidURL:
+                raise RegistryError(f"{self.ref.location}: {what}: the next-page link is malformed") from None
+        raise RegistryError(f"{self.ref.location}: {what} goes on past {MAX_TAG_PAGES} pages; stopped",
+                            hint="the registry keeps announcing a next page")
 
     # blobs
     def has_blob(self, digest: str, size: int) -> bool:
@@ -160,7 +371,7 @@ class RegistryStore:
                 self._request("DELETE", self._location(r), "cancel upload")
         return False
 
-    def _location(self, r: httpx.Response) -> str:
+    def _location(self, r: Reply) -> str:
         loc = r.headers.get("location")
         if not loc:
             raise RegistryError(f"{self.ref.location} answered an upload without a Location header")
@@ -194,7 +405,7 @@ class RegistryStore:
         self._check_committed(self._request("PUT", _with_digest(location, digest), what), what)
         return size
 
-    def _check_committed(self, r: httpx.Response, what: str) -> None:
+    def _check_committed(self, r: Reply, what: str) -> None:
         if r.status_code == 201:
             return
         if r.status_code == 400 and "DIGEST_INVALID" in r.text:
@@ -234,11 +445,14 @@ class RegistryStore:
             h = _hash_file(partial, have)
             try:
                 self._stream(digest, size, have, h, f, count, progress)
-            except (httpx.TransportError, _Restart) as exc:
+            except (_Restart, _Dropped) as exc:
                 attempt += 1
+                if self.cancelled.is_set():
+                    raise NetworkError(f"download of blob {digest}: cancelled") from None
                 if attempt > self.options.retries:
-                    raise RegistryError(f"download of {digest} failed after {attempt} attempts: {exc}") from None
-                time.sleep(min(4.0, 0.25 * 2 ** (attempt - 1)))
+                    raise NetworkError(f"download of blob {digest} from {self.ref.location} failed after {attempt} "
+                                       f"attempts: {exc}", hint="try again; the next pull resumes it") from None
+                self._pause(attempt, f"download of blob {digest}")
                 continue
             except IntegrityError:
                 partial.unlink()
@@ -262,28 +476,60 @@ class RegistryStore:
             return
         headers = {"Range": f"bytes={have}-"} if have else {}
         what = f"blob {digest}"
-        with self.client.stream("GET", f"{self.base}/blobs/{digest}", headers=headers) as r:
-            self._check_auth(r, what)
-            if r.status_code == 404:
-                raise IntegrityError(f"the manifest names blob {digest}, but {self.ref.location} does not have it")
-            if have and r.status_code == 200:  # the server ignored Range: start again from zero
-                os.truncate(f.name, 0)
-                raise _Restart("server ignored the Range request")
-            if r.status_code == 429 or r.status_code >= 500:  # busy or failing: back off and resume
-                raise _Restart(f"HTTP {r.status_code}")
-            if r.status_code not in (200, 206):
-                r.read()
-                raise self._fail(r, what)
-            pos = have
-            for block in r.iter_raw():  # the transport's own reads: no re-chunking copies
-                if pos + len(block) > size:
-                    raise IntegrityError(f"{what}: the registry sent more bytes than the manifest says")
-                h.update(block)
-                f.write(block)
-                f.flush()
-                pos += len(block)
-                count[0] += len(block)
-                progress(len(block))
+        try:
+            with self._open("GET", f"{self.base}/blobs/{digest}", what, headers=headers) as r:
+                self._check_auth(r, what)
+                if r.status_code == 404:
+                    raise IntegrityError(f"the manifest names blob {digest}, but {self.ref.location} does not have it")
+                if have and r.status_code == 200:  # the server ignored Range: start again from zero
+                    os.truncate(f.name, 0)
+                    raise _Restart("server ignored the Range request")
+                if r.status_code == 429 or r.status_code >= 500:  # busy or failing: back off and resume
+                    raise _Restart(f"HTTP {r.status_code}")
+                if r.status_code not in (200, 206):
+                    raise self._fail(Reply(r.status_code, r.headers, _read_bounded(r, MAX_ERROR_BODY), r.url), what)
+                pos = have
+                pace = _Pace(self, what)
+                for block in r.iter_raw():  # the transport's own reads: no re-chunking copies
+                    if pos + len(block) > size:
+                        raise IntegrityError(f"{what}: {self.ref.location} sent more bytes than the manifest says")
+                    h.update(block)
+                    f.write(block)
+                    f.flush()
+                    pos += len(block)
+                    count[0] += len(block)
+                    progress(len(block))
+                    pace.tick(len(block))
+        except NetworkError as exc:
+            if isinstance(exc, (RegistryError, _Final)):
+                raise
+            raise _Dropped(exc.message) from None
+
+
+class _Pace:
+    """The low-speed limit (like curl's ``--speed-limit``/``--speed-time``) and the overall deadline of one transfer."""
+
+    def __init__(self, store: RegistryStore, what: str) -> None:
+        self.store, self.what = store, what
+        self.limit, self.window = store.options.speed_limit, store.options.speed_time_s
+        self.start, self.got = time.monotonic(), 0
+
+    def tick(self, n: int) -> None:
+        """Count ``n`` bytes; raise when the window closed below the limit or the deadline passed."""
+        now = time.monotonic()
+        self.got += n
+        store = self.store
+        if store.cancelled.is_set():
+            raise _Final(f"{self.what}: cancelled")
+        if store.deadline is not None and now > store.deadline:
+            raise _Final(f"{self.what} from {store.ref.location} did not finish within the "
+                               f"{store.options.deadline_s:g} s time limit", hint="raise --timeout, or try again later")
+        if now - self.start >= self.window:
+            if self.got < self.limit * (now - self.start):
+                raise _Final(f"{self.what} from {store.ref.location} is too slow: {self.got} bytes in "
+                                   f"{now - self.start:.0f} s, under the limit of {self.limit} bytes/s for "
+                                   f"{self.window:g} s", hint="try again later, or lower --speed-limit / raise --speed-time")
+            self.start, self.got = now, 0
 
 
 def _with_digest(location: str, digest: str) -> str:
@@ -293,6 +539,35 @@ def _with_digest(location: str, digest: str) -> str:
 
 class _Restart(Exception):
     """Internal: the download must be retried (after a truncate or a server that ignored Range)."""
+
+
+class _Final(NetworkError):
+    """A network failure that retrying cannot help: cancelled, past the deadline, below the speed limit."""
+
+
+class _Dropped(Exception):
+    """Internal: the connection failed mid-transfer; the download resumes with Range."""
+
+
+def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` + 1 bytes of a streaming body, decoded (gzip included) piece by piece; the rest is never read."""
+    parts, got = [], 0
+    for block in response.iter_bytes():
+        parts.append(block)
+        got += len(block)
+        if got > limit:
+            break
+    return b"".join(parts)[: limit + 1]
+
+
+def _socket_of(response: httpx.Response) -> socket.socket | None:
+    """The socket under a streaming response (httpcore's network stream), so a cancel can shut it down."""
+    stream = response.extensions.get("network_stream")
+    try:
+        sock = stream.get_extra_info("socket") if stream is not None else None
+    except Exception:  # a transport without that hook: a cancel then waits for the read timeout
+        return None
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _hash_file(path: Path, length: int) -> Any:

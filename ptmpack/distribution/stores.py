@@ -27,6 +27,13 @@ class ClientOptions:
     ca_file: Path | None = None
     workers: int = 4
     timeout_s: float = 60.0
+    """Connect and per-request timeout."""
+    speed_limit: int = 1024
+    speed_time_s: float = 30.0
+    """A transfer that moves fewer than ``speed_limit`` bytes/s over ``speed_time_s`` seconds stops (exit 9),
+    like curl's ``--speed-limit``/``--speed-time``; a peer silent that long times out the same way."""
+    deadline_s: float | None = None
+    """Overall time limit for the whole operation (``pull --timeout``); None: none."""
     retries: int = 6
     """Attempts per blob download after a connection failure (each resumes with Range)."""
     upload_chunk: int = 16 * 1024 * 1024
@@ -41,7 +48,7 @@ class Store(Protocol):
                  progress: Callable[[int], None]) -> int: ...
     def get_manifest(self, target: str) -> tuple[bytes, str] | None: ...
     def put_manifest(self, data: bytes, tag: str | None, artifact_type: str) -> tuple[str, bool]: ...
-    def tags(self) -> list[str]: ...
+    def tags(self, limit: int | None = None) -> list[str]: ...
     def close(self) -> None: ...
 
 

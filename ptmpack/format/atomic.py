@@ -46,9 +46,9 @@ def check_target(target: Path, *, force: bool, want_dir: bool) -> None:
 
 
 def check_free_space(needs: dict[Path, int]) -> None:
-    """Refuse, before writing, when the file systems of ``needs`` (folder -> bytes to write there) lack the room.
+    """Refuse, before writing, when the file systems of ``needs`` (path -> bytes to write there) lack the room.
 
-    Folders on the same file system are added up; a folder that does not exist yet
+    Paths on the same file system are added up; a path that does not exist yet
     is measured at its nearest existing parent. Declared sizes come from outside
     (a registry's manifest), so this is what stops a layer declared at 2^62 bytes
     from filling the disk.
@@ -70,15 +70,34 @@ def check_free_space(needs: dict[Path, int]) -> None:
                                    hint="free some space, or point the cache (XDG_CACHE_HOME) or the output elsewhere")
 
 
+def temp_file_beside(target: Path, suffix: str = "") -> tuple[int, str]:
+    """A new private temporary file in ``target``'s folder (descriptor, path), for writing ``target`` by rename.
+
+    Raises:
+        EnvironmentFault: the folder refuses new files for any reason (full, read-only, forbidden, or a file
+            system such as /proc that creates none); the message names ``target``, never the temporary name.
+    """
+    try:
+        return tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent, suffix=suffix)
+    except OSError as exc:
+        raise EnvironmentFault(f"{target}: cannot write it: {exc.strerror or exc}",
+                               hint=f"the file system refuses new files in {target.parent}") from None
+
+
+def temp_dir_beside(target: Path) -> Path:
+    """A new private temporary folder in ``target``'s folder; like :func:`temp_file_beside`."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
+    except OSError as exc:
+        raise EnvironmentFault(f"{target}: cannot write it: {exc.strerror or exc}",
+                               hint=f"the file system refuses new folders in {target.parent}") from None
+
+
 @contextlib.contextmanager
 def atomic_file(target: Path, *, force: bool) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``target`` only if the block completes."""
     check_target(target, force=force, want_dir=False)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-    except OSError as exc:
-        raise_environment_fault(exc, target)
-        raise
+    fd, tmp = temp_file_beside(target)
     try:
         with os.fdopen(fd, "w+b") as f:
             yield f
@@ -99,11 +118,7 @@ def atomic_dir(target: Path, *, force: bool) -> Iterator[Path]:
     With ``force`` an existing target directory is moved aside, replaced, then removed.
     """
     check_target(target, force=force, want_dir=True)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
-    except OSError as exc:
-        raise_environment_fault(exc, target)
-        raise
+    tmp = temp_dir_beside(target)
     try:
         yield tmp
         os.chmod(tmp, 0o755)

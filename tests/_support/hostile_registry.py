@@ -38,7 +38,6 @@ from tests._support.registry import Tls
 MODES = (
     "honest",            # a registry that follows the distribution spec
     "redirect-auth",     # (1) Basic auth on the registry; blob GETs 307 to the other origin, which challenges with its own realm
-    "foreign-realm",     # (1) the registry's own challenge names a token realm; blobs redirect to the other origin, which 401s
     "downgrade",         # (11) HTTPS registry whose blob GETs 307 to plain HTTP on the other origin
     "gzip-bomb",         # (4) manifest GET answered gzip-encoded, expanding to bomb_bytes
     "huge-error",        # (4) manifest GET answered 400 with an error body of error_bytes
@@ -46,8 +45,8 @@ MODES = (
     "redirect-loop",     # (10) manifest GET redirects to itself forever
     "bad-realm",         # (10) 401 with a Bearer realm that is not a URL
     "dead-realm",        # (16) 401 with a Bearer realm on a port where nothing listens
-    "stall",             # (5) blob GETs send half the body, then nothing until stopped
-    "trickle",           # (6) blob GETs send one byte every trickle_s seconds
+    "stall",             # (5, 6) GETs of blobs over slow_over bytes send half the body, then nothing until stopped
+    "trickle",           # (6) GETs of blobs over slow_over bytes send one byte every trickle_s seconds
     "tag-pages",         # (7) the tag list has a next page, always
     "busy",              # (9) every request answered 503
 )
@@ -89,7 +88,7 @@ class HostileRegistry:
     def __init__(self, mode: str = "honest", *, repository: str = "hostile/model", tls: Tls | None = None,
                  user: str = "alice", password: str = "s3cret-pw", max_requests: int = 3000,
                  max_seconds: float = 90.0, bomb_bytes: int = 512 * 1024 * 1024,
-                 error_bytes: int = 200 * 1024 * 1024, trickle_s: float = 20.0) -> None:
+                 error_bytes: int = 200 * 1024 * 1024, trickle_s: float = 20.0, slow_over: int = 64 * 1024) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.mode = mode
@@ -98,6 +97,7 @@ class HostileRegistry:
         self.user, self.password = user, password
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.bomb_bytes, self.error_bytes, self.trickle_s = bomb_bytes, error_bytes, trickle_s
+        self.slow_over = slow_over
         self.seen: list[Seen] = []
         self.body_bytes_sent = 0
         """Bytes of response bodies written (counted as they leave, for the huge-error mode)."""
@@ -265,9 +265,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(503, b'{"errors":[{"code":"UNAVAILABLE","message":"busy"}]}')
         if mode == "redirect-auth" and self.headers.get("Authorization") != _basic(reg.user, reg.password):
             return self._send(401, b"", {"WWW-Authenticate": 'Basic realm="hostile"'})
-        if mode == "foreign-realm" and not self.headers.get("Authorization", "").startswith("Bearer "):
-            realm = f"{self._origin('main')}/token"
-            return self._send(401, b"", {"WWW-Authenticate": f'Bearer realm="{realm}",service="hostile"'})
         if mode == "bad-realm":
             return self._send(401, b"", {"WWW-Authenticate": 'Bearer realm="http://[::1:bad",service="x"'})
         if mode == "dead-realm":
@@ -349,7 +346,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = reg.content.blobs.get(digest)
         if data is None:
             return self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}')
-        if self.command == "GET" and mode in ("redirect-auth", "foreign-realm", "downgrade"):
+        if self.command == "GET" and mode in ("redirect-auth", "downgrade"):
             return self._send(307, b"", {"Location": f"{self._origin('other', 'http')}{self.path}"})
         start = 0
         m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
@@ -360,7 +357,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         headers = {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}
         if m:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        if self.command == "HEAD" or mode not in ("stall", "trickle"):
+        if self.command == "HEAD" or mode not in ("stall", "trickle") or len(data) <= reg.slow_over:
             return self._send(status, body, headers)
         self.send_response(status)
         for k, v in headers.items():
@@ -384,7 +381,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/token":
             return self._send(200, b'{"token":"stolen"}', {"Content-Type": "application/json"})
-        if reg.mode in ("redirect-auth", "foreign-realm"):
+        if reg.mode == "redirect-auth":
             realm = f"{self._origin('other')}/token"
             return self._send(401, b"", {"WWW-Authenticate": f'Bearer realm="{realm}",service="evil"'})
         m = re.fullmatch(r"/v2/(.+)/blobs/(.+)", path)

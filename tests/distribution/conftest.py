@@ -19,6 +19,8 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own content cache and no credentials from the user's environment."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg-runtime"))  # no containers auth.json of the user's
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
     monkeypatch.delenv("PTMPACK_REGISTRY_USER", raising=False)
     monkeypatch.delenv("PTMPACK_REGISTRY_PASSWORD", raising=False)
 

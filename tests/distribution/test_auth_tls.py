@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ptmpack.distribution import ClientOptions, PullOptions, PushOptions, RegistryError, ls_ref, pull, push
+from ptmpack.distribution import ClientOptions, NetworkError, PullOptions, PushOptions, ls_ref, pull, push
 from ptmpack.distribution.auth import find_credentials, parse_challenge
 from ptmpack.errors import KeyAccessError, UsageError
 from tests._support.registry import Registry, TokenServer, make_tls, registry_available, write_htpasswd
@@ -38,7 +38,7 @@ def test_https_with_private_ca(tmp_path: Path, package: Path) -> None:
     tls = make_tls(tmp_path / "tls")
     with Registry(tmp_path / "reg", tls=tls) as reg:
         ref = f"{reg.host}/secure/model:v1"
-        with pytest.raises(RegistryError):  # verification is on by default: an unknown CA is refused
+        with pytest.raises(NetworkError):  # verification is on by default: an unknown CA is refused
             push(package, ref)
         client = ClientOptions(ca_file=tls.ca_file)
         push(package, ref, PushOptions(client=client))
@@ -123,9 +123,17 @@ def test_challenge_parsing() -> None:
     assert params == {"realm": "https://auth.example/token", "service": "reg", "scope": "repository:a/b:pull,push"}
 
 
-def test_plain_http_only_for_loopback(package: Path) -> None:
-    with pytest.raises(UsageError):
-        push(package, "registry.example.com/a/b:v1", PushOptions(client=ClientOptions(plain_http=True)))
+def test_plain_http_for_any_host_given_explicitly_with_a_warning() -> None:
+    from ptmpack.distribution.reference import parse_reference, plain_http_warning
+    from ptmpack.distribution.registry import RegistryStore
+
+    store = RegistryStore(parse_reference("registry:5000/a/b:v1"), ClientOptions(plain_http=True))
+    try:
+        assert store.base == "http://registry:5000/v2/a/b"  # a CI sidecar: no refusal, nothing contacted yet
+    finally:
+        store.close()
+    assert "registry:5000" in (plain_http_warning("registry:5000/a/b:v1") or "")
+    assert plain_http_warning("127.0.0.1:5000/a/b") is None and plain_http_warning("localhost:5000/a") is None
 
 
 def test_chunked_upload_and_cross_repository_mount(registry: Registry, package: Path, tmp_path: Path) -> None:

@@ -47,7 +47,6 @@ def test_registry_commands_and_exit_codes(registry: Registry, package: Path, tmp
     assert_clean_error(unknown, 2)
     assert "v9" in unknown.err and not (tmp_path / "x.ptm").exists()
     assert_clean_error(cli("pull", ref, "-o", out, "--plain-http"), 2)  # exists, no --force
-    assert_clean_error(cli("push", package, "registry.example.com/a/b:v1", "--plain-http"), 2)
     assert_clean_error(cli("pull", "not a reference", "-o", tmp_path / "y.ptm"), 2)
 
 

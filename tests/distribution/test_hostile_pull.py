@@ -131,3 +131,21 @@ def test_delta_whose_config_lies_about_residual_exits_3(package: Path, tmp_path:
     assert rtag in run.err and ".ptmpack-" not in run.err
     assert local.read_bytes() == package.read_bytes()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ptmpack")] == []
+
+
+def test_push_refused_by_the_disk_names_the_layout(package: Path, tmp_path: Path) -> None:
+    """Item 16: a full disk (EFBIG here) while pushing to a layout named no path at all."""
+    layout = tmp_path / "layout"
+    code, err, _ = limited([sys.executable, "-m", "ptmpack.cli", "push", str(package), f"oci:{layout}:v1"],
+                           file_size=64 << 10)
+    assert code == 8, err
+    assert str(layout) in err
+    assert [p for p in layout.rglob(".ptmpack-*")] == []
+
+
+def test_push_leaves_no_lock_file_in_the_layout(package: Path, tmp_path: Path) -> None:
+    """Issue 16 item 7: the layout holds what the OCI spec says and nothing of ptmpack's."""
+    layout = tmp_path / "layout"
+    assert cli("push", package, f"oci:{layout}:v1").code == 0
+    assert cli("push", package, f"oci:{layout}:v2").code == 0
+    assert sorted(p.name for p in layout.iterdir()) == ["blobs", "index.json", "oci-layout"]
