@@ -134,6 +134,13 @@ def test_encrypted_input_keeps_its_protection(llama: tuple[Path, Path, Path], tm
                "--encrypt-key-file", tmp_path / "other.key").code == 0
     assert cli("verify", other, "--key-file", tmp_path / "other.key").code == 0
     assert_clean_error(cli("verify", other, "--key-file", key), 4)
+    # The input's protection with another cipher.
+    sm4 = tmp_path / "sm4.ptm"
+    run = cli("compress", enc, "-o", sm4, "--quant", "rtn", "--key-file", key, "--cipher", "sm4-gcm")
+    if run.code == 6:
+        return  # this OpenSSL has no SM4-GCM
+    assert run.code == 0, run.err
+    assert cli("inspect", sm4, "--key-file", key, "--json").json()["encryption"]["cipher"] == "sm4-gcm"
 
 
 def test_old_input_key_spellings_still_work_with_a_warning(llama: tuple[Path, Path, Path], tmp_path: Path) -> None:
