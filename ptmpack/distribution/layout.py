@@ -115,6 +115,9 @@ class LayoutStore:
             raise IntegrityError(f"{p}: manifests must be a list")
         return doc
 
+    def cancel(self) -> None:
+        """Nothing to interrupt: a layout's reads and writes are local and short."""
+
     def tags(self, limit: int | None = None) -> list[str]:
         """Every tag of the layout (the first ``limit``), sorted."""
         return sorted({m["annotations"][REF_NAME] for m in self.index().get("manifests", [])

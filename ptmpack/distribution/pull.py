@@ -247,7 +247,7 @@ class _Blobs:
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
             if exc[0] is not None:  # Ctrl-C, SIGTERM or a failure: stop the transfers in flight now, not after retries
-                self.store.cancel()  # type: ignore[union-attr]
+                self.store.cancel()
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def path(self, digest: str) -> Path:

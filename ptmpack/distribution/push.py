@@ -184,8 +184,13 @@ def _upload(store: Store, path: Path, cut: Cut, small: dict[str, bytes], mounts:
                 for d, b in small.items()]
         jobs += [pool.submit(_one, store, p.digest, p.length, lambda pos, n, o=p.offset: os.pread(fd, n, o + pos),
                              mounts(p.digest), progress, tally) for p in pieces]
-        for j in jobs:
-            j.result()
+        try:
+            for j in jobs:
+                j.result()
+        except BaseException:  # Ctrl-C, SIGTERM or a failed upload: stop the others now, not after every upload
+            store.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _one(store: Store, digest: str, size: int, read: Any, mount_from: list[str], progress: TransferProgress,
