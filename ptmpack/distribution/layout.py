@@ -63,8 +63,6 @@ class LayoutStore:
     def close(self) -> None:
         """Nothing to release; present so every store is used alike."""
 
-    def cancel(self) -> None:
-        """Nothing in flight: a layout's reads are local files."""
 
     # blobs
     def blob_path(self, digest: str) -> Path:
@@ -153,6 +151,9 @@ class LayoutStore:
         if not isinstance(doc.get("manifests", []), list):
             raise IntegrityError(f"{p}: manifests must be a list")
         return doc
+
+    def cancel(self) -> None:
+        """Nothing to interrupt: a layout's reads and writes are local and short."""
 
     def tags(self, limit: int | None = None) -> list[str]:
         """Every tag of the layout (the first ``limit``), sorted."""

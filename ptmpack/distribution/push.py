@@ -274,8 +274,13 @@ def _upload(store: Store, path: Path, cut: Cut | None, small: dict[str, bytes], 
                 for d, b in small.items()]
         jobs += [pool.submit(_one, store, p.digest, p.length, reader(p), mounts(p.digest), progress, tally)
                  for p in pieces]
-        for j in jobs:
-            j.result()
+        try:
+            for j in jobs:
+                j.result()
+        except BaseException:  # Ctrl-C, SIGTERM or a failed upload: stop the others now, not after every upload
+            store.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
         if not chunk:
             return None
         tables = {p.digest: hashers[p.digest].table() for p in pieces}

@@ -7,9 +7,10 @@ Every verb of the distribution API that push and pull need is here: manifests
 POST/PATCH.../PUT for large ones, cross-repository mounts), resumable blob
 downloads (GET with ``Range``) and the tag list.
 
-The registry is trusted for availability only (docs/SECURITY.md §7), so this
+The registry is trusted for availability only (docs/SECURITY.md §8), so this
 module bounds what it can make the client do: every body is streamed and read to
-at most its limit + 1 (gzip included), error bodies to 64 KiB; redirects are
+at most its limit + 1 (gzip decoded here, under the same bound; other encodings
+refused), error bodies to 64 KiB; redirects are
 followed here, at most five, never from HTTPS down to HTTP, and a hop to another
 origin is sent without credentials; transfers slower than the speed limit, or
 past the overall deadline, stop with a message naming the object; the tag list
@@ -31,6 +32,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +114,8 @@ class RegistryStore:
         self.auth = RegistryAuth(found if isinstance(found, Credentials) else None, self.origin)
         limits = httpx.Limits(max_connections=options.workers + 2, max_keepalive_connections=options.workers + 2)
         self.client = httpx.Client(auth=self.auth, verify=verify, timeout=options.timeout_s, limits=limits,
-                                   follow_redirects=False, headers={"User-Agent": "ptmpack"})
+                                   follow_redirects=False,
+                                   headers={"User-Agent": "ptmpack", "Accept-Encoding": "gzip, deflate"})
         self.deadline = time.monotonic() + options.deadline_s if options.deadline_s else None
         self.cancelled = threading.Event()
         self._live: set[socket.socket] = set()
@@ -632,11 +635,36 @@ class _Dropped(Exception):
 
 
 def _read_bounded(response: httpx.Response, limit: int) -> bytes:
-    """At most ``limit`` + 1 bytes of a streaming body, decoded (gzip included) piece by piece; the rest is never read."""
+    """At most ``limit`` + 1 bytes of a streaming body, decoded here, never more than that many at once.
+
+    httpx would decode a whole network read in one call (a 64 KiB zstd read can
+    expand to gigabytes), so the raw bytes are decoded with zlib's ``max_length``:
+    ``gzip`` and ``deflate`` (what ptmpack asks for), identity; any other
+    Content-Encoding is refused.
+
+    Raises:
+        RegistryError: an unsupported Content-Encoding, or a body that does not decode.
+    """
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        inflate = None
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    else:
+        raise RegistryError(f"{response.url.netloc.decode()}: answered with Content-Encoding {encoding[:40]!r}, "
+                            f"which ptmpack did not ask for", hint="the registry or a proxy rewrites bodies")
     parts, got = [], 0
-    for block in response.iter_bytes():
-        parts.append(block)
-        got += len(block)
+    for raw in response.iter_raw():
+        pending = raw
+        while pending and got <= limit:
+            try:
+                block = inflate.decompress(pending, limit + 1 - got) if inflate is not None else pending
+            except zlib.error as exc:
+                raise RegistryError(f"{response.url.netloc.decode()}: the body does not decode as its "
+                                    f"Content-Encoding {encoding!r} says ({exc})") from None
+            pending = inflate.unconsumed_tail if inflate is not None else b""
+            parts.append(block)
+            got += len(block)
         if got > limit:
             break
     return b"".join(parts)[: limit + 1]

@@ -40,6 +40,7 @@ MODES = (
     "redirect-auth",     # (1) Basic auth on the registry; blob GETs 307 to the other origin, which challenges with its own realm
     "downgrade",         # (11) HTTPS registry whose blob GETs 307 to plain HTTP on the other origin
     "gzip-bomb",         # (4) manifest GET answered gzip-encoded, expanding to bomb_bytes
+    "zstd-bomb",         # (4) manifest GET answered zstd-encoded (not asked for), expanding to bomb_bytes
     "huge-error",        # (4) manifest GET answered 400 with an error body of error_bytes
     "bad-gzip",          # (10) manifest GET claims gzip, sends garbage
     "redirect-loop",     # (10) manifest GET redirects to itself forever
@@ -103,7 +104,7 @@ class HostileRegistry:
         """Bytes of response bodies written (counted as they leave, for the huge-error mode)."""
         self.stopped = threading.Event()
         self._lock = threading.Lock()
-        self._servers: list[http.server.ThreadingHTTPServer] = []
+        self._servers: list[_Server] = []
         self._main = self._server("127.0.0.1", "main", tls)
         self._other = self._server("127.0.0.2", "other", None)
         self.host = f"127.0.0.1:{self._main.server_address[1]}"
@@ -173,15 +174,14 @@ class HostileRegistry:
             return [s for s in self.seen if s.origin == origin]
 
     # servers
-    def _server(self, address: str, origin: str, tls: Tls | None) -> http.server.ThreadingHTTPServer:
+    def _server(self, address: str, origin: str, tls: Tls | None) -> _Server:
         owner = self
 
         class Handler(_Handler):
             registry = owner
             role = origin
 
-        server = http.server.ThreadingHTTPServer((address, 0), Handler)
-        server.daemon_threads = True
+        server = _Server((address, 0), Handler)
         if tls is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
@@ -209,6 +209,18 @@ class HostileRegistry:
     def __exit__(self, *exc: object) -> None:
         self._watchdog.cancel()
         self.stop()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """Threads that never block the test's exit, and a client hanging up is not an error worth a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, ssl.SSLError)):
+            super().handle_error(request, client_address)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -306,6 +318,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if mode == "gzip-bomb":
             return self._stream(200, _gzip_zeros(reg.bomb_bytes), {"Content-Encoding": "gzip",
                                                                   "Content-Type": "application/json"})
+        if mode == "zstd-bomb":
+            return self._stream(200, [_zstd_zeros(reg.bomb_bytes)], {"Content-Encoding": "zstd",
+                                                                    "Content-Type": "application/json"})
         if mode == "huge-error":
             return self._huge_error()
         digest = reg.content.tags.get(target, target)
@@ -411,8 +426,15 @@ def _gzip_zeros(size: int) -> list[bytes]:
 
 def served(layout: Path, packages: dict[str, Path], mode: str = "honest", **kw: Any) -> HostileRegistry:
     """A hostile registry serving ``packages`` (tag -> .ptm), pushed first to the OCI layout ``layout``."""
+    import pytest
+
     from ptmpack import api
 
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.2", 0))
+    except OSError:
+        pytest.skip("the hostile registry's second origin needs 127.0.0.2 (all of 127/8 is loopback on Linux)")
     for tag, package in packages.items():
         api.push(package, f"oci:{layout}:{tag}")
     return HostileRegistry(mode, **kw).load_layout(layout)
@@ -448,3 +470,15 @@ def limited(cmd: list[str], *, address_space: int | None = None, file_size: int 
     rss = int(lines[-1]) if lines[-1].isdigit() else -1
     code = proc.returncode if proc.returncode < 128 else -(proc.returncode - 128)
     return code, lines[0] if len(lines) > 1 else "", rss
+
+
+def _zstd_zeros(size: int) -> bytes:
+    """One zstd frame of ``size`` zero bytes (a few KiB), written as a stream so it is never held whole."""
+    import io
+
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=1).stream_writer(out, size=size, closefd=False) as writer:
+        block = bytes(1024 * 1024)
+        for _ in range(size // len(block)):
+            writer.write(block)
+    return out.getvalue()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ptmpack.compress import gptq_solver
+from ptmpack.compress.quant.gptq import solver as gptq_solver
 
 
 @pytest.fixture(params=["numpy", "torch"])

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ptmpack.compress.adapters import FOLDER, merge_adapters
-from ptmpack.compress.struct_tree import rebuild_graph
+from ptmpack.compress.structure.merge_adapter import merge_adapters
+from ptmpack.compress.tree.adapters import FOLDER
+from ptmpack.compress.tree.rebuild import rebuild_graph
 from ptmpack.errors import InvalidTreeError, UsageError
 from ptmpack.ir.model import ModelStructure
 from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
@@ -132,8 +133,8 @@ def test_adapter_errors(tmp_path: Path) -> None:
 
 
 def test_steps_that_rewrite_linears_refuse_unmerged_adapters(tmp_path: Path) -> None:
-    from ptmpack.compress.fold_norm import fold_norm
-    from ptmpack.compress.prune import prune
+    from ptmpack.compress.structure.fold_norm import fold_norm
+    from ptmpack.compress.structure.prune.step import prune
 
     cfg, t = llama_tensors(layers=1)
     tree = make_tree(tmp_path, cfg, t)

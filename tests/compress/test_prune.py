@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from ptmpack.compress.prune import prune
-from ptmpack.compress.prune_torch import Importance
+from ptmpack.compress.structure.prune.importance import Importance
+from ptmpack.compress.structure.prune.step import prune
 from ptmpack.errors import UnsupportedError, UsageError
 from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
 

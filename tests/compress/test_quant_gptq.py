@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ptmpack.compress import gptq_solver
-from ptmpack.compress.gptq_solver import NotPositiveDefinite, backend, gptq_quantize
-from ptmpack.compress.rtn import quantize_rtn
+from ptmpack.compress.quant.gptq import solver as gptq_solver
+from ptmpack.compress.quant.gptq.solver import NotPositiveDefinite, backend, gptq_quantize
+from ptmpack.compress.quant.rtn import quantize_rtn
 
 
 def _correlated_inputs(n: int, cols: int, seed: int = 0) -> np.ndarray:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ptmpack.compress import pipeline
-from ptmpack.compress.calibration import windows_of
-from ptmpack.compress.dequantize import dequantize_tree
+from ptmpack.compress import methods
+from ptmpack.compress.eval.calibration import windows_of
 from ptmpack.compress.pipeline import compress
+from ptmpack.compress.quant.dequantize import dequantize_tree
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.config import PackConfig
 from ptmpack.errors import UnsupportedError, UsageError
@@ -138,7 +139,9 @@ def test_gptq_needs_calibration_text(llama: Path, tmp_path: Path) -> None:
 
 def test_a_missing_step_module_is_unsupported(llama: Path, calib: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pipeline.QUANT_MODULES, "affine", "ptmpack.compress._no_such_module")
+    gone = tuple(replace(m, entry="ptmpack.compress._no_such_module:apply") if (m.slot, m.name) == ("quant", "affine")
+                 else m for m in methods.METHODS)
+    monkeypatch.setattr(methods, "METHODS", gone)
     with pytest.raises(UnsupportedError) as err:
         compress(llama, tmp_path / "x.ptm", CompressSpec(quant="affine", calib=calib), PackConfig())
     assert err.value.exit_code == 6

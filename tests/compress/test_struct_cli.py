@@ -119,13 +119,31 @@ def test_ptq_through_the_cli_runs_and_evaluates(tmp_path: Path) -> None:
     assert emb.code == 0, emb.err
 
 
-def test_unified_norm_with_weight_quantization_is_refused(tmp_path: Path) -> None:
+def test_unified_norm_composes_with_weight_quantization(tmp_path: Path) -> None:
     cfg, t = llama_tensors(layers=1)
     tree = make_tree(tmp_path, cfg, t)
-    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--fold-norm", "unified", "--calib", _text(tmp_path),
-              "--quant", "rtn", "--bits", "8", "--group-size", "32")
-    assert_clean_error(run, 6)
-    assert "on-line norms" in run.err
+    out = tmp_path / "x.ptm"
+    run = cli("compress", tree, "-o", out, "--fold-norm", "unified", "--calib", _text(tmp_path),
+              "--quant", "rtn", "--bits", "8", "--group-size", "16", "--nsamples", "2", "--seqlen", "32")
+    assert run.code == 0, run.err
+    alone = tmp_path / "unified.ptm"
+    assert cli("compress", tree, "-o", alone, "--fold-norm", "unified", "--calib", _text(tmp_path)).code == 0
+    from ptmpack.ir.runner import LoadedModel
+
+    def ops(ptm: Path) -> list[str]:
+        with LoadedModel.open(ptm) as lm:
+            assert np.isfinite(lm.forward(np.arange(6)[None] % 40)).all()
+            return [o.type for o in lm.model.main_graph.operators]
+
+    # the quantized package keeps the unified graph (no norm put back), its linears quantized
+    quantized, unified = ops(out), ops(alone)
+    assert "quantized_linear" in quantized and "rms_norm" not in unified
+    linears = ("linear", "quantized_linear")
+    assert [t for t in quantized if t not in linears] == [t for t in unified if t not in linears]
+    refused = cli("compress", tree, "-o", tmp_path / "y.ptm", "--fold-norm", "unified", "--calib", _text(tmp_path),
+                  "--quant", "affine")
+    assert_clean_error(refused, 6)
+    assert "AffineQuant" in refused.err
 
 
 def _tensors_of(ptm: Path) -> dict[str, np.ndarray]:

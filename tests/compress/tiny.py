@@ -141,3 +141,37 @@ def tiny_tree(tmp: Path, kind: str = "llama") -> Path:
     tree = tmp / f"{kind}-tree"
     init_tree(tree, from_hf=ck)
     return tree
+
+
+def reshard(directory: Path, shards: int, dtype: str = "F32") -> list[str]:
+    """Rewrite ``directory/model.safetensors`` as ``shards`` Hugging Face shards in ``dtype`` (``F32`` or ``BF16``).
+
+    Writes ``model-0000i-of-0000n.safetensors`` and ``model.safetensors.index.json`` (the
+    ``weight_map`` of a sharded ``save_pretrained``) with ptmpack's own header encoder, and
+    removes the single file. Returns the shard names.
+    """
+    from safetensors.numpy import load_file
+
+    from ptmpack.tensors.dtypes import numpy_dtype
+    from ptmpack.tensors.stwriter import encode_header
+
+    single = directory / "model.safetensors"
+    tensors = load_file(str(single))
+    names = list(tensors)
+    per = -(-len(names) // shards)
+    files, weight_map, total = [], {}, 0
+    for i in range(shards):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        chunk = {n: tensors[n].astype(numpy_dtype(dtype)) for n in names[i * per:(i + 1) * per]}
+        header = encode_header(((n, dtype, a.shape) for n, a in chunk.items()), {"format": "pt"})
+        with open(directory / file, "wb") as f:
+            f.write(header)
+            for a in chunk.values():
+                f.write(np.ascontiguousarray(a).tobytes())
+        weight_map.update(dict.fromkeys(chunk, file))
+        total += sum(a.nbytes for a in chunk.values())
+        files.append(file)
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    single.unlink()
+    return files

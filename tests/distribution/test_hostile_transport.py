@@ -82,6 +82,16 @@ def test_gzip_bomb_manifest_is_read_only_to_its_limit(package: Path, tmp_path: P
     _no_output(tmp_path)
 
 
+def test_zstd_bomb_is_refused_without_decoding_it(package: Path, tmp_path: Path) -> None:
+    """Item 4: a manifest answered zstd-encoded (httpx decodes a whole network read at once: 64 KiB -> 1 GiB)."""
+    with served(tmp_path / "layout", {"v1": package}, "zstd-bomb", bomb_bytes=1 << 30) as reg:
+        code, err, rss_kib = limited([*PTMPACK, "pull", _ref(reg), "-o", str(tmp_path / "out.ptm"), "--plain-http"])
+    assert rss_kib < 300 * 1024, f"peak RSS {rss_kib} KiB: the body was decoded"
+    assert code == 9, err
+    assert "Content-Encoding 'zstd'" in err and reg.host in err
+    _no_output(tmp_path)
+
+
 def test_huge_error_body_is_not_read(package: Path, tmp_path: Path) -> None:
     """Item 4: a 400 answer with a 200 MiB body: the message comes from its first 64 KiB, the rest never moves."""
     with served(tmp_path / "layout", {"v1": package}, "huge-error", error_bytes=200 << 20) as reg:
