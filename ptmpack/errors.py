@@ -53,13 +53,26 @@ class InvalidTreeError(PtmError):
 
 
 class MetadataError(InvalidTreeError):
-    """A metadata document fails its JSON Schema; names the file and the JSON path."""
+    """A metadata document fails its JSON Schema; names the file and the JSON path.
 
-    def __init__(self, file: str, json_path: str, reason: str) -> None:
-        super().__init__(f"{file}: {json_path}: {reason}")
+    ``file``, ``json_path`` and ``reason`` describe the first problem; ``problems`` lists
+    every one found (``file: path: reason``), so a user fixes them all in one round.
+    """
+
+    def __init__(self, file: str, json_path: str, reason: str, *, also: tuple[str, ...] = ()) -> None:
+        first = f"{file}: {json_path}: {reason}"
+        super().__init__(first if not also else f"{len(also) + 1} problems: " + "; ".join((first, *also)))
         self.file = file
         self.json_path = json_path
         self.reason = reason
+        self.problems = (first, *also)
+
+    @staticmethod
+    def combine(errors: list[MetadataError]) -> MetadataError:
+        """One error reporting every problem of ``errors`` (the first one's fields lead)."""
+        head = errors[0]
+        rest = tuple(p for e in errors for p in e.problems)[1:]
+        return MetadataError(head.file, head.json_path, head.reason, also=rest)
 
 
 class UnsupportedError(PtmError):

@@ -90,10 +90,13 @@ class InspectReport:
     residual: dict[str, Any] | None = None
     tensors: tuple[dict[str, Any], ...] | None = None
     sealed: bool = False
-    """An encrypted package inspected without its key: only the clear header, signer and key slots are known."""
+    """An encrypted package inspected without its key: only the clear header, signer and key slots are known
+    (``"sealed": true`` in ``to_json()``; absent otherwise)."""
 
     def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"path": self.path, "type": self.type, "sealed": self.sealed}
+        doc: dict[str, Any] = {"path": self.path, "type": self.type}
+        if self.sealed:
+            doc["sealed"] = True
         if self.type == "file":
             doc.update(file_size=self.file_size, header=self.header, manifest=self.manifest,
                        signature=self.signature)

@@ -88,19 +88,21 @@ def output_config(source: Path, opener: Opener | None, *, compression: tuple[spe
                       encryption=encryption if encrypt is not False else None, sign_key=sign_key)
 
 
-def package_bytes(package: Path, opener: Opener | None = None) -> int | None:
+def package_bytes(package: Path) -> int | None:
     """Raw bytes of the files of a package or tree (what unpack writes, verify reads); None when unknown.
 
-    For progress totals only: a package that cannot be opened here gives None, and the
-    command itself then reports why.
+    For progress totals only. A ``.ptm``'s entry headers carry the raw lengths in the clear,
+    so no key is needed (and no passphrase is stretched twice); a file that cannot be read
+    here gives None, and the command itself then reports why.
     """
     from ptmpack.errors import PtmError
+    from ptmpack.format.reader import PackageReader
 
     if Path(package).is_dir():
         return tree_bytes(Path(package))
     try:
-        with open_package(Path(package), opener) as pkg:
-            return sum(f.size for f in pkg.files)
+        with PackageReader(Path(package), sealed_ok=True) as reader:
+            return sum(hdr.raw_length for _, hdr, _ in reader.walk_headers())
     except (PtmError, OSError):
         return None
 

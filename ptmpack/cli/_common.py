@@ -10,6 +10,7 @@ and :mod:`ptmpack.cli.progress`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -150,7 +151,11 @@ def derived_output_config(source: Path, keys: Opener | None, *, codec: str | Non
     if named:
         encryption = api.load_encryption(api.RecipientFiles(encrypt_passphrase_files, encrypt_key_files, recipients,
                                                             cipher or "aes-256-gcm"))
-    return api.output_config(source, keys, compression=parse_compression(codec) if codec else None,
-                             encryption=encryption, encrypt=True if named else encrypt,
-                             chunk_size=parse_size(chunk_size),
-                             sign_key=api.load_signing_key(sign_key) if sign_key else None)
+    config = api.output_config(source, keys, compression=parse_compression(codec) if codec else None,
+                               encryption=encryption, encrypt=True if named else encrypt,
+                               chunk_size=parse_size(chunk_size),
+                               sign_key=api.load_signing_key(sign_key) if sign_key else None)
+    if cipher and config.encryption is not None and not named:  # protection like the input's, another cipher
+        config = dataclasses.replace(config, encryption=dataclasses.replace(config.encryption,
+                                                                            cipher=CIPHER_NAMES[cipher]))
+    return config

@@ -108,6 +108,11 @@ def _loads_with(steps: tuple[dict[str, Any], ...]) -> str:
     if any(s.get("method") == "ptq" for s in quant):
         return ("ptmpack run/eval: activation quantization with channel compensation is an operator of "
                 "Model/graph.json that transformers + compressed-tensors do not run")
+    unmerged = sum(int((s.get("affine") or {}).get("unmerged_transforms") or 0) for s in quant)
+    if unmerged:
+        return (f"ptmpack run/eval, which execute the {unmerged} unmerged AffineQuant transforms of Model/graph.json; "
+                "transformers + compressed-tensors load the weights but skip those transforms, so they compute a "
+                "slightly different model")
     if any(s.get("symmetric") is False for s in quant):
         return ("ptmpack run/eval; the asymmetric pack-quantized weights do not load in released transformers + "
                 "compressed-tensors (zero-point shape, llm-compressor #1618): `ptmpack unpack --dequantize` "

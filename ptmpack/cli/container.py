@@ -9,7 +9,7 @@ import click
 
 from ptmpack import api
 from ptmpack.cli._common import json_option, opener, opener_options, pack_config, protection_options
-from ptmpack.cli.output import Printer, emit, file_ref, human_size
+from ptmpack.cli.output import Printer, emit, file_ref, file_ref_soon, human_size
 from ptmpack.cli.progress import byte_progress, progress_option
 
 
@@ -74,7 +74,7 @@ def unpack_cmd(package: Path, output: Path, passphrase_file: Path | None, key_fi
     """Unpack a .ptm container into a package tree (atomically)."""
     key = api.load_public_key(pubkey) if pubkey else None
     keys = opener(passphrase_file, key_file, identity)
-    with byte_progress("unpacking", lambda: api.package_bytes(package, keys)) as progress:
+    with byte_progress("unpacking", lambda: api.package_bytes(package)) as progress:
         report = api.unpack(package, output, opener=keys, pubkey=key,
                             force=force, progress=progress, dequantize=dequantize)
     if as_json:
@@ -98,11 +98,12 @@ def verify_cmd(package: Path, passphrase_file: Path | None, key_file: Path | Non
     """
     key = api.load_public_key(pubkey) if pubkey else None
     keys = opener(passphrase_file, key_file, identity)
-    with byte_progress("verifying", lambda: api.package_bytes(package, keys)) as progress:
+    input_ref = file_ref_soon(package) if as_json and package.is_file() else lambda: file_ref(package)
+    with byte_progress("verifying", lambda: api.package_bytes(package)) as progress:
         report = api.verify(package, opener=keys, pubkey=key,
                             progress=progress)
     if as_json:
-        emit(report.to_json(), input=file_ref(package), drop=("path",))
+        emit(report.to_json(), input=input_ref(), drop=("path",))
         return
     out = Printer()
     out.status("OK", f"{report.path}: {report.entries} files, {human_size(report.bytes)}")

@@ -26,7 +26,7 @@ from ptmpack.api.distribution import (
     push,
 )
 from ptmpack.cli._common import json_option, opener, opener_options, parse_size
-from ptmpack.cli.output import Printer, clean, emit, file_ref, human_size, warn
+from ptmpack.cli.output import Printer, clean, emit, file_ref, file_ref_soon, human_size, warn
 from ptmpack.cli.progress import TransferProgress, progress_option
 
 
@@ -87,10 +87,11 @@ def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | No
     """Push PACKAGE (.ptm) to REFERENCE: oci:DIR[:TAG] or HOST[:PORT]/REPO[:TAG]. Only new blobs are uploaded."""
     options = PushOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, mount_from=mount_from,
                           auto_mount=not no_auto_mount, residual=residual)
+    input_ref = file_ref_soon(package) if as_json and package.is_file() else lambda: file_ref(package)
     with TransferProgress() as bars:
         report = push(package, reference, options, bars)
     if as_json:
-        emit(report.to_json(), input=file_ref(package), drop=("package_bytes",))
+        emit(report.to_json(), input=input_ref(), drop=("package_bytes",))
         return
     Printer().status("pushed", f"{report.reference} {report.digest}: uploaded {human_size(report.bytes_uploaded)} "
                                f"of {human_size(report.package_bytes)} ({report.blobs_uploaded} blobs uploaded, "

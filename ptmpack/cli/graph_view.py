@@ -6,9 +6,10 @@ Rendering lives in the CLI, the only place that imports rich.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from rich.markup import escape
+from rich.text import Text
 from rich.tree import Tree
 
 from ptmpack.api.ir import Attribute, AttrType, Graph, ModelStructure, OperatorNode, VariableNode
@@ -95,3 +96,13 @@ def show_model(model: ModelStructure) -> Tree:
         if g.graph_id not in seen:
             _graph_tree(model, g, root, seen)
     return root
+
+
+def plain_lines(tree: Tree, depth: int = 0) -> Iterator[str]:
+    """The tree as plain text, one node a line indented two spaces per level (no guides, no markup)."""
+    from ptmpack.cli.output import clean
+
+    label = tree.label if isinstance(tree.label, str) else str(tree.label)
+    yield "  " * depth + clean(Text.from_markup(label).plain)
+    for child in tree.children:
+        yield from plain_lines(child, depth + 1)

@@ -38,12 +38,21 @@ def graph_check_cmd(source: Path, passphrase_file: Path | None, key_file: Path |
 @click.argument("source", type=click.Path(path_type=Path))
 @opener_options
 def graph_show_cmd(source: Path, passphrase_file: Path | None, key_file: Path | None, identity: Path | None) -> None:
-    """Draw the model structure: graphs, operators with their slots, variables."""
-    from rich.console import Console
+    """Draw the model structure: graphs, operators with their slots, variables.
 
-    from ptmpack.cli.graph_view import show_model
+    On a terminal a rich tree; elsewhere one node a line, indented two spaces per level.
+    """
+    from ptmpack.cli.graph_view import plain_lines, show_model
 
-    Console().print(show_model(api.load_graph(source, opener=opener(passphrase_file, key_file, identity))))
+    tree = show_model(api.load_graph(source, opener=opener(passphrase_file, key_file, identity)))
+    out = Printer()
+    if out.terminal:
+        from rich.console import Console
+
+        Console().print(tree)
+        return
+    for line in plain_lines(tree):
+        click.echo(line)
 
 
 @click.command("run")

@@ -24,8 +24,9 @@ import json
 import os
 import re
 import sys
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,32 @@ def file_ref(path: Path | str, *, digest: bool = True) -> dict[str, Any]:
                 h.update(block)
         ref["sha256"] = h.hexdigest()
     return ref
+
+
+def file_ref_soon(path: Path | str) -> Callable[[], dict[str, Any]]:
+    """:func:`file_ref` of an input, computed on a helper thread while the command works.
+
+    hashlib releases the GIL, so hashing a large package beside ``verify`` or ``push``
+    costs little wall time; call the result to wait for it.
+    """
+    done: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            done["ref"] = file_ref(path)
+        except BaseException as exc:  # handed to whoever waits
+            done["error"] = exc
+
+    worker = threading.Thread(target=run, name="ptmpack-input-digest", daemon=True)
+    worker.start()
+
+    def result() -> dict[str, Any]:
+        worker.join()
+        if "error" in done:
+            raise done["error"]
+        return done["ref"]
+
+    return result
 
 
 def _write(doc: dict[str, Any]) -> None:

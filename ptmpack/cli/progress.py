@@ -78,6 +78,8 @@ class _PlainPhase:
             self.done = done if done is not None else self.done + n
             if total is not None:
                 self.total = total
+            if self.total and self.done > self.total:
+                self.total = None  # a caller's estimate ran out: show the amount, never a percentage past 100
             now = time.monotonic()
             decile = 10 * self.done // self.total if self.total else 0
             if decile > self.decile or now - self.last >= PLAIN_INTERVAL_S:

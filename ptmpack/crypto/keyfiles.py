@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import warnings
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa, x448
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.utils import CryptographyDeprecationWarning
 
 from ptmpack.crypto.keyslots import KEK_SIZE
 from ptmpack.errors import KeyAccessError, UsageError
@@ -153,6 +155,12 @@ def load_passphrase(path: Path) -> bytes:
 
 
 def _key_type_name(key: object) -> str:
+    with warnings.catch_warnings():  # naming a DSA key must not print cryptography's DSA deprecation notice
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return _family_name(key)
+
+
+def _family_name(key: object) -> str:
     families = (
         ((X25519PrivateKey, X25519PublicKey), "an X25519"),
         ((Ed25519PrivateKey, Ed25519PublicKey), "an Ed25519"),
@@ -186,10 +194,12 @@ def _load_pem(
             f"{path} is a private key; {option} needs {expected_name} (the PREFIX.pub file of the pair)", hint=hint
         )
     try:
-        if private:
-            key = serialization.load_pem_private_key(data, password=None)
-        else:
-            key = serialization.load_pem_public_key(data)
+        with warnings.catch_warnings():  # a DSA key is refused below by name, not with a library warning
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            if private:
+                key = serialization.load_pem_private_key(data, password=None)
+            else:
+                key = serialization.load_pem_public_key(data)
     except TypeError:
         raise KeyAccessError(
             f"{path} is a password-protected key; {option} needs an unencrypted PEM key", hint=hint

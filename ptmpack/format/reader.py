@@ -105,10 +105,13 @@ class PackageReader:
         self._check_layout()
 
     def _check_is_package(self) -> None:
-        """A file with the magic at neither end is some other file, not a damaged package (exit 6, not 3)."""
+        """A file with the magic at neither end is some other file, not a damaged package (exit 6, not 3).
+
+        A file cut inside the magic (empty, or a prefix of it) is a truncated package (exit 3).
+        """
         head = os.pread(self._file.fileno(), len(spec.MAGIC), 0)
         tail = os.pread(self._file.fileno(), len(spec.END_MAGIC), max(0, self.size - len(spec.END_MAGIC)))
-        if head != spec.MAGIC and tail != spec.END_MAGIC:
+        if not spec.MAGIC.startswith(head) and tail != spec.END_MAGIC:
             raise UnsupportedError(f"{self.path} is not a ptmpack package (no PTMPACK magic at its start or end)",
                                    hint="give a .ptm made by ptmpack pack, or a package tree; "
                                         "import a checkpoint with ptmpack init --from-hf")

@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -153,19 +153,38 @@ def _shorten(text: str, limit: int = 300) -> str:
 def validate_document(name: str, doc: object, file: str) -> None:
     """Check ``doc`` against schema ``name``; return ``None`` or raise.
 
-    When several things are wrong, jsonschema's ``best_match`` picks one
-    deterministically (the shallowest, most specific problem).
+    Every problem is reported at once: jsonschema's ``best_match`` (the shallowest, most
+    specific problem) leads, the others follow in document order.
 
     Raises:
-        MetadataError: naming ``file``, the JSON path of the problem and the reason.
+        MetadataError: naming ``file``, the JSON path of each problem and the reason.
         UsageError: ``name`` is not a shipped schema.
     """
     from jsonschema.exceptions import best_match
 
-    error = best_match(_validator(name).iter_errors(doc))
-    if error is not None:
-        parts, reason = _locate(error)
-        raise MetadataError(file, json_path(parts), reason)
+    errors = list(_validator(name).iter_errors(doc))
+    best = best_match(errors)
+    if best is not None:
+        parts, reason = _locate(best)
+        located = [_locate(e) for e in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]) if e is not best]
+        raise MetadataError(file, json_path(parts), reason,
+                            also=tuple(f"{file}: {json_path(p)}: {r}" for p, r in located))
+
+
+def check_documents(checks: list[Callable[[], object]]) -> None:
+    """Run every check; when several documents fail their schemas, raise one error naming every problem.
+
+    Raises:
+        MetadataError: all problems of all documents. Other errors: the first, as raised.
+    """
+    failed: list[MetadataError] = []
+    for check in checks:
+        try:
+            check()
+        except MetadataError as exc:
+            failed.append(exc)
+    if failed:
+        raise MetadataError.combine(failed)
 
 
 def load_metadata(path: Path, name: str) -> dict[str, Any]:

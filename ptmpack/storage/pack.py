@@ -7,6 +7,7 @@ engines (residual updates, compression, pulls) call it to publish what they buil
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -41,12 +42,13 @@ def check_metadata_files(source: Path) -> None:
     """Both Meta-info documents of the tree at ``source`` parse strictly and pass their schemas.
 
     Raises:
-        InvalidTreeError / MetadataError: a document is missing or invalid.
+        InvalidTreeError / MetadataError: a document is missing or invalid (every schema problem of both at once).
     """
     from ptmpack.metadata import documents as meta
 
-    for name, rel in ((meta.MANAGEMENT_SCHEMA, meta.MANAGEMENT_FILE), (meta.TECHNICAL_SCHEMA, meta.TECHNICAL_FILE)):
-        meta.load_metadata(source / rel, name)
+    meta.check_documents([lambda name=name, rel=rel: meta.load_metadata(source / rel, name)
+                          for name, rel in ((meta.MANAGEMENT_SCHEMA, meta.MANAGEMENT_FILE),
+                                            (meta.TECHNICAL_SCHEMA, meta.TECHNICAL_FILE))])
 
 
 def in_background(fn: Callable[[], object]) -> cf.Future[object]:
@@ -98,9 +100,33 @@ def pack_tree(source: Path, target: Path, config: PackConfig | None = None, *, f
         raise
 
 
+def _new_package_id(files: list[SourceFile], config: PackConfig) -> bytes:
+    """16 random bytes; with ``SOURCE_DATE_EPOCH`` set, derived from the content instead, so two packs of
+    the same tree with the same options are byte-identical (reproducible builds).
+
+    The derived id is SHA-256 over a domain tag, the packing options and, per file, its path,
+    kind, mode, size and SHA-256 (one extra read of the tree). An encrypted package always
+    gets a random id: one derived from the plaintext would link packages of equal content,
+    and its data key and key-slot nonces are random anyway.
+    """
+    if not os.environ.get("SOURCE_DATE_EPOCH") or config.encryption is not None:
+        return os.urandom(16)
+    h = hashlib.sha256(b"ptmpack-package-id-v1\0")
+    h.update(f"{int(config.compression)}:{config.level}:{config.chunk_size}:{config.residual_base}:"
+             f"{config.sign_key is not None}\0".encode())
+    for f in files:
+        h.update(f"{f.path}\0{int(f.kind)}:{int(f.executable)}:{f.size}\0".encode())
+        digest = hashlib.sha256()
+        with open(f.source, "rb") as src:
+            while block := src.read(1 << 20):
+                digest.update(block)
+        h.update(digest.digest())
+    return h.digest()[:16]
+
+
 def _write(files: list[SourceFile], target: Path, config: PackConfig, force: bool, progress: Progress | None,
            package_id: bytes | None, metadata: cf.Future[object]) -> Manifest:
-    package_id = package_id or os.urandom(16)
+    package_id = package_id or _new_package_id(files, config)
     flags = spec.Flags(0)
     pipeline = ChunkPipeline(package_id, config.level)
     keyslots = b""

@@ -147,8 +147,8 @@ def check_metadata(pkg: Package) -> None:
     from ptmpack.metadata import documents as meta
     from ptmpack.storage.pack import METADATA_FILES
 
-    for name, rel in METADATA_FILES:
-        meta.parse_metadata(metadata_bytes(pkg, rel), name, rel)
+    meta.check_documents([lambda name=name, rel=rel: meta.parse_metadata(metadata_bytes(pkg, rel), name, rel)
+                          for name, rel in METADATA_FILES])
 
 
 def _check_tensor_tables(pkg: Package) -> None:

@@ -41,6 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     "api": STORAGE | {"ir", "importers", "residual", "compress", "distribution"},
     "cli": {"api", "config", "reports", "errors"},
     "__main__": {"cli"},
+    "__init__": {"api"},  # the root package re-exports the api verbs lazily (from ptmpack import open_package)
 }
 """What each room may import (besides itself and ``ptmpack.__version__``)."""
 

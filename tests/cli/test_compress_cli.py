@@ -42,8 +42,11 @@ def _transformers_perplexity(model_dir: Path, ids: list[int]) -> float:
 def test_default_output_loads_in_transformers_with_compressed_tensors(method: str, rel: float, llama: tuple[Path, Path, Path],
                                                                      tmp_path: Path) -> None:
     """Each method's default (symmetric) output unpacks to a checkpoint transformers + compressed-tensors load,
-    with the perplexity ``ptmpack eval`` measures on the package. (affine keeps a small unmerged part in the IR,
-    so its transformers perplexity agrees to 1 %, not bit for bit.)"""
+    with the perplexity ``ptmpack eval`` measures on the package. (affine keeps unmerged transforms as IR
+    operators that transformers skips, and says so at the end of the run: its perplexity agrees to 1 %.)
+    ptq's activation quantization with channel compensation does not load there, and says so."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     pytest.importorskip("compressed_tensors")
     from tokenizers import Tokenizer
 
@@ -52,6 +55,8 @@ def test_default_output_loads_in_transformers_with_compressed_tensors(method: st
     run = cli("compress", tree, "-o", out, "--quant", method, *_calib(method, calib), "--progress", "none")
     assert run.code == 0, run.err
     assert " sym" in run.out and "loads with:" in run.out and "compressed-tensors" in run.out
+    if method == "affine":  # the message must not promise the same model where transforms stay unmerged
+        assert "unmerged AffineQuant transforms" in run.out
     assert cli("unpack", out, "-o", tmp_path / "u").code == 0
     model = tmp_path / "u" / "Model"
     assert json.loads((model / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"][
@@ -60,6 +65,14 @@ def test_default_output_loads_in_transformers_with_compressed_tensors(method: st
     ours = cli("eval", out, "--perplexity", text, "--max-tokens", "200", "--json").json()["perplexity"]
     theirs = _transformers_perplexity(model, ids)
     assert ours == pytest.approx(theirs, rel=rel)
+
+
+def test_ptq_says_it_runs_in_ptmpack_only(llama: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    tree, calib, _ = llama
+    run = cli("compress", tree, "-o", tmp_path / "p.ptm", "--quant", "ptq", *_calib("ptq", calib), "--json")
+    assert run.code == 0, run.err
+    assert run.json()["loads_with"].startswith("ptmpack run/eval:") and "do not run" in run.json()["loads_with"]
 
 
 def test_asym_is_opt_in_and_says_what_loads_it(llama: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -121,6 +134,13 @@ def test_encrypted_input_keeps_its_protection(llama: tuple[Path, Path, Path], tm
                "--encrypt-key-file", tmp_path / "other.key").code == 0
     assert cli("verify", other, "--key-file", tmp_path / "other.key").code == 0
     assert_clean_error(cli("verify", other, "--key-file", key), 4)
+    # The input's protection with another cipher.
+    sm4 = tmp_path / "sm4.ptm"
+    run = cli("compress", enc, "-o", sm4, "--quant", "rtn", "--key-file", key, "--cipher", "sm4-gcm")
+    if run.code == 6:
+        return  # this OpenSSL has no SM4-GCM
+    assert run.code == 0, run.err
+    assert cli("inspect", sm4, "--key-file", key, "--json").json()["encryption"]["cipher"] == "sm4-gcm"
 
 
 def test_old_input_key_spellings_still_work_with_a_warning(llama: tuple[Path, Path, Path], tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def test_rtn_json_report_then_run_and_eval(llama: Path, tmp_path: Path) -> None:
     run = cli("compress", llama, "-o", out, "--quant", "rtn", "--bits", "4", "--group-size", "32", "--json")
     assert run.code == 0, run.err
     doc = run.json()
-    assert doc["steps"][0]["method"] == "rtn" and doc["size_out"] < doc["size_in"]
+    assert doc["steps"][0]["method"] == "rtn" and doc["output"]["bytes"] < doc["input"]["bytes"]
     top = cli("run", out, "--tokens", "3,4,5,6", "--json")
     assert top.code == 0, top.err
     text = tmp_path / "t.txt"

@@ -223,6 +223,10 @@ def test_cli_round_trip_each_way_in(tree: Path, tmp_path: Path, keys: Keys, run_
     code, stdout, err = run_cli("inspect", out)
     assert code == 0, err
     assert "key slots" in stdout and "ENCRYPTED" in stdout
+    code, stdout, err = run_cli("inspect", out, "--json")
+    assert code == 0, err
+    sealed = json.loads(stdout)
+    assert sealed["sealed"] and sealed["entries"] == [] and sealed["encryption"]["cipher"] == "aes-256-gcm"
 
 
 @needs_sm4

@@ -1,0 +1,71 @@
+"""Progress on stderr for every long command: plain lines in a log (not a terminal), nothing with --progress none,
+binary units everywhere; results stay on stdout."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests._support.clirun import cli
+from tests._support.trees import FIXTURES
+
+PLAIN = re.compile(r"^ptmpack: (?P<label>[a-z ]+): .*(B|KiB|MiB|GiB)\b")
+
+
+@pytest.fixture
+def packages(tmp_path: Path) -> dict[str, Path]:
+    tree = tmp_path / "tree"
+    assert cli("init", tree, "--from-hf", FIXTURES / "tiny-bert").code == 0
+    pkg = tmp_path / "m.ptm"
+    assert cli("pack", tree, "-o", pkg, "--compress", "zstd", "--progress", "none").code == 0
+    return {"tree": tree, "pkg": pkg, "root": tmp_path}
+
+
+def _labels(err: str) -> set[str]:
+    found = set()
+    for line in err.splitlines():
+        m = PLAIN.match(line)
+        assert m, f"not a plain progress line: {line!r}"
+        found.add(m["label"])
+    return found
+
+
+def test_every_byte_moving_command_prints_plain_lines_in_a_log(packages: dict[str, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    tree, pkg, root = packages["tree"], packages["pkg"], packages["root"]
+    ref = f"oci:{root / 'layout'}:v1"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "cache"))  # never the user's cache
+    runs = {
+        "packing": cli("pack", tree, "-o", root / "p.ptm"),  # auto: stderr is not a terminal here
+        "unpacking": cli("unpack", pkg, "-o", root / "u", "--progress", "plain"),
+        "verifying": cli("verify", pkg, "--progress", "plain"),
+        "diffing": cli("diff", pkg, tree, "-o", root / "d.ptm", "--progress", "plain"),
+        "applying": cli("apply", pkg, root / "d.ptm", "-o", root / "n.ptm", "--progress", "plain"),
+        "uploading": cli("push", pkg, ref, "--progress", "plain"),
+        "verifying ": cli("pull", ref, "-o", root / "pulled.ptm", "--progress", "plain"),  # a layout: no download
+    }
+    for label, run in runs.items():
+        assert run.code == 0, (label, run.err)
+        assert label.strip() in _labels(run.err), (label, run.err)
+        assert run.out.strip() and "ptmpack:" not in run.out  # results on stdout, progress never there
+        assert not re.search(r"\((1[1-9]\d|[2-9]\d\d)%\)", run.err), run.err  # never past 100 %
+    assert "hashing" in _labels(runs["uploading"].err)
+
+
+def test_progress_none_and_bar(packages: dict[str, Path]) -> None:
+    pkg = packages["pkg"]
+    quiet = cli("verify", pkg, "--progress", "none")
+    assert quiet.code == 0 and quiet.err == ""
+    env_quiet = cli("verify", pkg, env={"PTMPACK_PROGRESS": "none"})
+    assert env_quiet.code == 0 and env_quiet.err == ""
+    forced = cli("verify", pkg, "--progress", "bar")  # rich bars even into a pipe, when asked
+    assert forced.code == 0 and forced.out.startswith("OK")
+    assert cli("verify", pkg, "--progress", "loud").code == 2
+
+
+def test_json_keeps_progress_on_stderr(packages: dict[str, Path]) -> None:
+    run = cli("verify", packages["pkg"], "--json", "--progress", "plain")
+    assert run.code == 0 and run.json()["ok"] is True  # stdout is exactly the document
+    assert "verifying" in _labels(run.err)
