@@ -135,16 +135,18 @@ class RegistryStore:
                 sock.shutdown(socket.SHUT_RDWR)
 
     # plumbing
-    def _timeout(self, what: str) -> httpx.Timeout:
-        """Per request: the read timeout is the speed window (a silent peer is too slow) and ends by the deadline."""
+    def _timeout(self, method: str, what: str) -> httpx.Timeout:
+        """Per request, ending by the deadline: for reads the read timeout is the speed window (a silent peer is
+        too slow); an upload's answer may take the registry longer (it digests the blob), so it gets timeout_s."""
         if self.cancelled.is_set():
             raise _Final(f"{what}: cancelled")
-        read = min(self.options.timeout_s, self.options.speed_time_s)
+        read = min(self.options.timeout_s, self.options.speed_time_s) if method in ("GET", "HEAD") \
+            else self.options.timeout_s
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise _Final(f"{what} did not finish within the {self.options.deadline_s:g} s time limit "
-                                   f"({self.ref.location})", hint="raise --timeout, or try again later")
+                             f"({self.ref.location})", hint="raise --timeout, or try again later")
             read = min(read, left)
         return httpx.Timeout(self.options.timeout_s, read=max(read, 0.001))
 
@@ -167,7 +169,7 @@ class RegistryStore:
             same = authenticate and origin_of(httpx.URL(url)) == self.origin
             try:
                 request = self.client.build_request(method, url, headers=headers, content=content,
-                                                    timeout=self._timeout(what))
+                                                    timeout=self._timeout(method, what))
                 response = self.client.send(request, stream=True, **({} if same else {"auth": _NO_AUTH}))
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise self._network_error(exc, what) from None
