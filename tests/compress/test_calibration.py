@@ -15,7 +15,7 @@ from ptmpack.compress.eval import calibration as calibration
 from ptmpack.compress.eval.calibration import load_calibration, tokenize_file
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.errors import UsageError
-from tests.compress.tiny import sample_text, tiny_tree
+from tests._support.tiny_models import sample_text, tiny_tree
 
 MIXED = "Tab\there,  two spaces, a line\nand\n\nblank lines — ünïcödé 123 4567 don't x.y!  \n   indented"
 

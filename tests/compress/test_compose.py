@@ -17,7 +17,7 @@ from ptmpack.compress.spec import CompressSpec
 from ptmpack.config import PackConfig
 from ptmpack.errors import UnsupportedError
 from ptmpack.ir.runner import LoadedModel
-from tests.compress.tiny import sample_text, tiny_tree
+from tests._support.tiny_models import sample_text, tiny_tree
 
 FOLD_AFFINE = {"fold_norm": "affine"}
 FOLD_UNIFIED = {"fold_norm": "unified"}

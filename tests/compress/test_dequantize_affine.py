@@ -29,7 +29,7 @@ def test_dequantized_affine_package_equals_the_quantized_one_and_loads_in_transf
     from ptmpack.config import PackConfig
     from ptmpack.ir.model import ModelStructure
     from ptmpack.ir.runner import LoadedModel
-    from tests.compress.tiny import sample_text, tiny_tree
+    from tests._support.tiny_models import sample_text, tiny_tree
 
     tree = tiny_tree(tmp_path)
     calib = tmp_path / "calib.txt"

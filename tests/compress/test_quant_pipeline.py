@@ -18,7 +18,7 @@ from ptmpack.config import PackConfig
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 from ptmpack.ir.runner import LoadedModel
-from tests.compress.tiny import sample_text, tiny_tree
+from tests._support.tiny_models import sample_text, tiny_tree
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from tests._support.clirun import assert_clean_error, cli
-from tests.compress.struct_models import TEXT, bert_tensors, llama_tensors, make_tree
+from tests._support.struct_models import TEXT, bert_tensors, llama_tensors, make_tree
 from tests.compress.test_adapters import _lin, _rep, write_adapters
 
 
