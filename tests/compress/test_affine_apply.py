@@ -140,7 +140,7 @@ def test_without_torch_the_step_is_unsupported_with_a_hint(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(UnsupportedError) as info:
-        affine._torch()
+        affine.require_torch()
     assert info.value.exit_code == 6 and "ptmpack[torch]" in (info.value.hint or "")
 
 

@@ -58,7 +58,7 @@ def dequantize_tree(tree: Path) -> DequantizeReport:
     config_path = model_dir / "config.json"
     config = read_json(config_path)
     scheme = _dequantize_linears(tensors, prefixes, config, config_path)
-    folded = _fold_transforms(tensors, config)
+    folded = fold_transforms(tensors, config)
     files = sorted(tensors.changed)
     tensors.save()
     config.pop("quantization_config", None)
@@ -99,7 +99,7 @@ def _put(tensors: Any, name: str, value: np.ndarray, file: str) -> None:
     tensors.changed.add(file)
 
 
-def _fold_transforms(tensors: Any, config: dict[str, Any]) -> int:
+def fold_transforms(tensors: Any, config: dict[str, Any]) -> int:
     """Fold every ``{norm}.affine_transform`` into the float weights (and biases) of the linears reading
     it, drop the transform tensors, and give projections the biases transformers then expects; return
     how many transforms were folded.
