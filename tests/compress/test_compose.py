@@ -23,6 +23,7 @@ FOLD_AFFINE = {"fold_norm": "affine"}
 FOLD_UNIFIED = {"fold_norm": "unified"}
 PRUNE_FFN = {"prune": "ffn", "flops_budget": 0.8, "prune_method": "magnitude"}
 PRUNE_HEADS = {"prune": "heads", "flops_budget": 0.8, "prune_method": "magnitude"}
+PRUNE_FFN_STRUCTURE = {"prune": "ffn", "flops_budget": 0.8, "prune_method": "structure"}
 
 RUNS = [
     ("llama", FOLD_AFFINE, "rtn"), ("llama", FOLD_AFFINE, "gptq"),
@@ -30,8 +31,10 @@ RUNS = [
     ("llama", PRUNE_FFN, "rtn"), ("llama", PRUNE_FFN, "gptq"),
     ("bert", PRUNE_FFN, "rtn"), ("bert", PRUNE_FFN, "gptq"),
     ("bert", PRUNE_HEADS, "rtn"), ("bert", PRUNE_HEADS, "gptq"),
+    ("bert", FOLD_UNIFIED, "rtn"), ("bert", FOLD_UNIFIED, "gptq"),
 ]
-TORCH_RUNS = [("llama", FOLD_AFFINE, "affine"), ("llama", PRUNE_FFN, "affine"), ("llama", FOLD_AFFINE, "ptq")]
+TORCH_RUNS = [("llama", FOLD_AFFINE, "affine"), ("llama", PRUNE_FFN, "affine"), ("llama", FOLD_AFFINE, "ptq"),
+              ("llama", PRUNE_FFN_STRUCTURE, "gptq"), ("bert", PRUNE_FFN_STRUCTURE, "rtn"), ("bert", {}, "ptq")]
 REFUSED = [
     ("bert", FOLD_AFFINE, "rtn", "no normalization can be folded exactly"),
     ("llama", FOLD_UNIFIED, "affine", "AffineQuant"),
@@ -60,6 +63,7 @@ def _runs(trees: dict[str, Path], kind: str, pre: dict[str, Any], quant: str, ca
     out = tmp / "out.ptm"
     report = compress(trees[kind], out, _spec(pre, quant, calib), PackConfig())
     assert [s["step"] for s in report.steps] == [*(k for k in ("fold_norm", "prune") if k in pre), "quant"]
+    # the calibration text is one paragraph: the structure steps hold its last sentences out
     with LoadedModel.open(out) as lm:
         ops = {o.type for o in lm.model.main_graph.operators}
         y = lm.forward((np.arange(12) % 50)[None])
