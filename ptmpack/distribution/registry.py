@@ -33,7 +33,6 @@ import socket
 import ssl
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,16 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from ptmpack.distribution.auth import ENV_PASSWORD, ENV_USER, Credentials, RegistryAuth, find_credentials, origin_of
+from ptmpack.distribution.auth import (
+    ENV_PASSWORD,
+    ENV_USER,
+    MAX_TOKEN_BODY,
+    Credentials,
+    RegistryAuth,
+    find_credentials,
+    origin_of,
+)
+from ptmpack.distribution.http import read_bounded
 from ptmpack.distribution.oci import (
     ACCEPT_MANIFESTS,
     INDEX_MEDIA_TYPE,
@@ -112,7 +120,7 @@ class RegistryStore:
                 raise UsageError(f"CA file {options.ca_file} does not exist")
             verify = ssl.create_default_context(cafile=str(options.ca_file))
         found = find_credentials(ref.location) if credentials is True else credentials
-        self.auth = RegistryAuth(found if isinstance(found, Credentials) else None, self.origin)
+        self.auth = RegistryAuth(found if isinstance(found, Credentials) else None, self.origin, self._fetch_token)
         limits = httpx.Limits(max_connections=options.workers + 2, max_keepalive_connections=options.workers + 2)
         self.client = httpx.Client(auth=self.auth, verify=verify, timeout=options.timeout_s, limits=limits,
                                    follow_redirects=False,
@@ -135,29 +143,41 @@ class RegistryStore:
                 sock.shutdown(socket.SHUT_RDWR)
 
     # plumbing
-    def _timeout(self, what: str) -> httpx.Timeout:
-        """Per request: the read timeout is the speed window (a silent peer is too slow) and ends by the deadline."""
+    def _timeout(self, method: str, what: str) -> httpx.Timeout:
+        """Per request, ending by the deadline: for reads the read timeout is the speed window (a silent peer is
+        too slow); an upload's answer may take the registry longer (it digests the blob), so it gets timeout_s."""
         if self.cancelled.is_set():
             raise _Final(f"{what}: cancelled")
-        read = min(self.options.timeout_s, self.options.speed_time_s)
+        read = min(self.options.timeout_s, self.options.speed_time_s) if method in ("GET", "HEAD") \
+            else self.options.timeout_s
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise _Final(f"{what} did not finish within the {self.options.deadline_s:g} s time limit "
-                                   f"({self.ref.location})", hint="raise --timeout, or try again later")
+                             f"({self.ref.location})", hint="raise --timeout, or try again later")
             read = min(read, left)
         return httpx.Timeout(self.options.timeout_s, read=max(read, 0.001))
 
+    def _fetch_token(self, realm: str, query: dict[str, str], headers: dict[str, str]) -> tuple[int, bytes]:
+        """Ask the token service the registry named (for :class:`RegistryAuth`): status and bounded body."""
+        url = str(httpx.URL(realm).copy_merge_params(query))
+        with self._open("GET", url, f"token request to {httpx.URL(realm).netloc.decode()}", headers=headers,
+                        authenticate=False) as r:
+            return r.status_code, read_bounded(r, MAX_TOKEN_BODY)
+
     @contextlib.contextmanager
     def _open(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
-              content: bytes | list[bytes] | None = None) -> Iterator[httpx.Response]:
-        """A streaming response, redirects followed here (see the module docstring); closed on leaving."""
+              content: bytes | list[bytes] | None = None, authenticate: bool = True) -> Iterator[httpx.Response]:
+        """A streaming response, redirects followed here (see the module docstring); closed on leaving.
+
+        The registry's authentication is applied only to its own origin (and never when ``authenticate``
+        is False: the token request carries its own header)."""
         hops = 0
         while True:
-            same = origin_of(httpx.URL(url)) == self.origin
+            same = authenticate and origin_of(httpx.URL(url)) == self.origin
             try:
                 request = self.client.build_request(method, url, headers=headers, content=content,
-                                                    timeout=self._timeout(what))
+                                                    timeout=self._timeout(method, what))
                 response = self.client.send(request, stream=True, **({} if same else {"auth": _NO_AUTH}))
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise self._network_error(exc, what) from None
@@ -179,6 +199,8 @@ class RegistryStore:
                                     hint="a registry on HTTPS must keep its redirects on HTTPS")
             if response.status_code == 303:
                 method, content = "GET", None
+            if headers and origin_of(target) != origin_of(response.url):  # e.g. a token request's Basic header
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = str(target)
         sock = _socket_of(response)
         if sock is not None:
@@ -204,7 +226,7 @@ class RegistryStore:
         while True:
             with self._open(method, url, what, headers=headers, content=content) as response:
                 bound = limit if response.status_code < 300 else min(limit, MAX_ERROR_BODY)
-                body = _read_bounded(response, bound)
+                body = read_bounded(response, bound)
                 reply = Reply(response.status_code, response.headers, body, response.url)
             busy = reply.status_code == 429 or reply.status_code >= 500
             if busy and method in ("GET", "HEAD") and attempt < self.options.retries:
@@ -500,7 +522,7 @@ class RegistryStore:
                 if r.status_code == 429 or r.status_code >= 500:  # busy or failing: back off and resume
                     raise _Restart(f"HTTP {r.status_code}")
                 if r.status_code not in (200, 206):
-                    raise self._fail(Reply(r.status_code, r.headers, _read_bounded(r, MAX_ERROR_BODY), r.url), what)
+                    raise self._fail(Reply(r.status_code, r.headers, read_bounded(r, MAX_ERROR_BODY), r.url), what)
                 pos = have
                 pace = _Pace(self, what)
                 with _HashBehind(h) as behind:
@@ -536,7 +558,7 @@ class RegistryStore:
             if r.status_code == 404:
                 raise IntegrityError(f"the manifest names blob {digest}, but {self.ref.location} does not have it")
             if r.status_code != 206:
-                raise self._fail(Reply(r.status_code, r.headers, _read_bounded(r, MAX_ERROR_BODY), r.url), what)
+                raise self._fail(Reply(r.status_code, r.headers, read_bounded(r, MAX_ERROR_BODY), r.url), what)
             served = r.headers.get("content-range", "")
             if not served.startswith(f"bytes {start}-{start + length - 1}/"):
                 raise IntegrityError(f"{what}: the registry served {served[:80] or 'no Content-Range'} instead")
@@ -661,42 +683,6 @@ class _Final(NetworkError):
 
 class _Dropped(Exception):
     """Internal: the connection failed mid-transfer; the download resumes with Range."""
-
-
-def _read_bounded(response: httpx.Response, limit: int) -> bytes:
-    """At most ``limit`` + 1 bytes of a streaming body, decoded here, never more than that many at once.
-
-    httpx would decode a whole network read in one call (a 64 KiB zstd read can
-    expand to gigabytes), so the raw bytes are decoded with zlib's ``max_length``:
-    ``gzip`` and ``deflate`` (what ptmpack asks for), identity; any other
-    Content-Encoding is refused.
-
-    Raises:
-        RegistryError: an unsupported Content-Encoding, or a body that does not decode.
-    """
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        inflate = None
-    elif encoding in ("gzip", "x-gzip", "deflate"):
-        inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
-    else:
-        raise RegistryError(f"{response.url.netloc.decode()}: answered with Content-Encoding {encoding[:40]!r}, "
-                            f"which ptmpack did not ask for", hint="the registry or a proxy rewrites bodies")
-    parts, got = [], 0
-    for raw in response.iter_raw():
-        pending = raw
-        while pending and got <= limit:
-            try:
-                block = inflate.decompress(pending, limit + 1 - got) if inflate is not None else pending
-            except zlib.error as exc:
-                raise RegistryError(f"{response.url.netloc.decode()}: the body does not decode as its "
-                                    f"Content-Encoding {encoding!r} says ({exc})") from None
-            pending = inflate.unconsumed_tail if inflate is not None else b""
-            parts.append(block)
-            got += len(block)
-        if got > limit:
-            break
-    return b"".join(parts)[: limit + 1]
 
 
 def _socket_of(response: httpx.Response) -> socket.socket | None:

@@ -151,8 +151,8 @@ COMPRESS_ALLOWED: dict[str, set[str]] = {
     "step": {"spec"},
     "tree": set(),
     "eval": {"tree", "step", "spec"},
-    "quant": {"tree", "eval", "step", "spec"},
-    "structure": {"tree", "eval", "step", "spec"},
+    "quant": {"tree", "eval", "step", "spec", "report"},
+    "structure": {"tree", "eval", "step", "spec", "report"},
     "pipeline": {"tree", "eval", "step", "spec", "methods", "report"},
     "__init__": set(),
 }

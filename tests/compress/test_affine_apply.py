@@ -51,7 +51,7 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
     from ptmpack.compress.quant.affine.torch_llama import CausalLM, LlamaConfig
     from ptmpack.compress.quant.pack_quantized import read_quantized_linear
     from ptmpack.ir.runner import LoadedModel
-    from tests.compress.tiny import sample_text, tiny_tree
+    from tests._support.tiny_models import sample_text, tiny_tree
 
     tree = tiny_tree(tmp_path)
     calib = tmp_path / "calib.txt"
@@ -99,7 +99,7 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
 def test_apply_refuses_encoders_and_bad_groups(tmp_path):
     from ptmpack.compress.quant.affine.step import apply
     from ptmpack.errors import UnsupportedError, UsageError
-    from tests.compress.tiny import sample_text, tiny_tree
+    from tests._support.tiny_models import sample_text, tiny_tree
 
     calib = tmp_path / "calib.txt"
     calib.write_text(sample_text(2000), encoding="utf-8")
@@ -116,7 +116,7 @@ def test_compress_pipeline_packs_an_affine_package_that_ptmpack_runs(tmp_path):
     from ptmpack.compress.spec import CompressSpec
     from ptmpack.config import PackConfig
     from ptmpack.ir.runner import LoadedModel, perplexity
-    from tests.compress.tiny import sample_text, tiny_tree
+    from tests._support.tiny_models import sample_text, tiny_tree
 
     tree = tiny_tree(tmp_path)
     calib = tmp_path / "calib.txt"
@@ -140,7 +140,7 @@ def test_without_torch_the_step_is_unsupported_with_a_hint(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(UnsupportedError) as info:
-        affine._torch()
+        affine.require_torch()
     assert info.value.exit_code == 6 and "ptmpack[torch]" in (info.value.hint or "")
 
 

@@ -15,7 +15,7 @@ from ptmpack.compress.eval import calibration as calibration
 from ptmpack.compress.eval.calibration import load_calibration, tokenize_file
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.errors import UsageError
-from tests.compress.tiny import sample_text, tiny_tree
+from tests._support.tiny_models import sample_text, tiny_tree
 
 MIXED = "Tab\there,  two spaces, a line\nand\n\nblank lines — ünïcödé 123 4567 don't x.y!  \n   indented"
 
@@ -108,3 +108,16 @@ def test_windows_are_unchanged_by_reading_in_pieces(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data.held_out, ids[3 * 32: 4 * 32])
     seeded = load_calibration(tree, CompressSpec(quant="gptq", calib=path, nsamples=3, seqlen=32, calib_seed=4))
     assert seeded.text_tokens == len(ids)
+
+
+def test_the_structure_steps_read_a_large_text_by_its_ends(tmp_path: Path) -> None:
+    from ptmpack.compress.eval.probe import HEAD_BYTES, TAIL_BYTES, held_out_lines, step_text
+    from ptmpack.compress.step import StepContext
+
+    path = tmp_path / "big.txt"
+    lines = [f"line {i} of the calibration text, long enough to matter." for i in range(400_000)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert path.stat().st_size > 4 * (HEAD_BYTES + TAIL_BYTES)
+    text = step_text(StepContext(CompressSpec(quant="rtn", calib=path)))
+    assert text is not None and len(text.encode()) <= HEAD_BYTES + TAIL_BYTES + 1
+    assert text.startswith(lines[0]) and held_out_lines(text) == lines[-16:]

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from ptmpack.compress.structure.lora import merge_lora, scaling
 from ptmpack.errors import InvalidTreeError, UnsupportedError, UsageError
-from tests.compress.struct_models import bert_tensors, forward, make_tree, minilm_tree, rel
+from tests._support.struct_models import bert_tensors, forward, make_tree, minilm_tree, rel
 
 
 def _adapter(d: Path, cfg: dict, tensors: dict[str, np.ndarray]) -> Path:
@@ -136,7 +136,7 @@ def test_apply_reports_sizes_flops_layers_quality(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from ptmpack.compress.structure.lora import apply
-    from tests.compress.struct_models import TEXT
+    from tests._support.struct_models import TEXT
 
     cfg, t = bert_tensors()
     tree = make_tree(tmp_path, cfg, t)

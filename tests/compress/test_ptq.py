@@ -14,7 +14,7 @@ from ptmpack.errors import UsageError
 from ptmpack.ir.model import ModelStructure
 from ptmpack.ir.ops.fakequant import fake_quant
 from tests._support.irbuild import run_op
-from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
+from tests._support.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
 
 WINDOWS = np.random.default_rng(2).integers(2, 60, size=(4, 12))
 

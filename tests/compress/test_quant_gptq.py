@@ -58,8 +58,8 @@ def test_numpy_and_torch_agree() -> None:
     x = _correlated_inputs(1024, 128, seed=7)
     w = np.random.default_rng(7).normal(size=(16, 128)).astype(np.float32)
     h = (x.T @ x) * (2 / len(x))
-    a = gptq_quantize(w, h, 4, 64, xp=gptq_solver._Numpy())
-    b = gptq_quantize(w, h, 4, 64, xp=gptq_solver._Torch(torch, "cpu"))
+    a = gptq_quantize(w, h, 4, 64, xp=gptq_solver.NumpyBackend())
+    b = gptq_quantize(w, h, 4, 64, xp=gptq_solver.TorchBackend(torch, "cpu"))
     assert np.mean(a.codes != b.codes) < 0.01  # float32 summation order may flip a rare tie
     np.testing.assert_allclose(a.dequantize(), b.dequantize(), atol=float(a.scale.max()) * 1.01)
 

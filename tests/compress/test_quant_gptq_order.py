@@ -20,7 +20,7 @@ from ptmpack.compress.quant.gptq.streams import layer_index, layer_of
 from ptmpack.compress.quant.linear import ModelTensors, Target, find_targets, load_model
 from ptmpack.compress.quant.pack_quantized import QuantizedWeight
 from ptmpack.compress.quant.rtn import quantize_rtn
-from tests.compress.tiny import tiny_tree
+from tests._support.tiny_models import tiny_tree
 
 
 @pytest.fixture(scope="module", params=["llama", "bert", "gpt2"])

@@ -18,7 +18,7 @@ from ptmpack.config import PackConfig
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 from ptmpack.ir.runner import LoadedModel
-from tests.compress.tiny import sample_text, tiny_tree
+from tests._support.tiny_models import sample_text, tiny_tree
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +80,12 @@ def test_quantized_operator_runs_what_dequantized_weights_compute(llama: Path, t
     compress(llama, out, CompressSpec(quant="rtn", bits=3, group_size=32), PackConfig())
     float_tree = _unpack(out, tmp_path / "deq")
     report = dequantize_tree(float_tree)
-    assert report["layers"] == 14
+    assert report.layers == 14 and report.bits == 3 and report.to_json()["group_size"] == 32
     assert "quantization_config" not in json.loads((float_tree / "Model" / "config.json").read_text())
     ids = np.arange(3, 40)[None]
     with LoadedModel.open(out) as q, LoadedModel.open(float_tree) as f:
         np.testing.assert_allclose(q.forward(ids), f.forward(ids), rtol=1e-4, atol=1e-4)
-    assert dequantize_tree(float_tree)["layers"] == 0  # nothing left to dequantize
+    assert dequantize_tree(float_tree).layers == 0  # nothing left to dequantize
 
 
 def test_gptq_on_an_encoder_keeps_the_pooler_float(bert: Path, calib: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from ptmpack.config import PackConfig
 from ptmpack.errors import PtmError
 from ptmpack.importers.hf import init_tree
 from ptmpack.storage.unpack import unpack_file
-from tests.compress.tiny import reshard, sample_text, tiny_llama
+from tests._support.tiny_models import reshard, sample_text, tiny_llama
 
 LINEAR = "model.layers.1.mlp.down_proj"
 

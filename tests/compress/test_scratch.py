@@ -13,7 +13,7 @@ from ptmpack.compress.pipeline import compress
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.compress.tree.scratch import LOCK, PREFIX, STALE_SECONDS, remove_stale
 from ptmpack.config import PackConfig
-from tests.compress.tiny import tiny_tree
+from tests._support.tiny_models import tiny_tree
 
 HOLD = """
 import sys, time

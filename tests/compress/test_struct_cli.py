@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tests._support.adapters import linear_adapter_tensors, rep_adapter_tensors, write_adapters
 from tests._support.clirun import assert_clean_error, cli
-from tests.compress.struct_models import TEXT, bert_tensors, llama_tensors, make_tree
-from tests.compress.test_adapters import _lin, _rep, write_adapters
+from tests._support.struct_models import TEXT, bert_tensors, llama_tensors, make_tree
 
 
 def _lora(d: Path) -> Path:
@@ -55,7 +55,7 @@ def test_adapter_merge_and_unified_norm_on_bert(tmp_path: Path) -> None:
     write_adapters(tree, [{"name": "a", "type": "rep_adapter", "scale": 0.5,
                            "targets": [f"encoder.layer.0.attention.self.{p}" for p in ("query", "key", "value")]},
                           {"name": "f", "type": "linear_adapter", "target": "encoder.layer.1.intermediate.dense"}],
-                   {**_rep(rng, "a"), **_lin(rng, "f", 64, 8)})
+                   {**rep_adapter_tensors(rng, "a"), **linear_adapter_tensors(rng, "f", 64, 8)})
     out = tmp_path / "b.ptm"
     run = cli("compress", tree, "-o", out, "--merge-adapter", "--fold-norm", "unified", "--calib", _text(tmp_path),
               "--nsamples", "4", "--seqlen", "16", "--json")

@@ -8,6 +8,7 @@ for encoders, perplexity for decoders), the weight bytes and the FLOPs per token
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,18 @@ def flops_per_token(ck: Checkpoint, config: dict[str, Any], seq: int = 128) -> i
     return total
 
 
+HEAD_BYTES = 4 << 20
+"""At most this much of the start of a calibration file is read for the structure steps' windows."""
+TAIL_BYTES = 64 << 10
+"""The end of the file read for the held-out lines (when the file is larger than the head)."""
+
+
 def step_text(ctx: Any) -> str | None:
     """The text of ``ctx.spec.calib`` (a pipeline StepContext), or None when the step was given none.
+
+    A file larger than :data:`HEAD_BYTES` is not read whole: its first ``HEAD_BYTES`` (cut at a
+    line end) for the calibration windows and its last :data:`TAIL_BYTES` lines for the held-out
+    lines, joined by a newline.
 
     Raises:
         UsageError: the file cannot be read as UTF-8 text.
@@ -67,7 +78,16 @@ def step_text(ctx: Any) -> str | None:
     if calib is None:
         return None
     try:
-        return Path(calib).read_text(encoding="utf-8")
+        with open(calib, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= HEAD_BYTES + TAIL_BYTES:
+                return f.read().decode("utf-8")
+            head = f.read(HEAD_BYTES)
+            f.seek(size - TAIL_BYTES)
+            tail = f.read()
+        head = head[: head.rfind(b"\n") + 1]  # whole lines only (a line end is never inside a UTF-8 character)
+        tail = tail[tail.find(b"\n") + 1:]
+        return (head + b"\n" + tail).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{calib}: cannot read the text ({exc})") from None
 
@@ -76,15 +96,22 @@ HELD_OUT = 16
 """How many of the text's last non-empty lines are held out of calibration and used for the quality report."""
 
 
+def _lines(text: str) -> list[str]:
+    """The non-empty lines of ``text``; a text on one line (a paragraph) is split into its sentences."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) == 1:
+        lines = [s.strip() for s in re.split(r"(?<=[.!?])\s+", lines[0]) if s.strip()]
+    return lines
+
+
 def held_out_lines(text: str | None, *, limit: int = HELD_OUT) -> list[str]:
     """The held-out sentences: the last ``limit`` non-empty lines of ``text`` (or the built-in text)."""
-    lines = [ln.strip() for ln in (text or DEFAULT_TEXT).splitlines() if ln.strip()]
-    return lines[-limit:]
+    return _lines(text or DEFAULT_TEXT)[-limit:]
 
 
 def calibration_part(text: str) -> str:
     """``text`` without its held-out lines (what calibration may see)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = _lines(text)
     return "\n".join(lines[:-HELD_OUT] if len(lines) > 2 * HELD_OUT else lines[: len(lines) // 2])
 
 
@@ -124,7 +151,12 @@ def calibration_windows(tree: Path, text: str, *, nsamples: int = 8, seqlen: int
         part = calibration_part(text)
         if lm.kind == "embedding":  # an encoder sees single sentences: pack them, each with its special tokens
             sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", part) if s.strip()]
-            ids = np.asarray([i for e in tok.encode_batch(sentences) for i in e.ids], np.int64)
+            found: list[int] = []
+            for start in range(0, len(sentences), 256):  # only as many sentences as the windows need
+                found.extend(i for e in tok.encode_batch(sentences[start:start + 256]) for i in e.ids)
+                if len(found) >= nsamples * seqlen:
+                    break
+            ids = np.asarray(found, np.int64)
         else:
             ids = np.asarray(tok.encode(part).ids, np.int64)
         limit = lm.config.get("max_position_embeddings")

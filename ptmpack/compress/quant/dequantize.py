@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ptmpack.compress.quant.pack_quantized import SUFFIXES, quantized_prefixes, read_quantized_linear
+from ptmpack.compress.report import DequantizeReport
 from ptmpack.errors import IntegrityError, UnsupportedError
 from ptmpack.quant.scheme import scheme_of
 
@@ -34,8 +35,8 @@ BIAS_FAMILIES = {"attention_bias": ("self_attn.q_proj", "self_attn.k_proj", "sel
 """transformers builds biases on all projections of a family or on none (config flag -> projections)."""
 
 
-def dequantize_tree(tree: Path) -> dict[str, Any]:
-    """Dequantize every quantized linear of the package tree ``tree`` in place; return a report.
+def dequantize_tree(tree: Path) -> DequantizeReport:
+    """Dequantize every quantized linear of the package tree ``tree`` in place; return what changed.
 
     A tree without quantized layers is left as it is (``layers`` 0).
 
@@ -49,21 +50,22 @@ def dequantize_tree(tree: Path) -> dict[str, Any]:
     tree = Path(tree)
     model_dir = tree / "Model"
     if not any(model_dir.glob("*.safetensors")):
-        return {"layers": 0, "files": []}
+        return DequantizeReport(0)
     tensors = ModelTensors(model_dir)
     prefixes = quantized_prefixes(tensors.names())
     if not prefixes:
-        return {"layers": 0, "files": []}
+        return DequantizeReport(0)
     config_path = model_dir / "config.json"
     config = read_json(config_path)
-    report = _dequantize_linears(tensors, prefixes, config, config_path)
-    report["folded_transforms"] = _fold_transforms(tensors, config)
+    scheme = _dequantize_linears(tensors, prefixes, config, config_path)
+    folded = fold_transforms(tensors, config)
     files = sorted(tensors.changed)
     tensors.save()
     config.pop("quantization_config", None)
     write_json(config_path, config)
     regraph(tree)
-    return {"layers": len(prefixes), "files": [f"Model/{f}" for f in files], **report}
+    return DequantizeReport(len(prefixes), tuple(f"Model/{f}" for f in files), scheme["bits"], scheme["group_size"],
+                            folded)
 
 
 def _dequantize_linears(tensors: Any, prefixes: list[str], config: dict[str, Any], config_path: Path) -> dict[str, Any]:
@@ -97,7 +99,7 @@ def _put(tensors: Any, name: str, value: np.ndarray, file: str) -> None:
     tensors.changed.add(file)
 
 
-def _fold_transforms(tensors: Any, config: dict[str, Any]) -> int:
+def fold_transforms(tensors: Any, config: dict[str, Any]) -> int:
     """Fold every ``{norm}.affine_transform`` into the float weights (and biases) of the linears reading
     it, drop the transform tensors, and give projections the biases transformers then expects; return
     how many transforms were folded.

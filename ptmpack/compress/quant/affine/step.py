@@ -33,7 +33,12 @@ STEP_NOTE = ("unmerged AffineQuant transforms run as explicit affine_transform o
              "compute a different model")
 
 
-def _torch() -> Any:
+def require_torch() -> Any:
+    """The torch module.
+
+    Raises:
+        UnsupportedError: PyTorch is not installed.
+    """
     try:
         import torch
     except ImportError:
@@ -57,7 +62,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         UnsupportedError: no torch, not a LLaMA-family decoder, or CUDA asked for but absent.
         UsageError: no calibration text, or a group size that does not divide a linear's input width.
     """
-    torch = _torch()
+    torch = require_torch()
     from ptmpack.compress.eval.quality import measure
     from ptmpack.compress.quant.affine.block import AffineOptions
     from ptmpack.compress.quant.affine.model import affine_quantize_model

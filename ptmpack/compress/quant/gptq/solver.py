@@ -50,7 +50,7 @@ def inverse_upper_cholesky(h: np.ndarray) -> np.ndarray:
     return u.astype(np.float32)
 
 
-class _Numpy:
+class NumpyBackend:
     """Array operations of the solver in numpy (float64 for the factorizations, float32 otherwise)."""
 
     name = "numpy"
@@ -74,7 +74,7 @@ class _Numpy:
         return (np.clip(np.round(w / scale + zero), lo, hi) - zero) * scale
 
 
-class _Torch:
+class TorchBackend:
     """The same operations in torch (CPU or CUDA), float32 except the factorizations."""
 
     name = "torch"
@@ -131,10 +131,10 @@ def backend(device: str = "cpu") -> Any:
     except ImportError:
         if device != "cpu":
             raise UnsupportedError("--device cuda needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
-        return _Numpy()
+        return NumpyBackend()
     if device == "cuda" and not torch.cuda.is_available():
         raise UnsupportedError("--device cuda asked for but PyTorch sees no CUDA device")
-    return _Torch(torch, device)
+    return TorchBackend(torch, device)
 
 
 class NotPositiveDefinite(PtmError):
