@@ -33,7 +33,7 @@ from ptmpack.distribution.oci import ANN_RESIDUAL_TARGET
 from ptmpack.distribution.reference import DEFAULT_TAG, Reference
 from ptmpack.distribution.stores import TransferProgress, open_store, residual_tag
 from ptmpack.errors import UsageError
-from ptmpack.format.atomic import temp_dir_beside
+from ptmpack.format.atomic import create_temp_dir, temp_name_beside
 from ptmpack.format.reader import PackageReader, is_package_file
 
 if TYPE_CHECKING:
@@ -57,8 +57,9 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
         base_digest = reader.trailer.manifest_sha256.hex()
     cache = BlobCache(options.cache_dir)
     store = open_store(ref, options.client, create=False)
-    work = temp_dir_beside(out)
+    work = temp_name_beside(out)
     try:
+        create_temp_dir(work, out)
         target = resolve(store, ref, cache)
         if target.config.manifest_sha256 == base_digest:
             if base.resolve() != out.resolve():

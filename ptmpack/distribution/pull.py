@@ -33,7 +33,7 @@ from ptmpack.errors import IntegrityError, UsageError, raise_environment_fault
 if TYPE_CHECKING:
     from ptmpack.distribution.registry import RegistryStore
 from ptmpack.format import spec
-from ptmpack.format.atomic import check_free_space, check_target, temp_file_beside
+from ptmpack.format.atomic import check_free_space, check_target, create_temp_file, temp_name_beside
 from ptmpack.format.reader import PackageReader
 
 
@@ -192,15 +192,15 @@ def fetch_into(store: LayoutStore | RegistryStore, fetched: Fetched, out: Path, 
     fresh = 0 if isinstance(store, LayoutStore) else sum(n for d, n in fetched.recipe.blobs().items()
                                                          if not cache.has(d, n))
     check_free_space({out: fetched.recipe.size, cache.root: fresh})
-    fd, tmp = temp_file_beside(out, ".ptm")
+    tmp = temp_name_beside(out, ".ptm")
     try:
-        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache,
+        with os.fdopen(create_temp_file(tmp, out), "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache,
                                                            options, progress, tally) as blobs:
             assemble(fetched.recipe, blobs.path, f)  # type: ignore[arg-type]
             if f.tell() != fetched.recipe.size:
                 raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
         progress.start("verifying", fetched.recipe.size)
-        checks = check_package(Path(tmp), fetched.config, progress, str(fetched.ref))
+        checks = check_package(tmp, fetched.config, progress, str(fetched.ref))
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except OSError as exc:  # ENOSPC while assembling names the output, not a file descriptor
