@@ -15,7 +15,7 @@ Perplexity: windows of 512 tokens sharing one token (as ``ptmpack eval --perplex
 the first ``--eval-tokens`` tokens of each text, with a torch forward of the deployed model
 (dequantized weights, merged tensors, explicit affine transforms). RTN and AffineQuant run the
 same quantizer (``transform="identity"``, no clipping, no training is RTN); GPTQ is
-``ptmpack.compress.gptq`` on a copy of the tree.
+``ptmpack.compress.quant.gptq.step`` on a copy of the tree.
 
     PYTHONPATH=. python bench/bench_affine.py --bits 4 3 --nsamples 16 --epochs 5
 
@@ -128,7 +128,7 @@ def perplexity(model, ids: np.ndarray) -> float:
 def load_float(tree: Path):
     from safetensors.numpy import load_file
 
-    from ptmpack.compress.torch_llama import CausalLM, LlamaConfig
+    from ptmpack.compress.quant.affine.torch_llama import CausalLM, LlamaConfig
 
     cfg = json.loads((tree / "Model" / "config.json").read_text())
     return CausalLM.from_tensors(load_file(str(tree / "Model" / "model.safetensors")), LlamaConfig.from_dict(cfg))
@@ -138,8 +138,8 @@ def load_compressed(tree: Path):
     """A compressed tree as a float torch model: quantized linears dequantized (compressed-tensors layout)."""
     from safetensors.numpy import load_file
 
-    from ptmpack.compress.storage import quantized_prefixes, read_quantized_linear
-    from ptmpack.compress.torch_llama import CausalLM, LlamaConfig
+    from ptmpack.compress.quant.affine.torch_llama import CausalLM, LlamaConfig
+    from ptmpack.compress.quant.pack_quantized import quantized_prefixes, read_quantized_linear
 
     cfg = json.loads((tree / "Model" / "config.json").read_text())
     tensors = dict(load_file(str(tree / "Model" / "model.safetensors")))
@@ -255,7 +255,7 @@ def hf_perplexities(model_dir: Path, tree: Path, eval_files: dict[str, Path], ma
     import torch
     import transformers
 
-    from ptmpack.compress.calibration import tokenize_file
+    from ptmpack.compress.eval.calibration import tokenize_file
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     out = {}
@@ -338,9 +338,9 @@ def main() -> None:
 
     import torch
 
-    from ptmpack.compress.affine_block import AffineOptions
-    from ptmpack.compress.affine_model import affine_quantize_model
-    from ptmpack.compress.calibration import tokenize_file, windows_of
+    from ptmpack.compress.eval.calibration import tokenize_file, windows_of
+    from ptmpack.compress.quant.affine.block import AffineOptions
+    from ptmpack.compress.quant.affine.model import affine_quantize_model
 
     torch.set_num_threads(args.threads)
     tree = smollm_tree()
@@ -393,9 +393,9 @@ def main() -> None:
                        notes=f"train {train:.0f} s; dominance violations {v['violations']}/{v['checks']} steps; "
                              f"{unmerged} unmerged transforms")
         if "gptq" in args.methods and method == "gptq":
-            from ptmpack.compress.context import CalibrationData, StepContext
-            from ptmpack.compress.gptq import apply as gptq_apply
+            from ptmpack.compress.quant.gptq.step import apply as gptq_apply
             from ptmpack.compress.spec import CompressSpec
+            from ptmpack.compress.step import CalibrationData, StepContext
 
             t0 = time.perf_counter()
             work = scratch / f"gptq-w{bits}"

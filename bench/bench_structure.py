@@ -111,14 +111,14 @@ def perplexity(tree: Path, text: str, tokens: int) -> float:
 
 
 def windows(tree: Path, text: str, n: int, seqlen: int) -> np.ndarray:
-    from ptmpack.compress.struct_eval import calibration_windows
+    from ptmpack.compress.eval.probe import calibration_windows
 
     return calibration_windows(tree, text, nsamples=n, seqlen=seqlen)
 
 
 def flops(tree: Path) -> int:
-    from ptmpack.compress.struct_eval import flops_per_token
-    from ptmpack.compress.struct_tree import CONFIG, Checkpoint, read_json
+    from ptmpack.compress.eval.probe import flops_per_token
+    from ptmpack.compress.tree.checkpoint import CONFIG, Checkpoint, read_json
 
     return flops_per_token(Checkpoint.load(tree), read_json(tree, CONFIG))
 
@@ -127,7 +127,7 @@ def flops(tree: Path) -> int:
 
 def section_fold(work: Path) -> dict[str, Any]:
     """--fold-norm affine exactness: SmolLM2 logits, and MiniLM (post-norm: refused)."""
-    from ptmpack.compress.fold_norm import fold_norm
+    from ptmpack.compress.structure.fold_norm import fold_norm
     from ptmpack.errors import UnsupportedError
     from ptmpack.ir.runner import LoadedModel
 
@@ -150,7 +150,7 @@ def section_fold(work: Path) -> dict[str, Any]:
 
 def section_unified(work: Path) -> dict[str, Any]:
     """--fold-norm unified: quality change on MiniLM (embedding cosine) and SmolLM2 (perplexity), both statistics."""
-    from ptmpack.compress.fold_norm import fold_norm
+    from ptmpack.compress.structure.fold_norm import fold_norm
 
     calib, sentences, prose = calibration_text(), held_out_sentences(), enwiki_prose()
     ref = embeddings(minilm_tree(), sentences)
@@ -170,7 +170,7 @@ def section_unified(work: Path) -> dict[str, Any]:
 
 def section_prune_minilm(work: Path) -> dict[str, Any]:
     """MiniLM heads+FFN pruning at 70% and 50% FLOPs: structure-aware vs magnitude."""
-    from ptmpack.compress.prune import prune
+    from ptmpack.compress.structure.prune.step import prune
 
     calib, sentences = calibration_text(), held_out_sentences()
     base = minilm_tree()
@@ -192,7 +192,7 @@ def section_prune_minilm(work: Path) -> dict[str, Any]:
 
 def section_prune_smollm(work: Path) -> dict[str, Any]:
     """SmolLM2 FFN pruning at 80% FLOPs (``--smollm-budget``): perplexity on enwiki prose, structure-aware vs magnitude."""
-    from ptmpack.compress.prune import prune
+    from ptmpack.compress.structure.prune.step import prune
 
     calib, prose = calibration_text(), enwiki_prose()
     base = smollm_tree()
@@ -236,7 +236,7 @@ def _load() -> float:
 
 def section_ptq(work: Path) -> dict[str, Any]:
     """MiniLM W8A8 and W4A8 ablation: RTN, + channel compensation, + reconstruction step 1, + step 2 (embedding cosine)."""
-    from ptmpack.compress.ptq import ptq
+    from ptmpack.compress.quant.ptq.step import ptq
 
     calib, sentences = calibration_text(), held_out_sentences()
     base = minilm_tree()

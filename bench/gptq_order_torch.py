@@ -42,7 +42,7 @@ ORDERS = {
 def solver(kind: str, bits: int):
     """``solve(weight, hessian) -> dequantized weight`` (torch tensors)."""
     if kind == "ptmpack":
-        from ptmpack.compress.gptq_solver import backend, gptq_quantize
+        from ptmpack.compress.quant.gptq.solver import backend, gptq_quantize
 
         xp = backend()
 

@@ -17,7 +17,7 @@ and its ``quantize_weight`` (W4 g64 asymmetric, act-order static, block 128, dam
 gives the quantized weight. All of it goes to OUT.npz.
 
 Ours phase: (1) ptmpack's solver on the same W and H: does it give the same weight? (2) ptmpack's
-IR calibration of layer 0 in both orders (``layer``, ``linear``; see ptmpack.compress.gptq): how
+IR calibration of layer 0 in both orders (``layer``, ``linear``; see ptmpack.compress.quant.gptq.step): how
 far is each Hessian from the peer's? (llm-compressor divides by the number of windows, ptmpack by
 the number of tokens: the peer's H is rescaled by 1/seqlen before comparing.)
 """
@@ -78,9 +78,9 @@ def peer(out: Path, names: list[str]) -> None:
 
 def ours(path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from ptmpack.compress.gptq import calibrate_and_quantize
-    from ptmpack.compress.gptq_solver import backend, gptq_quantize
-    from ptmpack.compress.quantize import ModelTensors, find_targets, load_model
+    from ptmpack.compress.quant.gptq.solver import backend, gptq_quantize
+    from ptmpack.compress.quant.gptq.step import calibrate_and_quantize
+    from ptmpack.compress.quant.linear import ModelTensors, find_targets, load_model
 
     data = np.load(path)
     names = sorted({k.rsplit("/", 1)[0] for k in data.files if "/" in k})

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from ptmpack.compress.context import CalibrationData, StepContext
-from ptmpack.compress.report import CompressReport
+from ptmpack.compress.report import CompressReport, DequantizeReport
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.config import PackConfig
 from ptmpack.crypto.keyslots import Opener
 
-__all__ = ["CalibrationData", "CompressReport", "CompressSpec", "StepContext", "check_device", "compress", "dequantize"]
+__all__ = ["CompressReport", "CompressSpec", "DequantizeReport", "check_device", "compress", "dequantize"]
 
 
 def compress(source: Path, target: Path, spec: CompressSpec, config: PackConfig | None = None, *,
@@ -29,8 +27,8 @@ def compress(source: Path, target: Path, spec: CompressSpec, config: PackConfig 
             not available here (checked before any work, for every method).
         PtmError: reading the input or writing the output failed (nothing is left at ``target``).
     """
-    from ptmpack.compress.context import no_progress
     from ptmpack.compress.pipeline import compress as run
+    from ptmpack.compress.step import no_progress
 
     check_device(spec.device)
     return run(Path(source), Path(target), spec, config or PackConfig(), opener=opener, force=force,
@@ -55,8 +53,8 @@ def check_device(device: str) -> None:
         raise UnsupportedError("--device cuda: PyTorch sees no CUDA device on this machine", hint="use --device cpu")
 
 
-def dequantize(tree: Path) -> dict[str, Any]:
+def dequantize(tree: Path) -> DequantizeReport:
     """Turn the quantized linears of a package tree back into float weights, in place (``unpack --dequantize``)."""
-    from ptmpack.compress.dequantize import dequantize_tree
+    from ptmpack.compress.quant.dequantize import dequantize_tree
 
     return dequantize_tree(Path(tree))

@@ -128,7 +128,7 @@ def unpack(package: Path, target: Path, *, opener: Opener | None = None, pubkey:
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     finish = None
     if dequantize:
-        from ptmpack.compress.dequantize import dequantize_tree
+        from ptmpack.compress.quant.dequantize import dequantize_tree
 
         finish = dequantize_tree
     return unpack_file(Path(package), Path(target), opener=opener, pubkey=pubkey, force=force, progress=progress,

@@ -10,15 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptmpack.compress.methods import SLOTS, choices, method
 from ptmpack.errors import UsageError
 
-QUANT_METHODS = ("rtn", "gptq", "affine", "ptq")
+QUANT_METHODS = choices("quant")
 WEIGHT_BITS = (2, 3, 4, 8)
 DEFAULT_GROUPS = (128, 64, 32)
 """Candidate default group sizes, largest first: the default is the largest dividing every input width."""
-FOLD_NORMS = ("affine", "unified")
+FOLD_NORMS = choices("fold_norm")
 PRUNE_TARGETS = ("heads", "ffn", "both")
-PRUNE_METHODS = ("structure", "magnitude")
+PRUNE_METHODS = choices("prune")
 DEVICES = ("cpu", "cuda")
 GPTQ_ORDERS = ("layer", "linear")
 
@@ -144,7 +145,7 @@ class CompressSpec:
             raise UsageError("--prune and --flops-budget go together")
         if self.flops_budget is not None and not 0.0 < self.flops_budget <= 1.0:
             raise UsageError(f"--flops-budget must lie in (0, 1], got {self.flops_budget}")
-        if self.quant in ("gptq", "affine", "ptq") and self.calib is None:
+        if self.quant is not None and self.calib is None and self.needs_calibration_for("quant"):
             raise UsageError(f"--quant {self.quant} needs calibration text: give --calib TEXTFILE")
         if self.act_order and self.quant != "gptq":
             raise UsageError("--act-order goes with --quant gptq only")
@@ -154,13 +155,23 @@ class CompressSpec:
             raise UsageError("nothing to do: give --quant, --prune, --fold-norm, --merge-lora or --merge-adapter")
         return self
 
+    def method_name(self, slot: str) -> str | None:
+        """The method this spec runs in ``slot`` (see :mod:`ptmpack.compress.methods`), or None."""
+        return {"merge_lora": "lora" if self.merge_lora is not None else None,
+                "merge_adapter": "adapters" if self.merge_adapter else None,
+                "fold_norm": self.fold_norm, "prune": self.prune_method if self.prune is not None else None,
+                "quant": self.quant}[slot]
+
     def steps(self) -> tuple[str, ...]:
-        """The steps this spec runs, in the pipeline's fixed order."""
-        wanted = {"merge_lora": self.merge_lora is not None, "merge_adapter": self.merge_adapter,
-                  "fold_norm": self.fold_norm is not None, "prune": self.prune is not None,
-                  "quant": self.quant is not None}
-        return tuple(step for step, on in wanted.items() if on)
+        """The steps (slots) this spec runs, in the pipeline's fixed order."""
+        return tuple(slot for slot in SLOTS if self.method_name(slot) is not None)
+
+    def needs_calibration_for(self, slot: str) -> bool:
+        """Whether the method this spec runs in ``slot`` needs calibration text (the methods table says)."""
+        found = method(slot, self.method_name(slot) or "")
+        return found is not None and found.needs_calibration
 
     @property
     def needs_calibration(self) -> bool:
-        return self.quant in ("gptq", "affine", "ptq") or (self.prune is not None and self.prune_method == "structure")
+        """Whether any step of this spec needs calibration text."""
+        return any(self.needs_calibration_for(slot) for slot in self.steps())

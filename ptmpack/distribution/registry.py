@@ -49,9 +49,15 @@ from ptmpack.distribution.auth import (
     origin_of,
 )
 from ptmpack.distribution.http import read_bounded
-from ptmpack.distribution.oci import ACCEPT_MANIFESTS, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, sha256_digest
+from ptmpack.distribution.oci import (
+    ACCEPT_MANIFESTS,
+    INDEX_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    MAX_MANIFEST_BYTES,
+    sha256_digest,
+)
 from ptmpack.distribution.reference import Reference
-from ptmpack.distribution.stores import ClientOptions
+from ptmpack.distribution.storetypes import ClientOptions
 from ptmpack.errors import (
     ENVIRONMENT_ERRNOS,
     EnvironmentFault,
@@ -62,6 +68,7 @@ from ptmpack.errors import (
     RegistryError,
     UsageError,
 )
+from ptmpack.jsonio import loads_strict
 
 MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 64 * 1024
@@ -159,7 +166,7 @@ class RegistryStore:
 
     @contextlib.contextmanager
     def _open(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
-              content: bytes | None = None, authenticate: bool = True) -> Iterator[httpx.Response]:
+              content: bytes | list[bytes] | None = None, authenticate: bool = True) -> Iterator[httpx.Response]:
         """A streaming response, redirects followed here (see the module docstring); closed on leaving.
 
         The registry's authentication is applied only to its own origin (and never when ``authenticate``
@@ -209,7 +216,7 @@ class RegistryStore:
             response.close()
 
     def _request(self, method: str, url: str, what: str, *, limit: int = MAX_ERROR_BODY,
-                 headers: dict[str, str] | None = None, content: bytes | None = None) -> Reply:
+                 headers: dict[str, str] | None = None, content: bytes | list[bytes] | None = None) -> Reply:
         """Send, read the body to at most ``limit`` + 1 bytes (error bodies to 64 KiB), check authorization.
 
         GET and HEAD answered 429 or 5xx are retried (``retries`` times, growing pauses).
@@ -412,16 +419,18 @@ class RegistryStore:
         location = self._location(r)
         chunk = max(1, self.options.upload_chunk)
         if size <= chunk:
-            r = self._request("PUT", _with_digest(location, digest), what, content=read(0, size),
-                              headers={"Content-Type": "application/octet-stream"})
+            data = read(0, size)
+            r = self._request("PUT", _with_digest(location, digest), what, content=_pieces(data),
+                              headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
             self._check_committed(r, what)
             progress(size)
             return size
         sent = 0
         while sent < size:
             data = read(sent, min(chunk, size - sent))
-            r = self._request("PATCH", location, what, content=data, headers={
-                "Content-Type": "application/octet-stream", "Content-Range": f"{sent}-{sent + len(data) - 1}"})
+            r = self._request("PATCH", location, what, content=_pieces(data), headers={
+                "Content-Type": "application/octet-stream", "Content-Range": f"{sent}-{sent + len(data) - 1}",
+                "Content-Length": str(len(data))})
             if r.status_code != 202:
                 raise self._fail(r, what)
             location = self._location(r)
@@ -530,6 +539,65 @@ class RegistryStore:
                 raise
             raise _Dropped(exc.message) from None
 
+    # ranges (chunk-index deltas, docs/DISTRIBUTION.md §2.3)
+    def fetch_range(self, digest: str, start: int, length: int) -> bytes | None:
+        """Exactly ``length`` bytes of a blob from ``start`` with one ``Range`` GET; None when the registry
+        ignores ``Range`` (HTTP 200), so the caller downloads the blob whole instead.
+
+        Raises:
+            IntegrityError: the registry answered another range, or more or fewer bytes than asked.
+        """
+        what = f"blob {digest} bytes {start}-{start + length - 1}"
+        headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        with self._open("GET", f"{self.base}/blobs/{digest}", what, headers=headers) as r:
+            self._check_auth(r, what)
+            if r.status_code == 200:
+                return None
+            if r.status_code == 404:
+                raise IntegrityError(f"the manifest names blob {digest}, but {self.ref.location} does not have it")
+            if r.status_code != 206:
+                raise self._fail(Reply(r.status_code, r.headers, read_bounded(r, MAX_ERROR_BODY), r.url), what)
+            served = r.headers.get("content-range", "")
+            if not served.startswith(f"bytes {start}-{start + length - 1}/"):
+                raise IntegrityError(f"{what}: the registry served {served[:80] or 'no Content-Range'} instead")
+            data = bytearray()
+            pace = _Pace(self, what)
+            for block in r.iter_raw():
+                data += block
+                if len(data) > length:
+                    raise IntegrityError(f"{what}: the registry sent more bytes than asked")
+                pace.tick(len(block))
+        if len(data) != length:
+            raise IntegrityError(f"{what}: the registry sent {len(data)} bytes, {length} were asked")
+        return bytes(data)
+
+    # referrers (signatures, docs/DISTRIBUTION.md §2.4)
+    def referrers(self, digest: str) -> list[dict[str, object]] | None:
+        """The referrers API's list for a manifest digest; None when the registry has no referrers API (404)."""
+        what = f"referrers of {digest}"
+        r = self._request("GET", f"{self.base}/referrers/{digest}", what, headers={"Accept": INDEX_MEDIA_TYPE},
+                          limit=MAX_MANIFEST_BYTES)
+        if r.status_code in (404, 405):
+            return None
+        if r.status_code != 200:
+            raise self._fail(r, what)
+        if len(r.content) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"{what}: larger than any index may be ({MAX_MANIFEST_BYTES} bytes); stopped reading it")
+        doc = loads_strict(r.content, what)
+        manifests = doc.get("manifests") if isinstance(doc, dict) else None
+        if not isinstance(manifests, list):
+            raise IntegrityError(f"{what}: the registry's answer is not an image index")
+        return [m for m in manifests if isinstance(m, dict)]
+
+    def put_index(self, data: bytes, tag: str) -> str:
+        """Upload an OCI image index under ``tag`` (the referrers tag schema); returns its digest."""
+        what = f"index upload {self.ref.repository}:{tag}"
+        r = self._request("PUT", f"{self.base}/manifests/{tag}", what, content=data,
+                          headers={"Content-Type": INDEX_MEDIA_TYPE})
+        if r.status_code not in (200, 201):
+            raise self._fail(r, what)
+        return sha256_digest(data)
+
 
 class _Pace:
     """The low-speed limit (like curl's ``--speed-limit``/``--speed-time``) and the overall deadline of one transfer."""
@@ -555,6 +623,20 @@ class _Pace:
                                    f"{now - self.start:.0f} s, under the limit of {self.limit} bytes/s for "
                                    f"{self.window:g} s", hint="try again later, or lower --speed-limit / raise --speed-time")
             self.start, self.got = now, 0
+
+
+SEND_PIECE = 1024 * 1024
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    """A request body in 1 MiB pieces (sent with an explicit Content-Length, so not chunked encoding).
+
+    httpcore sends a body with ``send`` then ``buffer = buffer[n:]``, which copies the
+    rest of a large ``bytes`` after every partial send: quadratic in the body size (a
+    16 MiB PATCH cost more than its transfer). Pieces bound each copy to 1 MiB.
+    """
+    view = memoryview(data)
+    return [bytes(view[i: i + SEND_PIECE]) for i in range(0, len(view), SEND_PIECE)] or [b""]
 
 
 def _with_digest(location: str, digest: str) -> str:

@@ -43,6 +43,16 @@ def pack_int(values: np.ndarray, bits: int, packed_dim: int = 1) -> np.ndarray:
     rows, cols = v.shape
     words = math.ceil(cols * bits / 32)
     runs = math.ceil(cols / 32)
+    if 8 % bits == 0:  # whole codes per byte, bytes in little-endian word order: pack bytes, view as words
+        per = 8 // bits
+        u8 = np.zeros((rows, runs * 32), np.uint8)
+        u8[:, :cols] = (v.astype(np.int16) - lo).astype(np.uint8)  # offset to unsigned; every value fits
+        u8 = u8.reshape(rows, runs * 32 // per, per)
+        packed = u8[:, :, 0].copy()
+        for i in range(1, per):
+            packed |= u8[:, :, i] << np.uint8(i * bits)
+        out = packed.view("<i4")[:, :words].astype(np.int32, copy=False)
+        return np.ascontiguousarray(out.T if packed_dim == 0 else out)
     u = np.zeros((rows, runs * 32), np.uint64)
     u[:, :cols] = (v.astype(np.int64) - lo).astype(np.uint64)
     u = u.reshape(rows * runs, 32)

@@ -141,3 +141,125 @@ def test_every_cli_command_loads() -> None:
 
     ctx = click.Context(cli)
     assert all(isinstance(cli.get_command(ctx, name), click.Command) for name in COMMANDS)
+
+
+COMPRESS = PACKAGE / "compress"
+COMPRESS_ALLOWED: dict[str, set[str]] = {
+    "spec": {"methods"},
+    "methods": set(),
+    "report": set(),
+    "step": {"spec"},
+    "tree": set(),
+    "eval": {"tree", "step", "spec"},
+    "quant": {"tree", "eval", "step", "spec", "report"},
+    "structure": {"tree", "eval", "step", "spec", "report"},
+    "pipeline": {"tree", "eval", "step", "spec", "methods", "report"},
+    "__init__": set(),
+}
+"""What each room inside ``compress/`` may import: shared plumbing (``tree/``) imports no method, the
+methods (``quant/``, ``structure/``) never import each other, and ``pipeline`` reaches the methods only
+through the ``methods`` table (by name, at run time)."""
+
+
+def _module_of(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _module_graph() -> dict[str, list[tuple[str, int]]]:
+    """Every ptmpack module and the ptmpack modules it imports anywhere in its body (with the line)."""
+    modules = {_module_of(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, list[tuple[str, int]]] = {}
+    for name, path in modules.items():
+        edges = []
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # "from pkg import mod" imports the submodule pkg.mod when there is one
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target not in modules and "." in target:
+                    target = target.rsplit(".", 1)[0]
+                if target in modules and target.startswith("ptmpack.") and target != name:
+                    edges.append((target, node.lineno))
+        graph[name] = edges
+    return graph
+
+
+def _compress_room(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[:2] != ["ptmpack", "compress"]:
+        return None
+    return parts[2] if len(parts) > 2 else "__init__"
+
+
+def test_every_compress_room_is_in_its_table() -> None:
+    rooms = {p.name for p in COMPRESS.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    rooms |= {p.stem for p in COMPRESS.glob("*.py")}
+    assert rooms <= set(COMPRESS_ALLOWED), f"compress rooms without a row: {sorted(rooms - set(COMPRESS_ALLOWED))}"
+    TopologicalSorter(COMPRESS_ALLOWED).static_order()  # the table itself has no cycle (raises CycleError)
+
+
+def test_no_compress_import_points_up_or_sideways() -> None:
+    bad = []
+    for module, edges in _module_graph().items():
+        here = _compress_room(module)
+        if here is None:
+            continue
+        for target, line in edges:
+            there = _compress_room(target)
+            if there is not None and there != here and there not in COMPRESS_ALLOWED.get(here, set()):
+                bad.append(f"{module}:{line}: compress/{here} imports compress/{there} ({target})")
+    assert not bad, "imports against the compress rooms:\n" + "\n".join(bad)
+
+
+CYCLES_TO_BREAK = {("ptmpack.distribution.delta", "ptmpack.distribution.pull"),
+                   ("ptmpack.distribution.stores", "ptmpack.distribution.registry")}
+"""Import edges closing the two cycles that predate this check, both outside ``compress/`` (whose rooms
+have none): ``delta`` reuses ``pull``'s fetch plumbing while ``pull`` calls ``pull_delta``, and ``stores``
+builds ``registry`` clients while ``registry`` imports ``stores`` (issue 16's room). Break each by moving the
+shared part into a module both import, then delete its entry; no new entry may be added."""
+
+
+def test_no_import_cycle_inside_a_room() -> None:
+    """No two modules of one room (or of one compress room) import each other, even inside function bodies."""
+    def room(module: str) -> str:
+        return f"compress/{_compress_room(module)}" if _compress_room(module) else str(_room(module))
+
+    graph = _module_graph()
+    cycles = []
+    for name in sorted({room(m) for m in graph}):
+        members = {m for m in graph if room(m) == name}
+        sub = {m: {t for t, _ in graph[m] if t in members and (m, t) not in CYCLES_TO_BREAK} for m in members}
+        try:
+            list(TopologicalSorter(sub).static_order())
+        except CycleError as exc:
+            cycles.append(f"{name}: {' -> '.join(exc.args[1])}")
+    assert not cycles, "import cycles inside a room:\n" + "\n".join(cycles)
+
+
+def test_the_module_graph_sees_imports_inside_functions() -> None:
+    """The checks above read imports in function bodies too (``fake_quant`` loads transformers' model lazily)."""
+    edges = {t for t, _ in _module_graph()["ptmpack.compress.quant.ptq.fake_quant"]}
+    assert "ptmpack.compress.tree.torch_hf" in edges
+
+
+def test_the_methods_table_loads_no_method_and_names_real_functions() -> None:
+    """``compress/methods.py`` and ``spec.py`` load nothing heavy; every row's entry is a function that exists."""
+    import importlib
+
+    code = ("import sys, ptmpack.compress.spec, ptmpack.compress.methods\n"
+            "print(','.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert not set(proc.stdout.strip().split(",")) & set(HEAVY)
+    from ptmpack.compress.methods import METHODS, SLOTS
+
+    for m in METHODS:
+        module, _, function = m.entry.partition(":")
+        assert m.slot in SLOTS and callable(getattr(importlib.import_module(module), function)), m

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests._support.clirun import assert_clean_error, cli
-from tests.compress.tiny import sample_text, tiny_tree
+from tests._support.tiny_models import sample_text, tiny_tree
 
 pytest.importorskip("tokenizers")
 

@@ -136,7 +136,7 @@ def test_distribution_commands(work: dict[str, Path]) -> None:
 
 def test_compress_and_eval_json(tmp_path: Path) -> None:
     pytest.importorskip("tokenizers")
-    from tests.compress.tiny import tiny_tree
+    from tests._support.tiny_models import tiny_tree
 
     tree = tiny_tree(tmp_path, "llama")
     doc = check("compress", cli("compress", tree, "-o", tmp_path / "q.ptm", "--quant", "rtn", "--group-size", "32",
@@ -144,7 +144,7 @@ def test_compress_and_eval_json(tmp_path: Path) -> None:
     assert doc["steps"][0]["symmetric"] is True and "compressed-tensors" in doc["loads_with"]
     assert doc["encrypted"] is False
     check("compress", cli("compress", tree, "-o", tmp_path / "q.ptm", "--quant", "rtn", "--json"), False)  # exists
-    from tests.compress.tiny import sample_text
+    from tests._support.tiny_models import sample_text
 
     (tmp_path / "text.txt").write_text(sample_text(300, seed=5))
     doc = check("eval", cli("eval", tmp_path / "q.ptm", "--perplexity", tmp_path / "text.txt", "--json"), True)

@@ -61,7 +61,7 @@ def test_inspect_output_redirected_to_a_file_is_not_empty(bert_tree: Path, tmp_p
 
 def test_inspect_of_a_quantized_package_names_the_scheme(tmp_path: Path) -> None:
     pytest.importorskip("tokenizers")
-    from tests.compress.tiny import tiny_tree
+    from tests._support.tiny_models import tiny_tree
 
     tree = tiny_tree(tmp_path, "llama")
     out = tmp_path / "q.ptm"

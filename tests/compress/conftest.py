@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from ptmpack.compress import gptq_solver
+from ptmpack.compress.quant.gptq import solver as gptq_solver
 
 
 @pytest.fixture(params=["numpy", "torch"])
 def xp(request: pytest.FixtureRequest) -> Any:
     """The GPTQ solver's array backend, once with numpy and once with torch (skipped without torch)."""
     if request.param == "numpy":
-        return gptq_solver._Numpy()
+        return gptq_solver.NumpyBackend()
     torch = pytest.importorskip("torch")
-    return gptq_solver._Torch(torch, "cpu")
+    return gptq_solver.TorchBackend(torch, "cpu")

@@ -8,36 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
-from ptmpack.compress.adapters import FOLDER, merge_adapters
-from ptmpack.compress.struct_tree import rebuild_graph
+from ptmpack.compress.structure.merge_adapter import merge_adapters
+from ptmpack.compress.tree.adapters import FOLDER
 from ptmpack.errors import InvalidTreeError, UsageError
 from ptmpack.ir.model import ModelStructure
-from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
+from tests._support.adapters import linear_adapter_tensors, rep_adapter_tensors, write_adapters
+from tests._support.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
 
 IDS = np.array([[2, 3, 4, 5, 2, 6, 9, 11, 12], [7, 8, 4, 5, 7, 3, 9, 20, 30]])
-
-
-def write_adapters(tree: Path, adapters: list[dict], tensors: dict[str, np.ndarray]) -> None:
-    folder = tree / FOLDER
-    folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"format": "ptmpack-adapters", "version": 1,
-                                                            "adapters": adapters}))
-    save_file({k: v.astype(np.float32) for k, v in tensors.items()}, str(folder / "adapters.safetensors"))
-    rebuild_graph(tree)  # the unmerged package runs its adapters
-
-
-def _rep(rng: np.random.Generator, name: str, d: int = 32, c: int = 8, k: int = 2) -> dict[str, np.ndarray]:
-    return {f"{name}.W_down": rng.standard_normal((c, d)) * 0.2, f"{name}.b_down": rng.standard_normal(c) * 0.1,
-            f"{name}.W_up": rng.standard_normal((k, d // k, c // k)) * 0.2, f"{name}.b_up": rng.standard_normal(d) * 0.1}
-
-
-def _lin(rng: np.random.Generator, name: str, n: int, zeros: int, shift_zero: bool = False) -> dict[str, np.ndarray]:
-    s = 1.0 + 0.3 * rng.standard_normal(n)
-    s[rng.permutation(n)[:zeros]] = 0.0
-    b = np.zeros(n) if shift_zero else rng.standard_normal(n) * 0.1
-    return {f"{name}.scale": s, f"{name}.shift": b}
 
 
 def _types(tree: Path) -> list[str]:
@@ -54,8 +34,8 @@ def bert_with_adapters(tmp_path: Path) -> Path:
                 {"name": "l0_ffn", "type": "linear_adapter", "target": "encoder.layer.0.intermediate.dense"},
                 {"name": "l1_ffn", "type": "linear_adapter", "target": "encoder.layer.1.intermediate.dense"},
                 {"name": "l1_v", "type": "linear_adapter", "target": "encoder.layer.1.attention.self.value"}]
-    tensors = {**_rep(rng, "l0_attn"), **_rep(rng, "l1_ffn_in"), **_lin(rng, "l0_ffn", 64, 16),
-               **_lin(rng, "l1_ffn", 64, 16), **_lin(rng, "l1_v", 32, 5)}
+    tensors = {**rep_adapter_tensors(rng, "l0_attn"), **rep_adapter_tensors(rng, "l1_ffn_in"), **linear_adapter_tensors(rng, "l0_ffn", 64, 16),
+               **linear_adapter_tensors(rng, "l1_ffn", 64, 16), **linear_adapter_tensors(rng, "l1_v", 32, 5)}
     write_adapters(tree, adapters, tensors)
     return tree
 
@@ -101,7 +81,7 @@ def test_llama_swiglu_channels_removed_only_when_zero(tmp_path: Path) -> None:
                 {"name": "u1", "type": "linear_adapter", "target": "model.layers.1.mlp.up_proj"},
                 {"name": "a0", "type": "rep_adapter", "scale": 0.5,
                  "targets": [f"model.layers.0.self_attn.{p}_proj" for p in "qkv"]}]
-    tensors = {**_lin(rng, "g0", 48, 6, shift_zero=True), **_lin(rng, "u1", 48, 4), **_rep(rng, "a0")}
+    tensors = {**linear_adapter_tensors(rng, "g0", 48, 6, shift_zero=True), **linear_adapter_tensors(rng, "u1", 48, 4), **rep_adapter_tensors(rng, "a0")}
     write_adapters(tree, adapters, tensors)
     adapted = forward(tree, IDS)
     rec = merge_adapters(tree)
@@ -124,7 +104,7 @@ def test_adapter_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidTreeError, match="one common input"):
         write_adapters(tree, [{"name": "x", "type": "rep_adapter", "targets": ["encoder.layer.0.attention.self.query",
                                                                                "encoder.layer.0.output.dense"]}],
-                       _rep(rng, "x"))
+                       rep_adapter_tensors(rng, "x"))
     (tree / FOLDER / "adapter_config.json").write_text(json.dumps(
         {"format": "ptmpack-adapters", "adapters": [{"name": "y", "type": "linear_adapter", "target": "t"}]}))
     with pytest.raises(InvalidTreeError, match=r"missing y\.scale"):
@@ -132,13 +112,13 @@ def test_adapter_errors(tmp_path: Path) -> None:
 
 
 def test_steps_that_rewrite_linears_refuse_unmerged_adapters(tmp_path: Path) -> None:
-    from ptmpack.compress.fold_norm import fold_norm
-    from ptmpack.compress.prune import prune
+    from ptmpack.compress.structure.fold_norm import fold_norm
+    from ptmpack.compress.structure.prune.step import prune
 
     cfg, t = llama_tensors(layers=1)
     tree = make_tree(tmp_path, cfg, t)
     write_adapters(tree, [{"name": "g", "type": "linear_adapter", "target": "model.layers.0.mlp.gate_proj"}],
-                   _lin(np.random.default_rng(0), "g", 48, 0))
+                   linear_adapter_tensors(np.random.default_rng(0), "g", 48, 0))
     with pytest.raises(UsageError, match="unmerged adapters"):
         fold_norm(tree, "affine")
     with pytest.raises(UsageError, match="unmerged adapters"):

@@ -35,9 +35,9 @@ def test_affine_transform_kernel_and_inference():
 
 
 def _step(tree, calib, **kw):
-    from ptmpack.compress.calibration import load_calibration
-    from ptmpack.compress.context import StepContext
+    from ptmpack.compress.eval.calibration import load_calibration
     from ptmpack.compress.spec import CompressSpec
+    from ptmpack.compress.step import StepContext
 
     spec = CompressSpec(quant="affine", calib=calib, nsamples=4, seqlen=32, **kw)
     data = load_calibration(tree, spec)
@@ -47,11 +47,11 @@ def _step(tree, calib, **kw):
 def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(tmp_path):
     from safetensors.numpy import load_file
 
-    from ptmpack.compress.affine import apply
-    from ptmpack.compress.storage import read_quantized_linear
-    from ptmpack.compress.torch_llama import CausalLM, LlamaConfig
+    from ptmpack.compress.quant.affine.step import apply
+    from ptmpack.compress.quant.affine.torch_llama import CausalLM, LlamaConfig
+    from ptmpack.compress.quant.pack_quantized import read_quantized_linear
     from ptmpack.ir.runner import LoadedModel
-    from tests.compress.tiny import sample_text, tiny_tree
+    from tests._support.tiny_models import sample_text, tiny_tree
 
     tree = tiny_tree(tmp_path)
     calib = tmp_path / "calib.txt"
@@ -97,9 +97,9 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
 
 
 def test_apply_refuses_encoders_and_bad_groups(tmp_path):
-    from ptmpack.compress.affine import apply
+    from ptmpack.compress.quant.affine.step import apply
     from ptmpack.errors import UnsupportedError, UsageError
-    from tests.compress.tiny import sample_text, tiny_tree
+    from tests._support.tiny_models import sample_text, tiny_tree
 
     calib = tmp_path / "calib.txt"
     calib.write_text(sample_text(2000), encoding="utf-8")
@@ -116,7 +116,7 @@ def test_compress_pipeline_packs_an_affine_package_that_ptmpack_runs(tmp_path):
     from ptmpack.compress.spec import CompressSpec
     from ptmpack.config import PackConfig
     from ptmpack.ir.runner import LoadedModel, perplexity
-    from tests.compress.tiny import sample_text, tiny_tree
+    from tests._support.tiny_models import sample_text, tiny_tree
 
     tree = tiny_tree(tmp_path)
     calib = tmp_path / "calib.txt"
@@ -135,12 +135,12 @@ def test_compress_pipeline_packs_an_affine_package_that_ptmpack_runs(tmp_path):
 def test_without_torch_the_step_is_unsupported_with_a_hint(monkeypatch):
     import sys
 
-    from ptmpack.compress import affine
+    from ptmpack.compress.quant.affine import step as affine
     from ptmpack.errors import UnsupportedError
 
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(UnsupportedError) as info:
-        affine._torch()
+        affine.require_torch()
     assert info.value.exit_code == 6 and "ptmpack[torch]" in (info.value.hint or "")
 
 

@@ -7,17 +7,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ptmpack.compress.affine_block import AffineOptions, affine_quantize_block  # noqa: E402
-from ptmpack.compress.affine_model import deployed_params  # noqa: E402
-from ptmpack.compress.affine_quantizer import QuantFormat, fake_quantize, quantize  # noqa: E402
-from ptmpack.compress.affine_transforms import (  # noqa: E402
+from ptmpack.compress.quant.affine.block import AffineOptions, affine_quantize_block  # noqa: E402
+from ptmpack.compress.quant.affine.model import deployed_params  # noqa: E402
+from ptmpack.compress.quant.affine.quantizer import QuantFormat, fake_quantize, quantize  # noqa: E402
+from ptmpack.compress.quant.affine.torch_llama import LINEARS, DecoderLayer, LlamaConfig  # noqa: E402
+from ptmpack.compress.quant.affine.transforms import (  # noqa: E402
     AffineTransform,
     band_width,
     gradual_mask,
     strictly_dominant,
 )
-from ptmpack.compress.rtn import quantize_rtn  # noqa: E402
-from ptmpack.compress.torch_llama import LINEARS, DecoderLayer, LlamaConfig  # noqa: E402
+from ptmpack.compress.quant.rtn import quantize_rtn  # noqa: E402
 
 CFG = LlamaConfig(hidden_size=48, num_heads=6, num_kv_heads=2, head_dim=8, intermediate_size=96, num_layers=1,
                   rms_norm_eps=1e-5, rope_theta=10000.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests._support.clirun import assert_clean_error, cli
-from tests.compress.tiny import sample_text, tiny_tree
+from tests._support.tiny_models import sample_text, tiny_tree
 
 
 @pytest.fixture(scope="module")

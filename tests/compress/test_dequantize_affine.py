@@ -29,7 +29,7 @@ def test_dequantized_affine_package_equals_the_quantized_one_and_loads_in_transf
     from ptmpack.config import PackConfig
     from ptmpack.ir.model import ModelStructure
     from ptmpack.ir.runner import LoadedModel
-    from tests.compress.tiny import sample_text, tiny_tree
+    from tests._support.tiny_models import sample_text, tiny_tree
 
     tree = tiny_tree(tmp_path)
     calib = tmp_path / "calib.txt"
@@ -63,7 +63,7 @@ def test_dequantized_affine_package_equals_the_quantized_one_and_loads_in_transf
 
 
 def test_a_transform_after_an_unknown_norm_is_refused(tmp_path):
-    from ptmpack.compress.dequantize import _fold_transforms
+    from ptmpack.compress.quant.dequantize import fold_transforms
     from ptmpack.errors import UnsupportedError
 
     class Tensors:
@@ -79,4 +79,4 @@ def test_a_transform_after_an_unknown_norm_is_refused(tmp_path):
             return self.files[self.where[name]][name]
 
     with pytest.raises(UnsupportedError):
-        _fold_transforms(Tensors(), {})
+        fold_transforms(Tensors(), {})

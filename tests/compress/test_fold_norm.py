@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from ptmpack.compress.fold_norm import MARKER, fold_norm
-from ptmpack.compress.struct_tree import rebuild_graph
+from ptmpack.compress.structure.fold_norm import fold_norm
+from ptmpack.compress.tree.rebuild import MARKER, rebuild_graph
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
-from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
+from tests._support.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
 
 IDS = np.array([[2, 3, 4, 5, 2, 6, 9, 11, 12], [7, 8, 4, 5, 7, 3, 9, 20, 30]])
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ptmpack.compress.lora import merge_lora, scaling
+from ptmpack.compress.structure.lora import merge_lora, scaling
 from ptmpack.errors import InvalidTreeError, UnsupportedError, UsageError
-from tests.compress.struct_models import bert_tensors, forward, make_tree, minilm_tree, rel
+from tests._support.struct_models import bert_tensors, forward, make_tree, minilm_tree, rel
 
 
 def _adapter(d: Path, cfg: dict, tensors: dict[str, np.ndarray]) -> Path:
@@ -135,8 +135,8 @@ def test_minilm_merge_equals_peft_merge_and_unload(tmp_path: Path, rslora: bool)
 def test_apply_reports_sizes_flops_layers_quality(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from ptmpack.compress.lora import apply
-    from tests.compress.struct_models import TEXT
+    from ptmpack.compress.structure.lora import apply
+    from tests._support.struct_models import TEXT
 
     cfg, t = bert_tensors()
     tree = make_tree(tmp_path, cfg, t)

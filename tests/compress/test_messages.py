@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ptmpack.compress.quantize import largest_valid_group
+from ptmpack.compress.quant.linear import largest_valid_group
 from tests._support.clirun import assert_clean_error, cli
 from tests.distribution.packages import write_model_tree
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from ptmpack.compress.prune import prune
-from ptmpack.compress.prune_torch import Importance
+from ptmpack.compress.structure.prune.importance import Importance
+from ptmpack.compress.structure.prune.step import prune
 from ptmpack.errors import UnsupportedError, UsageError
-from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
+from tests._support.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
 
 IDS = np.array([[2, 3, 4, 5, 2, 6, 9, 11, 12], [7, 8, 4, 5, 7, 3, 9, 20, 30]])
 WINDOWS = np.random.default_rng(5).integers(2, 60, size=(4, 12))

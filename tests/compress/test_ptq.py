@@ -14,7 +14,7 @@ from ptmpack.errors import UsageError
 from ptmpack.ir.model import ModelStructure
 from ptmpack.ir.ops.fakequant import fake_quant
 from tests._support.irbuild import run_op
-from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
+from tests._support.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
 
 WINDOWS = np.random.default_rng(2).integers(2, 60, size=(4, 12))
 
@@ -37,7 +37,7 @@ def test_ptq_bert_package_matches_the_simulated_engine(tmp_path: Path, bits: int
                                                        reconstruct: bool) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from ptmpack.compress.ptq import ptq
+    from ptmpack.compress.quant.ptq.step import ptq
 
     cfg, t = bert_tensors()
     tree = make_tree(tmp_path, cfg, t)
@@ -64,7 +64,7 @@ def test_ptq_bert_package_matches_the_simulated_engine(tmp_path: Path, bits: int
 def test_ptq_llama_and_refusals(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from ptmpack.compress.ptq import ptq
+    from ptmpack.compress.quant.ptq.step import ptq
 
     cfg, t = llama_tensors()
     tree = make_tree(tmp_path, cfg, t)
@@ -77,7 +77,7 @@ def test_ptq_llama_and_refusals(tmp_path: Path) -> None:
 
 
 def test_packed_encoder_windows_are_split_back_into_padded_sentences() -> None:
-    from ptmpack.compress.ptq_torch import calibration_batches
+    from ptmpack.compress.quant.ptq.fake_quant import calibration_batches
 
     cls = 101
     stream = np.array([cls, 5, 6, 102, cls, 7, 102, cls, 8, 9, 10, 11, 102, cls, 12, 102, cls, 13], np.int64)

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ptmpack.compress import gptq_solver
-from ptmpack.compress.gptq_solver import NotPositiveDefinite, backend, gptq_quantize
-from ptmpack.compress.rtn import quantize_rtn
+from ptmpack.compress.quant.gptq import solver as gptq_solver
+from ptmpack.compress.quant.gptq.solver import NotPositiveDefinite, backend, gptq_quantize
+from ptmpack.compress.quant.rtn import quantize_rtn
 
 
 def _correlated_inputs(n: int, cols: int, seed: int = 0) -> np.ndarray:
@@ -58,8 +58,8 @@ def test_numpy_and_torch_agree() -> None:
     x = _correlated_inputs(1024, 128, seed=7)
     w = np.random.default_rng(7).normal(size=(16, 128)).astype(np.float32)
     h = (x.T @ x) * (2 / len(x))
-    a = gptq_quantize(w, h, 4, 64, xp=gptq_solver._Numpy())
-    b = gptq_quantize(w, h, 4, 64, xp=gptq_solver._Torch(torch, "cpu"))
+    a = gptq_quantize(w, h, 4, 64, xp=gptq_solver.NumpyBackend())
+    b = gptq_quantize(w, h, 4, 64, xp=gptq_solver.TorchBackend(torch, "cpu"))
     assert np.mean(a.codes != b.codes) < 0.01  # float32 summation order may flip a rare tie
     np.testing.assert_allclose(a.dequantize(), b.dequantize(), atol=float(a.scale.max()) * 1.01)
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ptmpack.compress.gptq_solver import gptq_quantize
-from ptmpack.compress.rtn import group_params
+from ptmpack.compress.quant.gptq.solver import gptq_quantize
+from ptmpack.compress.quant.observer import group_params
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "gptq" / "llmcompressor_golden.npz"
 

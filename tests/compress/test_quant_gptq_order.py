@@ -1,6 +1,6 @@
 """Which activations build each linear's Hessian: layer-wise (llm-compressor's order) or linear-wise.
 
-The one-pass calibration (:func:`ptmpack.compress.gptq.calibrate_and_quantize`) is checked
+The one-pass calibration (:func:`ptmpack.compress.quant.gptq.step.calibrate_and_quantize`) is checked
 against a brute-force reference that reruns the IR once per layer (or per linear) with the
 earlier weights fed already quantized, on tiny LLaMA, BERT and GPT-2 trees. The solver is
 replaced by RTN (the Hessian is recorded, not used), so both sides quantize identically and
@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ptmpack.compress.gptq import calibrate_and_quantize, feeds_for, hessian
-from ptmpack.compress.gptq_streams import layer_index, layer_of
-from ptmpack.compress.quantize import ModelTensors, Target, find_targets, load_model
-from ptmpack.compress.rtn import quantize_rtn
-from ptmpack.compress.storage import QuantizedWeight
-from tests.compress.tiny import tiny_tree
+from ptmpack.compress.quant.gptq.step import calibrate_and_quantize, feeds_for, hessian
+from ptmpack.compress.quant.gptq.streams import layer_index, layer_of
+from ptmpack.compress.quant.linear import ModelTensors, Target, find_targets, load_model
+from ptmpack.compress.quant.pack_quantized import QuantizedWeight
+from ptmpack.compress.quant.rtn import quantize_rtn
+from tests._support.tiny_models import tiny_tree
 
 
 @pytest.fixture(scope="module", params=["llama", "bert", "gpt2"])

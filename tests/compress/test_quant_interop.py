@@ -22,7 +22,7 @@ from ptmpack.compress.spec import CompressSpec
 from ptmpack.config import PackConfig
 from ptmpack.ir.runner import LoadedModel
 from ptmpack.storage.unpack import unpack_file
-from tests.compress.tiny import sample_text, tiny_llama, tiny_tree
+from tests._support.tiny_models import sample_text, tiny_llama, tiny_tree
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

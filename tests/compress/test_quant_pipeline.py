@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ptmpack.compress import pipeline
-from ptmpack.compress.calibration import windows_of
-from ptmpack.compress.dequantize import dequantize_tree
+from ptmpack.compress import methods
+from ptmpack.compress.eval.calibration import windows_of
 from ptmpack.compress.pipeline import compress
+from ptmpack.compress.quant.dequantize import dequantize_tree
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.config import PackConfig
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 from ptmpack.ir.runner import LoadedModel
-from tests.compress.tiny import sample_text, tiny_tree
+from tests._support.tiny_models import sample_text, tiny_tree
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +80,12 @@ def test_quantized_operator_runs_what_dequantized_weights_compute(llama: Path, t
     compress(llama, out, CompressSpec(quant="rtn", bits=3, group_size=32), PackConfig())
     float_tree = _unpack(out, tmp_path / "deq")
     report = dequantize_tree(float_tree)
-    assert report["layers"] == 14
+    assert report.layers == 14 and report.bits == 3 and report.to_json()["group_size"] == 32
     assert "quantization_config" not in json.loads((float_tree / "Model" / "config.json").read_text())
     ids = np.arange(3, 40)[None]
     with LoadedModel.open(out) as q, LoadedModel.open(float_tree) as f:
         np.testing.assert_allclose(q.forward(ids), f.forward(ids), rtol=1e-4, atol=1e-4)
-    assert dequantize_tree(float_tree)["layers"] == 0  # nothing left to dequantize
+    assert dequantize_tree(float_tree).layers == 0  # nothing left to dequantize
 
 
 def test_gptq_on_an_encoder_keeps_the_pooler_float(bert: Path, calib: Path, tmp_path: Path) -> None:
@@ -138,7 +139,9 @@ def test_gptq_needs_calibration_text(llama: Path, tmp_path: Path) -> None:
 
 def test_a_missing_step_module_is_unsupported(llama: Path, calib: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pipeline.QUANT_MODULES, "affine", "ptmpack.compress._no_such_module")
+    gone = tuple(replace(m, entry="ptmpack.compress._no_such_module:apply") if (m.slot, m.name) == ("quant", "affine")
+                 else m for m in methods.METHODS)
+    monkeypatch.setattr(methods, "METHODS", gone)
     with pytest.raises(UnsupportedError) as err:
         compress(llama, tmp_path / "x.ptm", CompressSpec(quant="affine", calib=calib), PackConfig())
     assert err.value.exit_code == 6

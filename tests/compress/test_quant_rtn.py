@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptmpack.compress.quantize import Target, choose_group_size, largest_valid_group
-from ptmpack.compress.rtn import quantize_rtn
+from ptmpack.compress.quant.linear import Target, choose_group_size, largest_valid_group
+from ptmpack.compress.quant.rtn import quantize_rtn
 from ptmpack.errors import UsageError
 
 

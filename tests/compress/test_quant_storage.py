@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptmpack.compress.rtn import quantize_rtn
-from ptmpack.compress.storage import (
+from ptmpack.compress.quant.pack_quantized import (
     QuantizedWeight,
     pack_int,
     quantization_config,
@@ -19,6 +18,7 @@ from ptmpack.compress.storage import (
     unpack_int,
     write_quantized_linear,
 )
+from ptmpack.compress.quant.rtn import quantize_rtn
 from ptmpack.errors import IntegrityError, UsageError
 
 

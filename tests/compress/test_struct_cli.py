@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tests._support.adapters import linear_adapter_tensors, rep_adapter_tensors, write_adapters
 from tests._support.clirun import assert_clean_error, cli
-from tests.compress.struct_models import TEXT, bert_tensors, llama_tensors, make_tree
-from tests.compress.test_adapters import _lin, _rep, write_adapters
+from tests._support.struct_models import TEXT, bert_tensors, llama_tensors, make_tree
 
 
 def _lora(d: Path) -> Path:
@@ -55,7 +55,7 @@ def test_adapter_merge_and_unified_norm_on_bert(tmp_path: Path) -> None:
     write_adapters(tree, [{"name": "a", "type": "rep_adapter", "scale": 0.5,
                            "targets": [f"encoder.layer.0.attention.self.{p}" for p in ("query", "key", "value")]},
                           {"name": "f", "type": "linear_adapter", "target": "encoder.layer.1.intermediate.dense"}],
-                   {**_rep(rng, "a"), **_lin(rng, "f", 64, 8)})
+                   {**rep_adapter_tensors(rng, "a"), **linear_adapter_tensors(rng, "f", 64, 8)})
     out = tmp_path / "b.ptm"
     run = cli("compress", tree, "-o", out, "--merge-adapter", "--fold-norm", "unified", "--calib", _text(tmp_path),
               "--nsamples", "4", "--seqlen", "16", "--json")
@@ -119,13 +119,31 @@ def test_ptq_through_the_cli_runs_and_evaluates(tmp_path: Path) -> None:
     assert emb.code == 0, emb.err
 
 
-def test_unified_norm_with_weight_quantization_is_refused(tmp_path: Path) -> None:
+def test_unified_norm_composes_with_weight_quantization(tmp_path: Path) -> None:
     cfg, t = llama_tensors(layers=1)
     tree = make_tree(tmp_path, cfg, t)
-    run = cli("compress", tree, "-o", tmp_path / "x.ptm", "--fold-norm", "unified", "--calib", _text(tmp_path),
-              "--quant", "rtn", "--bits", "8", "--group-size", "32")
-    assert_clean_error(run, 6)
-    assert "on-line norms" in run.err
+    out = tmp_path / "x.ptm"
+    run = cli("compress", tree, "-o", out, "--fold-norm", "unified", "--calib", _text(tmp_path),
+              "--quant", "rtn", "--bits", "8", "--group-size", "16", "--nsamples", "2", "--seqlen", "32")
+    assert run.code == 0, run.err
+    alone = tmp_path / "unified.ptm"
+    assert cli("compress", tree, "-o", alone, "--fold-norm", "unified", "--calib", _text(tmp_path)).code == 0
+    from ptmpack.ir.runner import LoadedModel
+
+    def ops(ptm: Path) -> list[str]:
+        with LoadedModel.open(ptm) as lm:
+            assert np.isfinite(lm.forward(np.arange(6)[None] % 40)).all()
+            return [o.type for o in lm.model.main_graph.operators]
+
+    # the quantized package keeps the unified graph (no norm put back), its linears quantized
+    quantized, unified = ops(out), ops(alone)
+    assert "quantized_linear" in quantized and "rms_norm" not in unified
+    linears = ("linear", "quantized_linear")
+    assert [t for t in quantized if t not in linears] == [t for t in unified if t not in linears]
+    refused = cli("compress", tree, "-o", tmp_path / "y.ptm", "--fold-norm", "unified", "--calib", _text(tmp_path),
+                  "--quant", "affine")
+    assert_clean_error(refused, 6)
+    assert "AffineQuant" in refused.err
 
 
 def _tensors_of(ptm: Path) -> dict[str, np.ndarray]:

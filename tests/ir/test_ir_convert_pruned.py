@@ -14,7 +14,7 @@ import pytest
 
 from ptmpack.errors import UnsupportedError
 from ptmpack.ir.convert_hf import TensorMeta, build_model
-from tests.compress.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
+from tests._support.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
 
 IDS = np.array([[2, 3, 4, 5, 2, 6, 9, 11], [7, 8, 4, 5, 7, 3, 9, 20]])
 

@@ -1,0 +1,1 @@
+"""Calibration windows and the quality measures every step reports."""

@@ -1,0 +1,1 @@
+"""AffineQuant: learned affine transforms with quantization, block by block."""

@@ -1,0 +1,153 @@
+"""``unpack --dequantize``: turn a compressed package's quantized linears back into float weights.
+
+Each ``prefix.weight_packed`` (+ scale, zero point, shape, g_idx) becomes ``prefix.weight``
+in the scale's float dtype (``(q - zero_point) · scale``, exactly what the
+``quantized_linear`` operator computes), ``config.json`` loses its ``quantization_config``,
+and ``Model/graph.json`` is rebuilt with plain ``linear`` operators. The result is an
+ordinary float checkpoint any tool loads (the quantization error stays in the weights).
+
+An AffineQuant package may keep, after a norm, an explicit transform ``t = (h - shift)·Mᵀ``
+(``{norm}.affine_transform.weight``/``.shift``) that only ptmpack runs. With float weights it
+folds exactly into the linears reading ``t``: ``W' = W·M`` and ``b' = b - W'·shift`` (q/k/v after
+``input_layernorm``, gate/up after ``post_attention_layernorm``), so the dequantized checkpoint
+is a plain LLaMA that transformers and vLLM load and compute identically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptmpack.compress.quant.pack_quantized import SUFFIXES, quantized_prefixes, read_quantized_linear
+from ptmpack.compress.report import DequantizeReport
+from ptmpack.errors import IntegrityError, UnsupportedError
+from ptmpack.quant.scheme import scheme_of
+
+AFFINE = "affine_transform"
+"""Name of an unmerged AffineQuant transform beside its norm (as :mod:`ptmpack.compress.quant.affine.torch_llama` writes it)."""
+TRANSFORM_CONSUMERS = {"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                       "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj")}
+"""The linears of a LLaMA block that read each norm's output (and so its transform's)."""
+BIAS_FAMILIES = {"attention_bias": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+                 "mlp_bias": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+"""transformers builds biases on all projections of a family or on none (config flag -> projections)."""
+
+
+def dequantize_tree(tree: Path) -> DequantizeReport:
+    """Dequantize every quantized linear of the package tree ``tree`` in place; return what changed.
+
+    A tree without quantized layers is left as it is (``layers`` 0).
+
+    Raises:
+        UnsupportedError: quantized tensors whose config.json states no usable scheme.
+        IntegrityError: inconsistent quantized tensors.
+    """
+    from ptmpack.compress.quant.linear import ModelTensors, regraph
+    from ptmpack.compress.tree.documents import read_json, write_json
+
+    tree = Path(tree)
+    model_dir = tree / "Model"
+    if not any(model_dir.glob("*.safetensors")):
+        return DequantizeReport(0)
+    tensors = ModelTensors(model_dir)
+    prefixes = quantized_prefixes(tensors.names())
+    if not prefixes:
+        return DequantizeReport(0)
+    config_path = model_dir / "config.json"
+    config = read_json(config_path)
+    scheme = _dequantize_linears(tensors, prefixes, config, config_path)
+    folded = fold_transforms(tensors, config)
+    files = sorted(tensors.changed)
+    tensors.save()
+    config.pop("quantization_config", None)
+    write_json(config_path, config)
+    regraph(tree)
+    return DequantizeReport(len(prefixes), tuple(f"Model/{f}" for f in files), scheme["bits"], scheme["group_size"],
+                            folded)
+
+
+def _dequantize_linears(tensors: Any, prefixes: list[str], config: dict[str, Any], config_path: Path) -> dict[str, Any]:
+    """Replace each quantized linear of ``tensors`` by its float ``weight`` (in memory; saved by the caller).
+
+    Raises:
+        UnsupportedError: no usable quantization scheme in ``config``.
+    """
+    scheme = scheme_of(config)
+    if scheme is None:
+        raise UnsupportedError(f"{config_path}: quantized weights but no compressed-tensors quantization_config")
+    conv1d = config.get("model_type") == "gpt2"  # GPT-2 Conv1D weights are [in, out]; stored quantized as [out, in]
+    for prefix in prefixes:
+        file = tensors.where[f"{prefix}.weight_packed"]
+        stored = tensors.files[file]
+        q = read_quantized_linear(stored, prefix, scheme.bits)
+        dtype = q.scale.dtype if q.scale.dtype.kind == "f" else np.dtype(np.float32)
+        for tail in SUFFIXES:
+            if stored.pop(f"{prefix}.{tail}", None) is not None:
+                del tensors.where[f"{prefix}.{tail}"]
+        w = q.dequantize(dtype)
+        stored[f"{prefix}.weight"] = np.ascontiguousarray(w.T) if conv1d else w
+        tensors.where[f"{prefix}.weight"] = file
+        tensors.changed.add(file)
+    return {"bits": scheme.bits, "group_size": scheme.group_size}
+
+
+def _put(tensors: Any, name: str, value: np.ndarray, file: str) -> None:
+    tensors.files[file][name] = np.ascontiguousarray(value)
+    tensors.where[name] = file
+    tensors.changed.add(file)
+
+
+def fold_transforms(tensors: Any, config: dict[str, Any]) -> int:
+    """Fold every ``{norm}.affine_transform`` into the float weights (and biases) of the linears reading
+    it, drop the transform tensors, and give projections the biases transformers then expects; return
+    how many transforms were folded.
+
+    Raises:
+        UnsupportedError: a transform after a norm other than a LLaMA block's two.
+        IntegrityError: a transform whose shape does not fit its consumers.
+    """
+    folded, biased = 0, False
+    for m_name in sorted(n for n in tensors.names() if n.endswith(f".{AFFINE}.weight")):
+        base = m_name[: -len(f".{AFFINE}.weight")]
+        block, _, norm = base.rpartition(".")
+        if norm not in TRANSFORM_CONSUMERS:
+            raise UnsupportedError(f"{m_name}: cannot fold an affine transform after {norm!r} into float weights")
+        m = np.asarray(tensors[m_name], dtype=np.float64)
+        shift_name = f"{base}.{AFFINE}.shift"
+        shift = np.asarray(tensors[shift_name], dtype=np.float64) if shift_name in tensors.where else None
+        for consumer in TRANSFORM_CONSUMERS[norm]:
+            w_name, b_name = f"{block}.{consumer}.weight", f"{block}.{consumer}.bias"
+            w = tensors[w_name]
+            if w.ndim != 2 or w.shape[1] != m.shape[0]:
+                raise IntegrityError(f"{m_name}: shape {list(m.shape)} does not fit {w_name} {list(w.shape)}")
+            folded_w = w.astype(np.float64) @ m
+            _put(tensors, w_name, folded_w.astype(w.dtype), tensors.where[w_name])
+            if shift is not None:
+                bias = tensors[b_name].astype(np.float64) if b_name in tensors.where else np.zeros(w.shape[0])
+                _put(tensors, b_name, (bias - folded_w @ shift).astype(w.dtype), tensors.where[w_name])
+                biased = True
+        for name in (m_name, shift_name):
+            file = tensors.where.pop(name, None)
+            if file is not None:
+                del tensors.files[file][name]
+                tensors.changed.add(file)
+        folded += 1
+    if biased:
+        _complete_biases(tensors, config)
+    return folded
+
+
+def _complete_biases(tensors: Any, config: dict[str, Any]) -> None:
+    """Zero biases for the projections of a family where another has one, and the config flag saying so."""
+    for flag, family in BIAS_FAMILIES.items():
+        blocks = {n[: -len(f".{proj}.bias")] for n in tensors.names() for proj in family if n.endswith(f".{proj}.bias")}
+        for block in blocks:
+            for proj in family:
+                w_name = f"{block}.{proj}.weight"
+                if f"{block}.{proj}.bias" not in tensors.where and w_name in tensors.where:
+                    w = tensors[w_name]
+                    _put(tensors, f"{block}.{proj}.bias", np.zeros(w.shape[0], w.dtype), tensors.where[w_name])
+        if blocks:
+            config[flag] = True

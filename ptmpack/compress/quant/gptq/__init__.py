@@ -1,0 +1,1 @@
+"""GPTQ: second-order weight quantization from calibration activations."""

@@ -1,0 +1,1 @@
+"""PTQ: weight and activation fake-quantization with bias compensation."""

@@ -1,0 +1,1 @@
+"""Steps that change a model's structure: norm folding, adapter merges, pruning."""

@@ -1,0 +1,1 @@
+"""Structured pruning of attention heads and FFN neurons."""

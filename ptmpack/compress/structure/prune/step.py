@@ -1,0 +1,293 @@
+# ruff: noqa: RUF002 - formulas quote the standard's Greek letters
+"""Structured pruning of attention heads and FFN neurons under a FLOPs budget (``compress --prune``, §7.3.2).
+
+``--prune-method structure`` (the standard's structure-aware criterion): importance from
+calibration data (:mod:`ptmpack.compress.structure.prune.importance`: first-order Taylor term plus the Fisher
+approximation of the second-order term, cross-group blocks included); an evolutionary search
+(Table 46) over the per-group pruning ratios (q = (α heads, γ FFN); the residual group's ratio
+stays 0 — pruning the hidden width would change every LayerNorm and embedding) minimising the
+estimated loss increase subject to ``FLOPs ≤ C``; inside each group the units with the lowest
+Fisher score ``-g_i + ½F_ii`` go first. ``--prune-method magnitude`` is the naive baseline at
+the same budget: one equal ratio for the pruned groups, units ranked by the L2 norm of their
+weights.
+
+Heads are pruned in BERT models (LLaMA's grouped KV heads are not pruned: refused); FFN neurons
+in both families. Every layer keeps at least one head and one neuron. The checkpoint's tensors
+shrink; config.json gets ``intermediate_size`` when all layers keep the same width, and for
+pruned heads ``ptmpack_layer_heads`` (each layer's count, for readers of config.json; ptmpack's graph
+builder takes the counts from the tensor shapes) and
+``pruned_heads`` (the ids transformers 4.x re-applies on load; transformers 5 dropped it, so a
+head-pruned BERT, like a checkpoint with unequal FFN widths, loads in ptmpack only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptmpack.compress.tree.checkpoint import (
+    CONFIG,
+    Checkpoint,
+    read_json,
+    refresh_parameters,
+    refuse_unmerged_adapters,
+    update_ptm_info,
+    write_json,
+)
+from ptmpack.errors import UnsupportedError, UsageError
+
+LAYER_HEADS = "ptmpack_layer_heads"
+"""config.json key listing each layer's head count after head pruning."""
+_FAMILIES = {"bert": "bert", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
+SEQ = 128
+FFN_MULTIPLE = 32
+"""Pruned FFN widths stay multiples of this (when the original widths are), for group-wise quantization."""
+"""Sequence length at which attention FLOPs are counted (as in the step report)."""
+
+
+def _layout(ck: Checkpoint, config: dict[str, Any]) -> dict[str, Any]:
+    family = _FAMILIES.get(str(config.get("model_type")))
+    if family is None:
+        raise UnsupportedError(f"pruning supports BERT and LLaMA-family models, not {config.get('model_type')!r}")
+    layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
+    hidden = int(config["hidden_size"])
+    if family == "bert":
+        p = "bert." if "bert.embeddings.word_embeddings.weight" in ck.tensors else ""
+        pre = [f"{p}encoder.layer.{i}." for i in range(layers)]
+        names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+                 "o": "attention.output.dense", "in": ("intermediate.dense",), "down": "output.dense"}
+    else:
+        pre = [f"model.layers.{i}." for i in range(layers)]
+        names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+                 "in": ("mlp.gate_proj", "mlp.up_proj"), "down": "mlp.down_proj"}
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    layer_heads = [ck.tensors[f"{w}{names['q']}.weight"].shape[0] // head_dim for w in pre]
+    ffn = [ck.tensors[f"{w}{names['down']}.weight"].shape[1] for w in pre]
+    per_head = 8 * hidden * head_dim + 4 * SEQ * head_dim
+    per_neuron = 2 * hidden * (len(names["in"]) + 1)
+    return {"family": family, "pre": pre, "names": names, "head_dim": head_dim, "heads": layer_heads, "ffn": ffn,
+            "cost": {"heads": per_head, "ffn": per_neuron}}
+
+
+def _magnitude_scores(ck: Checkpoint, lay: dict[str, Any], group: str) -> np.ndarray:
+    n, d, out = lay["names"], lay["head_dim"], []
+    for i, w in enumerate(lay["pre"]):
+        if group == "heads":
+            for h in range(lay["heads"][i]):
+                rows = slice(h * d, (h + 1) * d)
+                out.append(sum(float((ck.f64(f"{w}{n[k]}.weight")[rows] ** 2).sum()) for k in "qkv")
+                           + float((ck.f64(f"{w}{n['o']}.weight")[:, rows] ** 2).sum()))
+        else:
+            s = sum((ck.f64(f"{w}{part}.weight") ** 2).sum(1) for part in n["in"])
+            out.extend(s + (ck.f64(f"{w}{n['down']}.weight") ** 2).sum(0))
+    return np.asarray(out)
+
+
+def _order(scores: np.ndarray, units: list[tuple[int, int]]) -> np.ndarray:
+    """Unit indices from least to most important, without each layer's most important unit (always kept)."""
+    order = np.argsort(scores, kind="stable")
+    best: dict[int, int] = {}
+    for idx in order:
+        best[units[idx][0]] = int(idx)
+    keep = set(best.values())
+    return np.asarray([int(i) for i in order if int(i) not in keep], dtype=np.int64)
+
+
+class _Problem:
+    """Selections and their FLOPs for per-group ratios."""
+
+    def __init__(self, lay: dict[str, Any], groups: tuple[str, ...], scores: dict[str, np.ndarray], base: int) -> None:
+        self.lay, self.groups, self.scores, self.base = lay, groups, scores, base
+        self.units = {g: [(i, j) for i, c in enumerate(lay[g]) for j in range(c)] for g in groups}
+        self.order = {g: _order(scores[g], self.units[g]) for g in groups}
+        self.layer_of = {g: np.asarray([u[0] for u in self.units[g]], np.int64) for g in groups}
+        widths = lay["ffn"]
+        self.multiple = {"heads": 1, "ffn": FFN_MULTIPLE if all(w % FFN_MULTIPLE == 0 and w >= 4 * FFN_MULTIPLE
+                                                                 for w in widths) else 1}
+
+    def selection(self, ratios: np.ndarray) -> dict[str, list[int]]:
+        """The ``ratio`` least important units of each group (never a layer's most important one).
+
+        FFN removals per layer are rounded down to a multiple of :data:`FFN_MULTIPLE` (when the
+        widths are multiples of it), so pruned widths still take the usual quantization group sizes.
+        """
+        out = {}
+        for g, r in zip(self.groups, ratios, strict=True):
+            chosen = self.order[g][: int(np.floor(float(r) * len(self.units[g]) + 1e-9))]
+            m = self.multiple[g]
+            if m > 1 and len(chosen):
+                layers = self.layer_of[g][chosen]
+                keep = np.zeros(len(chosen), bool)
+                for layer in np.unique(layers):
+                    where = np.flatnonzero(layers == layer)
+                    keep[where[: len(where) // m * m]] = True
+                chosen = chosen[keep]
+            out[g] = chosen.tolist()
+        return out
+
+    def flops(self, sel: dict[str, list[int]]) -> int:
+        return self.base - sum(len(v) * self.lay["cost"][g] for g, v in sel.items())
+
+    def project(self, direction: np.ndarray, budget: float) -> np.ndarray:
+        """The smallest multiple of ``direction`` (ratios clipped to [0, 1]) whose FLOPs fit ``budget``."""
+        lo, hi = 0.0, 1.0 / max(float(direction.max()), 1e-9)
+        if self.flops(self.selection(np.clip(direction * hi, 0, 1))) > budget:
+            return np.clip(direction * hi, 0, 1)
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if self.flops(self.selection(np.clip(direction * mid, 0, 1))) <= budget:
+                hi = mid
+            else:
+                lo = mid
+        return np.clip(direction * hi, 0, 1)
+
+
+def _evolve(problem: _Problem, cost: Any, budget: float, *, population: int = 16, generations: int = 12,
+            seed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """Table 46: random ratio vectors on the budget boundary, crossover + mutation, keep the fittest."""
+    rng = np.random.default_rng(seed)
+    k = len(problem.groups)
+
+    def make(direction: np.ndarray) -> tuple[float, np.ndarray]:
+        q = problem.project(np.maximum(direction, 1e-3), budget)
+        sel = problem.selection(q)
+        fit = cost(sel) if problem.flops(sel) <= budget else float("inf")
+        return fit, q
+
+    pop = [make(np.ones(k))] + [make(rng.uniform(0.05, 1.0, k)) for _ in range(population - 1)]
+    history = []
+    for _ in range(generations):
+        pop.sort(key=lambda t: t[0])
+        history.append(pop[0][0])
+        parents = pop[: max(2, population // 2)]
+        children = []
+        while len(children) < population - len(parents):
+            a, b = rng.choice(len(parents), 2, replace=False)
+            w = rng.uniform(0, 1, k)
+            child = w * parents[a][1] + (1 - w) * parents[b][1] + rng.normal(0, 0.05, k)
+            children.append(make(child))
+        pop = parents + children
+    pop.sort(key=lambda t: t[0])
+    return pop[0][1], history
+
+
+def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem: _Problem,
+           sel: dict[str, list[int]]) -> dict[str, Any]:
+    n, d = lay["names"], lay["head_dim"]
+    drop: dict[str, dict[int, list[int]]] = {g: {} for g in sel}
+    for g, idx in sel.items():
+        for u in idx:
+            layer, j = problem.units[g][u]
+            drop[g].setdefault(layer, []).append(j)
+    for i, w in enumerate(lay["pre"]):
+        if drop.get("heads", {}).get(i):
+            gone = sorted(drop["heads"][i])
+            keep = np.concatenate([np.arange(h * d, (h + 1) * d) for h in range(lay["heads"][i]) if h not in gone])
+            for key in "qkv":
+                ck.set(f"{w}{n[key]}.weight", ck.f64(f"{w}{n[key]}.weight")[keep])
+                if f"{w}{n[key]}.bias" in ck.tensors:
+                    ck.set(f"{w}{n[key]}.bias", ck.f64(f"{w}{n[key]}.bias")[keep])
+            ck.set(f"{w}{n['o']}.weight", ck.f64(f"{w}{n['o']}.weight")[:, keep])
+        if drop.get("ffn", {}).get(i):
+            keep = np.setdiff1d(np.arange(lay["ffn"][i]), drop["ffn"][i])
+            for part in n["in"]:
+                ck.set(f"{w}{part}.weight", ck.f64(f"{w}{part}.weight")[keep])
+                if f"{w}{part}.bias" in ck.tensors:
+                    ck.set(f"{w}{part}.bias", ck.f64(f"{w}{part}.bias")[keep])
+            ck.set(f"{w}{n['down']}.weight", ck.f64(f"{w}{n['down']}.weight")[:, keep])
+    heads = [lay["heads"][i] - len(drop.get("heads", {}).get(i, [])) for i in range(len(lay["pre"]))]
+    ffn = [lay["ffn"][i] - len(drop.get("ffn", {}).get(i, [])) for i in range(len(lay["pre"]))]
+    if "heads" in sel:
+        config[LAYER_HEADS] = heads
+        total = int(config["num_attention_heads"])
+        old = {int(k): list(v) for k, v in (config.get("pruned_heads") or {}).items()}
+        for i, gone in drop["heads"].items():
+            alive = [h for h in range(total) if h not in old.get(i, [])]  # current index → original head id
+            old[i] = sorted(set(old.get(i, [])) | {alive[j] for j in gone})
+        config["pruned_heads"] = {str(i): v for i, v in sorted(old.items()) if v}
+    if len(set(ffn)) == 1:
+        config["intermediate_size"] = ffn[0]
+    update_ptm_info(ck.tree, num_heads=max(heads), intermediate_size=max(ffn),
+                    **({"num_kv_heads": max(heads)} if lay["family"] == "bert" else {}))
+    return {"layer_heads": heads, "layer_intermediate_sizes": ffn,
+            "removed_units": {g: {str(i): sorted(v) for i, v in sorted(d.items())} for g, d in drop.items()}}
+
+
+def prune(tree: Path, target: str, budget: float, method: str = "structure", windows: np.ndarray | None = None,
+          *, seed: int = 0) -> dict[str, Any]:
+    """Prune ``tree``'s model (``target`` heads, ffn or both) to ``budget`` × its FLOPs per token.
+
+    Raises:
+        UsageError: bad target, method or budget; the structure method without calibration windows.
+        UnsupportedError: an architecture or group that cannot be pruned, or torch missing (structure).
+    """
+    from ptmpack.compress.eval.probe import flops_per_token
+    from ptmpack.compress.tree.rebuild import rebuild_graph
+
+    if target not in ("heads", "ffn", "both") or method not in ("structure", "magnitude"):
+        raise UsageError("--prune takes heads, ffn or both; --prune-method structure or magnitude")
+    if not 0.0 < budget <= 1.0:
+        raise UsageError(f"--flops-budget must lie in (0, 1], got {budget}")
+    refuse_unmerged_adapters(tree, "--prune")
+    ck, config = Checkpoint.load(tree), read_json(tree, CONFIG)
+    lay = _layout(ck, config)
+    groups = ("heads", "ffn") if target == "both" else (target,)
+    if "heads" in groups and lay["family"] != "bert":
+        raise UnsupportedError("head pruning supports BERT models; LLaMA-family grouped KV heads are not pruned",
+                               hint="use --prune ffn")
+    base = flops_per_token(ck, config, SEQ)
+    limit = budget * base
+    if method == "structure":
+        if windows is None:
+            raise UsageError("--prune-method structure needs calibration text", hint="give --calib TEXT")
+        if LAYER_HEADS in config or config.get("ptmpack_unified_norm"):
+            raise UnsupportedError("structure-aware importance runs the checkpoint in transformers, which cannot "
+                                   "load this one (already head-pruned or unified norms)", hint="use --prune-method magnitude")
+        from ptmpack.compress.structure.prune.importance import importance
+
+        imp = importance(tree / "Model", lay["family"], windows, groups, seed=seed)
+        diag = imp.diag_score()
+        scores = {g: diag[imp.offset[g]: imp.offset[g] + len(imp.units[g])] for g in groups}
+        problem = _Problem(lay, groups, scores, base)
+
+        def cost(sel: dict[str, list[int]]) -> float:
+            return imp.loss_change(np.concatenate([np.asarray(v, int) + imp.offset[g] for g, v in sel.items()]))
+
+        ratios, history = _evolve(problem, cost, limit, seed=seed)
+        estimated = cost(problem.selection(ratios))
+    else:
+        scores = {g: _magnitude_scores(ck, lay, g) for g in groups}
+        problem = _Problem(lay, groups, scores, base)
+        ratios, history, estimated = problem.project(np.ones(len(groups)), limit), [], None
+    sel = problem.selection(ratios)
+    if problem.flops(sel) > limit:
+        raise UnsupportedError(f"the budget {budget} cannot be met while keeping a head and a neuron per layer")
+    shapes = _apply(ck, config, lay, problem, sel)
+    ck.save()
+    refresh_parameters(ck)
+    write_json(tree, CONFIG, config)
+    rebuild_graph(tree)
+    return {"method": f"prune_{method}", "target": target, "flops_budget": budget,
+            "ratios": {g: round(float(r), 4) for g, r in zip(groups, ratios, strict=True)},
+            "removed": {g: len(v) for g, v in sel.items()}, "estimated_loss_increase": estimated,
+            "search_best_per_generation": history, **shapes,
+            "flops_fraction_kept": problem.flops(sel) / base}
+
+
+def apply(tree: Path, ctx: Any) -> dict[str, Any]:
+    """Pipeline step (COMPRESS.md): ``--prune`` with the before/after report.
+
+    Raises:
+        PtmError: as :func:`prune`.
+    """
+    from ptmpack.compress.eval.probe import compare, snapshot, step_text, step_windows
+
+    spec = ctx.spec
+    text = step_text(ctx)
+    windows = step_windows(tree, ctx) if spec.prune_method == "structure" else None
+    before = snapshot(tree, text)
+    record = prune(Path(tree), spec.prune, float(spec.flops_budget), spec.prune_method, windows,
+                   seed=int(spec.calib_seed or 0))
+    return {**record, **compare(before, snapshot(tree, text))}
