@@ -8,7 +8,8 @@ own, in the dtype it is stored in (bfloat16 through ml_dtypes). Nothing is memor
 pages of a mapped file count in the process's resident set, read copies are freed with the
 array.
 
-:meth:`WeightFiles.rewrite` replaces some tensors by others shard by shard: each new shard's
+:meth:`WeightFiles.rewrite` replaces some tensors by others shard by shard (reads during a
+rewrite see the files as they were when it began, also those already replaced): each new shard's
 header is computed first from the planned layout (so the data can follow in one pass), the
 tensors that stay are copied file to file by the kernel (``copy_file_range``, never through
 this process's memory), each replaced one is produced by the caller just before it is
@@ -82,6 +83,8 @@ class WeightFiles:
             InvalidTreeError: no safetensors file, an invalid header, or a tensor name in two files.
         """
         self.model_dir = Path(model_dir)
+        self._held: dict[str, int] = {}
+        """Open descriptors of the files as they were when a rewrite began (reads see them, not the new ones)."""
         self._index()
 
     def _index(self) -> None:
@@ -136,12 +139,22 @@ class WeightFiles:
         """
         file, info = self._info(name)
         dtype = numpy_dtype(info.dtype)
-        count = info.nbytes // dtype.itemsize
-        with open(self.model_dir / file, "rb") as f:
-            array = np.fromfile(f, dtype=dtype, count=count, offset=info.begin)
-        if array.size != count:
-            raise InvalidTreeError(f"{self.model_dir / file}: tensor {name!r} is cut short")
-        return array.reshape(info.shape)
+        buffer = bytearray(info.nbytes)
+        fd = self._held.get(file)
+        own = fd is None
+        if own:
+            fd = os.open(self.model_dir / file, os.O_RDONLY)
+        try:
+            done = 0
+            while done < info.nbytes:
+                n = os.preadv(fd, [memoryview(buffer)[done:]], info.begin + done)
+                if n <= 0:
+                    raise InvalidTreeError(f"{self.model_dir / file}: tensor {name!r} is cut short")
+                done += n
+        finally:
+            if own:
+                os.close(fd)
+        return np.frombuffer(buffer, dtype=dtype).reshape(info.shape)
 
     __getitem__ = read
 
@@ -174,14 +187,20 @@ class WeightFiles:
         if missing:
             raise InvalidTreeError(f"{self.model_dir}: checkpoint has no tensor {missing[0]!r}")
         order = [t.name for infos in self.files.values() for t in infos if t.name in replace]
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptmpack-produce") as pool:
-            ahead = _Ahead(pool, produce, order, self.prefetch)
-            try:
-                for file, infos in self.files.items():
-                    if any(t.name in replace for t in infos):
-                        self._rewrite_file(file, infos, replace, ahead, progress)
-            finally:
-                ahead.cancel()
+        self._held = {file: os.open(self.model_dir / file, os.O_RDONLY) for file in self.files}
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptmpack-produce") as pool:
+                ahead = _Ahead(pool, produce, order, self.prefetch)
+                try:
+                    for file, infos in self.files.items():
+                        if any(t.name in replace for t in infos):
+                            self._rewrite_file(file, infos, replace, ahead, progress)
+                finally:
+                    ahead.cancel()
+        finally:
+            for fd in self._held.values():
+                os.close(fd)
+            self._held = {}
         self._reindex(replace)
 
     def _rewrite_file(self, file: str, infos: tuple[TensorInfo, ...], replace: Mapping[str, Sequence[TensorSpec]],
