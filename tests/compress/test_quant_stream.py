@@ -139,3 +139,17 @@ def test_dequantize_streams_a_sharded_bfloat16_package_back(tmp_path: Path) -> N
     assert "quantization_config" not in json.loads((out / "Model" / "config.json").read_text())
     index = json.loads((out / "Model" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(weights.names())
+
+
+@pytest.mark.torch
+def test_structure_steps_edit_bfloat16_checkpoints_in_bfloat16(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    tree = _tree(tmp_path, "fold", shards=2, dtype="BF16")
+    out = tmp_path / "fold.ptm"
+    compress(tree, out, CompressSpec(fold_norm="affine", quant="rtn", group_size=32), PackConfig())
+    dest = tmp_path / "fold-out"
+    unpack_file(out, dest)
+    dtypes = _dtypes(dest / "Model")
+    assert dtypes["model.layers.0.input_layernorm.weight"] == dtypes["lm_head.weight"] == "BF16"
+    assert WeightFiles(dest / "Model").read("model.layers.0.input_layernorm.weight").astype(np.float32).tolist() == \
+        [1.0] * 64  # the norm's scale went into the linears

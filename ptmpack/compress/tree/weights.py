@@ -316,3 +316,26 @@ def _write_all(fd: int, array: np.ndarray) -> None:
         n = os.write(fd, view)
         view = view[n:]
 
+
+def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``tensors`` (any dtype safetensors holds, bfloat16 included) as the safetensors file ``path``,
+    through a temporary file in the same folder renamed over it.
+
+    Raises:
+        InvalidTreeError: the file cannot be written.
+    """
+    path = Path(path)
+    arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
+    header = encode_header(((n, safetensors_dtype(a.dtype), tuple(a.shape)) for n, a in arrays.items()),
+                           dict(metadata or {"format": "pt"}))
+    fd, tmp = tempfile.mkstemp(prefix=".st-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            _write_all(out.fileno(), np.frombuffer(header, np.uint8))
+            for a in arrays.values():
+                _write_all(out.fileno(), a)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InvalidTreeError(f"{path}: cannot write ({exc})") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
