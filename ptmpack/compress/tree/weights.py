@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from ptmpack.tensors.stwriter import encode_header
 INDEX_SUFFIX = ".safetensors.index.json"
 """A sharded checkpoint's weight map (``model.safetensors.index.json``): rewritten with the shards."""
 COPY_BLOCK = 64 * 1024 * 1024
+WORKERS = 2
+"""Replacements produced at once, ahead of the one being written."""
 """Bytes per ``copy_file_range`` call (and per read/write of the fallback copy)."""
 
 _ST_NAME = {numpy_dtype(name): name for name in DTYPE_SIZES}
@@ -189,7 +192,7 @@ class WeightFiles:
         order = [t.name for infos in self.files.values() for t in infos if t.name in replace]
         self._held = {file: os.open(self.model_dir / file, os.O_RDONLY) for file in self.files}
         try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptmpack-produce") as pool:
+            with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ptmpack-produce") as pool:
                 ahead = _Ahead(pool, produce, order, self.prefetch)
                 try:
                     for file, infos in self.files.items():
@@ -260,40 +263,45 @@ class WeightFiles:
 
 
 class _Ahead:
-    """The replacements in file order, each produced on a worker thread while the previous one is written.
+    """The replacements in file order, produced on :data:`WORKERS` threads ahead of the one being written.
 
-    numpy releases the interpreter lock in its loops, so quantizing layer ``i + 1`` overlaps
-    writing layer ``i`` and copying the tensors that stay; memory holds two replacements at most.
+    numpy releases the interpreter lock in its loops, so quantizing the next layers overlaps
+    writing this one and copying the tensors that stay (and uses both cores of a small machine);
+    memory holds ``WORKERS + 1`` replacements at most. ``produce`` must be safe to call from
+    several threads at once for different names.
     """
 
     def __init__(self, pool: ThreadPoolExecutor, produce: Produce, order: list[str],
                  prefetch: Callable[[str], None]) -> None:
         self.pool, self.produce, self.order, self.prefetch = pool, produce, order, prefetch
         self.done = 0
-        self._future: Future[Mapping[str, np.ndarray]] | None = None
-        self._submit(0)
+        self._futures: deque[Future[Mapping[str, np.ndarray]]] = deque()
+        self._submitted = 0
+        self._fill()
 
-    def _submit(self, i: int) -> None:
-        self._future = self.pool.submit(self.produce, self.order[i]) if i < len(self.order) else None
-        if i + 1 < len(self.order):
-            self.prefetch(self.order[i + 1])  # read from disk while layer i is being quantized
+    def _fill(self) -> None:
+        while len(self._futures) < WORKERS and self._submitted < len(self.order):
+            self._futures.append(self.pool.submit(self.produce, self.order[self._submitted]))
+            self._submitted += 1
+            if self._submitted < len(self.order):
+                self.prefetch(self.order[self._submitted])  # read from disk while the others are produced
 
     def next(self, name: str) -> Mapping[str, np.ndarray]:
-        """The replacement of ``name`` (the next in order); starts producing the one after it."""
-        if self._future is None or self.order[self.done] != name:
+        """The replacement of ``name`` (the next in order); starts producing the ones after it."""
+        if not self._futures or self.order[self.done] != name:
             raise PtmError(f"replacement of {name!r} asked out of order")
-        result = self._future.result()
+        result = self._futures.popleft().result()
         self.done += 1
-        self._submit(self.done)
+        self._fill()
         return result
 
     def cancel(self) -> None:
-        """Drop the replacement being produced (after a failure); waits for it to stop."""
-        if self._future is not None:
-            self._future.cancel()
+        """Drop the replacements being produced (after a failure); waits for them to stop."""
+        while self._futures:
+            future = self._futures.popleft()
+            future.cancel()
             with contextlib.suppress(Exception):
-                self._future.result()
-            self._future = None
+                future.result()
 
 
 def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
