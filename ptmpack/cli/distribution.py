@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from ptmpack.api import load_public_key
 from ptmpack.api.distribution import (
     DEFAULT_CACHE_LIMIT,
     ClientOptions,
@@ -80,13 +81,15 @@ def _client(plain_http: bool, ca_file: Path | None, workers: int, reference: str
               help="Do not mount blobs from the repositories the local cache saw holding them.")
 @click.option("--residual", is_flag=True,
               help="Publish this residual package as the delta to REFERENCE's tag (tag TAG.residual-<base>).")
+@click.option("--split-size", default="8G", show_default=True,
+              help="ModelPack artifacts: files larger than this travel as ordered parts (org.ptmpack.file.part).")
 @progress_option
 @json_option
 def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | None, workers: int,
-             mount_from: tuple[str, ...], no_auto_mount: bool, residual: bool, as_json: bool) -> None:
+             mount_from: tuple[str, ...], no_auto_mount: bool, residual: bool, split_size: str, as_json: bool) -> None:
     """Push PACKAGE (.ptm) to REFERENCE: oci:DIR[:TAG] or HOST[:PORT]/REPO[:TAG]. Only new blobs are uploaded."""
     options = PushOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, mount_from=mount_from,
-                          auto_mount=not no_auto_mount, residual=residual)
+                          auto_mount=not no_auto_mount, residual=residual, split_size=parse_size(split_size))
     input_ref = file_ref_soon(package) if as_json and package.is_file() else lambda: file_ref(package)
     with TransferProgress() as bars:
         report = push(package, reference, options, bars)
@@ -105,13 +108,16 @@ def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | No
 @client_options
 @click.option("--delta", is_flag=True,
               help="Update the local package (OUTPUT, or --base) with a published residual when one matches it.")
-@click.option("--base", type=click.Path(path_type=Path, dir_okay=False), help="Local base package for --delta.")
+@click.option("--base", type=click.Path(path_type=Path, dir_okay=False),
+              help="A local older version: unchanged ranges are copied from it, not fetched (and the base of --delta).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--pubkey", type=click.Path(path_type=Path, dir_okay=False),
+              help="Ed25519 public key (PEM): refuse (exit 3, nothing written) a package not signed by it.")
 @opener_options
 @progress_option
 @json_option
 def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | None, workers: int, delta: bool,
-             base: Path | None, force: bool, passphrase_file: Path | None, key_file: Path | None,
+             base: Path | None, force: bool, pubkey: Path | None, passphrase_file: Path | None, key_file: Path | None,
              identity: Path | None, as_json: bool) -> None:
     """Pull REFERENCE into OUTPUT, verifying every blob and the package before it is renamed into place.
 
@@ -119,7 +125,8 @@ def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | Non
     """
     options = PullOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, force=force, delta=delta,
                           cache_limit=cache_limit(),
-                          base=base, opener=opener(passphrase_file, key_file, identity))
+                          base=base, opener=opener(passphrase_file, key_file, identity),
+                          pubkey=load_public_key(pubkey) if pubkey else None)
     with TransferProgress() as bars:
         report = pull(reference, output, options, bars)
     if as_json:
@@ -159,5 +166,6 @@ def ls_cmd(reference: str, plain_http: bool, ca_file: Path | None, workers: int,
     p = report.package
     rows: list[tuple[str, object]] = [("digest", p.digest), ("size", human_size(p.size)),
                                       ("flags", ", ".join(p.flags) or "-"),
-                                      ("blobs", f"{p.blobs} ({human_size(p.blob_bytes)})")]
+                                      ("blobs", f"{p.blobs} ({human_size(p.blob_bytes)})"),
+                                      ("signed", ", ".join(f"yes, key {fp}" for fp in p.signers) or "no")]
     out.fields(report.reference, rows + sorted(p.annotations.items()))

@@ -11,7 +11,8 @@ from ptmpack.distribution.listing import LsReport, PackageListing, ls_ref
 from ptmpack.distribution.pull import PullOptions, PullReport, pull
 from ptmpack.distribution.push import PushOptions, PushReport, push
 from ptmpack.distribution.reference import Reference, parse_reference, plain_http_warning
-from ptmpack.distribution.stores import ClientOptions, TransferProgress, residual_tag
+from ptmpack.distribution.stores import residual_tag
+from ptmpack.distribution.storetypes import ClientOptions, TransferProgress
 from ptmpack.errors import NetworkError, RegistryError
 
 __all__ = [

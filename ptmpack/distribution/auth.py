@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,8 @@ from ptmpack.errors import KeyAccessError, RegistryError, UsageError
 ENV_USER = "PTMPACK_REGISTRY_USER"
 ENV_PASSWORD = "PTMPACK_REGISTRY_PASSWORD"
 HELPER_TIMEOUT_S = 30
+MAX_TOKEN_BODY = 64 * 1024
+"""Bytes of a token service's answer read (a token is a few KiB)."""
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 
 
@@ -242,10 +244,14 @@ def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
 class RegistryAuth(httpx.Auth):
     """httpx authentication for one registry: Basic and Bearer-token challenges, tokens cached by scope."""
 
-    def __init__(self, credentials: Credentials | None, origin: tuple[str, str, int | None] | None = None) -> None:
+    def __init__(self, credentials: Credentials | None, origin: tuple[str, str, int | None],
+                 fetch: Callable[[str, dict[str, str], dict[str, str]], tuple[int, bytes]]) -> None:
         self.credentials = credentials
         self.origin = origin
-        """Only challenges from this origin are answered (None: any, for tests of the flow alone)."""
+        """Only challenges from this origin are answered."""
+        self.fetch = fetch
+        """GET (url, query, headers) -> (status, body read to a bound): how the token service is asked. The
+        registry client sends it with its own redirect rules, time limits and cancellation, without this auth."""
         self._realms: set[str] = set()
         self._lock = threading.Lock()
         self._tokens: dict[str, str] = {}
@@ -266,7 +272,7 @@ class RegistryAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401 or "www-authenticate" not in response.headers:
             return
-        if self.origin is not None and origin_of(response.url) != self.origin:
+        if origin_of(response.url) != self.origin:
             return  # someone else asks: they get nothing of the registry's
         scheme, params = parse_challenge(response.headers["www-authenticate"])
         if scheme == "basic":
@@ -281,7 +287,7 @@ class RegistryAuth(httpx.Auth):
                 with self._lock:
                     header = self._tokens.get(scope)
                 if header is None or header == request.headers.get("Authorization"):
-                    header = yield from self._token(params)
+                    header = self._token(params)
                     if header is None:
                         return
                     with self._lock:
@@ -298,14 +304,13 @@ class RegistryAuth(httpx.Auth):
         with self._lock:
             return host in self._realms
 
-    def _token(self, params: dict[str, str]) -> Generator[httpx.Request, httpx.Response, str | None]:
+    def _token(self, params: dict[str, str]) -> str | None:
         try:
             realm = httpx.URL(params["realm"])
         except httpx.InvalidURL:
             realm = None
         if realm is None or realm.scheme not in ("http", "https") or not realm.host:
-            who = f"{self.origin[1]}:{self.origin[2]}" if self.origin else "the registry"
-            raise RegistryError(f"{who} names a token service that is not a URL: {params['realm'][:200]!r}")
+            raise RegistryError(f"{self.origin[1]}:{self.origin[2]} names a token service that is not a URL: {params['realm'][:200]!r}")
         with self._lock:
             self._realms.add(realm.netloc.decode())
         if realm.scheme != "https" and not is_loopback(realm.host):
@@ -314,17 +319,16 @@ class RegistryAuth(httpx.Auth):
         query = {k: params[k] for k in ("service", "scope") if params.get(k)}
         headers = {"Authorization": self._basic()} if self.credentials is not None else {}
         self.token_requests += 1
-        response = yield httpx.Request("GET", params["realm"], params=query, headers=headers)
-        response.read()
-        if response.status_code in (401, 403):
+        status, body = self.fetch(params["realm"], query, headers)
+        if status in (401, 403):
             raise KeyAccessError(f"the token service {params['realm']} refused the credentials"
                                  + (f" from {self.credentials.source}" if self.credentials else " (none given)"),
-                                 hint=f"check {ENV_USER}/{ENV_PASSWORD} or docker login")
-        if response.status_code != 200:
+                                 hint=f"check {ENV_USER}/{ENV_PASSWORD} or run 'ptmpack login'")
+        if status != 200:
             return None
         try:
-            doc = response.json()
-            token = doc.get("token") or doc.get("access_token")
+            doc = json.loads(body) if len(body) <= MAX_TOKEN_BODY else None
+            token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
         except ValueError:
             token = None
         if not isinstance(token, str) or not token:

@@ -24,27 +24,34 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ptmpack.distribution.cache import BlobCache
+from ptmpack.distribution.fetch import (
+    Fetched,
+    PullOptions,
+    PullReport,
+    Tally,
+    check_package,
+    fetch_into,
+    report,
+    resolve,
+)
 from ptmpack.distribution.mapping import cut_spans, hash_cut
 from ptmpack.distribution.oci import ANN_RESIDUAL_TARGET
 from ptmpack.distribution.reference import DEFAULT_TAG, Reference
-from ptmpack.distribution.stores import TransferProgress, open_store, residual_tag
+from ptmpack.distribution.referrers import require_signer
+from ptmpack.distribution.stores import open_store, residual_tag
+from ptmpack.distribution.storetypes import Store, TransferProgress
 from ptmpack.errors import UsageError
 from ptmpack.format.atomic import temp_dir_beside
 from ptmpack.format.reader import PackageReader, is_package_file
-
-if TYPE_CHECKING:
-    from ptmpack.distribution.pull import Fetched, PullOptions, PullReport
 
 
 def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: TransferProgress,
                started: float) -> PullReport:
     """Bring the base (``options.base``, else ``out``) up to ``ref``; see the module docstring."""
-    from ptmpack.distribution.pull import _Tally, check_package, fetch_into, report, resolve
-
     base = Path(options.base) if options.base is not None else out
     if not base.is_file() or not is_package_file(base):
         raise UsageError(f"--delta needs the local base package, and {base} is not a .ptm",
@@ -60,19 +67,22 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
     work = temp_dir_beside(out)
     try:
         target = resolve(store, ref, cache)
+        if options.pubkey is not None:
+            require_signer(store, target.digest, options.pubkey)
         if target.config.manifest_sha256 == base_digest:
             if base.resolve() != out.resolve():
                 shutil.copyfile(base, work / "copy.ptm")
                 os.replace(work / "copy.ptm", out)
-            return report(target, out, "up-to-date", _Tally(), ("manifest digest",), started,
+            return report(target, out, "up-to-date", Tally(), ("manifest digest",), started,
                           "the local package already is this version")
         rref = ref.with_tag(residual_tag(ref.tag or DEFAULT_TAG, base_digest))
-        residual, note = _residual(store, rref, target, base_digest, cache, resolve)
+        residual, note = _residual(store, rref, target, base_digest, cache)
         seeds = [base]
         moved = 0
         if residual is not None:
             delta_file, built = work / "residual.ptm", work / "rebuilt.ptm"
-            fetched_tally, _ = fetch_into(store, residual, delta_file, options, progress)
+            # the residual need not be signed: the package rebuilt from it is checked against the key
+            fetched_tally, _ = fetch_into(store, residual, delta_file, replace(options, pubkey=None), progress)
             moved = fetched_tally.bytes + residual.small_bytes
             from ptmpack.residual.apply import apply_residual
 
@@ -82,9 +92,9 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
         missing = {d for d, n in target.recipe.blobs().items() if not cache.has(d, n)}
         if residual is not None and missing:
             built = work / "rebuilt.ptm"
-            checks = check_package(built, None, progress)
+            checks = check_package(built, None, progress, pubkey=options.pubkey)
             os.replace(built, out)
-            tally = _Tally(bytes=moved)
+            tally = Tally(bytes=moved)
             return report(target, out, "delta", tally, ("residual digests", "apply digests", *checks[1:]), started,
                           f"applied {rref.tag}; the rebuilt package has the same files and tensors as {ref} but "
                           f"not its bytes ({len(missing)} blobs differ)")
@@ -98,12 +108,12 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _residual(store: object, rref: Reference, target: Fetched, base_digest: str, cache: BlobCache,
-              resolve: object) -> tuple[Fetched | None, str]:
+def _residual(store: Store, rref: Reference, target: Fetched, base_digest: str,
+              cache: BlobCache) -> tuple[Fetched | None, str]:
     """The published residual for this base and target, or None and the reason it cannot be used."""
-    if store.get_manifest(rref.target) is None:  # type: ignore[attr-defined]
+    if store.get_manifest(rref.target) is None:
         return None, f"no residual {rref.tag} published for this base: pulled in full, reusing unchanged blobs"
-    residual = resolve(store, rref, cache)  # type: ignore[operator]
+    residual = resolve(store, rref, cache)
     ann = dict(residual.manifest.annotations)
     if not residual.config.residual:
         return None, f"{rref.tag} is not a residual package (no RESIDUAL flag): pulled in full"
@@ -123,6 +133,16 @@ def _seed(cache: BlobCache, needed: dict[str, int], sources: list[Path], workers
             break
         with PackageReader(src, sealed_ok=True) as reader:
             spans = cut_spans(reader)
+            files = [] if reader.sealed else [e for e in reader.entries if not e.codec]
+            for e in files:  # ModelPack blobs are whole files: their digest is the entry's
+                digest = "sha256:" + e.sha256.hex()
+                if digest in want:
+                    with contextlib.suppress(ValueError):
+                        cache.put_checked(digest, os.pread(reader.fileno(), e.raw_length, e.data_offset))
+                        added += 1
+                    want.discard(digest)
+        if not want:
+            break
         cut = hash_cut(src, spans, workers=workers)
         with open(src, "rb") as f:
             for piece in cut.pieces():

@@ -1,11 +1,13 @@
-"""What a registry may know about a package: the OCI config blob and the manifest annotations.
+"""What a registry may know about a package: the facts of its clear headers, the metadata, the annotations.
 
-The config blob (``application/vnd.ptmpack.package.config.v1+json``) holds only what
-the file's clear headers already say (size, digests, flags, entry count, the base
-of a residual package), so it is safe for encrypted packages. Annotations come
-from ``Meta-info/managementinfo.json`` and are written only for packages that are
-not encrypted: an encrypted package's names and metadata never leave the
-ciphertext (SPEC §8).
+For a native artifact the config blob (``application/vnd.ptmpack.package.config.v1+json``)
+holds only what the file's clear headers already say (size, digests, flags, entry
+count, the base of a residual package), so it is safe for encrypted packages. A
+ModelPack artifact's config is the spec's (:func:`ptmpack.distribution.modelpack.model_config`),
+and the same facts travel as ``org.ptmpack.package.*`` manifest annotations
+(:meth:`PackageConfig.to_annotations`). Annotations from
+``Meta-info/managementinfo.json`` are written only for packages that are not
+encrypted: an encrypted package's names and metadata never leave the ciphertext (SPEC §8).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptmpack.distribution.modelpack import FileLayer, model_config
 from ptmpack.distribution.oci import (
     ANN_ENCRYPTED,
     ANN_PACKAGE_SHA256,
@@ -39,6 +42,15 @@ ANNOTATION_KEYS = {
 }
 """managementinfo.json field -> annotation key (OCI's pre-defined keys where one fits)."""
 MAX_ANNOTATION = 4096
+TECHNICAL_FILE = "Meta-info/technicalinfo.json"
+ANN_SIZE = "org.ptmpack.package.size"
+ANN_MANIFEST_SHA256 = "org.ptmpack.package.manifest-sha256"
+ANN_FLAGS = "org.ptmpack.package.flags"
+ANN_ENTRIES = "org.ptmpack.package.entries"
+ANN_CONTAINER = "org.ptmpack.package.container"
+PRECISIONS = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3",
+              "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+              "BOOL": "bool"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,8 @@ class PackageConfig:
     """The config blob: facts from the clear headers of the ``.ptm``."""
 
     size: int
-    sha256: str
+    sha256: str | None
+    """The whole file's digest (native artifacts); None for ModelPack ones, bound by the layer digests instead."""
     manifest_sha256: str
     flags: int
     entries: int
@@ -71,6 +84,27 @@ class PackageConfig:
             doc["residual_base"] = self.residual_base
         return canonical_json(doc)
 
+    def to_annotations(self) -> dict[str, str]:
+        """The facts as ``org.ptmpack.package.*`` annotations (a ModelPack config has no room for them)."""
+        out = {ANN_SIZE: str(self.size), ANN_MANIFEST_SHA256: self.manifest_sha256, ANN_FLAGS: ",".join(self.flag_names()),
+               ANN_ENTRIES: str(self.entries), ANN_CONTAINER: f"{spec.VERSION_MAJOR}.{spec.VERSION_MINOR}"}
+        if self.residual_base is not None:
+            out[ANN_RESIDUAL_BASE] = self.residual_base
+        return out
+
+    @classmethod
+    def from_annotations(cls, ann: dict[str, str], where: str) -> PackageConfig:
+        """Raises: IntegrityError when an annotation is missing or malformed."""
+        size, msha, flags, entries = (ann.get(k, "") for k in (ANN_SIZE, ANN_MANIFEST_SHA256, ANN_FLAGS, ANN_ENTRIES))
+        if not size.isdigit() or not entries.isdigit() or len(msha) != 64 or len(size) > 20 or len(entries) > 20:
+            raise IntegrityError(f"{where}: the ModelPack manifest lacks ptmpack's package annotations")
+        value = 0
+        for name in filter(None, flags.split(",")):
+            if name not in spec.Flags.__members__:
+                raise IntegrityError(f"{where}: unknown flag {name[:40]!r}")
+            value |= spec.Flags[name]
+        return cls(int(size), None, msha, value, int(entries), ann.get(ANN_RESIDUAL_BASE))
+
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> PackageConfig:
         """Raises: IntegrityError when malformed."""
@@ -90,7 +124,7 @@ class PackageConfig:
         return cls(size, sha, msha, value, entries, base if isinstance(base, str) else None)
 
 
-def read_facts(reader: PackageReader, sha256: str) -> PackageConfig:
+def read_facts(reader: PackageReader, sha256: str | None) -> PackageConfig:
     """The config of an open package (``sha256`` is the whole file's digest, computed by the caller)."""
     base = None if reader.sealed else reader.manifest.residual_base
     return PackageConfig(reader.size, sha256, reader.trailer.manifest_sha256.hex(), reader.header.flags,
@@ -103,7 +137,7 @@ def annotations(path: Path, config: PackageConfig) -> dict[str, str]:
     Raises:
         IntegrityError: managementinfo.json is damaged (its digest fails) or not JSON.
     """
-    out = {ANN_PACKAGE_SHA256: config.sha256}
+    out = {ANN_PACKAGE_SHA256: config.sha256} if config.sha256 else {}
     if config.encrypted:
         out[ANN_ENCRYPTED] = "true"
         return out
@@ -121,9 +155,37 @@ def _management(path: Path) -> dict[str, object]:
     from ptmpack.storage.package import open_package
 
     with open_package(path) as pkg:
-        if not any(f.path == MANAGEMENT_FILE for f in pkg.files):
+        if not pkg.has_file(MANAGEMENT_FILE):
             return {}
         data = pkg.read_file(MANAGEMENT_FILE)
-    doc = loads_strict(data, f"{path}: {MANAGEMENT_FILE}")
-    return doc if isinstance(doc, dict) else {}
+    return _json_object(data, f"{path}: {MANAGEMENT_FILE}")
 
+
+
+def modelpack_config(path: Path, layers: list[FileLayer], recipe_digest: str) -> bytes:
+    """The ModelPack config blob of a raw package: metadata, weight format and precision, ``diffIds``.
+
+    Raises:
+        IntegrityError: a metadata document is damaged.
+    """
+    from ptmpack.storage.package import is_safetensors, open_package
+
+    with open_package(path) as pkg:
+        docs = [_json_object(pkg.read_file(rel), f"{path}: {rel}") if pkg.has_file(rel) else {}
+                for rel in (MANAGEMENT_FILE, TECHNICAL_FILE)]
+        weights: dict[str, int] = {}
+        formats = set()
+        for f in pkg.files:
+            if f.path.startswith("Model/") and is_safetensors(f.path):
+                formats.add("safetensors")
+                for t in f.tensors or ():
+                    weights[t.dtype] = weights.get(t.dtype, 0) + t.end - t.begin
+    precision = PRECISIONS.get(max(weights, key=weights.__getitem__)) if weights else None
+    doc = model_config(docs[0], docs[1], [*(layer.digest for layer in layers), recipe_digest],
+                       "safetensors" if formats else None, precision)
+    return canonical_json(doc)
+
+
+def _json_object(data: bytes, where: str) -> dict[str, object]:
+    doc = loads_strict(data, where)
+    return doc if isinstance(doc, dict) else {}

@@ -63,6 +63,7 @@ class LayoutStore:
     def close(self) -> None:
         """Nothing to release; present so every store is used alike."""
 
+
     # blobs
     def blob_path(self, digest: str) -> Path:
         algo, _, hexd = digest.partition(":")
@@ -91,6 +92,42 @@ class LayoutStore:
             os.chmod(tmp, 0o444)
             os.replace(tmp, target)
         return size
+
+    def fetch_blob(self, digest: str, size: int, partial: Path, progress: Callable[[int], None]) -> int:
+        """Copy a blob into ``partial``, checking its digest; returns the bytes copied.
+
+        Raises:
+            IntegrityError: the layout lacks the blob, or it does not match its digest.
+        """
+        src = self.blob_path(digest)
+        if not self.has_blob(digest, size):
+            raise IntegrityError(f"{self.root} lacks blob {digest} (or holds it at the wrong size)")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        with open(src, "rb") as f, open(partial, "wb") as out:
+            while block := f.read(8 * 1024 * 1024):
+                h.update(block)
+                out.write(block)
+                progress(len(block))
+        if "sha256:" + h.hexdigest() != digest:
+            partial.unlink()
+            raise IntegrityError(f"{src} does not match its digest: the layout is corrupt", hint="nothing was written")
+        return size
+
+    def fetch_range(self, digest: str, start: int, length: int) -> bytes | None:
+        """``length`` bytes of a blob from ``start`` (checked against the chunk index by the caller).
+
+        Raises:
+            IntegrityError: the blob is missing or shorter than the range.
+        """
+        try:
+            with open(self.blob_path(digest), "rb") as f:
+                data = os.pread(f.fileno(), length, start)
+        except FileNotFoundError:
+            raise IntegrityError(f"{self.root} lacks blob {digest}") from None
+        if len(data) != length:
+            raise IntegrityError(f"{self.root}: blob {digest} is shorter than the manifest says")
+        return data
 
     def read_small(self, digest: str, limit: int) -> bytes:
         """A small blob (manifest, config, recipe), digest-checked."""
@@ -142,13 +179,23 @@ class LayoutStore:
 
     def put_manifest(self, data: bytes, tag: str | None, artifact_type: str) -> tuple[str, bool]:
         """Store a manifest and point ``tag`` at it; returns (digest, whether anything changed)."""
+        return self._put(data, tag, {"mediaType": MANIFEST_MEDIA_TYPE, "artifactType": artifact_type})
+
+    def put_index(self, data: bytes, tag: str) -> str:
+        """Store an image index under ``tag`` (the referrers tag schema, which layouts use too); returns its digest."""
+        return self._put(data, tag, {"mediaType": INDEX_MEDIA_TYPE})[0]
+
+    def referrers(self, digest: str) -> list[dict[str, object]] | None:
+        """None: a layout has no referrers API; its referrers are listed under the fallback tag."""
+        return None
+
+    def _put(self, data: bytes, tag: str | None, kind: dict[str, str]) -> tuple[str, bool]:
         digest = sha256_digest(data)
         changed = False
         if not self.has_blob(digest, len(data)):
             self.put_blob(digest, len(data), lambda pos, n: data[pos: pos + n], lambda n: None)
             changed = True
-        entry: dict[str, Any] = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": len(data),
-                                 "artifactType": artifact_type}
+        entry: dict[str, Any] = {**kind, "digest": digest, "size": len(data)}
         with self._locked():
             index = self.index()
             manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)]

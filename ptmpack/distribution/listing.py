@@ -1,7 +1,8 @@
 """``ls``: the tags of a repository or layout, or one package's description, without downloading it.
 
-Only the manifest and the small config blob are read: the annotations (from
-``managementinfo.json``, absent for encrypted packages), size, flags and blob count.
+Only the manifest, the small config and recipe blobs and the signature referrers are
+read: the annotations (from ``managementinfo.json``, absent for encrypted packages),
+size, flags, blob count, and which keys signed the package.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class PackageListing:
     blobs: int
     blob_bytes: int
     annotations: dict[str, str]
+    signers: tuple[str, ...] = ()
+    """Key fingerprints of the package's signature referrers (empty: unsigned)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ def ls_ref(reference: Reference | str, client: ClientOptions | None = None, cach
         UsageError: the named tag does not exist, or the layout directory does not.
         KeyAccessError / RegistryError: as for pull.
     """
-    from ptmpack.distribution.pull import resolve
+    from ptmpack.distribution.fetch import resolve
+    from ptmpack.distribution.referrers import find_signers
 
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     store = open_store(ref, client or ClientOptions(), create=False)
@@ -60,7 +64,8 @@ def ls_ref(reference: Reference | str, client: ClientOptions | None = None, cach
             package = PackageListing(got.digest, got.config.size, tuple(got.config.flag_names()),
                                      len(got.manifest.layers) + 1,
                                      sum(d.size for d in got.manifest.layers) + got.manifest.config.size,
-                                     dict(got.manifest.annotations))
+                                     dict(got.manifest.annotations),
+                                     tuple(s.fingerprint for s in find_signers(store, got.digest)))
     finally:
         store.close()
     return LsReport(str(ref), tags, package)

@@ -20,6 +20,17 @@ Recipe blob (zstd-compressed): ``b"PTMRCP\\0\\1"``, u32 length of a canonical JS
 document ``{"size", "sha256", "spans": [[0, len] | [1, digest, len], ...]}``, then
 the literal bytes in file order. ``0`` spans take the next ``len`` literal bytes;
 ``1`` spans copy the blob ``digest``.
+
+ModelPack artifacts (:mod:`ptmpack.distribution.modelpack`) are cut differently:
+one blob span per file of the tree (:func:`cut_files`), so the blob *is* the file.
+Their recipe is version 2 (``b"PTMRCP\\0\\2"``): the JSON document drops the
+whole-file ``sha256`` (nobody hashed the file as a whole; every byte is bound by
+the layer digests and the container's own manifest digest) for
+``manifest_sha256`` and adds ``chunk``; between the JSON and the literals sits the
+chunk-digest index: for every distinct blob in order of first use, the raw SHA-256
+(32 bytes) of each ``chunk``-byte range of the blob. A pull holding an older
+version compares these with its own bytes and fetches only the ranges that differ
+(:mod:`ptmpack.distribution.chunks`).
 """
 
 from __future__ import annotations
@@ -35,8 +46,9 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from ptmpack.distribution.modelpack import FileLayer
 from ptmpack.distribution.oci import canonical_json, load_document
-from ptmpack.errors import IntegrityError, UnsupportedError
+from ptmpack.errors import IntegrityError, UnsupportedError, UsageError
 from ptmpack.format import spec
 from ptmpack.format.digest import range_digest
 from ptmpack.format.reader import PackageReader
@@ -49,6 +61,10 @@ MAX_BLOBS = 10_000
 SMALL_ENTRY = 64 * 1024
 """Entries whose stored data is smaller than this travel inside the recipe."""
 RECIPE_MAGIC = b"PTMRCP\x00\x01"
+RECIPE_MAGIC_V2 = b"PTMRCP\x00\x02"
+INDEX_CHUNK = 1024 * 1024
+"""Bytes per chunk-digest index entry: what a pull that holds an older version fetches at least."""
+MIN_INDEX_CHUNK, MAX_INDEX_CHUNK = 64 * 1024, 64 * 1024 * 1024
 RECIPE_HEAD = struct.Struct("<8sI")
 RECIPE_LEVEL = 10
 MAX_RECIPE_BYTES = 256 * 1024 * 1024 + 64 * 1024 * 1024
@@ -83,7 +99,8 @@ class Cut:
     """A package cut into spans, with the digest of every blob span and of the whole file."""
 
     size: int
-    sha256: str
+    sha256: str | None
+    """The whole file's digest (native cuts); None for file cuts, whose blobs are the files."""
     spans: tuple[Span, ...]
     digests: tuple[str | None, ...]
     """One per span: the blob digest, or None for a literal span."""
@@ -123,6 +140,38 @@ def piece_size(large_bytes: int) -> int:
     while large_bytes > piece * MAX_BLOBS and piece < spec.MAX_CHUNK_SIZE * 16:
         piece *= 2
     return piece
+
+
+def cut_files(reader: PackageReader, split_size: int) -> tuple[list[Span], list[FileLayer]]:
+    """Spans of a raw, unencrypted package with one blob per file (parts of ``split_size`` for larger files).
+
+    Returns the spans and, for every blob span in order, the file layer it is. A
+    whole file's digest is its entry's SHA-256 (nothing is hashed here); a part's
+    digest is left empty for :func:`ptmpack.distribution.chunks.index_blobs` to fill.
+
+    Raises:
+        UsageError: the package is encrypted or holds an entry that is not stored raw.
+    """
+    if reader.sealed or any(e.codec for e in reader.entries):
+        raise UsageError("only raw, unencrypted packages map to one layer per file")
+    if split_size < MIN_INDEX_CHUNK:
+        raise UsageError(f"a split size of {split_size} bytes is too small", hint="use at least 64 KiB")
+    spans: list[Span] = []
+    layers: list[FileLayer] = []
+    cursor = 0
+    for e in reader.entries:
+        if e.data_offset > cursor:
+            spans.append(Span(cursor, e.data_offset - cursor, False))
+        n = max(1, -(-e.raw_length // split_size))
+        for k in range(n):
+            start = k * split_size
+            length = min(split_size, e.raw_length - start) if e.raw_length else 0
+            spans.append(Span(e.data_offset + start, length, True))
+            digest = "sha256:" + e.sha256.hex() if n == 1 else ""
+            layers.append(FileLayer(e.path, digest, length, e.executable, k + 1, n, start))
+        cursor = e.data_offset + e.raw_length
+    spans.append(Span(cursor, reader.size - cursor, False))
+    return spans, layers
 
 
 def _cut_entry(fd: int, spans: list[Span], cursor: int, start: int, hdr: ModelHeader, piece: int) -> int:
@@ -176,17 +225,40 @@ def _hash_range(fd: int, offset: int, length: int, progress: Callable[[int], Non
     return range_digest(fd, offset, length, progress=progress, block=HASH_BLOCK).hex()
 
 
-def encode_recipe(path: Path, cut: Cut) -> bytes:
-    """The recipe blob of a cut package: the span list and the literal bytes, zstd-compressed."""
-    doc: dict[str, Any] = {"size": cut.size, "sha256": cut.sha256, "spans": [
-        [1, d, s.length] if d is not None else [0, s.length] for s, d in zip(cut.spans, cut.digests, strict=True)
-    ]}
+def encode_recipe(path: Path, cut: Cut, index: ChunkIndex | None = None, manifest_sha256: str = "") -> bytes:
+    """The recipe blob of a cut package: the span list, the chunk index (version 2) and the literals, zstd-compressed."""
+    spans = [[1, d, s.length] if d is not None else [0, s.length] for s, d in zip(cut.spans, cut.digests, strict=True)]
+    doc: dict[str, Any] = {"size": cut.size, "spans": spans}
+    if index is None:
+        doc["sha256"] = cut.sha256
+        magic, table = RECIPE_MAGIC, b""
+    else:
+        doc.update(chunk=index.chunk, manifest_sha256=manifest_sha256)
+        magic = RECIPE_MAGIC_V2
+        table = b"".join(index.digests[d] for d in dict.fromkeys(d for d in cut.digests if d is not None))
     head = canonical_json(doc)
     cctx = zstandard.ZstdCompressor(level=RECIPE_LEVEL, write_content_size=True)
     with open(path, "rb") as f:
-        parts = [RECIPE_HEAD.pack(RECIPE_MAGIC, len(head)), head]
+        parts = [RECIPE_HEAD.pack(magic, len(head)), head, table]
         parts += [os.pread(f.fileno(), s.length, s.offset) for s in cut.spans if not s.blob]
     return cctx.compress(b"".join(parts))
+
+
+@dataclass(frozen=True)
+class ChunkIndex:
+    """Per blob: the SHA-256 of each ``chunk``-byte range, concatenated (32 bytes each)."""
+
+    chunk: int
+    digests: dict[str, bytes]
+
+    def of(self, digest: str) -> list[bytes]:
+        table = self.digests.get(digest, b"")
+        return [table[i: i + 32] for i in range(0, len(table), 32)]
+
+
+def chunk_count(size: int, chunk: int) -> int:
+    """Index entries of a blob of ``size`` bytes (an empty blob has none)."""
+    return -(-size // chunk)
 
 
 @dataclass(frozen=True)
@@ -194,10 +266,13 @@ class Recipe:
     """How to rebuild the file: spans in order, literals held here, blobs by digest."""
 
     size: int
-    sha256: str
+    sha256: str | None
+    """The whole file's digest (version 1); None in version 2, where ``manifest_sha256`` binds the file."""
     spans: tuple[tuple[str | None, int], ...]
     """(digest or None for literal, length) in file order."""
     literals: bytes
+    index: ChunkIndex | None = None
+    manifest_sha256: str | None = None
 
     def blobs(self) -> dict[str, int]:
         """Every distinct blob digest the file needs, with its size."""
@@ -217,16 +292,22 @@ def decode_recipe(data: bytes, layers: dict[str, int], where: str) -> Recipe:
     magic, n = RECIPE_HEAD.unpack_from(raw)
     if magic[:6] != RECIPE_MAGIC[:6]:
         raise IntegrityError(f"{where}: not a ptmpack recipe")
-    if magic != RECIPE_MAGIC:
+    if magic not in (RECIPE_MAGIC, RECIPE_MAGIC_V2):
         raise UnsupportedError(f"{where}: recipe version {magic[6:].hex()} is newer than this ptmpack",
                                hint="upgrade ptmpack")
     if RECIPE_HEAD.size + n > len(raw):
         raise IntegrityError(f"{where}: recipe header runs past its end")
     doc = load_document(raw[RECIPE_HEAD.size: RECIPE_HEAD.size + n], f"{where} recipe")
-    literals = raw[RECIPE_HEAD.size + n:]
-    size, sha, spans = doc.get("size"), doc.get("sha256"), doc.get("spans")
-    if type(size) is not int or not isinstance(sha, str) or len(sha) != 64 or not isinstance(spans, list):
-        raise IntegrityError(f"{where}: recipe needs size, sha256 and spans")
+    rest = raw[RECIPE_HEAD.size + n:]
+    size, spans = doc.get("size"), doc.get("spans")
+    if type(size) is not int or size < 0 or not isinstance(spans, list):
+        raise IntegrityError(f"{where}: recipe needs size and spans")
+    sha, msha, chunk = doc.get("sha256"), doc.get("manifest_sha256"), doc.get("chunk")
+    if magic == RECIPE_MAGIC and not _hex64(sha):
+        raise IntegrityError(f"{where}: a version 1 recipe needs the file's sha256")
+    if magic == RECIPE_MAGIC_V2 and (not _hex64(msha) or type(chunk) is not int
+                                     or not MIN_INDEX_CHUNK <= chunk <= MAX_INDEX_CHUNK):
+        raise IntegrityError(f"{where}: a version 2 recipe needs manifest_sha256 and a chunk size of 64 KiB-64 MiB")
     if len(spans) > MAX_SPANS:
         raise IntegrityError(f"{where}: {len(spans)} spans is more than any package has")
     out: list[tuple[str | None, int]] = []
@@ -242,11 +323,33 @@ def decode_recipe(data: bytes, layers: dict[str, int], where: str) -> Recipe:
         if uses[digest] > MAX_REFERENCES:
             times = sum(1 for x in spans if isinstance(x, list) and len(x) == 3 and x[1] == digest)
             raise IntegrityError(f"{where}: blob {digest} is used {times} times; at most {MAX_REFERENCES} are allowed")
-    if lit != len(literals):
-        raise IntegrityError(f"{where}: spans take {lit} literal bytes, the recipe holds {len(literals)}")
     if sum(n for _, n in out) != size:
         raise IntegrityError(f"{where}: spans add up to {sum(n for _, n in out)} bytes, the recipe says {size}")
-    return Recipe(size, sha, tuple(out), literals)
+    index = None
+    if magic == RECIPE_MAGIC_V2:
+        index, rest = _index(rest, out, chunk, where)
+    if lit != len(rest):
+        raise IntegrityError(f"{where}: spans take {lit} literal bytes, the recipe holds {len(rest)}")
+    return Recipe(size, sha if magic == RECIPE_MAGIC else None, tuple(out), rest, index,
+                  msha if magic == RECIPE_MAGIC_V2 else None)
+
+
+def _hex64(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _index(rest: bytes, spans: list[tuple[str | None, int]], chunk: int, where: str) -> tuple[ChunkIndex, bytes]:
+    """Split the chunk-digest table off the literals: one 32-byte digest per chunk of each distinct blob."""
+    blobs = dict.fromkeys((d, n) for d, n in spans if d is not None)
+    need = 32 * sum(chunk_count(n, chunk) for _, n in blobs)
+    if need > len(rest):
+        raise IntegrityError(f"{where}: the chunk index needs {need} bytes, the recipe holds {len(rest)}")
+    table, pos = {}, 0
+    for d, n in blobs:
+        k = 32 * chunk_count(n, chunk)
+        table[d] = rest[pos: pos + k]
+        pos += k
+    return ChunkIndex(chunk, table), rest[need:]
 
 
 def _inflate(data: bytes, limit: int, what: str) -> bytes:

@@ -1,11 +1,12 @@
-"""OCI media types, descriptors and the image manifest of a ptmpack package (docs/DISTRIBUTION.md §2).
+"""OCI media types, descriptors and the image manifest of a package (docs/DISTRIBUTION.md §2).
 
-Every constant a registry or a layout directory sees is here. A package is an OCI
-image manifest (schemaVersion 2) whose ``artifactType`` and config media type are
-ptmpack's own, so registries and tools (``oras``, ``crane``) list it as an artifact
-and no container runtime mistakes it for an image. Documents are serialized
-canonically (sorted keys, no whitespace) so pushing the same package twice yields
-the same manifest digest.
+A package is an OCI image manifest (schemaVersion 2) of one of two artifact
+types: a CNCF ModelPack artifact (raw, unencrypted packages: one layer per file,
+:mod:`ptmpack.distribution.modelpack`) or a ptmpack-native one (compressed or
+encrypted packages: chunk blobs whose names and metadata stay in the
+ciphertext). Both carry the ptmpack recipe layer that rebuilds the exact
+``.ptm``. Documents are serialized canonically (sorted keys, no whitespace) so
+pushing the same package twice yields the same manifest digest.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ ARTIFACT_TYPE = "application/vnd.ptmpack.package.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.ptmpack.package.config.v1+json"
 RECIPE_MEDIA_TYPE = "application/vnd.ptmpack.recipe.v1+zstd"
 CHUNK_MEDIA_TYPE = "application/vnd.ptmpack.chunk.v1"
+MODEL_ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 ACCEPT_MANIFESTS = f"{MANIFEST_MEDIA_TYPE}, {INDEX_MEDIA_TYPE}"
@@ -80,22 +82,33 @@ class Descriptor:
 
 @dataclass(frozen=True)
 class PackageManifest:
-    """The OCI image manifest of one package: config, recipe first, then the chunk blobs."""
+    """The OCI image manifest of one package: config, the recipe layer, and the file or chunk blobs."""
 
     config: Descriptor
     layers: tuple[Descriptor, ...]
     annotations: tuple[tuple[str, str], ...] = ()
     subject: Descriptor | None = None
+    artifact_type: str = ARTIFACT_TYPE
 
     @property
     def recipe(self) -> Descriptor:
-        return self.layers[0]
+        """The ptmpack recipe layer (first in native manifests, last in ModelPack ones)."""
+        return next(d for d in self.layers if d.media_type == RECIPE_MEDIA_TYPE)
+
+    @property
+    def blobs(self) -> tuple[Descriptor, ...]:
+        """Every layer but the recipe: the blobs the recipe copies."""
+        return tuple(d for d in self.layers if d.media_type != RECIPE_MEDIA_TYPE)
+
+    @property
+    def is_modelpack(self) -> bool:
+        return self.artifact_type == MODEL_ARTIFACT_TYPE
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
             "schemaVersion": 2,
             "mediaType": MANIFEST_MEDIA_TYPE,
-            "artifactType": ARTIFACT_TYPE,
+            "artifactType": self.artifact_type,
             "config": self.config.to_json(),
             "layers": [d.to_json() for d in self.layers],
         }
@@ -118,20 +131,25 @@ class PackageManifest:
             raise UnsupportedError(f"{where} is an image index, not a ptmpack package",
                                    hint="pull a tag that ptmpack push wrote")
         config = Descriptor.from_json(doc.get("config"), f"{where} config")
-        if doc.get("artifactType", config.media_type) != ARTIFACT_TYPE and config.media_type != CONFIG_MEDIA_TYPE:
-            kind = doc.get("artifactType") or config.media_type
+        kind = doc.get("artifactType") or config.media_type
+        if kind not in (ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, MODEL_ARTIFACT_TYPE):
             raise UnsupportedError(f"{where} is not a ptmpack package (it holds {str(kind)[:100]})",
                                    hint="ptmpack pulls what ptmpack push wrote; use docker/oras for other artifacts")
         layers = doc.get("layers")
         if not isinstance(layers, list) or not layers:
             raise IntegrityError(f"{where}: a ptmpack manifest needs at least its recipe layer")
         descs = tuple(Descriptor.from_json(d, f"{where} layer {i}") for i, d in enumerate(layers))
-        if descs[0].media_type != RECIPE_MEDIA_TYPE:
-            raise UnsupportedError(f"{where}: first layer is {descs[0].media_type}, expected {RECIPE_MEDIA_TYPE}")
+        recipes = [d for d in descs if d.media_type == RECIPE_MEDIA_TYPE]
+        if len(recipes) != 1:
+            hint = "ModelPack artifacts that ptmpack did not push hold no recipe; use a ModelPack client for them"
+            raise UnsupportedError(f"{where}: {len(recipes)} ptmpack recipe layers ({RECIPE_MEDIA_TYPE}), expected one",
+                                   hint=hint)
         ann = doc.get("annotations") or {}
         if not isinstance(ann, dict) or not all(isinstance(v, str) for v in ann.values()):
             raise IntegrityError(f"{where}: annotations must map strings to strings")
-        return cls(config, descs, tuple(sorted(ann.items())))
+        subject = Descriptor.from_json(doc["subject"], f"{where} subject") if "subject" in doc else None
+        artifact = MODEL_ARTIFACT_TYPE if kind == MODEL_ARTIFACT_TYPE else ARTIFACT_TYPE
+        return cls(config, descs, tuple(sorted(ann.items())), subject, artifact)
 
 
 def _load(data: bytes, where: str) -> dict[str, Any]:

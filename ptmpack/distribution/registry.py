@@ -32,7 +32,6 @@ import socket
 import ssl
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +39,25 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from ptmpack.distribution.auth import ENV_PASSWORD, ENV_USER, Credentials, RegistryAuth, find_credentials, origin_of
-from ptmpack.distribution.oci import ACCEPT_MANIFESTS, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, sha256_digest
+from ptmpack.distribution.auth import (
+    ENV_PASSWORD,
+    ENV_USER,
+    MAX_TOKEN_BODY,
+    Credentials,
+    RegistryAuth,
+    find_credentials,
+    origin_of,
+)
+from ptmpack.distribution.http import read_bounded
+from ptmpack.distribution.oci import (
+    ACCEPT_MANIFESTS,
+    INDEX_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    MAX_MANIFEST_BYTES,
+    sha256_digest,
+)
 from ptmpack.distribution.reference import Reference
-from ptmpack.distribution.stores import ClientOptions
+from ptmpack.distribution.storetypes import ClientOptions
 from ptmpack.errors import (
     ENVIRONMENT_ERRNOS,
     EnvironmentFault,
@@ -54,6 +68,7 @@ from ptmpack.errors import (
     RegistryError,
     UsageError,
 )
+from ptmpack.jsonio import loads_strict
 
 MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 64 * 1024
@@ -104,7 +119,7 @@ class RegistryStore:
                 raise UsageError(f"CA file {options.ca_file} does not exist")
             verify = ssl.create_default_context(cafile=str(options.ca_file))
         found = find_credentials(ref.location) if credentials is True else credentials
-        self.auth = RegistryAuth(found if isinstance(found, Credentials) else None, self.origin)
+        self.auth = RegistryAuth(found if isinstance(found, Credentials) else None, self.origin, self._fetch_token)
         limits = httpx.Limits(max_connections=options.workers + 2, max_keepalive_connections=options.workers + 2)
         self.client = httpx.Client(auth=self.auth, verify=verify, timeout=options.timeout_s, limits=limits,
                                    follow_redirects=False,
@@ -127,29 +142,41 @@ class RegistryStore:
                 sock.shutdown(socket.SHUT_RDWR)
 
     # plumbing
-    def _timeout(self, what: str) -> httpx.Timeout:
-        """Per request: the read timeout is the speed window (a silent peer is too slow) and ends by the deadline."""
+    def _timeout(self, method: str, what: str) -> httpx.Timeout:
+        """Per request, ending by the deadline: for reads the read timeout is the speed window (a silent peer is
+        too slow); an upload's answer may take the registry longer (it digests the blob), so it gets timeout_s."""
         if self.cancelled.is_set():
             raise _Final(f"{what}: cancelled")
-        read = min(self.options.timeout_s, self.options.speed_time_s)
+        read = min(self.options.timeout_s, self.options.speed_time_s) if method in ("GET", "HEAD") \
+            else self.options.timeout_s
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise _Final(f"{what} did not finish within the {self.options.deadline_s:g} s time limit "
-                                   f"({self.ref.location})", hint="raise --timeout, or try again later")
+                             f"({self.ref.location})", hint="raise --timeout, or try again later")
             read = min(read, left)
         return httpx.Timeout(self.options.timeout_s, read=max(read, 0.001))
 
+    def _fetch_token(self, realm: str, query: dict[str, str], headers: dict[str, str]) -> tuple[int, bytes]:
+        """Ask the token service the registry named (for :class:`RegistryAuth`): status and bounded body."""
+        url = str(httpx.URL(realm).copy_merge_params(query))
+        with self._open("GET", url, f"token request to {httpx.URL(realm).netloc.decode()}", headers=headers,
+                        authenticate=False) as r:
+            return r.status_code, read_bounded(r, MAX_TOKEN_BODY)
+
     @contextlib.contextmanager
     def _open(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
-              content: bytes | None = None) -> Iterator[httpx.Response]:
-        """A streaming response, redirects followed here (see the module docstring); closed on leaving."""
+              content: bytes | list[bytes] | None = None, authenticate: bool = True) -> Iterator[httpx.Response]:
+        """A streaming response, redirects followed here (see the module docstring); closed on leaving.
+
+        The registry's authentication is applied only to its own origin (and never when ``authenticate``
+        is False: the token request carries its own header)."""
         hops = 0
         while True:
-            same = origin_of(httpx.URL(url)) == self.origin
+            same = authenticate and origin_of(httpx.URL(url)) == self.origin
             try:
                 request = self.client.build_request(method, url, headers=headers, content=content,
-                                                    timeout=self._timeout(what))
+                                                    timeout=self._timeout(method, what))
                 response = self.client.send(request, stream=True, **({} if same else {"auth": _NO_AUTH}))
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise self._network_error(exc, what) from None
@@ -171,6 +198,8 @@ class RegistryStore:
                                     hint="a registry on HTTPS must keep its redirects on HTTPS")
             if response.status_code == 303:
                 method, content = "GET", None
+            if headers and origin_of(target) != origin_of(response.url):  # e.g. a token request's Basic header
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = str(target)
         sock = _socket_of(response)
         if sock is not None:
@@ -187,7 +216,7 @@ class RegistryStore:
             response.close()
 
     def _request(self, method: str, url: str, what: str, *, limit: int = MAX_ERROR_BODY,
-                 headers: dict[str, str] | None = None, content: bytes | None = None) -> Reply:
+                 headers: dict[str, str] | None = None, content: bytes | list[bytes] | None = None) -> Reply:
         """Send, read the body to at most ``limit`` + 1 bytes (error bodies to 64 KiB), check authorization.
 
         GET and HEAD answered 429 or 5xx are retried (``retries`` times, growing pauses).
@@ -196,7 +225,7 @@ class RegistryStore:
         while True:
             with self._open(method, url, what, headers=headers, content=content) as response:
                 bound = limit if response.status_code < 300 else min(limit, MAX_ERROR_BODY)
-                body = _read_bounded(response, bound)
+                body = read_bounded(response, bound)
                 reply = Reply(response.status_code, response.headers, body, response.url)
             busy = reply.status_code == 429 or reply.status_code >= 500
             if busy and method in ("GET", "HEAD") and attempt < self.options.retries:
@@ -390,16 +419,18 @@ class RegistryStore:
         location = self._location(r)
         chunk = max(1, self.options.upload_chunk)
         if size <= chunk:
-            r = self._request("PUT", _with_digest(location, digest), what, content=read(0, size),
-                              headers={"Content-Type": "application/octet-stream"})
+            data = read(0, size)
+            r = self._request("PUT", _with_digest(location, digest), what, content=_pieces(data),
+                              headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
             self._check_committed(r, what)
             progress(size)
             return size
         sent = 0
         while sent < size:
             data = read(sent, min(chunk, size - sent))
-            r = self._request("PATCH", location, what, content=data, headers={
-                "Content-Type": "application/octet-stream", "Content-Range": f"{sent}-{sent + len(data) - 1}"})
+            r = self._request("PATCH", location, what, content=_pieces(data), headers={
+                "Content-Type": "application/octet-stream", "Content-Range": f"{sent}-{sent + len(data) - 1}",
+                "Content-Length": str(len(data))})
             if r.status_code != 202:
                 raise self._fail(r, what)
             location = self._location(r)
@@ -490,7 +521,7 @@ class RegistryStore:
                 if r.status_code == 429 or r.status_code >= 500:  # busy or failing: back off and resume
                     raise _Restart(f"HTTP {r.status_code}")
                 if r.status_code not in (200, 206):
-                    raise self._fail(Reply(r.status_code, r.headers, _read_bounded(r, MAX_ERROR_BODY), r.url), what)
+                    raise self._fail(Reply(r.status_code, r.headers, read_bounded(r, MAX_ERROR_BODY), r.url), what)
                 pos = have
                 pace = _Pace(self, what)
                 for block in r.iter_raw():  # the transport's own reads: no re-chunking copies
@@ -507,6 +538,65 @@ class RegistryStore:
             if isinstance(exc, (RegistryError, _Final)):
                 raise
             raise _Dropped(exc.message) from None
+
+    # ranges (chunk-index deltas, docs/DISTRIBUTION.md §2.3)
+    def fetch_range(self, digest: str, start: int, length: int) -> bytes | None:
+        """Exactly ``length`` bytes of a blob from ``start`` with one ``Range`` GET; None when the registry
+        ignores ``Range`` (HTTP 200), so the caller downloads the blob whole instead.
+
+        Raises:
+            IntegrityError: the registry answered another range, or more or fewer bytes than asked.
+        """
+        what = f"blob {digest} bytes {start}-{start + length - 1}"
+        headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        with self._open("GET", f"{self.base}/blobs/{digest}", what, headers=headers) as r:
+            self._check_auth(r, what)
+            if r.status_code == 200:
+                return None
+            if r.status_code == 404:
+                raise IntegrityError(f"the manifest names blob {digest}, but {self.ref.location} does not have it")
+            if r.status_code != 206:
+                raise self._fail(Reply(r.status_code, r.headers, read_bounded(r, MAX_ERROR_BODY), r.url), what)
+            served = r.headers.get("content-range", "")
+            if not served.startswith(f"bytes {start}-{start + length - 1}/"):
+                raise IntegrityError(f"{what}: the registry served {served[:80] or 'no Content-Range'} instead")
+            data = bytearray()
+            pace = _Pace(self, what)
+            for block in r.iter_raw():
+                data += block
+                if len(data) > length:
+                    raise IntegrityError(f"{what}: the registry sent more bytes than asked")
+                pace.tick(len(block))
+        if len(data) != length:
+            raise IntegrityError(f"{what}: the registry sent {len(data)} bytes, {length} were asked")
+        return bytes(data)
+
+    # referrers (signatures, docs/DISTRIBUTION.md §2.4)
+    def referrers(self, digest: str) -> list[dict[str, object]] | None:
+        """The referrers API's list for a manifest digest; None when the registry has no referrers API (404)."""
+        what = f"referrers of {digest}"
+        r = self._request("GET", f"{self.base}/referrers/{digest}", what, headers={"Accept": INDEX_MEDIA_TYPE},
+                          limit=MAX_MANIFEST_BYTES)
+        if r.status_code in (404, 405):
+            return None
+        if r.status_code != 200:
+            raise self._fail(r, what)
+        if len(r.content) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"{what}: larger than any index may be ({MAX_MANIFEST_BYTES} bytes); stopped reading it")
+        doc = loads_strict(r.content, what)
+        manifests = doc.get("manifests") if isinstance(doc, dict) else None
+        if not isinstance(manifests, list):
+            raise IntegrityError(f"{what}: the registry's answer is not an image index")
+        return [m for m in manifests if isinstance(m, dict)]
+
+    def put_index(self, data: bytes, tag: str) -> str:
+        """Upload an OCI image index under ``tag`` (the referrers tag schema); returns its digest."""
+        what = f"index upload {self.ref.repository}:{tag}"
+        r = self._request("PUT", f"{self.base}/manifests/{tag}", what, content=data,
+                          headers={"Content-Type": INDEX_MEDIA_TYPE})
+        if r.status_code not in (200, 201):
+            raise self._fail(r, what)
+        return sha256_digest(data)
 
 
 class _Pace:
@@ -535,6 +625,20 @@ class _Pace:
             self.start, self.got = now, 0
 
 
+SEND_PIECE = 1024 * 1024
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    """A request body in 1 MiB pieces (sent with an explicit Content-Length, so not chunked encoding).
+
+    httpcore sends a body with ``send`` then ``buffer = buffer[n:]``, which copies the
+    rest of a large ``bytes`` after every partial send: quadratic in the body size (a
+    16 MiB PATCH cost more than its transfer). Pieces bound each copy to 1 MiB.
+    """
+    view = memoryview(data)
+    return [bytes(view[i: i + SEND_PIECE]) for i in range(0, len(view), SEND_PIECE)] or [b""]
+
+
 def _with_digest(location: str, digest: str) -> str:
     """The upload URL with ``digest=`` added to the query the registry gave (httpx ``params`` would replace it)."""
     return str(httpx.URL(location).copy_add_param("digest", digest))
@@ -550,42 +654,6 @@ class _Final(NetworkError):
 
 class _Dropped(Exception):
     """Internal: the connection failed mid-transfer; the download resumes with Range."""
-
-
-def _read_bounded(response: httpx.Response, limit: int) -> bytes:
-    """At most ``limit`` + 1 bytes of a streaming body, decoded here, never more than that many at once.
-
-    httpx would decode a whole network read in one call (a 64 KiB zstd read can
-    expand to gigabytes), so the raw bytes are decoded with zlib's ``max_length``:
-    ``gzip`` and ``deflate`` (what ptmpack asks for), identity; any other
-    Content-Encoding is refused.
-
-    Raises:
-        RegistryError: an unsupported Content-Encoding, or a body that does not decode.
-    """
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        inflate = None
-    elif encoding in ("gzip", "x-gzip", "deflate"):
-        inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
-    else:
-        raise RegistryError(f"{response.url.netloc.decode()}: answered with Content-Encoding {encoding[:40]!r}, "
-                            f"which ptmpack did not ask for", hint="the registry or a proxy rewrites bodies")
-    parts, got = [], 0
-    for raw in response.iter_raw():
-        pending = raw
-        while pending and got <= limit:
-            try:
-                block = inflate.decompress(pending, limit + 1 - got) if inflate is not None else pending
-            except zlib.error as exc:
-                raise RegistryError(f"{response.url.netloc.decode()}: the body does not decode as its "
-                                    f"Content-Encoding {encoding!r} says ({exc})") from None
-            pending = inflate.unconsumed_tail if inflate is not None else b""
-            parts.append(block)
-            got += len(block)
-        if got > limit:
-            break
-    return b"".join(parts)[: limit + 1]
 
 
 def _socket_of(response: httpx.Response) -> socket.socket | None:

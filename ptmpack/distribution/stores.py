@@ -1,76 +1,32 @@
-"""The two kinds of package store behind one interface, the progress hook, and the residual tag rule."""
+"""Opening the store a reference names, and the residual tag rule.
+
+The shared types (``Store`` and its capabilities, ``ClientOptions``, the progress
+hook) live in :mod:`ptmpack.distribution.storetypes` and are re-exported here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
 from ptmpack.distribution.layout import LayoutStore
 from ptmpack.distribution.reference import Reference, check_tag
+from ptmpack.distribution.storetypes import (
+    BlobMounter,
+    ClientOptions,
+    LocalBlobs,
+    NoProgress,
+    Store,
+    TransferProgress,
+)
 from ptmpack.errors import RegistryError as RegistryError  # re-exported: it lived here before errors.py
 from ptmpack.errors import UnsupportedError, UsageError
 
-if TYPE_CHECKING:
-    from ptmpack.distribution.registry import RegistryStore
+__all__ = ["BlobMounter", "ClientOptions", "LocalBlobs", "NoProgress", "RegistryError", "Store", "TransferProgress",
+           "open_store", "residual_tag"]
 
 RESIDUAL_TAG_INFIX = ".residual-"
 RESIDUAL_TAG_HEX = 16
 
 
-@dataclass(frozen=True)
-class ClientOptions:
-    """How to reach a registry."""
-
-    plain_http: bool = False
-    ca_file: Path | None = None
-    workers: int = 4
-    timeout_s: float = 60.0
-    """Connect and per-request timeout."""
-    speed_limit: int = 1024
-    speed_time_s: float = 30.0
-    """A transfer that moves fewer than ``speed_limit`` bytes/s over ``speed_time_s`` seconds stops (exit 9),
-    like curl's ``--speed-limit``/``--speed-time``; a peer silent that long times out the same way."""
-    deadline_s: float | None = None
-    """Overall time limit for the whole operation (``pull --timeout``); None: none."""
-    retries: int = 6
-    """Attempts per blob download after a connection failure (each resumes with Range)."""
-    upload_chunk: int = 16 * 1024 * 1024
-    """Blobs larger than this are uploaded in PATCH chunks of this size."""
-
-
-class Store(Protocol):
-    """What push, pull and ls need from a layout directory or a registry repository."""
-
-    def has_blob(self, digest: str, size: int) -> bool: ...
-    def put_blob(self, digest: str, size: int, read: Callable[[int, int], bytes],
-                 progress: Callable[[int], None]) -> int: ...
-    def get_manifest(self, target: str) -> tuple[bytes, str] | None: ...
-    def put_manifest(self, data: bytes, tag: str | None, artifact_type: str) -> tuple[str, bool]: ...
-    def tags(self, limit: int | None = None) -> list[str]: ...
-    def cancel(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class TransferProgress(Protocol):
-    """Progress hook the CLI implements with rich; ``advance`` may be called from worker threads."""
-
-    def start(self, label: str, total: int) -> None: ...
-    def advance(self, n: int) -> None: ...
-
-
-class NoProgress:
-    """The progress hook that shows nothing."""
-
-    def start(self, label: str, total: int) -> None:
-        """Nothing to show."""
-
-    def advance(self, n: int) -> None:
-        """Nothing to show."""
-
-
-def open_store(ref: Reference, client: ClientOptions, *, create: bool) -> LayoutStore | RegistryStore:
+def open_store(ref: Reference, client: ClientOptions, *, create: bool) -> Store:
     """The store a reference names; ``create`` makes a missing layout directory (push only)."""
     if ref.is_layout:
         if client.plain_http or client.ca_file is not None:

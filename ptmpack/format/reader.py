@@ -313,12 +313,15 @@ class PackageReader:
             raise UsageError(f"{e.path} is stored compressed or encrypted; it has no raw bytes to hash")
         return hash_map(self._mm, e.data_offset, e.data_offset + e.raw_length, close=False)
 
-    def check_entries(self, *, progress: Callable[[int], None] | None = None) -> None:
+    def check_entries(self, *, progress: Callable[[int], None] | None = None,
+                      hashed: frozenset[int] = frozenset()) -> None:
         """Check every entry as :meth:`checked_entries` does, then its bytes against its SHA-256.
 
         Raw entries are hashed straight from the map: small ones inline, large ones on
         ``workers`` threads, several at once. Chunked entries are decoded (and their AEAD
-        tags checked) by :meth:`iter_entry`.
+        tags checked) by :meth:`iter_entry`. Raw entries whose index is in ``hashed``
+        are not hashed again: the caller has already checked exactly these bytes against
+        this digest (a pull that hashed each file as it arrived).
 
         Raises:
             IntegrityError: a header disagrees with the manifest, or a digest or tag is wrong.
@@ -329,6 +332,9 @@ class PackageReader:
         try:
             with cf.ThreadPoolExecutor(self.workers) as pool:
                 for e in self.checked_entries():
+                    if not e.codec and e.index in hashed:
+                        progress(e.raw_length)
+                        continue
                     if e.codec:
                         for block in self.iter_entry(e):
                             progress(len(block))

@@ -21,13 +21,16 @@ Progress = Callable[[int], None]
 
 
 def verify_package(package: Path, *, opener: Opener | None = None, pubkey: Ed25519PublicKey | None = None,
-                   progress: Progress | None = None) -> VerifyReport:
+                   progress: Progress | None = None, hashed: frozenset[int] = frozenset()) -> VerifyReport:
     """Check everything that can be checked about a package or tree; return a report or raise.
 
     For a ``.ptm``: the sequential and trailer views agree, every header matches the
     manifest, every digest and AEAD tag, the tensor tables, the metadata schemas,
     and the signature when a public key is given. For a tree: path rules, metadata
     schemas and safetensors headers.
+
+    ``hashed``: indexes of raw entries whose bytes the caller has already checked
+    against their digest (a pull hashes each file as it arrives); they are not hashed again.
 
     Raises:
         IntegrityError (3), KeyAccessError (4), InvalidTreeError/MetadataError (5), UnsupportedError (6).
@@ -38,7 +41,7 @@ def verify_package(package: Path, *, opener: Opener | None = None, pubkey: Ed255
 
     loading = in_background(_import_metadata_checker)  # overlaps the digests; check_metadata waits for it
     try:
-        return _verify(path, opener, pubkey, progress)
+        return _verify(path, opener, pubkey, progress, hashed)
     finally:
         loading.exception()  # never leave the thread importing
 
@@ -54,7 +57,8 @@ def _checking(name: str) -> Iterator[None]:
         raise
 
 
-def _verify(path: Path, opener: Opener | None, pubkey: Ed25519PublicKey | None, progress: Progress) -> VerifyReport:
+def _verify(path: Path, opener: Opener | None, pubkey: Ed25519PublicKey | None, progress: Progress,
+            hashed: frozenset[int]) -> VerifyReport:
     if opener is None and path.is_file():
         with _checking("signature"), PackageReader(path, sealed_ok=True) as sealed:
             if sealed.sealed and pubkey is not None:
@@ -80,7 +84,7 @@ def _verify(path: Path, opener: Opener | None, pubkey: Ed25519PublicKey | None, 
                     else:
                         signature = "unchecked"
             with _checking("entries"):
-                reader.check_entries(progress=progress)  # sequential walk, headers, padding, digests
+                reader.check_entries(progress=progress, hashed=hashed)  # sequential walk, headers, padding, digests
             checks = ["trailer", "sequential walk", "entry headers", "padding", "digests", *checks]
             if reader.encrypted:
                 checks.append("AEAD tags")

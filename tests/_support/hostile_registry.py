@@ -46,6 +46,8 @@ MODES = (
     "redirect-loop",     # (10) manifest GET redirects to itself forever
     "bad-realm",         # (10) 401 with a Bearer realm that is not a URL
     "dead-realm",        # (16) 401 with a Bearer realm on a port where nothing listens
+    "realm-bomb",        # (4) 401 naming a token realm on the other origin, which answers with a zstd bomb
+    "realm-redirect",    # (1) 401 naming its own token realm, which redirects (307) to the other origin
     "stall",             # (5, 6) GETs of blobs over slow_over bytes send half the body, then nothing until stopped
     "trickle",           # (6) GETs of blobs over slow_over bytes send one byte every trickle_s seconds
     "tag-pages",         # (7) the tag list has a next page, always
@@ -284,6 +286,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             return self._send(401, b"", {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{port}/token"'})
+        if mode == "realm-redirect":
+            if self.path.startswith("/token"):
+                return self._send(307, b"", {"Location": f"{self._origin('other')}{self.path}"})
+            realm = f"{self._origin('main')}/token"
+            return self._send(401, b"", {"WWW-Authenticate": f'Bearer realm="{realm}",service="x"'})
+        if mode == "realm-bomb":
+            realm = f"{self._origin('other')}/token"
+            return self._send(401, b"", {"WWW-Authenticate": f'Bearer realm="{realm}",service="x"'})
         path = self.path.split("?", 1)[0]
         if path == "/token":
             return self._send(200, b'{"token":"main-token"}', {"Content-Type": "application/json"})
@@ -394,6 +404,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _other(self) -> None:
         reg = self.registry
         path = self.path.split("?", 1)[0]
+        if path == "/token" and reg.mode == "realm-bomb":
+            return self._stream(200, [_zstd_zeros(reg.bomb_bytes)], {"Content-Encoding": "zstd"})
         if path == "/token":
             return self._send(200, b'{"token":"stolen"}', {"Content-Type": "application/json"})
         if reg.mode == "redirect-auth":

@@ -21,7 +21,9 @@ PULL = [sys.executable, "-m", "ptmpack.cli", "pull"]
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("hostile-pkg")
-    return pack_kind(write_model_tree(folder / "tree", rows=600), folder / "p.ptm", "raw")
+    # compressed: a ptmpack-native artifact, whose config and recipe (layers[0]) these attacks edit; the lies a
+    # ModelPack artifact (what a raw package becomes) can tell are in test_modelpack.py
+    return pack_kind(write_model_tree(folder / "tree", rows=600), folder / "p.ptm", "zstd")
 
 
 def _ref(reg: object, tag: str = "v1") -> str:
@@ -118,7 +120,7 @@ def test_partial_that_cannot_finish_is_dropped(package: Path, tmp_path: Path) ->
 
 def test_delta_whose_config_lies_about_residual_exits_3(package: Path, tmp_path: Path) -> None:
     """Item 13: the residual tag holds a normal package whose config claims RESIDUAL."""
-    target = pack_kind(write_model_tree(tmp_path / "t", rows=600, bump=0.5), tmp_path / "t.ptm", "raw")
+    target = pack_kind(write_model_tree(tmp_path / "t", rows=600, bump=0.5), tmp_path / "t.ptm", "zstd")
     with PackageReader(package) as reader:
         base_digest = reader.trailer.manifest_sha256.hex()
     rtag = residual_tag("v2", base_digest)

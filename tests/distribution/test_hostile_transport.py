@@ -60,6 +60,19 @@ def test_credentials_never_reach_another_origin(package: Path, tmp_path: Path) -
     _no_output(tmp_path)
 
 
+def test_token_request_redirected_elsewhere_loses_the_credentials(package: Path, tmp_path: Path) -> None:
+    """Item 1: the registry's own token realm redirects to another origin."""
+    with served(tmp_path / "layout", {"v1": package}, "realm-redirect") as reg:
+        env = {"PTMPACK_REGISTRY_USER": reg.user, "PTMPACK_REGISTRY_PASSWORD": reg.password}
+        run = _pull(reg, tmp_path / "out.ptm", env=env)
+        other = reg.requests_to("other")
+        main_token = [s for s in reg.requests_to("main") if s.path.startswith("/token")]
+    assert other and main_token, "the token request was never redirected: the test proves nothing"
+    assert all("authorization" in s.headers for s in main_token)  # the realm the registry named gets them
+    assert [s for s in other if "authorization" in s.headers] == []
+    assert run.code != 0  # type: ignore[attr-defined]
+
+
 def test_https_to_http_redirect_is_refused(package: Path, tmp_path: Path) -> None:
     """Item 11: an HTTPS registry whose blob GETs redirect to plain HTTP."""
     tls = make_tls(tmp_path / "tls")
@@ -89,6 +102,16 @@ def test_zstd_bomb_is_refused_without_decoding_it(package: Path, tmp_path: Path)
     assert rss_kib < 300 * 1024, f"peak RSS {rss_kib} KiB: the body was decoded"
     assert code == 9, err
     assert "Content-Encoding 'zstd'" in err and reg.host in err
+    _no_output(tmp_path)
+
+
+def test_token_service_bomb_is_refused_without_decoding_it(package: Path, tmp_path: Path) -> None:
+    """Item 4: the token realm the registry names answers with a 1 GiB zstd body."""
+    with served(tmp_path / "layout", {"v1": package}, "realm-bomb", bomb_bytes=1 << 30) as reg:
+        code, err, rss_kib = limited([*PTMPACK, "pull", _ref(reg), "-o", str(tmp_path / "out.ptm"), "--plain-http"])
+    assert rss_kib < 300 * 1024, f"peak RSS {rss_kib} KiB: the token body was decoded"
+    assert code == 9, err
+    assert reg.other in err
     _no_output(tmp_path)
 
 

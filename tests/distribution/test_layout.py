@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ptmpack.distribution import PullOptions, ls_ref, pull, push
-from ptmpack.distribution.oci import ARTIFACT_TYPE, CHUNK_MEDIA_TYPE, RECIPE_MEDIA_TYPE
+from ptmpack.distribution.oci import ARTIFACT_TYPE, CHUNK_MEDIA_TYPE, MODEL_ARTIFACT_TYPE, RECIPE_MEDIA_TYPE
+from ptmpack.distribution.referrers import fallback_tag
 from ptmpack.errors import IntegrityError, UsageError
 from tests.distribution.packages import KINDS, pack_kind, write_model_tree
 
@@ -26,16 +27,20 @@ def test_layout_round_trip(packages: dict[str, Path], tmp_path: Path, kind: str)
     pushed = push(packages[kind], f"oci:{layout}:{kind}")
     index = json.loads((layout / "index.json").read_text())
     assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
-    [entry] = index["manifests"]
-    assert entry["annotations"]["org.opencontainers.image.ref.name"] == kind
+    [entry] = [m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == kind]
     manifest = json.loads((layout / "blobs" / "sha256" / entry["digest"][7:]).read_text())
-    assert manifest["artifactType"] == ARTIFACT_TYPE and manifest["layers"][0]["mediaType"] == RECIPE_MEDIA_TYPE
-    assert all(d["mediaType"] == CHUNK_MEDIA_TYPE for d in manifest["layers"][1:])
-    assert len(manifest["layers"]) >= 3  # 9 MB of weights: at least two chunk blobs besides the recipe
+    if kind in ("raw", "signed"):  # stored raw, in clear: a ModelPack artifact, one layer per file, recipe last
+        assert manifest["artifactType"] == MODEL_ARTIFACT_TYPE and manifest["layers"][-1]["mediaType"] == RECIPE_MEDIA_TYPE
+        assert len(manifest["layers"]) == 4 + 1  # four files and the recipe
+    else:  # compressed or encrypted: ptmpack-native chunk blobs
+        assert manifest["artifactType"] == ARTIFACT_TYPE and manifest["layers"][0]["mediaType"] == RECIPE_MEDIA_TYPE
+        assert all(d["mediaType"] == CHUNK_MEDIA_TYPE for d in manifest["layers"][1:])
+        assert len(manifest["layers"]) >= 3  # 9 MB of weights: at least two chunk blobs besides the recipe
     out = tmp_path / "out.ptm"
     pulled = pull(f"oci:{layout}:{kind}", out)
     assert out.read_bytes() == packages[kind].read_bytes() and pulled.digest == pushed.digest
-    assert ls_ref(f"oci:{layout}").tags == (kind,)
+    signature = (fallback_tag(pushed.digest),) if kind == "signed" else ()  # the referrers tag of its signature
+    assert ls_ref(f"oci:{layout}").tags == tuple(sorted((kind, *signature)))
 
 
 def test_layout_blob_corruption_is_refused(packages: dict[str, Path], tmp_path: Path) -> None:

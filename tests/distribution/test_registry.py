@@ -11,7 +11,7 @@ import pytest
 
 from ptmpack.distribution import ClientOptions, PullOptions, PushOptions, ls_ref, pull, push
 from ptmpack.distribution.cache import BlobCache
-from ptmpack.distribution.pull import resolve
+from ptmpack.distribution.fetch import resolve
 from ptmpack.distribution.reference import parse_reference
 from ptmpack.distribution.registry import RegistryStore
 from ptmpack.errors import IntegrityError, UsageError
@@ -78,28 +78,32 @@ def test_second_push_uploads_nothing(registry: Registry, packages: dict[str, Pat
     assert second.blobs_reused == second.blobs
 
 
-def test_versions_share_unchanged_chunks(registry: Registry, tmp_path: Path) -> None:
-    # 12 MB of weights: three blobs, the tuned head tensor in the last one
-    v1 = pack_kind(write_model_tree(tmp_path / "t1", rows=12000), tmp_path / "v1.ptm", "raw")
-    v2 = pack_kind(write_model_tree(tmp_path / "t2", rows=12000, version="1.0.1"), tmp_path / "v2.ptm", "raw")
-    v3 = pack_kind(write_model_tree(tmp_path / "t3", rows=12000, version="1.1.0", bump=0.5), tmp_path / "v3.ptm",
+def test_versions_move_only_what_changed(registry: Registry, tmp_path: Path) -> None:
+    """The issue's bar: one tensor changed in a 55 MB package, v1 local → the pull moves < 25 % of it."""
+    v1 = pack_kind(write_model_tree(tmp_path / "t1", rows=54000), tmp_path / "v1.ptm", "raw")
+    v2 = pack_kind(write_model_tree(tmp_path / "t2", rows=54000, version="1.0.1"), tmp_path / "v2.ptm", "raw")
+    v3 = pack_kind(write_model_tree(tmp_path / "t3", rows=54000, version="1.1.0", bump=0.5), tmp_path / "v3.ptm",
                    "raw")
     repo = f"{registry.host}/models/versions"
     first = _push(v1, f"{repo}:v1")
     meta_only = _push(v2, f"{repo}:v2")
     tuned = _push(v3, f"{repo}:v3")
     size = v1.stat().st_size
-    # a metadata-only change moves the recipe and config only; one changed tensor moves the blobs it touches
-    assert meta_only.bytes_uploaded < 0.05 * size, meta_only
-    assert meta_only.blobs_reused >= first.blobs - 2
-    assert tuned.bytes_uploaded < 0.5 * size, tuned
+    assert size > 55_000_000 and first.blobs == 4 + 2  # four files, the recipe, the config
+    # pushes: a metadata-only change uploads config, recipe and managementinfo.json; a changed weight file moves whole
+    assert meta_only.bytes_uploaded < 0.01 * size and meta_only.blobs_reused == first.blobs - 3, meta_only
+    assert tuned.blobs_uploaded == 4 and tuned.bytes_uploaded > 0.95 * size, tuned
     pulled1 = _pull(f"{repo}:v1", tmp_path / "p1.ptm")
     pulled2 = _pull(f"{repo}:v2", tmp_path / "p2.ptm")
-    pulled3 = _pull(f"{repo}:v3", tmp_path / "p3.ptm")
     assert pulled1.bytes_downloaded >= 0.99 * size
-    assert pulled2.bytes_downloaded < 0.05 * size and pulled2.blobs_cached == pulled2.blobs_downloaded + pulled2.blobs_cached
-    assert pulled3.bytes_downloaded < 0.5 * size and pulled3.blobs_cached > 0
-    for src, got in ((v1, "p1"), (v2, "p2"), (v3, "p3")):
+    assert pulled2.bytes_downloaded < 0.01 * size and pulled2.blobs_cached == 3  # weights, config.json, technicalinfo.json
+    # one tensor changed: the chunk index says which 1 MiB ranges of the new weight file differ from the local v2
+    pulled3 = _pull(f"{repo}:v3", tmp_path / "p3.ptm", base=tmp_path / "p2.ptm")
+    assert pulled3.bytes_downloaded < 0.25 * size, pulled3
+    # the same with nothing cached: the local package alone is enough
+    fresh = _pull(f"{repo}:v3", tmp_path / "p3b.ptm", base=tmp_path / "p1.ptm", cache_dir=tmp_path / "fresh")
+    assert fresh.bytes_downloaded < 0.25 * size, fresh
+    for src, got in ((v1, "p1"), (v2, "p2"), (v3, "p3"), (v3, "p3b")):
         assert (tmp_path / f"{got}.ptm").read_bytes() == src.read_bytes()
 
 

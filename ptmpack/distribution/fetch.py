@@ -1,0 +1,425 @@
+"""The machinery of ``pull``: resolve a package, fetch and verify its blobs, assemble, check, rename.
+
+Shared by a plain pull (:mod:`ptmpack.distribution.pull`) and a residual update
+(:mod:`ptmpack.distribution.delta`), so neither imports the other.
+
+Order of trust: the manifest is checked against the digest the registry announces
+(or the one asked for); the config and recipe against the manifest; every chunk
+blob against its digest as it streams in, before it enters the content cache; the
+assembled file against the recipe's size and the checks of ``ptmpack verify``
+(keyless structural checks and the whole-file digest for encrypted packages).
+Only then is the temporary file renamed to the output. Blobs already in the cache
+are re-hashed, not fetched; interrupted downloads resume with ``Range``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptmpack.distribution.cache import DEFAULT_LIMIT, BlobCache, damaged
+from ptmpack.distribution.chunks import LocalChunks, Region, fetch_by_ranges
+from ptmpack.distribution.describe import PackageConfig
+from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, decode_recipe, layer_sizes
+from ptmpack.distribution.modelpack import ANN_FILEPATH, ANN_PART_OFFSET
+from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest, load_document
+from ptmpack.distribution.reference import Reference
+from ptmpack.distribution.storetypes import ClientOptions, LocalBlobs, Store, TransferProgress
+from ptmpack.errors import IntegrityError, PtmError, UsageError, raise_environment_fault
+from ptmpack.format import spec
+from ptmpack.format.atomic import check_free_space, temp_file_beside
+from ptmpack.format.paths import check_entry_path
+from ptmpack.format.reader import PackageReader, is_package_file
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    """How to pull: registry connection, parallelism, cache, delta updates."""
+
+    client: ClientOptions = field(default_factory=ClientOptions)
+    workers: int = 4
+    cache_dir: Path | None = None
+    """Content cache root; default ``$XDG_CACHE_HOME/ptmpack``."""
+    cache_limit: int = DEFAULT_LIMIT
+    """Bytes the content cache keeps after the pull (least recently used blobs go first)."""
+    force: bool = False
+    delta: bool = False
+    """Use a published residual when the local base (``base``, else the output file) matches (§5)."""
+    base: Path | None = None
+    """A local package to take unchanged chunks from (and the base of ``delta``); default: the output, if it exists."""
+    opener: Any = None
+    pubkey: Any = None
+    """An Ed25519 public key: refuse (exit 3, nothing written) a package without a signature by it."""
+    """Keys for encrypted packages (needed only to apply an encrypted residual)."""
+
+
+@dataclass(frozen=True)
+class PullReport:
+    """What a pull moved and checked."""
+
+    reference: str
+    digest: str
+    output: str
+    method: str
+    """'full', 'delta' (a residual was applied) or 'up-to-date' (the base already is this package)."""
+    package_bytes: int
+    blobs: int
+    blobs_downloaded: int
+    blobs_cached: int
+    bytes_downloaded: int
+    seconds: float
+    checks: tuple[str, ...]
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": True, "command": "pull", **{k: list(v) if isinstance(v, tuple) else v
+                                                 for k, v in self.__dict__.items()}}
+
+
+@dataclass
+class Fetched:
+    """A package resolved in a store, its blobs not yet fetched."""
+
+    ref: Reference
+    digest: str
+    manifest: PackageManifest
+    config: PackageConfig
+    recipe: Recipe
+    small_bytes: int = 0
+    """Bytes of the config and recipe blobs that had to be fetched (not in the cache)."""
+
+
+@dataclass
+class Tally:
+    """Blobs and bytes a pull moved (updated from worker threads under ``lock``)."""
+
+    downloaded: int = 0
+    cached: int = 0
+    bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def report(fetched: Fetched, out: Path, method: str, tally: Tally, checks: tuple[str, ...], started: float,
+           note: str = "") -> PullReport:
+    return PullReport(str(fetched.ref), fetched.digest, str(out), method, fetched.config.size,
+                      len(fetched.manifest.layers) + 1, tally.downloaded, tally.cached, tally.bytes + fetched.small_bytes,
+                      round(time.perf_counter() - started, 3), checks, note)
+
+
+def resolve(store: Store, ref: Reference, cache: BlobCache) -> Fetched:
+    """Fetch and check the manifest, config and recipe of ``ref``.
+
+    Raises:
+        UsageError: the store has no such tag or digest.
+    """
+    got = store.get_manifest(ref.target)
+    if got is None:
+        known = ", ".join(store.tags(limit=10)) or "none"  # one page: a hint must not walk a hostile tag list
+        raise UsageError(f"{ref}: no package tagged {ref.target!r} there (tags: {known})",
+                         hint=f"list the tags with 'ptmpack ls {ref.untagged()}'")
+    data, digest = got
+    manifest = PackageManifest.from_bytes(data, str(ref))
+    moved = [0]
+    if manifest.is_modelpack:  # the config is the spec's; ptmpack's facts are annotations
+        config = PackageConfig.from_annotations(dict(manifest.annotations), str(ref))
+        if config.encrypted:
+            raise IntegrityError(f"{ref}: a ModelPack manifest claims an encrypted package (ModelPack is never "
+                                 "encrypted)", hint="the registry's description of the package was altered")
+        _check_filepaths(manifest, str(ref))
+    else:
+        config = PackageConfig.from_bytes(_small(store, cache, manifest.config.digest, manifest.config.size,
+                                                 MAX_CONFIG_BYTES, moved), f"{ref} config")
+    if manifest.is_modelpack:  # what ModelPack clients read must agree with the layers ptmpack assembles
+        _check_model_config(_small(store, cache, manifest.config.digest, manifest.config.size, MAX_CONFIG_BYTES,
+                                   moved), manifest, str(ref))
+    layers = layer_sizes((d.digest, d.size) for d in manifest.blobs)
+    recipe = decode_recipe(_small(store, cache, manifest.recipe.digest, manifest.recipe.size, MAX_RECIPE_BYTES,
+                                  moved), layers, str(ref))
+    if (recipe.size != config.size or recipe.sha256 != config.sha256
+            or recipe.manifest_sha256 not in (None, config.manifest_sha256)
+            or (recipe.index is not None) != manifest.is_modelpack):
+        raise IntegrityError(f"{ref}: the recipe and the manifest describe different files")
+    if manifest.is_modelpack:
+        order = [d for d, _ in recipe.spans if d is not None]
+        if order != [d.digest for d in manifest.blobs]:
+            raise IntegrityError(f"{ref}: the recipe does not use the file layers in the manifest's order")
+    return Fetched(ref, digest, manifest, config, recipe, moved[0])
+
+
+def _check_model_config(data: bytes, manifest: PackageManifest, where: str) -> None:
+    """The ModelPack config is a JSON object whose ``modelfs.diffIds`` are the manifest's layer digests, in order."""
+    doc = load_document(data, f"{where} config")
+    fs = doc.get("modelfs")
+    if not isinstance(fs, dict) or fs.get("diffIds") != [d.digest for d in manifest.layers]:
+        raise IntegrityError(f"{where}: the ModelPack config's modelfs.diffIds are not the manifest's layers",
+                             hint="the registry's description of the package was altered; nothing was written")
+
+
+def _check_filepaths(manifest: PackageManifest, where: str) -> None:
+    """Every file layer names a safe relative path (what a ModelPack client will write)."""
+    for i, d in enumerate(manifest.blobs):
+        path = dict(d.annotations).get(ANN_FILEPATH)
+        if path is None:
+            raise IntegrityError(f"{where}: layer {i} has no {ANN_FILEPATH}")
+        try:
+            check_entry_path(path)
+        except PtmError as exc:
+            raise IntegrityError(f"{where}: layer {i} names the unsafe path {path[:200]!r} ({exc.message})") from None
+
+
+def check_layer_paths(path: Path, fetched: Fetched) -> frozenset[int]:
+    """Each file layer sits where the package's own manifest puts the file its ``org.cncf.model.filepath`` names.
+
+    So a ModelPack client that restores the tree by those annotations gets exactly
+    the files ``ptmpack unpack`` would write. Returns the indexes of the entries that
+    are one whole layer whose digest is the entry's SHA-256: their bytes were hashed
+    as they arrived (or re-hashed from the cache or layout), so verify need not hash
+    them again.
+
+    Raises:
+        IntegrityError: a layer's path or offset disagrees with the assembled package.
+    """
+    offsets, pos = [], 0
+    for d, n in fetched.recipe.spans:
+        if d is not None:
+            offsets.append(pos)
+        pos += n
+    hashed = set()
+    with PackageReader(path) as reader:
+        by_offset = {e.data_offset: e for e in reader.entries}
+        for i, (desc, at) in enumerate(zip(fetched.manifest.blobs, offsets, strict=True)):
+            ann = dict(desc.annotations)
+            part = int(ann.get(ANN_PART_OFFSET, "0")) if ann.get(ANN_PART_OFFSET, "0").isdigit() else -1
+            e = by_offset.get(at - part)
+            if e is None or e.path != ann.get(ANN_FILEPATH) or e.codec:
+                raise IntegrityError(f"{fetched.ref}: layer {i} ({ann.get(ANN_FILEPATH, '?')[:200]}) is not that file of "
+                                     "the package", hint="nothing was written")
+            if part == 0 and desc.size == e.raw_length and desc.digest == "sha256:" + e.sha256.hex():
+                hashed.add(e.index)
+    return frozenset(hashed)
+
+
+def _small(store: Store, cache: BlobCache, digest: str, size: int, limit: int,
+           moved: list[int]) -> bytes:
+    if size > limit:
+        raise IntegrityError(f"blob {digest}: {size} bytes is larger than such a blob may be")
+    if isinstance(store, LocalBlobs):  # read in place: a local store is no cheaper to copy into the cache
+        moved[0] += size
+        return _read_checked(store.blob_path(digest), digest, limit)
+    data = cache.read_small(digest, limit)
+    if data is not None:
+        return data
+    moved[0] += store.fetch_blob(digest, size, cache.partial_path(digest), lambda n: None)
+    return cache.commit(digest).read_bytes()
+
+
+def _read_checked(path: Path, digest: str, limit: int) -> bytes:
+    try:
+        if path.stat().st_size > limit:
+            raise IntegrityError(f"{path}: larger than {limit} bytes")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(f"the store lists blob {digest} but does not hold it") from None
+    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        raise IntegrityError(f"{path} does not match its digest: the store is corrupt", hint="nothing was written")
+    return data
+
+
+def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
+               progress: TransferProgress) -> tuple[Tally, tuple[str, ...]]:
+    """Fetch every blob, assemble, verify and rename to ``out``; returns the tally and the checks run.
+
+    Assembly runs alongside the downloads: blobs are fetched in file order and each is
+    copied into place as soon as it and everything before it are there.
+    """
+    tally = Tally()
+    cache = BlobCache(options.cache_dir)
+    fresh = 0 if isinstance(store, LocalBlobs) else sum(n for d, n in fetched.recipe.blobs().items()
+                                                        if not cache.has(d, n))
+    check_free_space({out: fetched.recipe.size, cache.root: fresh})
+    fd, tmp = temp_file_beside(out, ".ptm")
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache, options, progress, tally,
+                                                           out, fetched.manifest) as blobs:
+            assemble(fetched.recipe, blobs.path, f)  # type: ignore[arg-type]
+            if f.tell() != fetched.recipe.size:
+                raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
+        progress.start("verifying", fetched.recipe.size)
+        hashed = check_layer_paths(Path(tmp), fetched) if fetched.manifest.is_modelpack else frozenset()
+        checks = check_package(Path(tmp), fetched.config, progress, str(fetched.ref), options.pubkey, hashed)
+        if fetched.manifest.is_modelpack:
+            checks = (*checks, "layer paths")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except OSError as exc:  # ENOSPC while assembling names the output, not a file descriptor
+        raise_environment_fault(exc, out)
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return tally, checks
+
+
+class _Blobs:
+    """A verified local file for every blob of a recipe: from the layout, the cache, or downloaded into the cache.
+
+    Downloads start on entering, in file order, on ``options.workers`` threads;
+    :meth:`path` waits for one blob. Leaving cancels what has not started.
+    """
+
+    def __init__(self, store: Store, recipe: Recipe, cache: BlobCache, options: PullOptions,
+                 progress: TransferProgress, tally: Tally, out: Path | None = None,
+                 manifest: PackageManifest | None = None) -> None:
+        self.store, self.cache, self.options, self.progress, self.tally = store, cache, options, progress, tally
+        self.recipe = recipe
+        self.filepaths: dict[str, set[str]] = {}
+        """digest -> the package paths its layer is (ModelPack), so only those local files are hashed."""
+        for d in manifest.blobs if manifest is not None and manifest.is_modelpack else ():
+            self.filepaths.setdefault(d.digest, set()).add(dict(d.annotations).get(ANN_FILEPATH, ""))
+        self.needed = recipe.blobs()
+        self.local: LocalChunks | None = None
+        self.sources = [p for p in (options.base, out) if p is not None and p.is_file() and is_package_file(p)]
+        self.order = list(dict.fromkeys(d for d, _ in recipe.spans if d is not None))
+        self.paths: dict[str, Path] = {}
+        self.jobs: dict[str, cf.Future[Path]] = {}
+        self.pool: cf.ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> _Blobs:
+        if isinstance(self.store, LocalBlobs):
+            self._local(self.store)
+            return self
+        cached = {d: self.cache.blob_path(d) for d, n in self.needed.items() if self.cache.has(d, n)}
+        for d in damaged(cached, self.options.workers):
+            self.cache.drop(d)
+            del cached[d]
+        self.paths.update(cached)
+        self.tally.cached = len(cached)
+        todo = [d for d in self.order if d not in cached]
+        self.local = self._local_chunks(todo)
+        self.progress.start("downloading", sum(self.needed[d] for d in todo))
+        self.pool = cf.ThreadPoolExecutor(max(1, self.options.workers))
+        self.jobs = {d: self.pool.submit(self._download, self.store, d) for d in todo}
+        return self
+
+    def _local_chunks(self, todo: list[str]) -> LocalChunks | None:
+        """The chunks of the local package (``base``, else the output being replaced) for blobs still to fetch.
+
+        Only the local files at the paths of those blobs are hashed (a file renamed
+        between versions is fetched whole).
+        """
+        index = self.recipe.index
+        if index is None or not todo:
+            return None
+        wanted = set().union(*(self.filepaths.get(d, set()) for d in todo))
+        regions = []
+        for src in self.sources:
+            try:
+                with PackageReader(src) as reader:
+                    regions += [Region(src, e.data_offset, e.raw_length) for e in reader.entries
+                                if not e.codec and e.path in wanted]
+            except PtmError:
+                continue  # not a readable clear package: nothing to reuse from it
+        return LocalChunks(index.chunk, regions, self.options.workers) if regions else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            if exc[0] is not None:  # Ctrl-C, SIGTERM or a failure: stop the transfers in flight now, not after retries
+                self.store.cancel()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def path(self, digest: str) -> Path:
+        job = self.jobs.get(digest)
+        return job.result() if job is not None else self.paths[digest]
+
+    def _download(self, store: Store, digest: str) -> Path:
+        got = None
+        if self.local is not None and self.recipe.index is not None:
+            got = fetch_by_ranges(store, digest, self.needed[digest], self.recipe.index.of(digest),
+                                  self.recipe.index.chunk, self.local, self.cache.partial_path(digest),
+                                  self.progress.advance)
+        if got is None:
+            got = store.fetch_blob(digest, self.needed[digest], self.cache.partial_path(digest), self.progress.advance)
+        path = self.cache.commit(digest)
+        with self.tally.lock:
+            self.tally.downloaded += 1
+            self.tally.bytes += got
+        return path
+
+    def _local(self, store: LocalBlobs) -> None:
+        paths = {d: store.blob_path(d) for d in self.needed}
+        missing = [d for d, p in paths.items() if not p.is_file() or p.stat().st_size != self.needed[d]]
+        if missing:
+            raise IntegrityError(f"the store lacks blob {missing[0]} (or holds it at the wrong size)")
+        bad = damaged(paths, self.options.workers)
+        if bad:
+            raise IntegrityError(f"{paths[bad[0]]} does not match its digest: the layout is corrupt",
+                                 hint="nothing was written")
+        self.paths = paths
+        self.tally.downloaded, self.tally.bytes = len(paths), sum(self.needed.values())
+
+
+def check_package(path: Path, config: PackageConfig | None, progress: TransferProgress, where: str = "",
+                  pubkey: Any = None, hashed: frozenset[int] = frozenset()) -> tuple[str, ...]:
+    """Verify an assembled package like ``ptmpack verify``; encrypted ones keylessly plus the file digest.
+
+    Which checks run is decided by the file's own header, never by the registry's
+    config blob: a config that claims ENCRYPTED for a plain file would otherwise
+    switch the entry digests off. ``config`` (what the registry said) must agree with
+    the header's flags and the trailer's manifest digest; its ``sha256`` is the digest
+    the whole file must have (checked for encrypted packages, whose entries cannot be
+    checked without the key). None skips both (a package rebuilt by apply, which
+    checked every plaintext digest itself). With ``pubkey`` (an Ed25519 public key)
+    the file's own signature must verify with it. ``hashed`` names raw entries whose
+    bytes were already checked against their digest as they arrived.
+
+    Raises:
+        IntegrityError (or another PtmError of verify): the package fails a check, config and header disagree,
+            or the package is not signed by ``pubkey``.
+    """
+    with PackageReader(path, sealed_ok=True) as reader:
+        flags, manifest_sha256 = reader.header.flags, reader.trailer.manifest_sha256.hex()
+    if config is not None and (config.flags != flags or config.manifest_sha256 != manifest_sha256):
+        said = ", ".join(config.flag_names()) or "no flags"
+        has = ", ".join(f.name for f in spec.Flags if flags & f and f.name) or "no flags"
+        raise IntegrityError(f"{where or path}: the registry's config says {said} (manifest {config.manifest_sha256[:16]}), "
+                             f"the assembled file's header says {has} (manifest {manifest_sha256[:16]})",
+                             hint="the registry's description of the package was altered; nothing was written")
+    sha256 = config.sha256 if config is not None else None
+    signed: tuple[str, ...] = ()
+    if pubkey is not None:
+        from ptmpack.storage.verify import verify_package
+
+        if not flags & spec.Flags.ENCRYPTED:
+            return ("blob digests", *verify_package(path, pubkey=pubkey, progress=progress.advance, hashed=hashed).checks)
+        verify_package(path, pubkey=pubkey)  # keyless: the signature covers every byte before it
+        signed = ("signature",)
+    if flags & spec.Flags.ENCRYPTED:
+        with PackageReader(path, sealed_ok=True) as reader:
+            reader.check_padding()
+            for _ in reader.walk_headers():
+                pass
+        if sha256 is None:
+            return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding", *signed)
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(8 * 1024 * 1024):
+                h.update(block)
+                progress.advance(len(block))
+        if h.hexdigest() != sha256:
+            raise IntegrityError("the assembled package does not match the pushed file's sha256")
+        return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding", "file sha256", *signed)
+    report = _verify(path, progress, hashed)
+    return ("blob digests", *report.checks)
+
+
+def _verify(path: Path, progress: TransferProgress, hashed: frozenset[int]) -> Any:
+    from ptmpack.storage.verify import verify_package
+
+    return verify_package(path, progress=progress.advance, hashed=hashed)

@@ -1,0 +1,130 @@
+"""The types every distribution module shares, in a module that imports none of them.
+
+``Store`` is what push, pull and ls ask of a place that holds packages; the
+registry repository (:mod:`ptmpack.distribution.registry`) and the OCI layout
+directory (:mod:`ptmpack.distribution.layout`) both implement it. Capabilities
+only some stores have are small protocols of their own, checked at run time
+with ``isinstance`` (regclient's ``scheme`` does the same), so callers never
+branch on a store's class:
+
+* :class:`BlobMounter` — link a blob from another repository of the same registry;
+* :class:`LocalBlobs` — the blob is already a file on this machine (read it in place).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How to reach a registry."""
+
+    plain_http: bool = False
+    ca_file: Path | None = None
+    workers: int = 4
+    timeout_s: float = 60.0
+    """Connect and per-request timeout."""
+    speed_limit: int = 1024
+    speed_time_s: float = 30.0
+    """A transfer that moves fewer than ``speed_limit`` bytes/s over ``speed_time_s`` seconds stops (exit 9),
+    like curl's ``--speed-limit``/``--speed-time``; a peer silent that long times out the same way."""
+    deadline_s: float | None = None
+    """Overall time limit for the whole operation (``pull --timeout``); None: none."""
+    retries: int = 6
+    """Attempts per blob download after a connection failure (each resumes with Range)."""
+    upload_chunk: int = 16 * 1024 * 1024
+    """Blobs larger than this are uploaded in PATCH chunks of this size."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A repository or layout holding packages: blobs by digest, manifests by tag or digest.
+
+    Every method may raise :class:`~ptmpack.errors.KeyAccessError` (credentials
+    refused) or a registry error (unreachable, failing); reads raise
+    :class:`~ptmpack.errors.IntegrityError` when bytes do not match their digest.
+    """
+
+    def get_manifest(self, target: str) -> tuple[bytes, str] | None:
+        """The manifest a tag or digest names and its digest; None when there is none."""
+        ...
+
+    def fetch_blob(self, digest: str, size: int, partial: Path, progress: Callable[[int], None]) -> int:
+        """Complete ``partial`` with the blob's bytes (resuming what it holds), digest-checked; returns bytes moved."""
+        ...
+
+    def fetch_range(self, digest: str, start: int, length: int) -> bytes | None:
+        """Exactly ``length`` bytes of a blob from ``start``; None when the store cannot serve ranges."""
+        ...
+
+    def has_blob(self, digest: str, size: int) -> bool:
+        """Whether the store holds the blob at that size."""
+        ...
+
+    def put_blob(self, digest: str, size: int, read: Callable[[int, int], bytes],
+                 progress: Callable[[int], None]) -> int:
+        """Store a blob whose bytes ``read(offset, n)`` returns; returns the bytes sent."""
+        ...
+
+    def put_manifest(self, data: bytes, tag: str | None, artifact_type: str) -> tuple[str, bool]:
+        """Store a manifest under ``tag`` (or by digest only); returns its digest and whether anything changed."""
+        ...
+
+    def tags(self, limit: int | None = None) -> list[str]:
+        """Every tag, sorted; with ``limit``, at most that many (one page: for a hint)."""
+        ...
+
+    def cancel(self) -> None:
+        """Make transfers in flight fail now (Ctrl-C, SIGTERM); a no-op where nothing is in flight."""
+        ...
+
+    def put_index(self, data: bytes, tag: str) -> str:
+        """Store an OCI image index under ``tag`` (the referrers fallback); returns its digest."""
+        ...
+
+    def referrers(self, digest: str) -> list[dict[str, object]] | None:
+        """The referrers API's descriptors for a manifest; None when the store has no referrers API."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+@runtime_checkable
+class BlobMounter(Protocol):
+    """A store that can link a blob from another repository instead of receiving it again."""
+
+    def mount_blob(self, digest: str, source_repo: str) -> bool:
+        """True when the blob is now in this repository."""
+        ...
+
+
+@runtime_checkable
+class LocalBlobs(Protocol):
+    """A store whose blobs are files on this machine (a layout directory): read in place, never copied first."""
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob's bytes are."""
+        ...
+
+
+class TransferProgress(Protocol):
+    """Progress hook the CLI implements; ``advance`` may be called from worker threads."""
+
+    def start(self, label: str, total: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+
+
+class NoProgress:
+    """The progress hook that shows nothing."""
+
+    def start(self, label: str, total: int) -> None:
+        """Nothing to show."""
+
+    def advance(self, n: int) -> None:
+        """Nothing to show."""
