@@ -402,7 +402,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
             shutil.copytree(tree, work)
             spec = CompressSpec(quant="gptq", bits=bits, group_size=args.group_size, calib=calib_file,
-                                nsamples=args.nsamples, seqlen=args.seqlen)
+                                nsamples=args.nsamples, seqlen=args.seqlen, symmetric=False)
             calib = CalibrationData(windows, "", len(ids), calib_file.name, "first", None)
             gptq_apply(work, StepContext(spec, calibration=lambda calib=calib: calib))
             report.add("GPTQ", label, evaluate(load_compressed(work)), time.perf_counter() - t0)

@@ -68,7 +68,10 @@ class CompressSpec:
     group_size: int | None = None
     """Input columns sharing one scale; None: the method's default (the largest of 128, 64, 32
     dividing every quantized input width; per-channel for ptq); 0: per output channel."""
-    symmetric: bool = False
+    symmetric: bool = True
+    """Symmetric codes without zero points (the default, as the CLI's): the scheme released transformers +
+    compressed-tensors load (llm-compressor's W4A16 preset); False adds zero points (``--asym``), which load
+    after ``unpack --dequantize``."""
     calib: Path | None = None
     """Calibration text file, tokenized with the package's own tokenizer."""
     nsamples: int | None = None

@@ -69,7 +69,7 @@ def test_rtn_package_layout_graph_and_record(llama: Path, calib: Path, tmp_path:
     ops = [n.type for n in graph.main_graph.operators]
     assert ops.count("quantized_linear") == 14 and ops.count("linear") == 1  # the tied LM head stays float
     step = _technical(tree)["compression"]["steps"][0]
-    assert (step["method"], step["bits"], step["group_size"], step["symmetric"]) == ("rtn", 4, 32, False)
+    assert (step["method"], step["bits"], step["group_size"], step["symmetric"]) == ("rtn", 4, 32, True)
     assert step["calibration"]["sha256"] and step["quality"]["metric"] == "perplexity"
     assert step["quality"]["before"] > 0 and step["quality"]["after"] > 0 and len(step["layers"]) == 14
     assert report.size_out < report.size_in
@@ -99,6 +99,13 @@ def test_gptq_on_an_encoder_keeps_the_pooler_float(bert: Path, calib: Path, tmp_
     assert qc["ignore"] == ["pooler.dense"]
     with LoadedModel.open(out) as lm:
         assert lm.forward(np.arange(5, 20)[None]).shape == (1, 15, 64)
+
+
+def test_library_default_is_symmetric_like_the_cli() -> None:
+    """api.compress without ``symmetric`` writes what released transformers + compressed-tensors load, as the CLI
+    does without ``--asym`` (issue 15); asymmetric stays one argument away."""
+    assert all(CompressSpec(quant=m).symmetric is True for m in ("rtn", "gptq", "affine", "ptq"))
+    assert CompressSpec(quant="rtn", symmetric=False).symmetric is False
 
 
 def test_act_order_is_on_by_default_for_gptq_only() -> None:

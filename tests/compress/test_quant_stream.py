@@ -79,7 +79,7 @@ def test_sharded_checkpoint_gives_the_single_file_result_and_the_in_memory_math(
     assert ta.keys() == tb.keys() and all(np.array_equal(ta[n], tb[n]) for n in ta)
     # the same tensors as quantizing the whole weight held in memory
     float_w = _tensors(single / "Model")[f"{LINEAR}.weight"]
-    expect = quantized_tensors(LINEAR, quantize_rtn(float_w, 4, 32))
+    expect = quantized_tensors(LINEAR, quantize_rtn(float_w, 4, 32, symmetric=True))  # CompressSpec's default
     assert all(np.array_equal(ta[n], v) for n, v in expect.items())
     # the weight map of the shards names exactly the tensors each shard holds
     index = json.loads((b / "Model" / "model.safetensors.index.json").read_text())
@@ -103,7 +103,7 @@ def test_bfloat16_stays_bfloat16(tmp_path: Path) -> None:
     source = WeightFiles(tree / "Model")
     result = WeightFiles(out / "Model")
     assert result.read("model.embed_tokens.weight").tobytes() == source.read("model.embed_tokens.weight").tobytes()
-    expect = quantized_tensors(LINEAR, quantize_rtn(source.read(f"{LINEAR}.weight"), 4, 32))
+    expect = quantized_tensors(LINEAR, quantize_rtn(source.read(f"{LINEAR}.weight"), 4, 32, symmetric=True))
     for name, value in expect.items():
         got = result.read(name)
         assert got.dtype == value.dtype and got.tobytes() == value.tobytes()
