@@ -93,6 +93,18 @@ class InspectReport:
     """An encrypted package inspected without its key: only the clear header, signer and key slots are known
     (``"sealed": true`` in ``to_json()``; absent otherwise)."""
 
+    def quantization(self) -> dict[str, Any] | None:
+        """The weight quantization scheme the package records (``technicalinfo.json``'s
+        ``compression.quantization``: method, bits, group size, symmetric, format), or None for float weights.
+
+        With a scheme, ``to_json()`` reports ``totals.stored_elements`` instead of ``totals.parameters``:
+        the tensors then count packed words and scales, not model parameters.
+        """
+        technical = self.metadata.get("technicalinfo")
+        compression = technical.get("compression") if isinstance(technical, dict) else None
+        scheme = compression.get("quantization") if isinstance(compression, dict) else None
+        return dict(scheme) if isinstance(scheme, dict) else None
+
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"path": self.path, "type": self.type}
         if self.sealed:
@@ -102,7 +114,14 @@ class InspectReport:
                        signature=self.signature)
             if self.encryption is not None:
                 doc["encryption"] = self.encryption
-        doc.update(entries=list(self.entries), metadata=self.metadata, totals=self.totals)
+        scheme = self.quantization()
+        totals = dict(self.totals)
+        if scheme is not None and "parameters" in totals:
+            # Packed weights: the tensors hold int32 words, scales and zero points, not the model's parameters.
+            totals["stored_elements"] = totals.pop("parameters")
+        doc.update(entries=list(self.entries), metadata=self.metadata, totals=totals)
+        if scheme is not None:
+            doc["quantization"] = scheme
         if self.residual is not None:
             doc["residual"] = self.residual
         if self.tensors is not None:

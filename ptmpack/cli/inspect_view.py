@@ -38,15 +38,15 @@ def _metadata_rows(doc: dict[str, Any], out: Printer) -> list[tuple[str, object]
         rows.append(("architecture", ", ".join(ptm.get("architecture", []))))
         rows.append(("layers/heads/hidden",
                      f"{ptm.get('num_layers', '-')}/{ptm.get('num_heads', '-')}/{ptm.get('hidden_size', '-')}"))
-    quant = (tech.get("compression") or {}).get("quantization") if isinstance(tech.get("compression"), dict) else None
+    quant = doc.get("quantization")
     if quant:
         group = quant.get("group_size")
         rows.append(("quantization", f"{quant.get('method')} W{quant.get('bits')} "
                                      f"{'group ' + str(group) if group not in (None, 'channel') else 'per channel'} "
                                      f"{'symmetric' if quant.get('symmetric') else 'asymmetric'}"
                                      + (f" ({quant['format']})" if quant.get("format") else "")))
-        # Packed weights: the count is of stored elements (int32 words, scales), not of model parameters.
-        rows.append(("stored elements", out.number(doc["totals"]["parameters"])))
+    if "stored_elements" in doc["totals"]:
+        rows.append(("stored elements", out.number(doc["totals"]["stored_elements"])))
     else:
         rows.append(("parameters", out.number(doc["totals"]["parameters"])))
     return rows

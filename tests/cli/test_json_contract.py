@@ -78,7 +78,8 @@ def test_container_commands(work: dict[str, Path]) -> None:
     doc = check("verify", cli("verify", pkg, "--json"), True)
     assert "decrypted" not in doc  # never encrypted, so nothing was decrypted
     check("inspect", cli("inspect", pkg, "--tensors", "--json"), True)
-    check("inspect", cli("inspect", tree, "--json"), True)
+    doc = check("inspect", cli("inspect", tree, "--json"), True)
+    assert doc["totals"]["parameters"] > 0 and "stored_elements" not in doc["totals"] and "quantization" not in doc
     doc = check("inspect", cli("inspect", TINY_BERT / "model.safetensors", "--json"), False)
     assert doc["error"]["kind"] == "unsupported" and "not a ptmpack package" in doc["error"]["message"]
     check("keygen", cli("keygen", "--type", "ed25519", "-o", root / "sig", "--json"), True)
@@ -144,6 +145,11 @@ def test_compress_and_eval_json(tmp_path: Path) -> None:
     assert doc["steps"][0]["symmetric"] is True and "compressed-tensors" in doc["loads_with"]
     assert doc["encrypted"] is False
     check("compress", cli("compress", tree, "-o", tmp_path / "q.ptm", "--quant", "rtn", "--json"), False)  # exists
+    # A quantized package counts stored elements (packed words, scales), not parameters, and names its scheme.
+    doc = check("inspect", cli("inspect", tmp_path / "q.ptm", "--json"), True)
+    assert "parameters" not in doc["totals"] and doc["totals"]["stored_elements"] > 0
+    assert {k: doc["quantization"][k] for k in ("method", "bits", "group_size", "symmetric")} == {
+        "method": "rtn", "bits": 4, "group_size": 32, "symmetric": True}
     from tests._support.tiny_models import sample_text
 
     (tmp_path / "text.txt").write_text(sample_text(300, seed=5))

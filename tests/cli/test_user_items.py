@@ -71,6 +71,9 @@ def test_inspect_of_a_quantized_package_names_the_scheme(tmp_path: Path) -> None
     fields = dict(line.split("\t", 1) for line in run.out.splitlines() if "\t" in line)
     assert fields["quantization"].startswith("rtn W4 group 32 symmetric")
     assert "stored elements" in fields and "parameters" not in fields
+    doc = cli("inspect", out, "--json").json()  # the JSON tells the same: stored elements and the scheme
+    assert int(fields["stored elements"]) == doc["totals"]["stored_elements"] and "parameters" not in doc["totals"]
+    assert doc["quantization"]["method"] == "rtn" and doc["quantization"]["symmetric"] is True
 
 
 def test_encrypted_package_without_a_key(bert_tree: Path, tmp_path: Path) -> None:
