@@ -251,7 +251,6 @@ def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
             assemble(fetched.recipe, blobs.path, f)  # type: ignore[arg-type]
             if f.tell() != fetched.recipe.size:
                 raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
-        progress.start("verifying", fetched.recipe.size)
         hashed = check_layer_paths(Path(tmp), fetched) if fetched.manifest.is_modelpack else frozenset()
         checks = check_package(Path(tmp), fetched.config, progress, str(fetched.ref), options.pubkey, hashed)
         if fetched.manifest.is_modelpack:
@@ -377,7 +376,9 @@ def check_package(path: Path, config: PackageConfig | None, progress: TransferPr
     checked without the key). None skips both (a package rebuilt by apply, which
     checked every plaintext digest itself). With ``pubkey`` (an Ed25519 public key)
     the file's own signature must verify with it. ``hashed`` names raw entries whose
-    bytes were already checked against their digest as they arrived.
+    bytes were already checked against their digest as they arrived. Starts ``progress``'s
+    ``verifying`` phase with a total in the unit the checks advance (raw entry bytes, or the
+    file's bytes for an encrypted package), so it ends at 100 %.
 
     Raises:
         IntegrityError (or another PtmError of verify): the package fails a check, config and header disagree,
@@ -385,6 +386,9 @@ def check_package(path: Path, config: PackageConfig | None, progress: TransferPr
     """
     with PackageReader(path, sealed_ok=True) as reader:
         flags, manifest_sha256 = reader.header.flags, reader.trailer.manifest_sha256.hex()
+        # The unit the checks below count: the file's bytes when encrypted (hashed whole), else the entries' raw bytes.
+        progress.start("verifying", reader.size if flags & spec.Flags.ENCRYPTED
+                       else sum(hdr.raw_length for _, hdr, _ in reader.walk_headers()))
     if config is not None and (config.flags != flags or config.manifest_sha256 != manifest_sha256):
         said = ", ".join(config.flag_names()) or "no flags"
         has = ", ".join(f.name for f in spec.Flags if flags & f and f.name) or "no flags"

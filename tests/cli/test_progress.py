@@ -69,3 +69,26 @@ def test_json_keeps_progress_on_stderr(packages: dict[str, Path]) -> None:
     run = cli("verify", packages["pkg"], "--json", "--progress", "plain")
     assert run.code == 0 and run.json()["ok"] is True  # stdout is exactly the document
     assert "verifying" in _labels(run.err)
+
+
+def _phase_total(err: str, label: str) -> str | None:
+    """The total (``OF`` in ``N of OF (P%)``) of ``label``'s plain lines, or None when the phase gave up its estimate."""
+    totals = {m[1] for m in re.finditer(rf"^ptmpack: {label}: .* of (\S+ \S+) \(\d+%\)", err, re.M)}
+    assert len(totals) <= 1, err
+    return totals.pop() if totals else None
+
+
+def test_pull_verifying_counts_to_the_total_it_announced(packages: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pull's "verifying" phase announces the bytes its checks count (a zstd package's raw entry bytes, as
+    ``verify`` does), not the file size: it ends at 100 %, never in a "done" line that gave up the estimate."""
+    pkg, root = packages["pkg"], packages["root"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    ref = f"oci:{root / 'layout'}:v1"
+    assert cli("push", pkg, ref, "--progress", "none").code == 0
+    pulled = cli("pull", ref, "-o", root / "pulled.ptm", "--progress", "plain")
+    assert pulled.code == 0, pulled.err
+    verified = cli("verify", pkg, "--progress", "plain")
+    total = _phase_total(pulled.err, "verifying")
+    assert total is not None and total == _phase_total(verified.err, "verifying")
+    assert f"{total} of {total} (100%)" in pulled.err and "verifying: done" not in pulled.err, pulled.err
