@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -449,3 +450,29 @@ def test_exit_7_apply_on_the_wrong_base(tmp_path: Path) -> None:
     assert_clean_error(run, 7)
     assert not (tmp_path / "n.ptm").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ptmpack-tmp-")]
+
+
+def test_every_visible_option_is_documented() -> None:
+    """README or docs/CLI.md names every long option that ``--help`` shows, so a new option cannot ship
+    undocumented (issue 15: the distribution options had been missing from both)."""
+    import click
+
+    from ptmpack.cli import cli as root
+
+    docs = (REPO / "README.md").read_text() + (REPO / "docs" / "CLI.md").read_text()
+    ctx = click.Context(root)
+
+    def commands(cmd: click.Command, name: str) -> Iterator[tuple[str, click.Command]]:
+        if isinstance(cmd, click.Group):
+            for sub in cmd.list_commands(ctx):
+                yield from commands(cmd.get_command(ctx, sub), f"{name} {sub}".strip())
+        else:
+            yield name, cmd
+
+    missing = {name: [o for p in cmd.params if isinstance(p, click.Option) and not p.hidden for o in p.opts
+                      if o.startswith("--") and o != "--help" and o not in docs]
+               for name, cmd in commands(root, "")}
+    assert not {k: v for k, v in missing.items() if v}, missing
+    for option in ("--pubkey", "--base", "--timeout", "--split-size", "--plain-http", "login", "logout",
+                   "cache ls"):
+        assert option in (REPO / "README.md").read_text() and option in (REPO / "docs" / "CLI.md").read_text()

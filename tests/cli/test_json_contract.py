@@ -135,6 +135,32 @@ def test_distribution_commands(work: dict[str, Path]) -> None:
     check("ls", cli("ls", f"oci:{root / 'absent'}", "--json"), False)
 
 
+def test_signed_distribution_fields(work: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """push names the signature referrer it attached, ls lists the package's signers (as verify names the signer),
+    pull --pubkey accepts the signer's key and refuses another's with a document; --base and --timeout are taken."""
+    root, tree, pkg = work["root"], work["tree"], work["pkg"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "cache-signed"))
+    for name in ("release", "other"):
+        assert cli("keygen", "--type", "ed25519", "-o", root / name).code == 0
+    signed = root / "signed.ptm"
+    assert cli("pack", tree, "-o", signed, "--sign-key", root / "release.key").code == 0
+    ref = f"oci:{root / 'signed-layout'}:v1"
+    unsigned = check("push", cli("push", pkg, f"oci:{root / 'signed-layout'}:plain", "--json"), True)
+    assert unsigned["signature_referrer"] is None
+    pushed = check("push", cli("push", signed, ref, "--split-size", "64K", "--json"), True)
+    assert pushed["signature_referrer"].startswith("sha256:")
+    listed = check("ls", cli("ls", ref, "--json"), True)
+    signer = check("verify", cli("verify", signed, "--json"), True)["signer"]
+    assert listed["package"]["signers"] == [signer] and "SIGNED" in listed["package"]["flags"]
+    plain = check("ls", cli("ls", f"oci:{root / 'signed-layout'}:plain", "--json"), True)
+    assert plain["package"]["signers"] == []
+    doc = check("pull", cli("pull", ref, "-o", root / "s1.ptm", "--pubkey", root / "release.pub", "--base", pkg,
+                            "--timeout", "60", "--json"), True)
+    assert doc["output"]["sha256"] == pushed["input"]["sha256"] and "signature" in doc["checks"]
+    doc = check("pull", cli("pull", ref, "-o", root / "s2.ptm", "--pubkey", root / "other.pub", "--json"), False)
+    assert doc["error"]["kind"] == "integrity" and not (root / "s2.ptm").exists()
+
+
 def test_compress_and_eval_json(tmp_path: Path) -> None:
     pytest.importorskip("tokenizers")
     from tests._support.tiny_models import tiny_tree
