@@ -112,12 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:  # --help, --version
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        from ptmpack.cli.output import session
-
-        if session().json:
-            _fail(exc.format_message(), 2, "see --help")
-        exc.show()
-        sys.exit(2)
+        # One line like every other failure (click's own show() prints four), naming the help to read.
+        ctx = getattr(exc, "ctx", None)
+        _fail(exc.format_message(), 2, f"see '{ctx.command_path} --help'" if ctx is not None else "see --help")
     except OSError as exc:
         if debug:
             traceback.print_exc()

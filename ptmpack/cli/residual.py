@@ -1,4 +1,4 @@
-"""Commands for residual updates: diff --residual and apply."""
+"""Commands for residual updates: diff (residual deltas) and apply."""
 
 from __future__ import annotations
 

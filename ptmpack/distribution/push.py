@@ -187,7 +187,7 @@ def _tag(ref: Reference, config: PackageConfig, options: PushOptions, store: Sto
         return tag
     if not config.flags & spec.Flags.RESIDUAL:
         raise UsageError("--residual: this package is not a residual package (no RESIDUAL flag)",
-                         hint="make one with 'ptmpack diff BASE TARGET -o DELTA --residual'")
+                         hint="make one with 'ptmpack diff BASE TARGET -o DELTA'")
     if config.residual_base is None:
         raise UsageError("--residual: the package is encrypted, so its base is sealed inside it",
                          hint=f"push it under the tag TAG.residual-<first 16 hex digits of the base's manifest "

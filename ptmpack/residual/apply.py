@@ -61,7 +61,7 @@ def read_residual(delta: TensorSource) -> ResidualDoc:
         raise UsageError(f"DELTA {delta.pkg.path} is a directory; it must be the .ptm that diff wrote")
     if not facts.flags & spec.Flags.RESIDUAL or facts.residual_base is None:
         raise UsageError(f"{delta.pkg.path} is not a residual package (no RESIDUAL flag)",
-                         hint="make one with 'ptmpack diff BASE TARGET -o DELTA --residual'")
+                         hint="make one with 'ptmpack diff BASE TARGET -o DELTA'")
     if RESIDUAL_JSON not in delta.by_path:
         raise IntegrityError(f"{delta.pkg.path} is flagged residual but has no {RESIDUAL_JSON}")
     doc = ResidualDoc.from_json(delta.pkg.read_file(RESIDUAL_JSON))

@@ -476,3 +476,14 @@ def test_every_visible_option_is_documented() -> None:
     for option in ("--pubkey", "--base", "--timeout", "--split-size", "--plain-http", "login", "logout",
                    "cache ls"):
         assert option in (REPO / "README.md").read_text() and option in (REPO / "docs" / "CLI.md").read_text()
+
+
+@pytest.mark.parametrize("argv", [("pack", "tree"), ("bogus",), ("--bogus",), ("keygen", "--type", "foo", "-o", "k"),
+                                  ("cache", "bogus"), ("verify",)])
+def test_usage_errors_are_one_line_naming_the_help(argv: tuple[str, ...]) -> None:
+    """A usage error click itself catches is one ``ptmpack: error:`` line on stderr (not click's four-line
+    usage block), exit 2, naming the help of the command that refused it."""
+    run = cli(*argv)
+    assert_clean_error(run, 2)
+    assert run.out == "" and len(run.err.splitlines()) == 1, run.err
+    assert run.err.startswith("ptmpack: error: ") and "--help'" in run.err

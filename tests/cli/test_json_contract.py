@@ -112,6 +112,8 @@ def test_residual_commands(work: dict[str, Path]) -> None:
     check("apply", cli("apply", pkg, delta, "-o", root / "n.ptm", "--json"), True)
     doc = check("apply", cli("apply", delta, delta, "-o", root / "n2.ptm", "--json"), False)
     assert doc["error"]["exit_code"] in (2, 7)
+    doc = check("apply", cli("apply", pkg, pkg, "-o", root / "n3.ptm", "--json"), False)  # not a delta
+    assert "ptmpack diff BASE TARGET -o DELTA" in doc["error"]["hint"] and "--residual" not in doc["error"]["hint"]
 
 
 def test_ir_commands(work: dict[str, Path]) -> None:
