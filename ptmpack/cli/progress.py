@@ -87,8 +87,10 @@ class _PlainPhase:
                 click.echo(self.line(), err=True)
 
     def finish(self) -> None:
+        """Close the phase with a line when it ended short of its last 10 % (or had no total); a phase that
+        counted nothing (a keyless verify of an encrypted package reads no entry) prints nothing."""
         with self.lock:
-            if not self.total or self.decile < 10:
+            if self.done and (not self.total or self.decile < 10):
                 elapsed = time.monotonic() - self.started
                 click.echo(f"ptmpack: {self.label}: done, {self._amount(self.done)} in {elapsed:.1f} s", err=True)
 

@@ -92,3 +92,17 @@ def test_pull_verifying_counts_to_the_total_it_announced(packages: dict[str, Pat
     total = _phase_total(pulled.err, "verifying")
     assert total is not None and total == _phase_total(verified.err, "verifying")
     assert f"{total} of {total} (100%)" in pulled.err and "verifying: done" not in pulled.err, pulled.err
+
+
+def test_a_phase_that_counts_nothing_prints_nothing(packages: dict[str, Path]) -> None:
+    """verify --pubkey of an encrypted package reads no entry: no "verifying: done, 0 B" line in the log."""
+    root = packages["root"]
+    assert cli("keygen", "--type", "symmetric", "-o", root / "k").code == 0
+    assert cli("keygen", "--type", "ed25519", "-o", root / "sig").code == 0
+    enc = root / "enc.ptm"
+    assert cli("pack", packages["tree"], "-o", enc, "--encrypt", "--key-file", root / "k.key", "--sign-key",
+               root / "sig.key", "--progress", "none").code == 0
+    run = cli("verify", enc, "--pubkey", root / "sig.pub", "--progress", "plain")
+    assert run.code == 0 and run.err == "", run.err
+    opened = cli("verify", enc, "--key-file", root / "k.key", "--progress", "plain")
+    assert opened.code == 0 and "verifying" in _labels(opened.err)
