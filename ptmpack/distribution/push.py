@@ -129,7 +129,7 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
         block = signature_block(reader)
         if not as_modelpack(reader):
             spans = cut_spans(reader)
-            progress.start("hashing", reader.size)
+            progress.start("hashing", sum(s.length for s in spans if s.blob))  # what hash_cut counts
             cut = hash_cut(path, spans, workers=options.workers, progress=progress.advance)
             config, layers = read_facts(reader, cut.sha256), None
         else:
