@@ -161,6 +161,8 @@ def test_signed_distribution_fields(work: dict[str, Path], monkeypatch: pytest.M
     assert doc["output"]["sha256"] == pushed["input"]["sha256"] and "signature" in doc["checks"]
     doc = check("pull", cli("pull", ref, "-o", root / "s2.ptm", "--pubkey", root / "other.pub", "--json"), False)
     assert doc["error"]["kind"] == "integrity" and not (root / "s2.ptm").exists()
+    doc = check("pull", cli("pull", ref, "-o", root / "s3.ptm", "--base", root / "typo.ptm", "--json"), False)
+    assert doc["error"]["kind"] == "usage" and "typo.ptm" in doc["error"]["message"] and not (root / "s3.ptm").exists()
 
 
 def test_compress_and_eval_json(tmp_path: Path) -> None:
