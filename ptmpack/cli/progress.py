@@ -103,9 +103,17 @@ def _rich_progress(*columns: Any) -> Any:
 
 
 def _byte_columns() -> tuple[Any, ...]:
-    from rich.progress import BarColumn, DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, ProgressColumn, TimeRemainingColumn
+    from rich.text import Text
 
-    return BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeRemainingColumn()
+    class BinarySpeedColumn(ProgressColumn):
+        """Speed in KiB/s, MiB/s (rich's TransferSpeedColumn speaks decimal MB/s beside binary sizes)."""
+
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{human_size(speed)}/s", style="progress.data.speed")
+
+    return BarColumn(), DownloadColumn(binary_units=True), BinarySpeedColumn(), TimeRemainingColumn()
 
 
 @contextmanager

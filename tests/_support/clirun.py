@@ -58,3 +58,33 @@ def assert_clean_error(run: Run, code: int) -> None:
         assert isinstance(doc, dict) and doc["ok"] is False and doc["error"]["exit_code"] == code, doc
     assert "Traceback" not in run.err
     assert "ptmpack: error:" in run.err, "no message"
+
+
+def on_terminal(*args: object, stream: str = "stdout", env: dict[str, str] | None = None
+                ) -> tuple[subprocess.CompletedProcess[bytes], str]:
+    """Run ``python -m ptmpack.cli ARGS`` with ``stream`` (``stdout`` or ``stderr``) on a pseudo-terminal and
+    the other piped; return the process and what the terminal received (decoded, escapes kept)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: slave}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ptmpack.cli", *map(str, args)], cwd=REPO, timeout=120,
+                              check=False, env={**os.environ, **(env or {})}, **pipes)
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while select.select([master], [], [], 2)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+    return proc, b"".join(chunks).decode("utf-8", "replace")

@@ -11,11 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import pty
-import select
 import shutil
 import stat
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +24,7 @@ from safetensors.numpy import load_file
 from ptmpack import api
 from ptmpack.errors import IntegrityError, KeyAccessError
 from ptmpack.format import spec
-from tests._support.clirun import assert_clean_error, cli, sub
+from tests._support.clirun import assert_clean_error, cli, on_terminal, sub
 from tests._support.trees import FIXTURES, REPO, tree_files, write_tree
 
 TINY_BERT = FIXTURES / "tiny-bert"
@@ -150,27 +147,9 @@ def test_results_go_to_stdout_when_it_is_not_a_tty(pkg: Path, tmp_path: Path) ->
 
 
 def test_human_output_goes_to_stdout_on_a_terminal(pkg: Path) -> None:
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "ptmpack.cli", "verify", str(pkg)], stdout=slave,
-                              stderr=subprocess.PIPE, cwd=REPO, timeout=120, check=False)
-        os.close(slave)
-        slave = -1
-        chunks = []
-        while select.select([master], [], [], 2)[0]:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        if slave != -1:
-            os.close(slave)
-        os.close(master)
+    proc, shown = on_terminal("verify", pkg)
     assert proc.returncode == 0, proc.stderr
-    assert b"OK" in b"".join(chunks)
+    assert "OK" in shown
     assert b"OK" not in proc.stderr
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._support.clirun import cli
+from tests._support.clirun import cli, on_terminal
 from tests._support.trees import FIXTURES
 
 PLAIN = re.compile(r"^ptmpack: (?P<label>[a-z ]+): .*(B|KiB|MiB|GiB)\b")
@@ -109,3 +109,12 @@ def test_a_phase_that_counts_nothing_prints_nothing(packages: dict[str, Path]) -
     assert run.code == 0 and run.err == "", run.err
     opened = cli("verify", enc, "--key-file", root / "k.key", "--progress", "plain")
     assert opened.code == 0 and "verifying" in _labels(opened.err)
+
+
+def test_bars_on_a_terminal_speak_binary_units(packages: dict[str, Path]) -> None:
+    """On a terminal (stderr a pty) the bars' sizes and speed are KiB, MiB (never rich's decimal kB/s, MB/s)."""
+    proc, err = on_terminal("pack", packages["tree"], "-o", packages["root"] / "tty.ptm", "--compress", "zstd",
+                            stream="stderr", env={"COLUMNS": "120"})
+    assert proc.returncode == 0 and "packing" in err, err
+    assert re.search(r"\d (B|KiB|MiB|GiB)/s", err), err
+    assert not re.search(r"\d (kB|MB|GB)/s", err), err
