@@ -132,7 +132,9 @@ def _locate(error: ValidationError) -> tuple[list[str | int], str]:
     if error.validator == "required" and isinstance(instance, dict):
         missing = [k for k in error.validator_value if k not in instance]
         if missing:
-            return [*parts, missing[0]], "required field is missing"
+            # jsonschema yields one error per missing field, each naming it: report that one, not always the first
+            named = next((k for k in missing if error.message.startswith(f"{k!r} ")), missing[0])
+            return [*parts, named], "required field is missing"
     if error.validator == "additionalProperties" and isinstance(instance, dict):
         schema = error.schema
         known = set(schema.get("properties", {}))

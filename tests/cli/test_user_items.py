@@ -153,6 +153,17 @@ def test_schema_errors_are_reported_at_once(bert_tree: Path, tmp_path: Path) -> 
         assert message.startswith("4 problems")
 
 
+def test_each_missing_field_is_named_once(bert_tree: Path) -> None:
+    """Four required fields missing are four problems naming four fields (not the first one four times)."""
+    (bert_tree / "Meta-info" / "managementinfo.json").write_text(json.dumps({"name": 5}))
+    run = cli("verify", bert_tree, "--json")
+    assert_clean_error(run, 5)
+    problems = run.json()["error"]["message"].removeprefix("5 problems: ").split("; ")
+    assert len(problems) == len(set(problems)) == 5, problems
+    for field in ("$.model_id", "$.version", "$.provider", "$.created", "$.name: 5 is not of type"):
+        assert any(field in p for p in problems), (field, problems)
+
+
 def test_init_sets_provider_license_and_version(tmp_path: Path) -> None:
     tree = tmp_path / "t"
     run = cli("init", tree, "--from-hf", TINY_BERT, "--provider", "ACME Labs", "--license", "Apache-2.0",
