@@ -241,7 +241,8 @@ class LoadedModel:
         """
         if self._tokenizer is None:
             if not self._has_tokenizer:
-                raise UsageError(f"{self.pkg.path} carries no {TOKENIZER_FILE}", hint="give token ids with --tokens")
+                raise UsageError(f"{self.pkg.path} carries no {TOKENIZER_FILE}",
+                                 hint="run takes token ids with --tokens; eval needs the model's tokenizer.json in Model/")
             try:
                 from tokenizers import Tokenizer
             except ImportError:

@@ -122,6 +122,9 @@ def test_ir_commands(work: dict[str, Path]) -> None:
     assert doc["kind"] == "embedding"
     check("run", cli("run", pkg, "--json"), False)
     check("eval", cli("eval", pkg, "--json"), False)
+    (work["root"] / "few.txt").write_text("a few words\n")
+    doc = check("eval", cli("eval", pkg, "--embeddings", work["root"] / "few.txt", "--json"), False)
+    assert "tokenizer.json" in doc["error"]["hint"] and "eval" in doc["error"]["hint"]  # no --tokens to point to
 
 
 def test_distribution_commands(work: dict[str, Path]) -> None:
