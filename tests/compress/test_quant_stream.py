@@ -118,3 +118,38 @@ def test_rewrite_refuses_tensors_other_than_planned_and_keeps_the_file(tmp_path:
     with pytest.raises(PtmError, match="planned"):
         weights.rewrite(plan, lambda n: {f"{LINEAR}.weight_x": np.zeros(3, np.float32)})
     assert _digest(tree / "Model") == before and not list((tree / "Model").glob(".st-*"))
+
+
+@pytest.mark.torch
+def test_dequantize_streams_a_sharded_bfloat16_package_back(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from ptmpack.compress.quant.dequantize import dequantize_tree
+    from ptmpack.compress.quant.pack_quantized import read_quantized_linear
+
+    tree = _tree(tmp_path, "deq", shards=2, dtype="BF16")
+    out = _compress(tree, tmp_path, "deq")
+    packed = WeightFiles(out / "Model")
+    q = read_quantized_linear({n: packed.read(n) for n in packed.names() if n.startswith(f"{LINEAR}.")}, LINEAR, 4)
+    report = dequantize_tree(out)
+    assert report.layers == 14 and report.bits == 4 and report.folded_transforms == 0
+    weights = WeightFiles(out / "Model")
+    w = weights.read(f"{LINEAR}.weight")
+    assert w.dtype == q.scale.dtype and w.tobytes() == q.dequantize(q.scale.dtype).tobytes()  # bf16 stays bf16
+    assert not [n for n in weights.names() if n.endswith("_packed")]
+    assert "quantization_config" not in json.loads((out / "Model" / "config.json").read_text())
+    index = json.loads((out / "Model" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(weights.names())
+
+
+@pytest.mark.torch
+def test_structure_steps_edit_bfloat16_checkpoints_in_bfloat16(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    tree = _tree(tmp_path, "fold", shards=2, dtype="BF16")
+    out = tmp_path / "fold.ptm"
+    compress(tree, out, CompressSpec(fold_norm="affine", quant="rtn", group_size=32), PackConfig())
+    dest = tmp_path / "fold-out"
+    unpack_file(out, dest)
+    dtypes = _dtypes(dest / "Model")
+    assert dtypes["model.layers.0.input_layernorm.weight"] == dtypes["lm_head.weight"] == "BF16"
+    assert WeightFiles(dest / "Model").read("model.layers.0.input_layernorm.weight").astype(np.float32).tolist() == \
+        [1.0] * 64  # the norm's scale went into the linears

@@ -20,10 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.quant.pack_quantized import SUFFIXES, quantized_prefixes, read_quantized_linear
+from ptmpack.compress.quant.observer import scale_dtype_for
+from ptmpack.compress.quant.pack_quantized import (
+    PACKED,
+    SCALE,
+    SHAPE,
+    SUFFIXES,
+    quantized_prefixes,
+    read_quantized_linear,
+)
 from ptmpack.compress.report import DequantizeReport
+from ptmpack.compress.tree.weights import TensorSpec, WeightFiles
 from ptmpack.errors import IntegrityError, UnsupportedError
-from ptmpack.quant.scheme import scheme_of
+from ptmpack.quant.scheme import WeightScheme, scheme_of
 
 AFFINE = "affine_transform"
 """Name of an unmerged AffineQuant transform beside its norm (as :mod:`ptmpack.compress.quant.affine.torch_llama` writes it)."""
@@ -51,12 +60,20 @@ def dequantize_tree(tree: Path) -> DequantizeReport:
     model_dir = tree / "Model"
     if not any(model_dir.glob("*.safetensors")):
         return DequantizeReport(0)
-    tensors = ModelTensors(model_dir)
-    prefixes = quantized_prefixes(tensors.names())
+    weights = WeightFiles(model_dir)
+    prefixes = quantized_prefixes(weights.names())
     if not prefixes:
         return DequantizeReport(0)
     config_path = model_dir / "config.json"
     config = read_json(config_path)
+    if not any(n.endswith(f".{AFFINE}.weight") for n in weights.names()):
+        scheme = _stream(weights, prefixes, config, config_path)
+        config.pop("quantization_config", None)
+        write_json(config_path, config)
+        regraph(tree)
+        files = sorted({weights.file_of(f"{p}.weight") for p in prefixes})
+        return DequantizeReport(len(prefixes), tuple(f"Model/{f}" for f in files), scheme.bits, scheme.group_size)
+    tensors = ModelTensors(model_dir)  # transforms to fold: every weight in memory
     scheme = _dequantize_linears(tensors, prefixes, config, config_path)
     folded = fold_transforms(tensors, config)
     files = sorted(tensors.changed)
@@ -64,11 +81,10 @@ def dequantize_tree(tree: Path) -> DequantizeReport:
     config.pop("quantization_config", None)
     write_json(config_path, config)
     regraph(tree)
-    return DequantizeReport(len(prefixes), tuple(f"Model/{f}" for f in files), scheme["bits"], scheme["group_size"],
-                            folded)
+    return DequantizeReport(len(prefixes), tuple(f"Model/{f}" for f in files), scheme.bits, scheme.group_size, folded)
 
 
-def _dequantize_linears(tensors: Any, prefixes: list[str], config: dict[str, Any], config_path: Path) -> dict[str, Any]:
+def _dequantize_linears(tensors: Any, prefixes: list[str], config: dict[str, Any], config_path: Path) -> WeightScheme:
     """Replace each quantized linear of ``tensors`` by its float ``weight`` (in memory; saved by the caller).
 
     Raises:
@@ -90,7 +106,47 @@ def _dequantize_linears(tensors: Any, prefixes: list[str], config: dict[str, Any
         stored[f"{prefix}.weight"] = np.ascontiguousarray(w.T) if conv1d else w
         tensors.where[f"{prefix}.weight"] = file
         tensors.changed.add(file)
-    return {"bits": scheme.bits, "group_size": scheme.group_size}
+    return scheme
+
+
+def _stream(weights: WeightFiles, prefixes: list[str], config: dict[str, Any], config_path: Path) -> WeightScheme:
+    """Rewrite the weight files with each quantized linear's float ``weight`` in place of its packed tensors,
+    one linear at a time (:meth:`WeightFiles.rewrite`): memory holds one layer, whatever the model.
+
+    Raises:
+        UnsupportedError: no usable quantization scheme in ``config``.
+    """
+    scheme = scheme_of(config)
+    if scheme is None:
+        raise UnsupportedError(f"{config_path}: quantized weights but no compressed-tensors quantization_config")
+    conv1d = config.get("model_type") == "gpt2"  # GPT-2 Conv1D weights are [in, out]; stored quantized as [out, in]
+    present = set(weights.names())
+    plan: dict[str, list[TensorSpec]] = {}
+    owner: dict[str, str] = {}
+    for prefix in prefixes:
+        parts = [f"{prefix}.{tail}" for tail in SUFFIXES if f"{prefix}.{tail}" in present]
+        head = f"{prefix}.{PACKED}"
+        shape = weights.read(f"{prefix}.{SHAPE}") if f"{prefix}.{SHAPE}" in present else None
+        scale = weights.spec(f"{prefix}.{SCALE}")
+        out, cols = (int(v) for v in shape.reshape(-1)[:2]) if shape is not None else \
+            (scale.shape[0], weights.spec(head).shape[1] * 32 // scheme.bits)
+        dtype = scale_dtype_for(scale.dtype)
+        plan.update({n: [] for n in parts})
+        plan[head] = [TensorSpec(f"{prefix}.weight", dtype, (cols, out) if conv1d else (out, cols))]
+        owner[head] = prefix
+
+    def produce(name: str) -> dict[str, np.ndarray]:
+        prefix = owner.get(name)
+        if prefix is None:
+            return {}
+        stored = {f"{prefix}.{tail}": weights.read(f"{prefix}.{tail}") for tail in SUFFIXES
+                  if f"{prefix}.{tail}" in present}
+        q = read_quantized_linear(stored, prefix, scheme.bits)
+        w = q.dequantize(scale_dtype_for(q.scale.dtype))
+        return {f"{prefix}.weight": np.ascontiguousarray(w.T) if conv1d else w}
+
+    weights.rewrite(plan, produce)
+    return scheme
 
 
 def _put(tensors: Any, name: str, value: np.ndarray, file: str) -> None:

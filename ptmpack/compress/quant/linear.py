@@ -14,7 +14,6 @@ safetensors library through a temporary file and a rename), ``config.json`` gain
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ptmpack.compress.quant.pack_quantized import (
     write_quantized_linear,
 )
 from ptmpack.compress.tree.documents import read_json, write_json
-from ptmpack.compress.tree.weights import WeightFiles
+from ptmpack.compress.tree.weights import WeightFiles, write_safetensors
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 
@@ -126,28 +125,23 @@ def group_of(target: Target, group: int) -> int:
 
 
 class ModelTensors:
-    """The top-level safetensors files of a tree's ``Model/``, loaded for editing."""
+    """Every tensor of a tree's ``Model/`` in memory, by file, for the methods that edit the whole model at once
+    (AffineQuant, dequantizing with transforms to fold); the others stream through :class:`WeightFiles`."""
 
     def __init__(self, model_dir: Path) -> None:
-        from safetensors import safe_open
+        """Read every tensor of ``model_dir``'s weight files (:class:`WeightFiles`, bfloat16 included).
 
+        Raises:
+            InvalidTreeError: no safetensors file, or an invalid one.
+        """
         self.model_dir = Path(model_dir)
-        self.files: dict[str, dict[str, np.ndarray]] = {}
+        weights = WeightFiles(self.model_dir)
+        self.metadata: dict[str, dict[str, str]] = dict(weights.metadata)
+        self.files: dict[str, dict[str, np.ndarray]] = {file: {} for file in weights.files}
         self.where: dict[str, str] = {}
-        self.metadata: dict[str, dict[str, str] | None] = {}
-        paths = sorted(p for p in self.model_dir.glob("*.safetensors") if p.is_file())
-        if not paths:
-            raise UnsupportedError(f"{self.model_dir}: no *.safetensors weights to quantize")
-        for p in paths:
-            try:
-                with safe_open(str(p), framework="numpy") as f:
-                    self.metadata[p.name] = f.metadata()
-                    self.files[p.name] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-            except (OSError, ValueError, TypeError) as exc:
-                raise UnsupportedError(f"{p}: cannot load the weights with numpy ({exc})",
-                                       hint="bfloat16 checkpoints are not quantized by ptmpack yet") from None
-            for k in self.files[p.name]:
-                self.where[k] = p.name
+        for name in weights.names():
+            self.where[name] = weights.file_of(name)
+            self.files[self.where[name]][name] = weights.read(name)
         self.changed: set[str] = set()
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -168,15 +162,8 @@ class ModelTensors:
 
     def save(self) -> None:
         """Write every changed file through a temporary file and a rename."""
-        from safetensors.numpy import save_file
-
         for name in sorted(self.changed):
-            path = self.model_dir / name
-            tmp = path.with_name(f".{name}.tmp")
-            meta = dict(self.metadata.get(name) or {})
-            meta.setdefault("format", "pt")
-            save_file({k: np.ascontiguousarray(v) for k, v in self.files[name].items()}, str(tmp), metadata=meta)
-            os.replace(tmp, path)
+            write_safetensors(self.model_dir / name, self.files[name], self.metadata.get(name))
         self.changed.clear()
 
 

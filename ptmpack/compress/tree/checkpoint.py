@@ -9,8 +9,6 @@ library (temp file, then rename), and rebuild the graph with :mod:`ptmpack.ir.co
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ptmpack.compress.tree import documents
-from ptmpack.errors import InvalidTreeError, UnsupportedError
+from ptmpack.errors import InvalidTreeError
 
 MODEL = "Model"
 CONFIG = "Model/config.json"
@@ -43,33 +41,19 @@ class Checkpoint:
 
     @classmethod
     def load(cls, tree: Path) -> Checkpoint:
-        """Read every top-level ``Model/*.safetensors`` of ``tree``.
+        """Read every top-level ``Model/*.safetensors`` of ``tree`` (in their stored dtypes, bfloat16 included).
 
         Raises:
-            InvalidTreeError: no safetensors file, an unreadable one, or a tensor name in two files.
-            UnsupportedError: a dtype numpy cannot hold (bfloat16).
+            InvalidTreeError: no safetensors file, an invalid one, or a tensor name in two files.
         """
-        from safetensors import safe_open
+        from ptmpack.compress.tree.weights import WeightFiles
 
         tree = Path(tree)
-        files = sorted(p for p in (tree / MODEL).glob("*.safetensors") if p.is_file())
-        if not files:
-            raise InvalidTreeError(f"{tree / MODEL}: no *.safetensors weights to transform")
-        ck = cls(tree, {}, {}, {})
-        for path in files:
-            try:
-                with safe_open(str(path), framework="numpy") as f:
-                    ck.metadata[path.name] = f.metadata()
-                    for name in f.keys():  # noqa: SIM118 - safe_open is not iterable
-                        if name in ck.tensors:
-                            raise InvalidTreeError(f"{path}: tensor {name!r} is also in {ck.file_of[name]}")
-                        arr = f.get_tensor(name)
-                        ck.tensors[name], ck.file_of[name], ck.dtype_of[name] = arr, path.name, arr.dtype
-            except (OSError, ValueError, TypeError) as exc:
-                if "bfloat16" in str(exc).lower() or "bf16" in str(exc).lower():
-                    raise UnsupportedError(f"{path}: bfloat16 weights cannot be transformed with numpy",
-                                           hint="convert the checkpoint to float16 or float32 first") from None
-                raise InvalidTreeError(f"{path}: unreadable safetensors file ({exc})") from None
+        weights = WeightFiles(tree / MODEL)
+        ck = cls(tree, {}, {}, {}, dict(weights.metadata))
+        for name in weights.names():
+            arr = weights.read(name)
+            ck.tensors[name], ck.file_of[name], ck.dtype_of[name] = arr, weights.file_of(name), arr.dtype
         return ck
 
     def f64(self, name: str) -> np.ndarray:
@@ -103,19 +87,11 @@ class Checkpoint:
         Raises:
             InvalidTreeError: a file cannot be written.
         """
-        from safetensors.numpy import save_file
+        from ptmpack.compress.tree.weights import write_safetensors
 
         for fname, meta in self.metadata.items():
-            chosen = {n: np.ascontiguousarray(t) for n, t in self.tensors.items() if self.file_of[n] == fname}
-            target = self.tree / MODEL / fname
-            fd, tmp = tempfile.mkstemp(prefix=".st-", dir=target.parent)
-            os.close(fd)
-            try:
-                save_file(chosen, tmp, metadata=meta or {"format": "pt"})
-                os.replace(tmp, target)
-            except OSError as exc:
-                Path(tmp).unlink(missing_ok=True)
-                raise InvalidTreeError(f"{target}: cannot write ({exc})") from None
+            write_safetensors(self.tree / MODEL / fname,
+                              {n: t for n, t in self.tensors.items() if self.file_of[n] == fname}, meta)
 
 
 def read_json(tree: Path, rel: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ own, in the dtype it is stored in (bfloat16 through ml_dtypes). Nothing is memor
 pages of a mapped file count in the process's resident set, read copies are freed with the
 array.
 
-:meth:`WeightFiles.rewrite` replaces some tensors by others shard by shard: each new shard's
+:meth:`WeightFiles.rewrite` replaces some tensors by others shard by shard (reads during a
+rewrite see the files as they were when it began, also those already replaced): each new shard's
 header is computed first from the planned layout (so the data can follow in one pass), the
 tensors that stay are copied file to file by the kernel (``copy_file_range``, never through
 this process's memory), each replaced one is produced by the caller just before it is
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ from ptmpack.tensors.stwriter import encode_header
 INDEX_SUFFIX = ".safetensors.index.json"
 """A sharded checkpoint's weight map (``model.safetensors.index.json``): rewritten with the shards."""
 COPY_BLOCK = 64 * 1024 * 1024
+WORKERS = 2
+"""Replacements produced at once, ahead of the one being written."""
 """Bytes per ``copy_file_range`` call (and per read/write of the fallback copy)."""
 
 _ST_NAME = {numpy_dtype(name): name for name in DTYPE_SIZES}
@@ -82,6 +86,8 @@ class WeightFiles:
             InvalidTreeError: no safetensors file, an invalid header, or a tensor name in two files.
         """
         self.model_dir = Path(model_dir)
+        self._held: dict[str, int] = {}
+        """Open descriptors of the files as they were when a rewrite began (reads see them, not the new ones)."""
         self._index()
 
     def _index(self) -> None:
@@ -136,12 +142,22 @@ class WeightFiles:
         """
         file, info = self._info(name)
         dtype = numpy_dtype(info.dtype)
-        count = info.nbytes // dtype.itemsize
-        with open(self.model_dir / file, "rb") as f:
-            array = np.fromfile(f, dtype=dtype, count=count, offset=info.begin)
-        if array.size != count:
-            raise InvalidTreeError(f"{self.model_dir / file}: tensor {name!r} is cut short")
-        return array.reshape(info.shape)
+        buffer = bytearray(info.nbytes)
+        fd = self._held.get(file)
+        own = fd is None
+        if own:
+            fd = os.open(self.model_dir / file, os.O_RDONLY)
+        try:
+            done = 0
+            while done < info.nbytes:
+                n = os.preadv(fd, [memoryview(buffer)[done:]], info.begin + done)
+                if n <= 0:
+                    raise InvalidTreeError(f"{self.model_dir / file}: tensor {name!r} is cut short")
+                done += n
+        finally:
+            if own:
+                os.close(fd)
+        return np.frombuffer(buffer, dtype=dtype).reshape(info.shape)
 
     __getitem__ = read
 
@@ -174,14 +190,20 @@ class WeightFiles:
         if missing:
             raise InvalidTreeError(f"{self.model_dir}: checkpoint has no tensor {missing[0]!r}")
         order = [t.name for infos in self.files.values() for t in infos if t.name in replace]
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptmpack-produce") as pool:
-            ahead = _Ahead(pool, produce, order, self.prefetch)
-            try:
-                for file, infos in self.files.items():
-                    if any(t.name in replace for t in infos):
-                        self._rewrite_file(file, infos, replace, ahead, progress)
-            finally:
-                ahead.cancel()
+        self._held = {file: os.open(self.model_dir / file, os.O_RDONLY) for file in self.files}
+        try:
+            with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ptmpack-produce") as pool:
+                ahead = _Ahead(pool, produce, order, self.prefetch)
+                try:
+                    for file, infos in self.files.items():
+                        if any(t.name in replace for t in infos):
+                            self._rewrite_file(file, infos, replace, ahead, progress)
+                finally:
+                    ahead.cancel()
+        finally:
+            for fd in self._held.values():
+                os.close(fd)
+            self._held = {}
         self._reindex(replace)
 
     def _rewrite_file(self, file: str, infos: tuple[TensorInfo, ...], replace: Mapping[str, Sequence[TensorSpec]],
@@ -241,40 +263,45 @@ class WeightFiles:
 
 
 class _Ahead:
-    """The replacements in file order, each produced on a worker thread while the previous one is written.
+    """The replacements in file order, produced on :data:`WORKERS` threads ahead of the one being written.
 
-    numpy releases the interpreter lock in its loops, so quantizing layer ``i + 1`` overlaps
-    writing layer ``i`` and copying the tensors that stay; memory holds two replacements at most.
+    numpy releases the interpreter lock in its loops, so quantizing the next layers overlaps
+    writing this one and copying the tensors that stay (and uses both cores of a small machine);
+    memory holds ``WORKERS + 1`` replacements at most. ``produce`` must be safe to call from
+    several threads at once for different names.
     """
 
     def __init__(self, pool: ThreadPoolExecutor, produce: Produce, order: list[str],
                  prefetch: Callable[[str], None]) -> None:
         self.pool, self.produce, self.order, self.prefetch = pool, produce, order, prefetch
         self.done = 0
-        self._future: Future[Mapping[str, np.ndarray]] | None = None
-        self._submit(0)
+        self._futures: deque[Future[Mapping[str, np.ndarray]]] = deque()
+        self._submitted = 0
+        self._fill()
 
-    def _submit(self, i: int) -> None:
-        self._future = self.pool.submit(self.produce, self.order[i]) if i < len(self.order) else None
-        if i + 1 < len(self.order):
-            self.prefetch(self.order[i + 1])  # read from disk while layer i is being quantized
+    def _fill(self) -> None:
+        while len(self._futures) < WORKERS and self._submitted < len(self.order):
+            self._futures.append(self.pool.submit(self.produce, self.order[self._submitted]))
+            self._submitted += 1
+            if self._submitted < len(self.order):
+                self.prefetch(self.order[self._submitted])  # read from disk while the others are produced
 
     def next(self, name: str) -> Mapping[str, np.ndarray]:
-        """The replacement of ``name`` (the next in order); starts producing the one after it."""
-        if self._future is None or self.order[self.done] != name:
+        """The replacement of ``name`` (the next in order); starts producing the ones after it."""
+        if not self._futures or self.order[self.done] != name:
             raise PtmError(f"replacement of {name!r} asked out of order")
-        result = self._future.result()
+        result = self._futures.popleft().result()
         self.done += 1
-        self._submit(self.done)
+        self._fill()
         return result
 
     def cancel(self) -> None:
-        """Drop the replacement being produced (after a failure); waits for it to stop."""
-        if self._future is not None:
-            self._future.cancel()
+        """Drop the replacements being produced (after a failure); waits for them to stop."""
+        while self._futures:
+            future = self._futures.popleft()
+            future.cancel()
             with contextlib.suppress(Exception):
-                self._future.result()
-            self._future = None
+                future.result()
 
 
 def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
@@ -297,3 +324,26 @@ def _write_all(fd: int, array: np.ndarray) -> None:
         n = os.write(fd, view)
         view = view[n:]
 
+
+def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``tensors`` (any dtype safetensors holds, bfloat16 included) as the safetensors file ``path``,
+    through a temporary file in the same folder renamed over it.
+
+    Raises:
+        InvalidTreeError: the file cannot be written.
+    """
+    path = Path(path)
+    arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
+    header = encode_header(((n, safetensors_dtype(a.dtype), tuple(a.shape)) for n, a in arrays.items()),
+                           dict(metadata or {"format": "pt"}))
+    fd, tmp = tempfile.mkstemp(prefix=".st-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            _write_all(out.fileno(), np.frombuffer(header, np.uint8))
+            for a in arrays.values():
+                _write_all(out.fileno(), a)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InvalidTreeError(f"{path}: cannot write ({exc})") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
