@@ -80,7 +80,9 @@ def unpack_cmd(package: Path, output: Path, passphrase_file: Path | None, key_fi
     if as_json:
         emit(report.to_json(), input=file_ref(package), output=file_ref(output), drop=("target", "bytes"))
         return
-    Printer().status("unpacked", f"{report.files} files, {human_size(report.bytes)} into {report.target}")
+    # --dequantize writes float weights larger than the packed entries the report counts: say what was written
+    written = api.tree_bytes(output) if dequantize else report.bytes
+    Printer().status("unpacked", f"{report.files} files, {human_size(written or 0)} into {report.target}")
 
 
 @click.command("verify")

@@ -76,6 +76,21 @@ def test_inspect_of_a_quantized_package_names_the_scheme(tmp_path: Path) -> None
     assert doc["quantization"]["method"] == "rtn" and doc["quantization"]["symmetric"] is True
 
 
+def test_unpack_dequantize_reports_the_bytes_it_wrote(tmp_path: Path) -> None:
+    pytest.importorskip("tokenizers")
+    from ptmpack.cli.output import human_size
+    from tests._support.tiny_models import tiny_tree
+    from tests._support.trees import tree_files
+
+    out = tmp_path / "q.ptm"
+    assert cli("compress", tiny_tree(tmp_path, "llama"), "-o", out, "--quant", "rtn", "--group-size", "32").code == 0
+    run = cli("unpack", out, "-o", tmp_path / "float", "--dequantize")
+    assert run.code == 0, run.err
+    files = tree_files(tmp_path / "float")
+    written = sum(len(data) for data in files.values())
+    assert run.out.startswith("unpacked ") and f"{len(files)} files, {human_size(written)} into" in run.out, run.out
+
+
 def test_encrypted_package_without_a_key(bert_tree: Path, tmp_path: Path) -> None:
     """inspect shows the clear header, flags and key-slot kinds; verify says how to go on (a key, or --pubkey)."""
     assert cli("keygen", "--type", "symmetric", "-o", tmp_path / "k").code == 0
