@@ -60,7 +60,9 @@ def _checking(name: str) -> Iterator[None]:
 def _verify(path: Path, opener: Opener | None, pubkey: Ed25519PublicKey | None, progress: Progress,
             hashed: frozenset[int]) -> VerifyReport:
     if opener is None and path.is_file():
-        with _checking("signature"), PackageReader(path, sealed_ok=True) as sealed:
+        with _checking("manifest"):  # a missing trailer or magic is the layout's failure, not the signature's
+            sealed = PackageReader(path, sealed_ok=True)
+        with sealed, _checking("signature"):
             if sealed.sealed and pubkey is not None:
                 return _verify_sealed(sealed, pubkey)
             if sealed.sealed:

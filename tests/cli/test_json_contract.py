@@ -233,4 +233,7 @@ def test_readme_ci_recipe_reads_a_tampered_package(work: dict[str, Path], tmp_pa
     assert tampered.returncode != 0
     assert "parse error" not in tampered.stderr
     assert tampered.stdout.startswith("integrity ("), tampered.stdout
+    cut = tmp_path / "cut.ptm"
+    cut.write_bytes(signed.read_bytes()[: signed.stat().st_size // 2])
+    assert step(cut).stdout.startswith("integrity (manifest): no ptmpack trailer")  # the layout failed, not the signature
     assert json.loads((tmp_path / "verify.json").read_text())["ok"] is False
