@@ -41,8 +41,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 """Every subcommand: the module under ptmpack.cli that defines it, and its one-line help."""
 
 
+class _Interrupted(BaseException):
+    """Ctrl-C, carried past click's own handler (which writes a blank line to stderr before its Abort) to
+    :func:`main`, which reports it in one line. Raised only after the interrupt has unwound every command."""
+
+
 class LazyGroup(click.Group):
     """A group that imports a subcommand's module only when that subcommand runs."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -107,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         fields = {"check": exc.check} if getattr(exc, "check", None) else {}
         _fail(exc.message, exc.exit_code, exc.hint, **fields)
+    except _Interrupted:
+        _fail("interrupted", 130)
     except click.exceptions.Abort:
         _fail("aborted", 130)
     except click.exceptions.Exit as exc:  # --help, --version

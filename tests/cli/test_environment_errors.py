@@ -69,3 +69,29 @@ def test_pack_of_a_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
     run = cli("pack", tmp_path / "nowhere", "-o", tmp_path / "m.ptm")
     assert_clean_error(run, 2)
     assert "does not exist" in run.err
+
+
+def test_ctrl_c_is_one_line_and_one_document() -> None:
+    """Ctrl-C while a command waits (login reading its password from stdin): exit 130, the one line
+    ``ptmpack: error: interrupted`` on stderr (no blank line from click before it), and the --json document."""
+    import json
+    import signal
+    import sys
+    import time
+
+    from tests._support.trees import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "ptmpack.cli", "login", "127.0.0.1:9", "-u", "me", "--plain-http",
+                             "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=REPO)
+    try:
+        time.sleep(3)  # imported and blocked on stdin
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.decode() == "ptmpack: error: interrupted\n"
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["error"]["kind"] == "interrupted" and doc["error"]["exit_code"] == 130
