@@ -123,6 +123,8 @@ def push(package: Path | str, reference: Reference | str, options: PushOptions =
     progress = progress or NoProgress()
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     path = Path(package)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist", hint="push takes a .ptm file made by ptmpack pack")
     if not path.is_file() or not is_package_file(path):
         raise UsageError(f"{path} is not a .ptm package", hint="pack a tree first: ptmpack pack DIR -o OUT.ptm")
     with PackageReader(path, sealed_ok=True) as reader:

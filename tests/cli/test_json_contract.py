@@ -132,7 +132,8 @@ def test_distribution_commands(work: dict[str, Path]) -> None:
     ref = f"oci:{root / 'layout'}:v1"
     doc = check("push", cli("push", pkg, ref, "--json"), True)
     assert doc["input"]["sha256"]
-    check("push", cli("push", root / "missing.ptm", ref, "--json"), False)
+    doc = check("push", cli("push", root / "missing.ptm", ref, "--json"), False)
+    assert doc["error"]["message"].endswith("missing.ptm does not exist")  # not "is not a .ptm package"
     doc = check("pull", cli("pull", ref, "-o", root / "pulled.ptm", "--json"), True)
     assert doc["output"]["sha256"] == check("verify", cli("verify", root / "pulled.ptm", "--json"), True)["input"]["sha256"]
     check("pull", cli("pull", f"oci:{root / 'layout'}:nope", "-o", root / "p2.ptm", "--json"), False)
