@@ -26,11 +26,15 @@ from ptmpack.errors import UsageError
 @client_options
 @json_option
 def login_cmd(host: str, username: str, plain_http: bool, ca_file: Path | None, workers: int, as_json: bool) -> None:
-    """Check USERNAME and the password read from stdin against HOST, then store them (Docker config format).
+    """Check USERNAME and the password read from stdin (asked for, unechoed, on a terminal) against HOST, then
+    store them (Docker config format).
 
     Example: echo "$TOKEN" | ptmpack login ghcr.io -u me
     """
-    password = sys.stdin.readline().rstrip("\r\n")
+    if sys.stdin.isatty():  # a person at a terminal: ask, without echoing the password (prompt on stderr)
+        password = click.prompt("Password", hide_input=True, default="", show_default=False, err=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise UsageError("login reads the password from standard input, and it was empty",
                          hint=f"echo \"$PASSWORD\" | ptmpack login {host} -u {username}")

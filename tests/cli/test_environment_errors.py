@@ -95,3 +95,40 @@ def test_ctrl_c_is_one_line_and_one_document() -> None:
     assert err.decode() == "ptmpack: error: interrupted\n"
     doc = json.loads(out)
     assert doc["ok"] is False and doc["error"]["kind"] == "interrupted" and doc["error"]["exit_code"] == 130
+
+
+def test_login_at_a_terminal_asks_without_echo() -> None:
+    """On a terminal, login prompts for the password on stderr and does not echo it (piped stdin is read as is)."""
+    import pty
+    import select
+    import sys
+    import time
+
+    from tests._support.trees import REPO
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ptmpack.cli", "login", "127.0.0.1:9", "-u", "me", "--plain-http"],
+                            stdin=slave, stdout=subprocess.PIPE, stderr=slave, cwd=REPO)
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"Password" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 4096)
+        os.write(master, b"hunter2\n")
+        proc.communicate(timeout=60)
+        while select.select([master], [], [], 1)[0]:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the other side closed
+                break
+            if not data:
+                break
+            seen += data
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == 9  # nothing listens on port 9: the password was read, then the registry failed
+    assert b"Password: " in seen and b"hunter2" not in seen, seen
