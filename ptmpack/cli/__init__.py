@@ -41,6 +41,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 """Every subcommand: the module under ptmpack.cli that defines it, and its one-line help."""
 
 
+_NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(
+    t for t in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if t is not None)
+"""click >= 8.2 raises this for a group given no subcommand; its message is the whole help text."""
+
+
 class _Interrupted(BaseException):
     """Ctrl-C, carried past click's own handler (which writes a blank line to stderr before its Abort) to
     :func:`main`, which reports it in one line. Raised only after the interrupt has unwound every command."""
@@ -125,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:  # --help, --version
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
+        if isinstance(exc, _NO_ARGS_IS_HELP):  # `ptmpack` or `ptmpack cache` alone: the help, as click shows it
+            exc.show()
+            sys.exit(2)
         # One line like every other failure (click's own show() prints four), naming the help to read.
         ctx = getattr(exc, "ctx", None)
         _fail(exc.format_message(), 2, f"see '{ctx.command_path} --help'" if ctx is not None else "see --help")

@@ -466,3 +466,12 @@ def test_usage_errors_are_one_line_naming_the_help(argv: tuple[str, ...]) -> Non
     assert_clean_error(run, 2)
     assert run.out == "" and len(run.err.splitlines()) == 1, run.err
     assert run.err.startswith("ptmpack: error: ") and "--help'" in run.err
+
+
+@pytest.mark.parametrize("argv", [(), ("cache",), ("graph",)])
+def test_a_group_alone_shows_its_help(argv: tuple[str, ...]) -> None:
+    """``ptmpack`` (or a command group) without a subcommand shows the whole help, not an error line quoting it."""
+    run = cli(*argv)
+    shown = run.out + run.err
+    assert run.code in (0, 2) and shown.startswith("Usage: ptmpack") and "Commands:" in shown, shown
+    assert "ptmpack: error:" not in shown
