@@ -141,6 +141,19 @@ def test_distribution_commands(work: dict[str, Path]) -> None:
     check("ls", cli("ls", f"oci:{root / 'absent'}", "--json"), False)
 
 
+def test_cache_and_account_commands(work: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """cache ls|prune, login and logout, without a registry: success and failure documents."""
+    root = work["root"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "cache-docs"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(root / "docker"))
+    assert check("cache", cli("cache", "ls", "--json"), True)["blobs"] == 0
+    check("cache", cli("cache", "prune", "--max-size", "1K", "--all", "--json"), False)
+    check("cache", cli("cache", "prune", "--max-size", "lots", "--json"), False)
+    assert check("cache", cli("cache", "prune", "--all", "--json"), True)["blobs_removed"] == 0
+    check("logout", cli("logout", "registry.example.com", "--json"), True)
+    check("login", cli("login", "127.0.0.1:9", "-u", "me", "--plain-http", "--json"), False)  # no password on stdin
+
+
 def test_signed_distribution_fields(work: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """push names the signature referrer it attached, ls lists the package's signers (as verify names the signer),
     pull --pubkey accepts the signer's key and refuses another's with a document; --base and --timeout are taken."""
