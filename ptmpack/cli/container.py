@@ -9,7 +9,7 @@ import click
 
 from ptmpack import api
 from ptmpack.cli._common import json_option, opener, opener_options, pack_config, protection_options
-from ptmpack.cli.output import Printer, emit, file_ref, file_ref_soon, human_size
+from ptmpack.cli.output import Printer, count, emit, file_ref, file_ref_soon, human_size
 from ptmpack.cli.progress import byte_progress, progress_option
 
 
@@ -32,7 +32,7 @@ def init_cmd(directory: Path, from_hf: Path | None, from_gguf: Path | None, gguf
     if as_json:
         emit({"files": written}, output=file_ref(directory))
         return
-    Printer().status("initialised", f"{directory} ({len(written)} files)")
+    Printer().status("initialised", f"{directory} ({count(len(written), 'file')})")
 
 
 @click.command("pack")
@@ -54,7 +54,7 @@ def pack_cmd(directory: Path, output: Path, compress: str, chunk_size: str, forc
     if as_json:
         emit(doc, input=file_ref(directory), output=file_ref(output), drop=("file_bytes",))
         return
-    Printer().status("packed", f"{output}: {doc['entries']} files, {human_size(doc['raw_bytes'])} -> "
+    Printer().status("packed", f"{output}: {count(doc['entries'], 'file')}, {human_size(doc['raw_bytes'])} -> "
                                f"{human_size(report.file_bytes)} ({report.file_bytes} bytes)")
 
 
@@ -82,7 +82,7 @@ def unpack_cmd(package: Path, output: Path, passphrase_file: Path | None, key_fi
         return
     # --dequantize writes float weights larger than the packed entries the report counts: say what was written
     written = api.tree_bytes(output) if dequantize else report.bytes
-    Printer().status("unpacked", f"{report.files} files, {human_size(written or 0)} into {report.target}")
+    Printer().status("unpacked", f"{count(report.files, 'file')}, {human_size(written or 0)} into {report.target}")
 
 
 @click.command("verify")
@@ -108,7 +108,7 @@ def verify_cmd(package: Path, passphrase_file: Path | None, key_file: Path | Non
         emit(report.to_json(), input=input_ref(), drop=("path",))
         return
     out = Printer()
-    out.status("OK", f"{report.path}: {report.entries} files, {human_size(report.bytes)}")
+    out.status("OK", f"{report.path}: {count(report.entries, 'file')}, {human_size(report.bytes)}")
     out.line(f"checked: {', '.join(report.checks)}")
     if report.signature == "unchecked":
         out.status("signed", f"by {report.signer}, signature not checked (pass --pubkey to check it)", "yellow")

@@ -27,7 +27,7 @@ from ptmpack.api.distribution import (
     push,
 )
 from ptmpack.cli._common import json_option, opener, opener_options, parse_size
-from ptmpack.cli.output import Printer, clean, emit, file_ref, file_ref_soon, human_size, warn
+from ptmpack.cli.output import Printer, clean, count, emit, file_ref, file_ref_soon, human_size, warn
 from ptmpack.cli.progress import TransferProgress, progress_option
 
 
@@ -97,7 +97,7 @@ def push_cmd(package: Path, reference: str, plain_http: bool, ca_file: Path | No
         emit(report.to_json(), input=input_ref(), drop=("package_bytes",))
         return
     Printer().status("pushed", f"{report.reference} {report.digest}: uploaded {human_size(report.bytes_uploaded)} "
-                               f"of {human_size(report.package_bytes)} ({report.blobs_uploaded} blobs uploaded, "
+                               f"of {human_size(report.package_bytes)} ({count(report.blobs_uploaded, 'blob')} uploaded, "
                                f"{report.blobs_reused} already there, {report.blobs_mounted} mounted) "
                                f"in {report.seconds:.2f} s")
 
@@ -140,7 +140,7 @@ def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | Non
     how = {"full": "pulled", "delta": "updated (residual)", "up-to-date": "up to date"}[report.method]
     Printer().status(how, f"{report.output} from {report.reference}: downloaded "
                           f"{human_size(report.bytes_downloaded)} for a {human_size(report.package_bytes)} package "
-                          f"({report.blobs_downloaded} blobs fetched, {report.blobs_cached} from the cache) "
+                          f"({count(report.blobs_downloaded, 'blob')} fetched, {report.blobs_cached} from the cache) "
                           f"in {report.seconds:.2f} s" + (f"; {report.note}" if report.note else ""))
 
 

@@ -8,7 +8,7 @@ import click
 
 from ptmpack import api
 from ptmpack.cli._common import json_option, opener, opener_options
-from ptmpack.cli.output import Printer, emit, file_ref
+from ptmpack.cli.output import Printer, count, emit, file_ref
 
 
 @click.group("graph")
@@ -28,8 +28,8 @@ def graph_check_cmd(source: Path, passphrase_file: Path | None, key_file: Path |
         emit(report.to_json(), input=file_ref(source), drop=("source",))
         return
     out = Printer()
-    out.status("OK", f"{report.model.name}: {report.graphs} graphs, {report.operators} operators, "
-                     f"{report.variables} variables, {report.tensors_checked} parameters matched to tensors")
+    out.status("OK", f"{report.model.name}: {count(report.graphs, 'graph')}, {count(report.operators, 'operator')}, "
+                     f"{count(report.variables, 'variable')}, {count(report.tensors_checked, 'parameter')} matched to tensors")
     for w in report.warnings:
         out.status("warning", w, "yellow")
 
@@ -74,7 +74,7 @@ def run_cmd(package: Path, text: str | None, tokens: str | None, top_k: int, com
         emit(doc, input=file_ref(package), drop=("seconds",))
         return
     out = Printer()
-    out.line(f"{len(doc['tokens'])} tokens in {doc['seconds']} s")
+    out.line(f"{count(len(doc['tokens']), 'token')} in {doc['seconds']} s")
     if doc["kind"] == "logits":
         out.table("next token", ("id", "token", "logit", "prob"),
                   [(row["id"], repr(row["token"]), f"{row['logit']:.4f}", f"{row['prob']:.4f}") for row in doc["top"]])

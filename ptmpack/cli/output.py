@@ -241,6 +241,11 @@ class Printer:
             click.echo("\t".join(row))
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 (``1 file``, ``2 files``): every noun counted here takes -s."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def human_size(n: float) -> str:
     """Bytes in binary (IEC) units, the one unit system of every human message: ``B``, ``KiB``, ``MiB``, ``GiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

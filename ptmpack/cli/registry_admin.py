@@ -16,7 +16,7 @@ import click
 from ptmpack.api.distribution import cache_list, cache_prune, login, logout
 from ptmpack.cli._common import json_option, parse_size
 from ptmpack.cli.distribution import _client, cache_limit, client_options
-from ptmpack.cli.output import Printer, emit, human_size
+from ptmpack.cli.output import Printer, count, emit, human_size
 from ptmpack.errors import UsageError
 
 
@@ -95,7 +95,7 @@ def cache_prune_cmd(max_size: str | None, everything: bool, as_json: bool) -> No
     if as_json:
         emit(report.to_json())
         return
-    Printer().status("pruned", f"{report.root}: removed {report.blobs_removed} blobs ({human_size(report.bytes_freed)}) "
+    Printer().status("pruned", f"{report.root}: removed {count(report.blobs_removed, 'blob')} ({human_size(report.bytes_freed)}) "
                                f"and {report.partials_removed} partial downloads; "
                                f"{human_size(report.bytes_kept)} kept (limit {human_size(report.limit)})")
 

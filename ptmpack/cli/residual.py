@@ -8,7 +8,7 @@ import click
 
 from ptmpack import api
 from ptmpack.cli._common import json_option, opener, opener_options
-from ptmpack.cli.output import Printer, emit, file_ref, human_size
+from ptmpack.cli.output import Printer, count, emit, file_ref, human_size
 from ptmpack.cli.progress import byte_progress, progress_option
 from ptmpack.errors import UsageError
 
@@ -92,7 +92,7 @@ def apply_cmd(base: Path, delta: Path, output: Path, passphrase_file: Path | Non
              drop=("package_bytes",))
         return
     out = Printer()
-    out.status("rebuilt", f"{output}: {human_size(report.bytes)} in {sum(report.files.values())} files "
+    out.status("rebuilt", f"{output}: {human_size(report.bytes)} in {count(sum(report.files.values()), 'file')} "
                           f"({report.seconds:.1f} s)")
     out.line(f"tensors: {', '.join(f'{n} {m}' for m, n in doc['modes'].items() if n) or 'none'}; "
              + ("bit-exact to the target" if report.lossless else f"worst relative error {doc['max_rel_fro']:.3%}"))

@@ -475,3 +475,12 @@ def test_a_group_alone_shows_its_help(argv: tuple[str, ...]) -> None:
     shown = run.out + run.err
     assert run.code in (0, 2) and shown.startswith("Usage: ptmpack") and "Commands:" in shown, shown
     assert "ptmpack: error:" not in shown
+
+
+def test_counts_agree_with_their_nouns(tmp_path: Path) -> None:
+    from ptmpack.cli.output import count
+
+    assert (count(0, "blob"), count(1, "blob"), count(2, "file")) == ("0 blobs", "1 blob", "2 files")
+    assert cli("init", tmp_path / "t", "--from-hf", FIXTURES / "tiny-bert").code == 0
+    run = cli("graph", "check", tmp_path / "t")
+    assert run.code == 0 and ": 1 graph, " in run.out, run.out  # was "1 graphs"
