@@ -207,6 +207,7 @@ def throughput(reg: Registry, pkg: Path, repeat: int) -> dict[str, object]:
     push(pkg, base, PushOptions(client=PLAIN, auto_mount=False))  # what every pull and curl fetch reads
     urls = blob_urls(reg.host, base)
     rows = []
+    load_before = os.getloadavg()[0]
     for i in range(repeat):
         common.wait_idle(20)
         rows.append(_round(reg, pkg, base, urls, i))
@@ -219,7 +220,10 @@ def throughput(reg: Registry, pkg: Path, repeat: int) -> dict[str, object]:
             "pull_vs_curl": med("curl_s") / med("pull_s"),
             "pull_download_phase_vs_curl": med("curl_s") / med("pull_download_s"),
             "push_vs_curl": med("curl_s") / med("push_s"), "curl_upload_MBps": size / med("curl_upload_s") / common.MB,
-            "push_vs_curl_upload": med("curl_upload_s") / med("push_s")}
+            "push_vs_curl_upload": med("curl_upload_s") / med("push_s"),
+            "pull_vs_curl_rounds": [float(r["curl_s"]) / float(r["pull_s"]) for r in rows],  # type: ignore[arg-type]
+            "push_vs_curl_upload_rounds": [float(r["curl_upload_s"]) / float(r["push_s"]) for r in rows],  # type: ignore[arg-type]
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def moved(reg: Registry, repo: str, v1: Path, v2: Path, cache: Path) -> dict[str, object]:
@@ -528,6 +532,9 @@ def report(r: dict[str, object]) -> None:
         print(f"ratio pull/curl {tp['pull_vs_curl']:.2f}x, download phase/curl {tp['pull_download_phase_vs_curl']:.2f}x "
               f"(target >= 0.8x); push/curl -T {tp['push_vs_curl_upload']:.2f}x (curl -T {tp['curl_upload_MBps']:.0f} MB/s; "
               "target >= 0.8x)")
+        print(f"per round: pull/curl {', '.join(f'{x:.2f}' for x in tp['pull_vs_curl_rounds'])}; push/curl -T "
+              f"{', '.join(f'{x:.2f}' for x in tp['push_vs_curl_upload_rounds'])}; load average "
+              f"{tp['load_average'][0]} before, {tp['load_average'][1]} after (2 cores)")
     m = r.get("metadata_only")
     if isinstance(m, dict):
         print(f"metadata-only N+1: uploaded {m['uploaded']:,} B, downloaded {m['downloaded']:,} B "
@@ -542,7 +549,8 @@ def report(r: dict[str, object]) -> None:
         print(f"resume: {rs['package_bytes'] / 1e6:.0f} MB package, {rs['kills']} SIGKILLs at random points then a "
               f"final run: re-transferred {rs['retransferred']:,} B in all (registry sent {rs['proxied_bytes']:,} B for "
               f"{rs['blob_bytes']:,} B of blobs + {rs['per_run_overhead']:,} B of documents per run); per kill: "
-              f"{', '.join(f'{n:,}' for n in rs['lost_per_kill'])} B (max {max(rs['lost_per_kill'] or [0]):,}); "
+              f"{', '.join(f'{n:,}' for n in rs['lost_per_kill'])} B (max {max(rs['lost_per_kill'] or [0]):,}; bar: one "
+              f"4 MiB chunk, 4,194,304); "
               f"byte-identical: {rs['identical']}")
     for u in r.get("updates") or []:  # type: ignore[union-attr]
         print(f"{u['update']}: pushed {u['uploaded']:,} B, pulled {u['downloaded']:,} B = "
