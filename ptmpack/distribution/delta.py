@@ -45,7 +45,7 @@ from ptmpack.distribution.referrers import require_signer
 from ptmpack.distribution.stores import open_store, residual_tag
 from ptmpack.distribution.storetypes import Store, TransferProgress
 from ptmpack.errors import UsageError
-from ptmpack.format.atomic import temp_dir_beside
+from ptmpack.format.atomic import create_temp_dir, temp_name_beside
 from ptmpack.format.reader import PackageReader, is_package_file
 
 
@@ -64,8 +64,9 @@ def pull_delta(ref: Reference, out: Path, options: PullOptions, progress: Transf
         base_digest = reader.trailer.manifest_sha256.hex()
     cache = BlobCache(options.cache_dir)
     store = open_store(ref, options.client, create=False)
-    work = temp_dir_beside(out)
+    work = temp_name_beside(out)
     try:
+        create_temp_dir(work, out)
         target = resolve(store, ref, cache)
         if options.pubkey is not None:
             require_signer(store, target.digest, options.pubkey)

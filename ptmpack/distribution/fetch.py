@@ -34,7 +34,7 @@ from ptmpack.distribution.reference import Reference
 from ptmpack.distribution.storetypes import ClientOptions, LocalBlobs, Store, TransferProgress
 from ptmpack.errors import IntegrityError, PtmError, UsageError, raise_environment_fault
 from ptmpack.format import spec
-from ptmpack.format.atomic import check_free_space, temp_file_beside
+from ptmpack.format.atomic import check_free_space, create_temp_file, temp_name_beside
 from ptmpack.format.paths import check_entry_path
 from ptmpack.format.reader import PackageReader, is_package_file
 
@@ -244,9 +244,9 @@ def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
     fresh = 0 if isinstance(store, LocalBlobs) else sum(n for d, n in fetched.recipe.blobs().items()
                                                         if not cache.has(d, n))
     check_free_space({out: fetched.recipe.size, cache.root: fresh})
-    fd, tmp = temp_file_beside(out, ".ptm")
+    tmp = temp_name_beside(out, ".ptm")
     try:
-        with os.fdopen(fd, "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache, options, progress, tally,
+        with os.fdopen(create_temp_file(tmp, out), "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache, options, progress, tally,
                                                            out, fetched.manifest) as blobs:
             assemble(fetched.recipe, blobs.path, f)  # type: ignore[arg-type]
             if f.tell() != fetched.recipe.size:

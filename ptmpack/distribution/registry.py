@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import socket
 import ssl
 import threading
@@ -524,16 +525,17 @@ class RegistryStore:
                     raise self._fail(Reply(r.status_code, r.headers, read_bounded(r, MAX_ERROR_BODY), r.url), what)
                 pos = have
                 pace = _Pace(self, what)
-                for block in r.iter_raw():  # the transport's own reads: no re-chunking copies
-                    if pos + len(block) > size:
-                        raise IntegrityError(f"{what}: {self.ref.location} sent more bytes than the manifest says")
-                    h.update(block)
-                    f.write(block)
-                    f.flush()
-                    pos += len(block)
-                    count[0] += len(block)
-                    progress(len(block))
-                    pace.tick(len(block))
+                with _HashBehind(h) as behind:
+                    for block in r.iter_raw():  # the transport's own reads: no re-chunking copies
+                        if pos + len(block) > size:
+                            raise IntegrityError(f"{what}: {self.ref.location} sent more bytes than the manifest says")
+                        behind.update(block)
+                        f.write(block)
+                        f.flush()
+                        pos += len(block)
+                        count[0] += len(block)
+                        progress(len(block))
+                        pace.tick(len(block))
         except NetworkError as exc:
             if isinstance(exc, (RegistryError, _Final)):
                 raise
@@ -597,6 +599,33 @@ class RegistryStore:
         if r.status_code not in (200, 201):
             raise self._fail(r, what)
         return sha256_digest(data)
+
+
+class _HashBehind:
+    """Feed a hash on a second thread, so hashing a blob overlaps reading it from the socket (sha256 releases
+    the GIL). The queue holds at most ``DEPTH`` blocks; leaving waits until every block is hashed, in order."""
+
+    DEPTH = 64
+
+    def __init__(self, h: Any) -> None:
+        self.h = h
+        self.blocks: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self.thread = threading.Thread(target=self._run, name="ptmpack-hash", daemon=True)
+
+    def _run(self) -> None:
+        while (block := self.blocks.get()) is not None:
+            self.h.update(block)
+
+    def update(self, block: bytes) -> None:
+        self.blocks.put(block)
+
+    def __enter__(self) -> _HashBehind:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.blocks.put(None)
+        self.thread.join()
 
 
 class _Pace:

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import functools
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -70,24 +71,35 @@ def check_free_space(needs: dict[Path, int]) -> None:
                                    hint="free some space, or point the cache (XDG_CACHE_HOME) or the output elsewhere")
 
 
-def temp_file_beside(target: Path, suffix: str = "") -> tuple[int, str]:
-    """A new private temporary file in ``target``'s folder (descriptor, path), for writing ``target`` by rename.
+def temp_name_beside(target: Path, suffix: str = "") -> Path:
+    """A fresh temporary name in ``target``'s folder; nothing is created.
+
+    Callers create it (:func:`create_temp_file`, :func:`create_temp_dir`) *inside* the
+    ``try`` that removes it: a Ctrl-C that lands just after the creation then still
+    finds the name to remove (``mkstemp`` returns it only after the file exists, so an
+    interrupt in between leaked it).
+    """
+    return target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}{suffix}"
+
+
+def create_temp_file(path: Path, target: Path) -> int:
+    """Create the private (0600) temporary file ``path`` for writing ``target``; its descriptor.
 
     Raises:
         EnvironmentFault: the folder refuses new files for any reason (full, read-only, forbidden, or a file
             system such as /proc that creates none); the message names ``target``, never the temporary name.
     """
     try:
-        return tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent, suffix=suffix)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     except OSError as exc:
         raise EnvironmentFault(f"{target}: cannot write it: {exc.strerror or exc}",
                                hint=f"the file system refuses new files in {target.parent}") from None
 
 
-def temp_dir_beside(target: Path) -> Path:
-    """A new private temporary folder in ``target``'s folder; like :func:`temp_file_beside`."""
+def create_temp_dir(path: Path, target: Path) -> None:
+    """Create the private (0700) temporary folder ``path`` for writing ``target``; like :func:`create_temp_file`."""
     try:
-        return Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
+        os.mkdir(path, 0o700)
     except OSError as exc:
         raise EnvironmentFault(f"{target}: cannot write it: {exc.strerror or exc}",
                                hint=f"the file system refuses new folders in {target.parent}") from None
@@ -97,9 +109,9 @@ def temp_dir_beside(target: Path) -> Path:
 def atomic_file(target: Path, *, force: bool) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``target`` only if the block completes."""
     check_target(target, force=force, want_dir=False)
-    fd, tmp = temp_file_beside(target)
+    tmp = temp_name_beside(target)
     try:
-        with os.fdopen(fd, "w+b") as f:
+        with os.fdopen(create_temp_file(tmp, target), "w+b") as f:
             yield f
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
@@ -118,8 +130,9 @@ def atomic_dir(target: Path, *, force: bool) -> Iterator[Path]:
     With ``force`` an existing target directory is moved aside, replaced, then removed.
     """
     check_target(target, force=force, want_dir=True)
-    tmp = temp_dir_beside(target)
+    tmp = temp_name_beside(target)
     try:
+        create_temp_dir(tmp, target)
         yield tmp
         os.chmod(tmp, 0o755)
         if target.exists():
