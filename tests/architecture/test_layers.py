@@ -219,14 +219,6 @@ def test_no_compress_import_points_up_or_sideways() -> None:
     assert not bad, "imports against the compress rooms:\n" + "\n".join(bad)
 
 
-CYCLES_TO_BREAK = {("ptmpack.distribution.delta", "ptmpack.distribution.pull"),
-                   ("ptmpack.distribution.stores", "ptmpack.distribution.registry")}
-"""Import edges closing the two cycles that predate this check, both outside ``compress/`` (whose rooms
-have none): ``delta`` reuses ``pull``'s fetch plumbing while ``pull`` calls ``pull_delta``, and ``stores``
-builds ``registry`` clients while ``registry`` imports ``stores`` (issue 16's room). Break each by moving the
-shared part into a module both import, then delete its entry; no new entry may be added."""
-
-
 def test_no_import_cycle_inside_a_room() -> None:
     """No two modules of one room (or of one compress room) import each other, even inside function bodies."""
     def room(module: str) -> str:
@@ -236,7 +228,7 @@ def test_no_import_cycle_inside_a_room() -> None:
     cycles = []
     for name in sorted({room(m) for m in graph}):
         members = {m for m in graph if room(m) == name}
-        sub = {m: {t for t, _ in graph[m] if t in members and (m, t) not in CYCLES_TO_BREAK} for m in members}
+        sub = {m: {t for t, _ in graph[m] if t in members} for m in members}
         try:
             list(TopologicalSorter(sub).static_order())
         except CycleError as exc:
