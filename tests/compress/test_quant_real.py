@@ -33,14 +33,17 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tree
 
 
-@pytest.mark.parametrize(("method", "bits", "group", "floor"), [("rtn", 8, 0, 0.999), ("gptq", 4, 128, 0.97)])
+# Symmetric is the default (what loads in transformers + compressed-tensors); asymmetric W4 keeps more (0.965 vs
+# 0.972 worst-sentence cosine for GPTQ W4 g128 on this calibration), so each scheme has its own floor.
+@pytest.mark.parametrize(("method", "bits", "group", "symmetric", "floor"),
+                         [("rtn", 8, 0, True, 0.999), ("gptq", 4, 128, True, 0.95), ("gptq", 4, 128, False, 0.97)])
 def test_real_encoder_keeps_its_embeddings(minilm: Path, tmp_path: Path, method: str, bits: int, group: int,
-                                           floor: float) -> None:
+                                           symmetric: bool, floor: float) -> None:
     calib = tmp_path / "calib.txt"
     calib.write_text(" ".join(SENTENCES * 40), encoding="utf-8")
     out = tmp_path / "q.ptm"
-    report = compress(minilm, out, CompressSpec(quant=method, bits=bits, group_size=group, calib=calib, nsamples=2,
-                                                seqlen=32), PackConfig())
+    report = compress(minilm, out, CompressSpec(quant=method, bits=bits, group_size=group, symmetric=symmetric,
+                                                calib=calib, nsamples=2, seqlen=32), PackConfig())
     assert report.steps[0]["layers_quantized"] == 36
     with LoadedModel.open(minilm) as f, LoadedModel.open(out) as q:
         a, b = embed_texts(f, SENTENCES), embed_texts(q, SENTENCES)
