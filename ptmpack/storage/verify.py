@@ -53,7 +53,7 @@ def _checking(name: str) -> Iterator[None]:
         yield
     except PtmError as exc:
         if exc.check is None:
-            exc.check = name
+            exc.check = "key" if isinstance(exc, KeyAccessError) else name  # a wrong key is not a damaged manifest
         raise
 
 

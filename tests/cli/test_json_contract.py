@@ -99,6 +99,10 @@ def test_encrypted_verify_reports_decryption(work: dict[str, Path]) -> None:
     assert doc["encrypted"] is True and doc["decrypted"] is True
     doc = check("verify", cli("verify", enc, "--json"), False)
     assert doc["error"]["kind"] == "key" and "--pubkey" not in doc["error"]["hint"]  # unsigned: no signature to check
+    assert doc["check"] == "key"
+    assert cli("keygen", "--type", "symmetric", "-o", root / "wrong-sym").code == 0
+    doc = check("verify", cli("verify", enc, "--key-file", root / "wrong-sym.key", "--json"), False)
+    assert doc["error"]["kind"] == "key" and doc["check"] == "key"  # a wrong key, not a damaged manifest
     doc = check("inspect", cli("inspect", enc, "--json"), True)
     assert doc["sealed"] is True and doc["encryption"]["slots"][0].startswith("keyfile")
 
