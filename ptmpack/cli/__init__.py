@@ -9,6 +9,7 @@ message (tracebacks only with ``--debug``).
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 import traceback
@@ -51,6 +52,23 @@ class _Interrupted(BaseException):
     :func:`main`, which reports it in one line. Raised only after the interrupt has unwound every command."""
 
 
+class _StdoutClosed(BaseException):
+    """The reader of stdout went away (``ptmpack inspect m.ptm --tensors | head -1``), carried past click,
+    which would exit 1, the code of an internal error."""
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a real file
+        return False
+
+
 class LazyGroup(click.Group):
     """A group that imports a subcommand's module only when that subcommand runs."""
 
@@ -59,6 +77,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt as exc:
             raise _Interrupted() from exc
+        except BrokenPipeError as exc:
+            if _stdout_gone():  # not a socket's EPIPE, which is the command's own failure
+                raise _StdoutClosed() from exc
+            raise
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -125,6 +147,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.message, exc.exit_code, exc.hint, **fields)
     except _Interrupted:
         _fail("interrupted", 130)
+    except _StdoutClosed:
+        # As a Unix tool killed by SIGPIPE: no message, exit 128 + 13; stdout points at /dev/null so the
+        # interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except click.exceptions.Abort:
         _fail("aborted", 130)
     except click.exceptions.Exit as exc:  # --help, --version

@@ -132,3 +132,22 @@ def test_login_at_a_terminal_asks_without_echo() -> None:
         os.close(master)
     assert proc.returncode == 9  # nothing listens on port 9: the password was read, then the registry failed
     assert b"Password: " in seen and b"hunter2" not in seen, seen
+
+
+def test_a_closed_stdout_ends_quietly_like_a_unix_tool(tmp_path: Path) -> None:
+    """``ptmpack inspect m.ptm --tensors | head -1``: the reader leaves early; ptmpack exits 141 (128 + SIGPIPE,
+    as cat would) with nothing on stderr, not 1 (an internal error) nor a BrokenPipeError traceback."""
+    import sys
+
+    from tests._support.trees import FIXTURES, REPO
+
+    tree = tmp_path / "t"
+    assert cli("init", tree, "--from-hf", FIXTURES / "tiny-bert").code == 0
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before ptmpack writes its first line
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ptmpack.cli", "inspect", str(tree), "--tensors"], stdout=write,
+                              stderr=subprocess.PIPE, cwd=REPO, timeout=120, check=False)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == b"", proc.stderr
