@@ -38,15 +38,15 @@ class ClientOptions:
     """Attempts per blob download after a connection failure (each resumes with Range)."""
     upload_chunk: int = 16 * 1024 * 1024
     """Blobs larger than this are uploaded in PATCH chunks of this size."""
-    receive_buffer: int | None = 1536 * 1024
-    """SO_RCVBUF of every connection; None leaves it to the kernel's autotuning (tens of MiB).
+    receive_buffer: int | None = None
+    """SO_RCVBUF of every connection; None (the default) leaves it to the kernel's autotuning.
 
     Bytes that reached this machine but not yet the partial file are lost when the
-    process is killed. Linux doubles the value (bookkeeping), so at most 3 MiB sit in
-    the socket, plus one 64 KiB read in hand: an interrupted pull re-fetches less
-    than one 4 MiB chunk. The window it allows (about 1.5 MiB) is far more than a
-    loopback or LAN link needs; over a 100 ms path it caps one connection at about
-    15 MB/s, where None is faster."""
+    process is killed, and autotuning lets up to tens of MiB sit in the socket when the
+    writer falls behind. A bound (Linux doubles it for bookkeeping) caps that loss, but
+    also caps one connection's window: 1.5 MiB allows about 15 MB/s over a 100 ms path.
+    Throughput on real links matters more than a few MiB re-fetched after a kill, so the
+    kernel decides unless a caller asks."""
 
 
 @runtime_checkable
