@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ptmpack.compress.report import CompressReport, DequantizeReport
+from ptmpack.compress.report import CompressReport, DequantizeReport, StepRecord
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.config import PackConfig
 from ptmpack.crypto.keyslots import Opener
 
-__all__ = ["CompressReport", "CompressSpec", "DequantizeReport", "check_device", "compress", "dequantize"]
+__all__ = ["CompressReport", "CompressSpec", "DequantizeReport", "StepRecord", "check_device", "compress", "dequantize"]
 
 
 def compress(source: Path, target: Path, spec: CompressSpec, config: PackConfig | None = None, *,

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ptmpack.api import CompressSpec, compress
+from ptmpack.api import CompressSpec, StepRecord, compress
 from ptmpack.cli._common import (
     aliased,
     deprecated_alias,
@@ -85,35 +85,36 @@ def compress_cmd(ctx: click.Context, source: Path, output: Path, quant: str | No
         return
     out = Printer()
     for step in report.steps:
-        quality = step.get("quality") or {}
-        what = step.get("method") or step.get("step")
-        detail = f" W{step['bits']} g{step['group_size']}" if "bits" in step and "group_size" in step else ""
-        if "symmetric" in step:
-            detail += " sym" if step["symmetric"] else " asym"
+        scheme, quality = step.scheme, step.quality
+        detail = ""
+        if scheme is not None and scheme.group_size is not None:
+            detail = f" W{scheme.bits} g{scheme.group_size}"
+        if scheme is not None and scheme.symmetric is not None:
+            detail += " sym" if scheme.symmetric else " asym"
         q = ""
-        if quality.get("before") is not None and quality.get("after") is not None:
-            q = f", {quality.get('metric')} {quality['before']:.4g} -> {quality['after']:.4g}"
-        out.status(str(step.get("step")), f"{what}{detail}{q}")
+        if quality is not None and quality.before is not None and quality.after is not None:
+            q = f", {quality.metric} {quality.before:.4g} -> {quality.after:.4g}"
+        out.status(step.step, f"{step.method}{detail}{q}")
     out.status("compressed", f"{output}: {human_size(report.size_in)} -> {human_size(report.size_out)} "
                              f"({report.ratio:.3f}x) in {report.seconds:.1f} s"
                              + (", encrypted like the input" if config.encryption is not None else ""))
     out.line(f"loads with: {loads}")
 
 
-def _loads_with(steps: tuple[dict[str, Any], ...]) -> str:
+def _loads_with(steps: tuple[StepRecord, ...]) -> str:
     """What loads the compressed output, said at the end of every run (SPEC §7)."""
-    quant = [s for s in steps if s.get("step") == "quant"]
+    quant = [s for s in steps if s.scheme is not None]
     if not quant:
         return "anything that loads the original format (float weights; unpack gives a Hugging Face checkpoint)"
-    if any(s.get("method") == "ptq" for s in quant):
+    if any(s.method == "ptq" for s in quant):
         return ("ptmpack run/eval: activation quantization with channel compensation is an operator of "
                 "Model/graph.json that transformers + compressed-tensors do not run")
-    unmerged = sum(int((s.get("affine") or {}).get("unmerged_transforms") or 0) for s in quant)
+    unmerged = sum(s.unmerged_transforms for s in quant)
     if unmerged:
         return (f"ptmpack run/eval, which execute the {unmerged} unmerged AffineQuant transforms of Model/graph.json; "
                 "transformers + compressed-tensors load the weights but skip those transforms, so they compute a "
                 "slightly different model")
-    if any(s.get("symmetric") is False for s in quant):
+    if any(s.scheme is not None and s.scheme.symmetric is False for s in quant):
         return ("ptmpack run/eval; the asymmetric pack-quantized weights do not load in released transformers + "
                 "compressed-tensors (zero-point shape, llm-compressor #1618): `ptmpack unpack --dequantize` "
                 "writes float weights any loader reads, or compress without --asym")

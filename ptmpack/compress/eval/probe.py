@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.report import Quality, StepRecord
+from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.checkpoint import Checkpoint, read_json
 from ptmpack.errors import UsageError
 
@@ -64,7 +66,7 @@ TAIL_BYTES = 64 << 10
 """The end of the file read for the held-out lines (when the file is larger than the head)."""
 
 
-def step_text(ctx: Any) -> str | None:
+def step_text(ctx: StepContext) -> str | None:
     """The text of ``ctx.spec.calib`` (a pipeline StepContext), or None when the step was given none.
 
     A file larger than :data:`HEAD_BYTES` is not read whole: its first ``HEAD_BYTES`` (cut at a
@@ -74,7 +76,7 @@ def step_text(ctx: Any) -> str | None:
     Raises:
         UsageError: the file cannot be read as UTF-8 text.
     """
-    calib = getattr(getattr(ctx, "spec", None), "calib", None)
+    calib = ctx.spec.calib
     if calib is None:
         return None
     try:
@@ -191,26 +193,21 @@ def with_special_tokens(tree: Path, windows: np.ndarray) -> np.ndarray:
     return out
 
 
-def step_windows(tree: Path, ctx: Any, *, nsamples: int = 8, seqlen: int = 128) -> np.ndarray:
+def step_windows(tree: Path, ctx: StepContext, *, nsamples: int = 8, seqlen: int = 128) -> np.ndarray:
     """Calibration windows for a pipeline step: for a decoder the StepContext's own calibration when it
     has one; for an encoder (and without it) :func:`calibration_windows` of ``ctx.spec.calib``.
 
     Raises:
         UsageError: no calibration text was given.
     """
-    calib = getattr(ctx, "calibration", None)
-    spec = getattr(ctx, "spec", None)
+    spec = ctx.spec
     encoder = read_json(tree, "Model/config.json").get("model_type") == "bert"
-    if callable(calib) and getattr(spec, "calib", None) is not None and not encoder:
-        data = calib()
-        for attr in ("windows", "tokens", "ids"):
-            if isinstance(getattr(data, attr, None), np.ndarray):
-                return with_special_tokens(tree, np.asarray(getattr(data, attr), np.int64))
+    if ctx.calibration is not None and spec.calib is not None and not encoder:
+        return with_special_tokens(tree, np.asarray(ctx.calib().windows, np.int64))
     text = step_text(ctx)
     if text is None:
         raise UsageError("this step needs calibration text", hint="give --calib TEXT")
-    return calibration_windows(tree, text, nsamples=int(getattr(spec, "nsamples", nsamples) or nsamples),
-                               seqlen=int(getattr(spec, "seqlen", seqlen) or seqlen))
+    return calibration_windows(tree, text, nsamples=spec.nsamples or nsamples, seqlen=spec.seqlen or seqlen)
 
 
 def feeds_for(model: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -284,8 +281,15 @@ def snapshot(tree: Path, text: str | None, *, max_tokens: int = 128) -> Snapshot
         return Snapshot("logits", out, float(np.exp(nll / max(n, 1))), None, size, flops)
 
 
-def compare(before: Snapshot, after: Snapshot) -> dict[str, Any]:
-    """The report fields shared by every step: sizes, FLOPs, per-layer error rows and quality."""
+def measured(step: str, record: dict[str, Any], before: Snapshot, after: Snapshot) -> StepRecord:
+    """The step record of a structure step: ``record`` (its ``"method"`` and details) with :func:`compare`'s fields."""
+    quality, fields = compare(before, after)
+    details = {k: v for k, v in record.items() if k != "method"}
+    return StepRecord(step, str(record["method"]), quality, details={**details, **fields})
+
+
+def compare(before: Snapshot, after: Snapshot) -> tuple[Quality, dict[str, Any]]:
+    """The quality change and the report fields shared by every step: sizes, FLOPs, per-layer error rows."""
     rows = []
     for (name, a), b in zip(before.layers.items(), after.layers.values(), strict=False):
         a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -294,9 +298,8 @@ def compare(before: Snapshot, after: Snapshot) -> dict[str, Any]:
     if before.kind == "embedding" and before.embeddings is not None and after.embeddings is not None:
         x, y = before.embeddings.astype(np.float64), after.embeddings.astype(np.float64)
         cos = (x * y).sum(-1) / np.maximum(np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1), 1e-30)
-        quality = {"metric": "embedding_cosine_to_before", "before": 1.0, "after": float(cos.mean()),
-                   "sentences": len(cos)}
+        quality = Quality("embedding_cosine_to_before", 1.0, float(cos.mean()), {"sentences": len(cos)})
     else:
-        quality = {"metric": "perplexity", "before": before.metric, "after": after.metric}
-    return {"size_before": before.size, "size_after": after.size, "flops_before": before.flops,
-            "flops_after": after.flops, "layers": rows, "quality": quality}
+        quality = Quality("perplexity", before.metric, after.metric)
+    return quality, {"size_before": before.size, "size_after": after.size, "flops_before": before.flops,
+                     "flops_after": after.flops, "layers": rows}

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.report import Quality
 from ptmpack.compress.step import CalibrationData
 
 _ENCODER_TOKENS = 128
@@ -43,3 +44,9 @@ def measure(tree: Path, calib: CalibrationData | None, *, reference: dict[str, A
     ref = reference["embedding"]
     cos = float(np.sum(emb * ref) / max(float(np.linalg.norm(emb) * np.linalg.norm(ref)), 1e-12))
     return {"value": cos, "about": {"metric": "embedding cosine vs float", **about}}
+
+
+def quality_change(before: dict[str, Any], after: dict[str, Any]) -> Quality:
+    """The step record's :class:`Quality` from two :func:`measure` results (``after`` says what was measured)."""
+    about = dict(after.get("about", {}))
+    return Quality(about.pop("metric", None), before.get("value"), after.get("value"), about)

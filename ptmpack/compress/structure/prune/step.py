@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.report import StepRecord
+from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.checkpoint import (
     CONFIG,
     Checkpoint,
@@ -276,18 +279,27 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
             "flops_fraction_kept": problem.flops(sel) / base}
 
 
-def apply(tree: Path, ctx: Any) -> dict[str, Any]:
-    """Pipeline step (COMPRESS.md): ``--prune`` with the before/after report.
+class PruneStep:
+    """Pipeline step ``--prune heads|ffn|both`` (``--prune-method structure|magnitude``) with the before/after
+    report (a :class:`ptmpack.compress.step.Step`)."""
 
-    Raises:
-        PtmError: as :func:`prune`.
-    """
-    from ptmpack.compress.eval.probe import compare, snapshot, step_text, step_windows
+    def check(self, spec: CompressSpec) -> None:
+        """Nothing beyond :meth:`CompressSpec.check`, which pairs ``--prune`` with ``--flops-budget``."""
 
-    spec = ctx.spec
-    text = step_text(ctx)
-    windows = step_windows(tree, ctx) if spec.prune_method == "structure" else None
-    before = snapshot(tree, text)
-    record = prune(Path(tree), spec.prune, float(spec.flops_budget), spec.prune_method, windows,
-                   seed=int(spec.calib_seed or 0))
-    return {**record, **compare(before, snapshot(tree, text))}
+    def run(self, tree: Path, ctx: StepContext) -> StepRecord:
+        """Prune to the FLOPs budget (:func:`prune`).
+
+        Raises:
+            PtmError: as :func:`prune`.
+        """
+        from ptmpack.compress.eval.probe import measured, snapshot, step_text, step_windows
+
+        spec = ctx.spec
+        if spec.prune is None or spec.flops_budget is None:
+            raise UsageError("--prune and --flops-budget go together")
+        text = step_text(ctx)
+        windows = step_windows(tree, ctx) if spec.prune_method == "structure" else None
+        before = snapshot(tree, text)
+        record = prune(Path(tree), spec.prune, float(spec.flops_budget), spec.prune_method, windows,
+                       seed=int(spec.calib_seed or 0))
+        return measured("prune", record, before, snapshot(tree, text))
