@@ -19,11 +19,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ptmpack.compress.eval.quality import HeldOut, compare, held_out, snapshot
 from ptmpack.compress.methods import method
-from ptmpack.compress.report import CompressReport, StepRecord
+from ptmpack.compress.report import CompressReport, Quality, StepRecord
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.compress.step import CalibrationData, Step, StepContext, no_progress
 from ptmpack.compress.tree.scratch import working_tree
@@ -58,6 +60,31 @@ def load_step(step: str, spec: CompressSpec) -> Step:
     built: Step = getattr(module, class_name)()
     built.check(spec)
     return built
+
+
+NOT_MEASURED = Quality(None, None, None, {"note": "no calibration text: weight errors only"})
+"""The quality of a quantization run without ``--calib`` (kept layer by layer: the model is never run whole)."""
+
+
+def run_step(step: Step, slot: str, tree: Path, ctx: StepContext, text: HeldOut) -> StepRecord:
+    """Run ``step`` on ``tree`` wrapped in THE quality measurement of every compress step.
+
+    The model is run on the held-out ``text`` (:mod:`ptmpack.compress.eval.quality`) before
+    and after the step; the record gets the quality change, the FLOPs per token and, unless the
+    step recorded its own (a quantizer's weight-file sizes and per-layer weight errors), the tensor
+    bytes and each transformer layer's output error. A quantization run without ``--calib`` is
+    not measured, so that it stays layer by layer in bounded memory.
+
+    Raises:
+        PtmError: as the step's :meth:`Step.run`, or the model cannot be run for the measurement.
+    """
+    started = time.perf_counter()
+    if slot == "quant" and ctx.spec.calib is None:
+        return replace(step.run(tree, ctx), quality=NOT_MEASURED).timed(time.perf_counter() - started)
+    before = snapshot(tree, text)
+    record = step.run(tree, ctx)
+    quality, fields = compare(before, snapshot(tree, text), text)
+    return replace(record, quality=quality, details={**fields, **record.details}).timed(time.perf_counter() - started)
 
 
 def _link_or_copy(src: str, dst: str) -> object:
@@ -131,10 +158,8 @@ def _run(source: Path, work: Path, spec: CompressSpec, steps: list[Step],
         return cache[0]
 
     ctx = StepContext(spec, progress, calibration if spec.calib is not None else None)
-    records = []
-    for step in steps:
-        t0 = time.perf_counter()
-        records.append(step.run(work, ctx).timed(time.perf_counter() - t0))
+    text = held_out(spec)
+    records = [run_step(step, slot, work, ctx, text) for slot, step in zip(spec.steps(), steps, strict=True)]
     _record(work, records)
     return records, size_in
 

@@ -31,13 +31,11 @@ class CalibrationData:
     text_sha256: str
     """sha256 of the calibration file's bytes."""
     text_tokens: int
-    """Tokens tokenized: the whole text for random windows, else the pieces the windows and held-out tail need."""
+    """Tokens tokenized: the whole text for random windows, else the pieces the windows need."""
     source: str
     """The calibration file's name (no directories: a path may be private)."""
     selection: str
     """``"first"`` (consecutive windows from the start) or ``"random:SEED"``."""
-    held_out: np.ndarray | None = field(default=None, repr=False)
-    """Up to ``seqlen`` tokens of the text no window covers (for the before/after quality check), if any."""
 
     def record(self) -> dict[str, Any]:
         """The JSON-ready description stored with each step that used these windows."""

@@ -47,6 +47,8 @@ def _step(tree, calib, **kw):
 def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(tmp_path):
     from safetensors.numpy import load_file
 
+    from ptmpack.compress.eval.quality import held_out
+    from ptmpack.compress.pipeline import run_step
     from ptmpack.compress.quant.affine.step import AffineStep
     from ptmpack.compress.quant.affine.torch_llama import CausalLM, LlamaConfig
     from ptmpack.compress.quant.pack_quantized import read_quantized_linear
@@ -57,7 +59,7 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
     calib = tmp_path / "calib.txt"
     calib.write_text(sample_text(3000), encoding="utf-8")
     ctx = _step(tree, calib, bits=4, group_size=32, epochs=2)
-    result = AffineStep().run(tree, ctx)
+    result = run_step(AffineStep(), "quant", tree, ctx, held_out(ctx.spec))
     record = result.to_json()
 
     assert record["method"] == "affine" and record["group_size"] == 32

@@ -51,3 +51,35 @@ def test_load_step_builds_the_class_the_table_names() -> None:
     from ptmpack.compress.quant.rtn import RtnStep
 
     assert isinstance(load_step("quant", CompressSpec(quant="rtn")), RtnStep)
+
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_every_method_reports_quality_on_the_same_held_out_text(tmp_path: Path, kind: str) -> None:
+    """One measurement for every step: the float model measured before RTN, GPTQ, PTQ and a prune step is
+    measured on the same text, so the "before" figures agree and the records name the same text."""
+    pytest.importorskip("torch")
+    from tests._support.tiny_models import sample_text, tiny_tree
+
+    tree = tiny_tree(tmp_path / "model", kind)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(sample_text(3000, seed=5), encoding="utf-8")
+    common = {"calib": calib, "nsamples": 2, "seqlen": 32, "epochs": 0}
+    specs = [CompressSpec(quant="rtn", **common), CompressSpec(quant="gptq", **common),
+             CompressSpec(quant="ptq", **common),
+             CompressSpec(prune="ffn", flops_budget=0.8, prune_method="magnitude", **common)]
+    first = [compress(tree, tmp_path / f"{i}.ptm", spec, PackConfig()).steps[0] for i, spec in enumerate(specs)]
+    qualities = [r.quality for r in first]
+    assert all(q is not None for q in qualities)
+    metric = "perplexity" if kind == "llama" else "embedding_cosine_to_before"
+    assert {(q.metric, q.about["text"], q.about["lines"]) for q in qualities if q} == {(metric, "calib.txt", 16)}
+    befores = [q.before for q in qualities if q]
+    assert befores == pytest.approx([befores[0]] * len(befores), rel=1e-6)
+    assert all(q.after is not None and np.isfinite(q.after) for q in qualities if q)
+
+
+def test_a_quantizer_without_calibration_text_is_not_measured(tmp_path: Path) -> None:
+    from tests._support.tiny_models import tiny_tree
+
+    (record,) = compress(tiny_tree(tmp_path / "m"), tmp_path / "x.ptm", CompressSpec(quant="rtn"),
+                         PackConfig()).steps
+    assert record.quality is not None and record.quality.metric is None and "flops_before" not in record.details

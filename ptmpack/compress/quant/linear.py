@@ -224,7 +224,6 @@ def quantize_tree(tree: Path, ctx: StepContext, method: str, run: RunFn | None =
         UsageError: a bad group size.
         UnsupportedError: an unknown architecture, or no linear to quantize.
     """
-    from ptmpack.compress.eval.quality import measure, quality_change
     from ptmpack.compress.quant.metrics import error_row
     from ptmpack.compress.quant.observer import scale_dtype_for
 
@@ -239,7 +238,6 @@ def quantize_tree(tree: Path, ctx: StepContext, method: str, run: RunFn | None =
         raise UnsupportedError(f"{tree}: the model has no linear layer to quantize")
     group = choose_group_size(targets, spec.group_size)
     calibration = ctx.calib() if ctx.calibration is not None else None
-    before = measure(tree, calibration)
     weights = WeightFiles(tree / "Model")
     size_before = weights.file_bytes()
     by_weight = {t.weight: t for t in targets}
@@ -279,13 +277,12 @@ def quantize_tree(tree: Path, ctx: StepContext, method: str, run: RunFn | None =
     write_json(config_path, config)
     regraph(tree)
     size_after = weights.file_bytes()
-    after = measure(tree, calibration, reference=before)
     ordered = [rows[t.prefix] for t in targets]
     details: dict[str, Any] = {
         "layers_quantized": len(targets), "size_before": size_before, "size_after": size_after,
         "seconds": round(seconds, 3), "calibration": calibration.record() if calibration is not None else None,
         "layers": ordered, "mean_rel_error": float(np.mean([r["rel_error"] for r in ordered])), **(extra or {}),
     }
-    return StepRecord("quant", method, quality_change(before, after),
-                      QuantScheme(spec.bits, "compressed-tensors/pack-quantized", group or "channel", spec.symmetric),
+    return StepRecord("quant", method,
+                      scheme=QuantScheme(spec.bits, "compressed-tensors/pack-quantized", group or "channel", spec.symmetric),
                       details=details)

@@ -255,12 +255,10 @@ class FoldNormStep:
         Raises:
             PtmError: as :func:`fold_norm`.
         """
-        from ptmpack.compress.eval.probe import measured, snapshot, step_text, step_windows
+        from ptmpack.compress.eval.probe import step_windows
 
         mode = ctx.spec.fold_norm or "affine"
-        text = step_text(ctx)
         windows = step_windows(tree, ctx) if mode == "unified" else None
-        before = snapshot(tree, text)
         record = fold_norm(Path(tree), mode, windows)
-        return measured("fold_norm", record, before, snapshot(tree, text))
+        return StepRecord("fold_norm", str(record.pop("method")), details=record)
 

@@ -157,9 +157,5 @@ class LoraStep:
         Raises:
             PtmError: as :func:`merge_lora`, or the model cannot be run for the quality report.
         """
-        from ptmpack.compress.eval.probe import measured, snapshot, step_text
-
-        text = step_text(ctx)
-        before = snapshot(tree, text)
         record = merge_lora(tree, Path(str(ctx.spec.merge_lora)))
-        return measured("merge_lora", record, before, snapshot(tree, text))
+        return StepRecord("merge_lora", str(record.pop("method")), details=record)

@@ -237,9 +237,5 @@ class AdapterStep:
         Raises:
             PtmError: as :func:`merge_adapters`.
         """
-        from ptmpack.compress.eval.probe import measured, snapshot, step_text
-
-        text = step_text(ctx)
-        before = snapshot(tree, text)
         record = merge_adapters(Path(tree))
-        return measured("merge_adapter", record, before, snapshot(tree, text))
+        return StepRecord("merge_adapter", str(record.pop("method")), details=record)

@@ -95,7 +95,6 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
         UsageError: no calibration text, or a group size that does not divide a linear's input width.
     """
     torch = require_torch()
-    from ptmpack.compress.eval.quality import measure, quality_change
     from ptmpack.compress.quant.affine.block import AffineOptions
     from ptmpack.compress.quant.affine.model import affine_quantize_model
     from ptmpack.compress.quant.affine.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, CausalLM, LlamaConfig
@@ -120,7 +119,6 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
     targets = find_targets(load_model(tree))
     group = choose_group_size(targets, spec.group_size)
     calibration = ctx.calib()
-    before = measure(tree, calibration)
     tensors = ModelTensors(tree / "Model")
     size_before = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
     model = CausalLM.from_tensors({n: tensors[n] for n in tensors.names()}, cfg, device=spec.device)
@@ -161,7 +159,6 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
     write_json(config_path, config)
     regraph(tree)
     size_after = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
-    after = measure(tree, calibration, reference=before)
     unmerged = sum(len(r.transforms) for r in result.layers.values())
     details: dict[str, Any] = {
         "layers_quantized": len(result.layers) * len(LINEARS),
@@ -177,6 +174,6 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
     }
     if unmerged:
         details["note"] = STEP_NOTE
-    return StepRecord("quant", "affine", quality_change(before, after),
-                      QuantScheme(spec.bits, "compressed-tensors/pack-quantized", group, spec.symmetric),
+    return StepRecord("quant", "affine",
+                      scheme=QuantScheme(spec.bits, "compressed-tensors/pack-quantized", group, spec.symmetric),
                       unmerged_transforms=unmerged, details=details)

@@ -17,7 +17,6 @@ run``/``eval`` show what a W·A integer engine computes (attention's two matmuls
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -131,15 +130,12 @@ class PtqStep:
         Raises:
             PtmError: as :func:`ptq`; no calibration text.
         """
-        from ptmpack.compress.eval.probe import measured, snapshot, step_text, step_windows
+        from ptmpack.compress.eval.probe import step_windows
 
         spec = ctx.spec
-        text = step_text(ctx)
         windows = step_windows(Path(tree), ctx)
-        before = snapshot(tree, text)
         record = ptq(Path(tree), spec.bits, spec.act_bits or 8, windows, epochs=spec.epochs or 0,
                      seed=int(spec.calib_seed or 0), progress=ctx.progress)
         record.pop("simulated_last_block_output")
-        scheme = QuantScheme(spec.bits, str(record.pop("format")))
-        details = {k: v for k, v in record.items() if k != "bits"}
-        return replace(measured("quant", details, before, snapshot(tree, text)), scheme=scheme)
+        scheme = QuantScheme(record.pop("bits"), str(record.pop("format")))
+        return StepRecord("quant", str(record.pop("method")), scheme=scheme, details=record)

@@ -226,7 +226,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         UsageError: bad target, method or budget; the structure method without calibration windows.
         UnsupportedError: an architecture or group that cannot be pruned, or torch missing (structure).
     """
-    from ptmpack.compress.eval.probe import flops_per_token
+    from ptmpack.compress.eval.quality import flops_per_token
     from ptmpack.compress.tree.rebuild import rebuild_graph
 
     if target not in ("heads", "ffn", "both") or method not in ("structure", "magnitude"):
@@ -240,7 +240,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
     if "heads" in groups and lay["family"] != "bert":
         raise UnsupportedError("head pruning supports BERT models; LLaMA-family grouped KV heads are not pruned",
                                hint="use --prune ffn")
-    base = flops_per_token(ck, config, SEQ)
+    base = flops_per_token({n: t.shape for n, t in ck.tensors.items()}, config, SEQ)
     limit = budget * base
     if method == "structure":
         if windows is None:
@@ -292,14 +292,12 @@ class PruneStep:
         Raises:
             PtmError: as :func:`prune`.
         """
-        from ptmpack.compress.eval.probe import measured, snapshot, step_text, step_windows
+        from ptmpack.compress.eval.probe import step_windows
 
         spec = ctx.spec
         if spec.prune is None or spec.flops_budget is None:
             raise UsageError("--prune and --flops-budget go together")
-        text = step_text(ctx)
         windows = step_windows(tree, ctx) if spec.prune_method == "structure" else None
-        before = snapshot(tree, text)
         record = prune(Path(tree), spec.prune, float(spec.flops_budget), spec.prune_method, windows,
                        seed=int(spec.calib_seed or 0))
-        return measured("prune", record, before, snapshot(tree, text))
+        return StepRecord("prune", str(record.pop("method")), details=record)
