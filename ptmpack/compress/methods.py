@@ -1,7 +1,7 @@
 """The table of compress methods: which slot each fills, where its step lives, whether it needs calibration text.
 
-A plain table (no numpy or torch), so option choices and checks are read from it without
-loading any method. The pipeline imports a method's module by the ``entry`` written here when
+A plain table (no numpy or torch), so option choices (the CLI's, through
+``ptmpack.api.compress_choices``) and checks are read from it without loading any method. The pipeline imports a method's module by the ``entry`` written here when
 the method runs. Adding a method is one module with a class implementing
 :class:`ptmpack.compress.step.Step` and one row below (docs/ARCHITECTURE.md shows an example).
 """
