@@ -122,7 +122,9 @@ class RegistryStore:
         found = find_credentials(ref.location) if credentials is True else credentials
         self.auth = RegistryAuth(found if isinstance(found, Credentials) else None, self.origin, self._fetch_token)
         limits = httpx.Limits(max_connections=options.workers + 2, max_keepalive_connections=options.workers + 2)
-        self.client = httpx.Client(auth=self.auth, verify=verify, timeout=options.timeout_s, limits=limits,
+        transport = httpx.HTTPTransport(verify=verify, limits=limits, socket_options=[
+            (socket.SOL_SOCKET, socket.SO_RCVBUF, options.receive_buffer)] if options.receive_buffer else None)
+        self.client = httpx.Client(auth=self.auth, transport=transport, timeout=options.timeout_s,
                                    follow_redirects=False,
                                    headers={"User-Agent": "ptmpack", "Accept-Encoding": "gzip, deflate"})
         self.deadline = time.monotonic() + options.deadline_s if options.deadline_s else None
@@ -167,7 +169,7 @@ class RegistryStore:
 
     @contextlib.contextmanager
     def _open(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
-              content: bytes | list[bytes] | None = None, authenticate: bool = True) -> Iterator[httpx.Response]:
+              content: bytes | list[bytes] | _Body | None = None, authenticate: bool = True) -> Iterator[httpx.Response]:
         """A streaming response, redirects followed here (see the module docstring); closed on leaving.
 
         The registry's authentication is applied only to its own origin (and never when ``authenticate``
@@ -217,7 +219,7 @@ class RegistryStore:
             response.close()
 
     def _request(self, method: str, url: str, what: str, *, limit: int = MAX_ERROR_BODY,
-                 headers: dict[str, str] | None = None, content: bytes | list[bytes] | None = None) -> Reply:
+                 headers: dict[str, str] | None = None, content: bytes | list[bytes] | _Body | None = None) -> Reply:
         """Send, read the body to at most ``limit`` + 1 bytes (error bodies to 64 KiB), check authorization.
 
         GET and HEAD answered 429 or 5xx are retried (``retries`` times, growing pauses).
@@ -420,23 +422,20 @@ class RegistryStore:
         location = self._location(r)
         chunk = max(1, self.options.upload_chunk)
         if size <= chunk:
-            data = read(0, size)
-            r = self._request("PUT", _with_digest(location, digest), what, content=_pieces(data),
-                              headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
+            r = self._request("PUT", _with_digest(location, digest), what, content=_Body(read, 0, size, progress),
+                              headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
             self._check_committed(r, what)
-            progress(size)
             return size
         sent = 0
         while sent < size:
-            data = read(sent, min(chunk, size - sent))
-            r = self._request("PATCH", location, what, content=_pieces(data), headers={
-                "Content-Type": "application/octet-stream", "Content-Range": f"{sent}-{sent + len(data) - 1}",
-                "Content-Length": str(len(data))})
+            n = min(chunk, size - sent)
+            r = self._request("PATCH", location, what, content=_Body(read, sent, n, progress), headers={
+                "Content-Type": "application/octet-stream", "Content-Range": f"{sent}-{sent + n - 1}",
+                "Content-Length": str(n)})
             if r.status_code != 202:
                 raise self._fail(r, what)
             location = self._location(r)
-            sent += len(data)
-            progress(len(data))
+            sent += n
         self._check_committed(self._request("PUT", _with_digest(location, digest), what), what)
         return size
 
@@ -529,9 +528,8 @@ class RegistryStore:
                     for block in r.iter_raw():  # the transport's own reads: no re-chunking copies
                         if pos + len(block) > size:
                             raise IntegrityError(f"{what}: {self.ref.location} sent more bytes than the manifest says")
+                        _write_all(f.fileno(), block)  # unbuffered: a kill loses nothing already read
                         behind.update(block)
-                        f.write(block)
-                        f.flush()
                         pos += len(block)
                         count[0] += len(block)
                         progress(len(block))
@@ -603,29 +601,48 @@ class RegistryStore:
 
 class _HashBehind:
     """Feed a hash on a second thread, so hashing a blob overlaps reading it from the socket (sha256 releases
-    the GIL). The queue holds at most ``DEPTH`` blocks; leaving waits until every block is hashed, in order."""
+    the GIL). Blocks are handed over in batches of at least ``BATCH`` bytes (one thread wake-up per batch, not
+    per 64 KiB socket read); the queue holds at most ``DEPTH`` batches; leaving waits until every block is
+    hashed, in order."""
 
-    DEPTH = 64
+    DEPTH = 16
+    BATCH = 1024 * 1024
 
     def __init__(self, h: Any) -> None:
         self.h = h
-        self.blocks: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self.blocks: queue.Queue[list[bytes] | None] = queue.Queue(self.DEPTH)
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
         self.thread = threading.Thread(target=self._run, name="ptmpack-hash", daemon=True)
 
     def _run(self) -> None:
-        while (block := self.blocks.get()) is not None:
-            self.h.update(block)
+        while (batch := self.blocks.get()) is not None:
+            for block in batch:
+                self.h.update(block)
 
     def update(self, block: bytes) -> None:
-        self.blocks.put(block)
+        self.pending.append(block)
+        self.pending_bytes += len(block)
+        if self.pending_bytes >= self.BATCH:
+            self.blocks.put(self.pending)
+            self.pending, self.pending_bytes = [], 0
 
     def __enter__(self) -> _HashBehind:
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.pending:
+            self.blocks.put(self.pending)
         self.blocks.put(None)
         self.thread.join()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class _Pace:
@@ -657,15 +674,34 @@ class _Pace:
 SEND_PIECE = 1024 * 1024
 
 
-def _pieces(data: bytes) -> list[bytes]:
-    """A request body in 1 MiB pieces (sent with an explicit Content-Length, so not chunked encoding).
+class _Body:
+    """A request body streamed from ``read(pos, n)`` in 1 MiB pieces, sent with an explicit Content-Length.
 
-    httpcore sends a body with ``send`` then ``buffer = buffer[n:]``, which copies the
-    rest of a large ``bytes`` after every partial send: quadratic in the body size (a
-    16 MiB PATCH cost more than its transfer). Pieces bound each copy to 1 MiB.
+    Nothing is held beyond one piece, and each byte is read once per send (the
+    reads are what a push hashes its chunk index from). Pieces, not one large
+    ``bytes``, because httpcore sends a body with ``send`` then ``buffer =
+    buffer[n:]``, which copies the rest of a large buffer after every partial send:
+    quadratic in the body size. Re-iterable (a redirect sends it again from the
+    start), unlike a generator; it has no ``read`` attribute, which httpx would
+    take for a file object's. Progress counts each piece as it is handed over.
     """
-    view = memoryview(data)
-    return [bytes(view[i: i + SEND_PIECE]) for i in range(0, len(view), SEND_PIECE)] or [b""]
+
+    def __init__(self, read: Callable[[int, int], bytes], start: int, length: int,
+                 progress: Callable[[int], None]) -> None:
+        self.reader, self.start, self.length, self.progress = read, start, length, progress
+
+    def __iter__(self) -> Iterator[bytes]:
+        if not self.length:
+            yield b""
+            return
+        for pos in range(self.start, self.start + self.length, SEND_PIECE):
+            n = min(SEND_PIECE, self.start + self.length - pos)
+            data = self.reader(pos, n)
+            if len(data) != n:
+                raise IntegrityError(f"the file being uploaded ended early (read {len(data)} of {n} bytes at {pos})",
+                                     hint="was it changed while pushing?")
+            yield data
+            self.progress(n)
 
 
 def _with_digest(location: str, digest: str) -> str:

@@ -38,6 +38,15 @@ class ClientOptions:
     """Attempts per blob download after a connection failure (each resumes with Range)."""
     upload_chunk: int = 16 * 1024 * 1024
     """Blobs larger than this are uploaded in PATCH chunks of this size."""
+    receive_buffer: int | None = None
+    """SO_RCVBUF of every connection; None (the default) leaves it to the kernel's autotuning.
+
+    Bytes that reached this machine but not yet the partial file are lost when the
+    process is killed, and autotuning lets up to tens of MiB sit in the socket when the
+    writer falls behind. A bound (Linux doubles it for bookkeeping) caps that loss, but
+    also caps one connection's window: 1.5 MiB allows about 15 MB/s over a 100 ms path.
+    Throughput on real links matters more than a few MiB re-fetched after a kill, so the
+    kernel decides unless a caller asks."""
 
 
 @runtime_checkable

@@ -224,3 +224,55 @@ def test_pull_delta_falls_back_without_a_residual(registry: Registry, tmp_path: 
     assert local.read_bytes() == target.read_bytes()
     # a fresh cache, yet only what changed moved: unchanged blobs came from the local base
     assert report.bytes_downloaded < 0.05 * target.stat().st_size, report
+
+
+@pytest.mark.parametrize("upload_chunk", [1 << 20, 64 << 20])
+def test_blob_upload_streams_each_byte_once(registry: Registry, tmp_path: Path, upload_chunk: int) -> None:
+    """A blob goes up in pieces of at most 1 MiB, read once and in order (what the push hashes its chunk
+    index from), as PATCH chunks or one PUT; fetched back it is the same bytes."""
+    import dataclasses
+    import hashlib
+
+    from ptmpack.distribution.registry import SEND_PIECE
+
+    data = os.urandom(3 * SEND_PIECE + 12345)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    opts = dataclasses.replace(PLAIN, upload_chunk=upload_chunk)
+    store = RegistryStore(parse_reference(f"{registry.host}/stream/c{upload_chunk}:v1"), opts)
+    reads: list[tuple[int, int]] = []
+    moved: list[int] = []
+
+    def read(pos: int, n: int) -> bytes:
+        reads.append((pos, n))
+        return data[pos: pos + n]
+
+    try:
+        assert store.put_blob(digest, len(data), read, moved.append) == len(data)
+        got = store.fetch_blob(digest, len(data), tmp_path / "partial", lambda n: None)
+    finally:
+        store.close()
+    assert got == len(data) and (tmp_path / "partial").read_bytes() == data
+    assert max(n for _, n in reads) <= SEND_PIECE and sum(moved) == len(data)
+    assert [p for p, _ in reads] == [sum(n for _, n in reads[:i]) for i in range(len(reads))]  # once, in order
+
+
+def test_receive_buffer_is_bounded(registry: Registry) -> None:
+    """Connections get the receive buffer asked for (not the kernel's autotuned tens of MiB), so a killed pull
+    loses less than one 4 MiB chunk of received bytes; None leaves the kernel's default."""
+    import socket
+
+    from ptmpack.distribution.registry import _socket_of
+
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())  # the kernel caps SO_RCVBUF there
+    bounded = 2 * min(256 * 1024, rmem_max)  # and doubles it for bookkeeping
+    for size in (256 * 1024, None):
+        store = RegistryStore(parse_reference(f"{registry.host}/rcv/x:v1"),
+                              ClientOptions(plain_http=True, receive_buffer=size))
+        try:
+            with store._open("GET", f"http://{registry.host}/v2/", "ping") as r:
+                sock = _socket_of(r)
+                assert sock is not None
+                got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        finally:
+            store.close()
+        assert (got == bounded) if size is not None else (got != bounded)
