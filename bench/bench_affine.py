@@ -358,7 +358,7 @@ def main() -> None:
         run(args, tree, calib_file, {name: scratch / f"{name}.txt" for name in eval_ids})
         return
     ids, _ = tokenize_file(tree, calib_file)
-    windows, _ = windows_of(ids, args.nsamples, args.seqlen, None)
+    windows = windows_of(ids, args.nsamples, args.seqlen, None)
     report = Report(args, list(eval_ids))
     report.extra["eval_tokens"] = {k: len(v) for k, v in eval_ids.items()}
     report.extra["eval_text_sha256"] = {k: hashlib.sha256((scratch / f"{k}.txt").read_bytes()).hexdigest()

@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {  # verb -> module under ptmpack.api (never named li
     "graph_check": "ir", "load_graph": "ir", "run": "ir", "evaluate": "ir",
     # chapter-7 compression
     "compress": "compression", "CompressSpec": "compression", "dequantize": "compression",
+    "StepRecord": "compression", "compress_choices": "compression",
     # distribution (§8.3)
     "push": "distribution", "pull": "distribution", "ls": "distribution", "login": "distribution",
     "logout": "distribution", "cache_list": "distribution", "cache_prune": "distribution",

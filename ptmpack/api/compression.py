@@ -5,12 +5,36 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ptmpack.compress.report import CompressReport, DequantizeReport
+from ptmpack.compress.report import CompressReport, DequantizeReport, StepRecord
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.config import PackConfig
 from ptmpack.crypto.keyslots import Opener
 
-__all__ = ["CompressReport", "CompressSpec", "DequantizeReport", "check_device", "compress", "dequantize"]
+__all__ = ["CompressReport", "CompressSpec", "DequantizeReport", "StepRecord", "check_device", "compress",
+           "compress_choices", "dequantize"]
+
+_METHOD_SLOTS = {"quant": "quant", "fold-norm": "fold_norm", "prune-method": "prune"}
+"""``compress`` options whose values are method names: the slot of the methods table each one fills."""
+
+
+def compress_choices(option: str) -> tuple[str, ...]:
+    """The values ``compress --OPTION`` accepts, for the CLI's choices (no numpy or torch is loaded).
+
+    ``quant``, ``fold-norm`` and ``prune-method`` list the rows of the methods table
+    (:func:`ptmpack.compress.methods.choices`, read now, so a new row is a new choice);
+    ``bits``, ``prune``, ``gptq-order`` and ``device`` the fixed sets :class:`CompressSpec` checks.
+
+    Raises:
+        KeyError: an option with no fixed set of values.
+    """
+    from ptmpack.compress import spec
+    from ptmpack.compress.methods import choices
+
+    if option in _METHOD_SLOTS:
+        return choices(_METHOD_SLOTS[option])
+    fixed: dict[str, tuple[object, ...]] = {"bits": spec.WEIGHT_BITS, "prune": spec.PRUNE_TARGETS,
+                                            "gptq-order": spec.GPTQ_ORDERS, "device": spec.DEVICES}
+    return tuple(str(v) for v in fixed[option])
 
 
 def compress(source: Path, target: Path, spec: CompressSpec, config: PackConfig | None = None, *,

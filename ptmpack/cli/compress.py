@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ptmpack.api import CompressSpec, compress
+from ptmpack.api import CompressSpec, StepRecord, compress, compress_choices
 from ptmpack.cli._common import (
     aliased,
     deprecated_alias,
@@ -20,14 +20,12 @@ from ptmpack.cli._common import (
 from ptmpack.cli.output import Printer, emit, file_ref, human_size
 from ptmpack.cli.progress import progress_option, step_progress
 
-_METHODS = ("rtn", "gptq", "affine", "ptq")
-
 
 @click.command("compress")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .ptm file to write.")
-@click.option("--quant", type=click.Choice(_METHODS), help="Weight quantization method.")
-@click.option("--bits", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True, help="Weight bits.")
+@click.option("--quant", type=click.Choice(compress_choices("quant")), help="Weight quantization method.")
+@click.option("--bits", type=click.Choice(compress_choices("bits")), default="4", show_default=True, help="Weight bits.")
 @click.option("--act-bits", type=int, help="Activation bits (--quant ptq).")
 @click.option("--group-size", type=int, help="Input columns per scale; must divide every layer's input width "
                                              "(default: the largest of 128, 64, 32 that does; 0: per output channel).")
@@ -36,7 +34,7 @@ _METHODS = ("rtn", "gptq", "affine", "ptq")
                    "(smaller error; loads after unpack --dequantize).")
 @click.option("--act-order/--no-act-order", default=None,
               help="GPTQ: visit columns by decreasing Hessian diagonal, static groups (default: on for gptq).")
-@click.option("--gptq-order", type=click.Choice(["layer", "linear"]), default="layer", show_default=True,
+@click.option("--gptq-order", type=click.Choice(compress_choices("gptq-order")), default="layer", show_default=True,
               help="GPTQ: calibrate a layer's linears on its float weights (layer, as llm-compressor) "
                    "or each on the quantized earlier ones (linear).")
 @click.option("--calib", type=click.Path(path_type=Path, dir_okay=False), help="Calibration text file.")
@@ -44,13 +42,13 @@ _METHODS = ("rtn", "gptq", "affine", "ptq")
 @click.option("--seqlen", type=int, help=f"Tokens per calibration window ({CompressSpec.defaults_help('seqlen')}).")
 @click.option("--calib-seed", type=int, help="Draw windows at random with this seed (default: the first N windows).")
 @click.option("--epochs", type=int, help=f"Reconstruction epochs, affine and ptq ({CompressSpec.defaults_help('epochs')}).")
-@click.option("--fold-norm", type=click.Choice(["affine", "unified"]), help="Fold normalization layers.")
-@click.option("--prune", type=click.Choice(["heads", "ffn", "both"]), help="Structured pruning target.")
+@click.option("--fold-norm", type=click.Choice(compress_choices("fold-norm")), help="Fold normalization layers.")
+@click.option("--prune", type=click.Choice(compress_choices("prune")), help="Structured pruning target.")
 @click.option("--flops-budget", type=float, help="Fraction of the original FLOPs to keep (with --prune).")
-@click.option("--prune-method", type=click.Choice(["structure", "magnitude"]), default="structure", show_default=True)
+@click.option("--prune-method", type=click.Choice(compress_choices("prune-method")), default="structure", show_default=True)
 @click.option("--merge-lora", type=click.Path(path_type=Path, file_okay=False), help="PEFT LoRA adapter directory to merge.")
 @click.option("--merge-adapter", is_flag=True, help="Re-parameterize the package's adapters into the base weights.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(compress_choices("device")), default="cpu", show_default=True)
 @click.option("--compress", "codec", default=None, help="Output codec: none, zstd or zstd:LEVEL (default: the input's).")
 @click.option("--chunk-size", default="4M", show_default=True, help="Chunk size for compressed/encrypted entries.")
 @opener_options
@@ -85,35 +83,36 @@ def compress_cmd(ctx: click.Context, source: Path, output: Path, quant: str | No
         return
     out = Printer()
     for step in report.steps:
-        quality = step.get("quality") or {}
-        what = step.get("method") or step.get("step")
-        detail = f" W{step['bits']} g{step['group_size']}" if "bits" in step and "group_size" in step else ""
-        if "symmetric" in step:
-            detail += " sym" if step["symmetric"] else " asym"
+        scheme, quality = step.scheme, step.quality
+        detail = ""
+        if scheme is not None and scheme.group_size is not None:
+            detail = f" W{scheme.bits} g{scheme.group_size}"
+        if scheme is not None and scheme.symmetric is not None:
+            detail += " sym" if scheme.symmetric else " asym"
         q = ""
-        if quality.get("before") is not None and quality.get("after") is not None:
-            q = f", {quality.get('metric')} {quality['before']:.4g} -> {quality['after']:.4g}"
-        out.status(str(step.get("step")), f"{what}{detail}{q}")
+        if quality is not None and quality.before is not None and quality.after is not None:
+            q = f", {quality.metric} {quality.before:.4g} -> {quality.after:.4g}"
+        out.status(step.step, f"{step.method}{detail}{q}")
     out.status("compressed", f"{output}: {human_size(report.size_in)} -> {human_size(report.size_out)} "
                              f"({report.ratio:.3f}x) in {report.seconds:.1f} s"
                              + (", encrypted like the input" if config.encryption is not None else ""))
     out.line(f"loads with: {loads}")
 
 
-def _loads_with(steps: tuple[dict[str, Any], ...]) -> str:
+def _loads_with(steps: tuple[StepRecord, ...]) -> str:
     """What loads the compressed output, said at the end of every run (SPEC §7)."""
-    quant = [s for s in steps if s.get("step") == "quant"]
+    quant = [s for s in steps if s.scheme is not None]
     if not quant:
         return "anything that loads the original format (float weights; unpack gives a Hugging Face checkpoint)"
-    if any(s.get("method") == "ptq" for s in quant):
+    if any(s.method == "ptq" for s in quant):
         return ("ptmpack run/eval: activation quantization with channel compensation is an operator of "
                 "Model/graph.json that transformers + compressed-tensors do not run")
-    unmerged = sum(int((s.get("affine") or {}).get("unmerged_transforms") or 0) for s in quant)
+    unmerged = sum(s.unmerged_transforms for s in quant)
     if unmerged:
         return (f"ptmpack run/eval, which execute the {unmerged} unmerged AffineQuant transforms of Model/graph.json; "
                 "transformers + compressed-tensors load the weights but skip those transforms, so they compute a "
                 "slightly different model")
-    if any(s.get("symmetric") is False for s in quant):
+    if any(s.scheme is not None and s.scheme.symmetric is False for s in quant):
         return ("ptmpack run/eval; the asymmetric pack-quantized weights do not load in released transformers + "
                 "compressed-tensors (zero-point shape, llm-compressor #1618): `ptmpack unpack --dequantize` "
                 "writes float weights any loader reads, or compress without --asym")

@@ -1,9 +1,9 @@
 """The table of compress methods: which slot each fills, where its step lives, whether it needs calibration text.
 
-A plain table (no numpy or torch), so option choices and checks are read from it without
-loading any method. The pipeline imports a method's module by the ``entry`` written here when
-the method runs. Adding a method is one module with an ``apply(tree, ctx)`` function and one
-row below (docs/ARCHITECTURE.md shows an example).
+A plain table (no numpy or torch), so option choices (the CLI's, through
+``ptmpack.api.compress_choices``) and checks are read from it without loading any method. The pipeline imports a method's module by the ``entry`` written here when
+the method runs. Adding a method is one module with a class implementing
+:class:`ptmpack.compress.step.Step` and one row below (docs/ARCHITECTURE.md shows an example).
 """
 
 from __future__ import annotations
@@ -23,32 +23,32 @@ class Method:
     slot: str
     """One of :data:`SLOTS`."""
     entry: str
-    """``module:function`` running the step: ``function(tree, ctx) -> dict`` (the step record)."""
+    """``module:Class`` of the step: a class implementing :class:`ptmpack.compress.step.Step`, built without arguments."""
     needs_calibration: bool
     """Whether the step refuses to run without ``--calib`` text."""
     summary: str
 
 
 METHODS: tuple[Method, ...] = (
-    Method("lora", "merge_lora", "ptmpack.compress.structure.lora:apply", False,
+    Method("lora", "merge_lora", "ptmpack.compress.structure.lora:LoraStep", False,
            "merge a PEFT LoRA adapter into the base weights"),
-    Method("adapters", "merge_adapter", "ptmpack.compress.structure.merge_adapter:apply", False,
+    Method("adapters", "merge_adapter", "ptmpack.compress.structure.merge_adapter:AdapterStep", False,
            "re-parameterize the package's transfer adapters into the base weights"),
-    Method("affine", "fold_norm", "ptmpack.compress.structure.fold_norm:apply", False,
+    Method("affine", "fold_norm", "ptmpack.compress.structure.fold_norm:FoldNormStep", False,
            "fold norm scales and biases into the next linears (exact)"),
-    Method("unified", "fold_norm", "ptmpack.compress.structure.fold_norm:apply", True,
+    Method("unified", "fold_norm", "ptmpack.compress.structure.fold_norm:FoldNormStep", True,
            "replace norms by calibrated statistics, folded where possible"),
-    Method("structure", "prune", "ptmpack.compress.structure.prune.step:apply", True,
+    Method("structure", "prune", "ptmpack.compress.structure.prune.step:PruneStep", True,
            "prune heads/FFN neurons by calibrated second-order importance"),
-    Method("magnitude", "prune", "ptmpack.compress.structure.prune.step:apply", False,
+    Method("magnitude", "prune", "ptmpack.compress.structure.prune.step:PruneStep", False,
            "prune heads/FFN neurons by weight magnitude"),
-    Method("rtn", "quant", "ptmpack.compress.quant.rtn:apply", False,
+    Method("rtn", "quant", "ptmpack.compress.quant.rtn:RtnStep", False,
            "round-to-nearest group quantization, one layer at a time"),
-    Method("gptq", "quant", "ptmpack.compress.quant.gptq.step:apply", True,
+    Method("gptq", "quant", "ptmpack.compress.quant.gptq.step:GptqStep", True,
            "GPTQ from calibration activations"),
-    Method("affine", "quant", "ptmpack.compress.quant.affine.step:apply", True,
+    Method("affine", "quant", "ptmpack.compress.quant.affine.step:AffineStep", True,
            "AffineQuant: learned transforms with quantization"),
-    Method("ptq", "quant", "ptmpack.compress.quant.ptq.step:apply", True,
+    Method("ptq", "quant", "ptmpack.compress.quant.ptq.step:PtqStep", True,
            "weight and static activation quantization with bias compensation"),
 )
 

@@ -19,30 +19,37 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ptmpack.compress.eval.quality import HeldOut, compare, held_out, snapshot
 from ptmpack.compress.methods import method
-from ptmpack.compress.report import CompressReport
+from ptmpack.compress.report import CompressReport, Quality, StepRecord
 from ptmpack.compress.spec import CompressSpec
-from ptmpack.compress.step import CalibrationData, StepContext, no_progress
+from ptmpack.compress.step import CalibrationData, Step, StepContext, no_progress
 from ptmpack.compress.tree.scratch import working_tree
 from ptmpack.errors import PtmError, UnsupportedError, UsageError
 
 TECHNICAL = "Meta-info/technicalinfo.json"
 
 
-def step_function(step: str, spec: CompressSpec) -> Callable[[Path, StepContext], dict[str, Any]]:
-    """The function running slot ``step`` with the method ``spec`` names there (methods table), imported now.
+def load_step(step: str, spec: CompressSpec) -> Step:
+    """The :class:`Step` filling slot ``step`` with the method ``spec`` names there (methods table), imported and
+    built now, its :meth:`Step.check` passed.
 
     Raises:
-        UnsupportedError: the method's module is not part of this ptmpack.
+        UsageError: no such method, no calibration text for a method that needs it, or the method's check refused.
+        UnsupportedError: the method's module is not part of this ptmpack, or its check refused.
     """
     name = spec.method_name(step) or ""
     found = method(step, name)
     if found is None:
         raise UsageError(f"no {step.replace('_', '-')} method {name!r}")
-    module_name, _, function = found.entry.partition(":")
+    if found.needs_calibration and spec.calib is None:
+        flag = {"quant": "--quant", "fold_norm": "--fold-norm", "prune": "--prune-method"}.get(step, "--" + step)
+        raise UsageError(f"{flag} {name} needs calibration text", hint="give --calib TEXTFILE")
+    module_name, _, class_name = found.entry.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -50,7 +57,34 @@ def step_function(step: str, spec: CompressSpec) -> Callable[[Path, StepContext]
             raise
         what = f"--quant {spec.quant}" if step == "quant" else f"--{step.replace('_', '-')}"
         raise UnsupportedError(f"{what} is not available in this ptmpack (no module {module_name})") from None
-    return getattr(module, function)
+    built: Step = getattr(module, class_name)()
+    built.check(spec)
+    return built
+
+
+NOT_MEASURED = Quality(None, None, None, {"note": "no calibration text: weight errors only"})
+"""The quality of a quantization run without ``--calib`` (kept layer by layer: the model is never run whole)."""
+
+
+def run_step(step: Step, slot: str, tree: Path, ctx: StepContext, text: HeldOut) -> StepRecord:
+    """Run ``step`` on ``tree`` wrapped in THE quality measurement of every compress step.
+
+    The model is run on the held-out ``text`` (:mod:`ptmpack.compress.eval.quality`) before
+    and after the step; the record gets the quality change, the FLOPs per token and, unless the
+    step recorded its own (a quantizer's weight-file sizes and per-layer weight errors), the tensor
+    bytes and each transformer layer's output error. A quantization run without ``--calib`` is
+    not measured, so that it stays layer by layer in bounded memory.
+
+    Raises:
+        PtmError: as the step's :meth:`Step.run`, or the model cannot be run for the measurement.
+    """
+    started = time.perf_counter()
+    if slot == "quant" and ctx.spec.calib is None:
+        return replace(step.run(tree, ctx), quality=NOT_MEASURED).timed(time.perf_counter() - started)
+    before = snapshot(tree, text)
+    record = step.run(tree, ctx)
+    quality, fields = compare(before, snapshot(tree, text), text)
+    return replace(record, quality=quality, details={**fields, **record.details}).timed(time.perf_counter() - started)
 
 
 def _link_or_copy(src: str, dst: str) -> object:
@@ -87,7 +121,7 @@ def _pack(work: Path, target: Path, pack_config: Any, force: bool) -> Any:
     return pack_tree(work, target, pack_config, force=force)
 
 
-def _record(work: Path, records: list[dict[str, Any]], spec: CompressSpec) -> None:
+def _record(work: Path, records: list[StepRecord]) -> None:
     """Append the step records to technicalinfo.json ``compression.steps`` (kept valid by its schema)."""
     from ptmpack.compress.tree.documents import read_json, write_json
 
@@ -95,32 +129,21 @@ def _record(work: Path, records: list[dict[str, Any]], spec: CompressSpec) -> No
     doc = read_json(path)
     comp = doc.get("compression") if isinstance(doc.get("compression"), dict) else {}
     steps = list(comp.get("steps") or [])
-    steps.extend(_json_safe(r) for r in records)
+    steps.extend(r.to_json() for r in records)
     comp["steps"] = steps
-    quant = next((r for r in reversed(records) if r.get("step") == "quant"), None)
-    if quant is not None:
-        comp["quantization"] = {k: quant.get(k) for k in ("method", "bits", "group_size", "symmetric", "format")}
+    quant = next((r for r in reversed(records) if r.scheme is not None), None)
+    if quant is not None and quant.scheme is not None:
+        scheme = quant.scheme
+        comp["quantization"] = {"method": quant.method, "bits": scheme.bits, "group_size": scheme.group_size,
+                                "symmetric": scheme.symmetric, "format": scheme.format}
     doc["compression"] = comp
     sizes = sum(p.stat().st_size for p in (work / "Model").rglob("*") if p.is_file())
     doc["model_size_bytes"] = sizes
     write_json(path, doc)
 
 
-def _json_safe(value: Any) -> Any:
-    """Drop what JSON cannot hold (numpy arrays kept by a step for its own use)."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items() if not isinstance(v, np.ndarray)}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _run(source: Path, work: Path, spec: CompressSpec, modules: list[tuple[str, Any]],
-         progress: Callable[[str, int, int], None], opener: Any) -> tuple[list[dict[str, Any]], int]:
+def _run(source: Path, work: Path, spec: CompressSpec, steps: list[Step],
+         progress: Callable[[str, int, int], None], opener: Any) -> tuple[list[StepRecord], int]:
     """Materialize ``source`` as the tree ``work``, run the steps on it and record them; the records and input size."""
     _materialize(source, work, opener)
     size_in = source.stat().st_size if source.is_file() else sum(
@@ -135,16 +158,9 @@ def _run(source: Path, work: Path, spec: CompressSpec, modules: list[tuple[str, 
         return cache[0]
 
     ctx = StepContext(spec, progress, calibration if spec.calib is not None else None)
-    records = []
-    for step, module in modules:
-        t0 = time.perf_counter()
-        record = module(work, ctx)
-        if not isinstance(record, dict):
-            raise PtmError(f"step {step} returned no record")
-        record.setdefault("step", step)
-        record.setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
-        records.append(record)
-    _record(work, records, spec)
+    text = held_out(spec)
+    records = [run_step(step, slot, work, ctx, text) for slot, step in zip(spec.steps(), steps, strict=True)]
+    _record(work, records)
     return records, size_in
 
 
@@ -162,17 +178,17 @@ def compress(source: Path, target: Path, spec: CompressSpec, pack_config: Any, *
     source, target = Path(source), Path(target)
     if target.exists() and not force:
         raise UsageError(f"{target} exists", hint="add --force to replace it")
-    modules = [(step, step_function(step, spec)) for step in spec.steps()]
+    steps = [load_step(slot, spec) for slot in spec.steps()]
     started = time.perf_counter()
     with working_tree(target.parent) as scratch:
         work = scratch / "tree"
         try:
-            records, size_in = _run(source, work, spec, modules, progress, opener)
+            records, size_in = _run(source, work, spec, steps, progress, opener)
             _pack(work, target, pack_config, force)
         except PtmError as exc:  # name the user's input, never the scratch copy that is about to be deleted
             exc.message = exc.message.replace(str(work), str(source))
             exc.args = (exc.message,)
             raise
-    return CompressReport(source=str(source), target=str(target), steps=tuple(_json_safe(r) for r in records),
+    return CompressReport(source=str(source), target=str(target), steps=tuple(records),
                           size_in=size_in, size_out=target.stat().st_size,
                           seconds=round(time.perf_counter() - started, 3))

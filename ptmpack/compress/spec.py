@@ -13,13 +13,11 @@ from pathlib import Path
 from ptmpack.compress.methods import SLOTS, choices, method
 from ptmpack.errors import UsageError
 
-QUANT_METHODS = choices("quant")
 WEIGHT_BITS = (2, 3, 4, 8)
+"""The fixed sets below are options' values; method names are read from the methods table when checked."""
 DEFAULT_GROUPS = (128, 64, 32)
 """Candidate default group sizes, largest first: the default is the largest dividing every input width."""
-FOLD_NORMS = choices("fold_norm")
 PRUNE_TARGETS = ("heads", "ffn", "both")
-PRUNE_METHODS = choices("prune")
 DEVICES = ("cpu", "cuda")
 GPTQ_ORDERS = ("layer", "linear")
 
@@ -123,8 +121,8 @@ class CompressSpec:
             UsageError: an unknown method, bit width or device, a bad group size, window or budget,
                 options given without the step they belong to, or no step at all.
         """
-        if self.quant is not None and self.quant not in QUANT_METHODS:
-            raise UsageError(f"unknown quantization method {self.quant!r}", hint=f"use one of {', '.join(QUANT_METHODS)}")
+        if self.quant is not None and self.quant not in choices("quant"):
+            raise UsageError(f"unknown quantization method {self.quant!r}", hint=f"use one of {', '.join(choices('quant'))}")
         if self.bits not in WEIGHT_BITS:
             raise UsageError(f"--bits {self.bits} is not supported", hint=f"use one of {', '.join(map(str, WEIGHT_BITS))}")
         if self.act_bits is not None and (self.quant != "ptq" or self.act_bits not in (4, 8, 16)):
@@ -138,12 +136,12 @@ class CompressSpec:
             raise UsageError("--epochs must not be negative")
         if self.device not in DEVICES:
             raise UsageError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
-        if self.fold_norm is not None and self.fold_norm not in FOLD_NORMS:
-            raise UsageError(f"--fold-norm takes {' or '.join(FOLD_NORMS)}, got {self.fold_norm!r}")
+        if self.fold_norm is not None and self.fold_norm not in choices("fold_norm"):
+            raise UsageError(f"--fold-norm takes {' or '.join(choices('fold_norm'))}, got {self.fold_norm!r}")
         if self.prune is not None and self.prune not in PRUNE_TARGETS:
             raise UsageError(f"--prune takes {', '.join(PRUNE_TARGETS)}, got {self.prune!r}")
-        if self.prune_method not in PRUNE_METHODS:
-            raise UsageError(f"--prune-method takes {' or '.join(PRUNE_METHODS)}, got {self.prune_method!r}")
+        if self.prune_method not in choices("prune"):
+            raise UsageError(f"--prune-method takes {' or '.join(choices('prune'))}, got {self.prune_method!r}")
         if (self.prune is None) != (self.flops_budget is None):
             raise UsageError("--prune and --flops-budget go together")
         if self.flops_budget is not None and not 0.0 < self.flops_budget <= 1.0:

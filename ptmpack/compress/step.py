@@ -1,4 +1,9 @@
-"""What a compress step is handed besides the tree: the spec, a progress callback, calibration data.
+"""The Step protocol every compress method implements, what a step is handed, and the typed record it returns.
+
+A method (a row of :mod:`ptmpack.compress.methods`) names a class implementing :class:`Step`;
+the pipeline builds it, calls :meth:`Step.check` on the spec before any work, then
+:meth:`Step.run` on the working tree with a :class:`StepContext`, and gets a :class:`StepRecord`
+whose :meth:`StepRecord.to_json` is what ``technicalinfo.compression.steps`` and ``--json`` hold.
 
 Calibration is lazy: a step that needs none (RTN, magnitude pruning) never tokenizes the
 text, and the steps that do share one tokenization per run.
@@ -8,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
+from ptmpack.compress.report import StepRecord
 from ptmpack.compress.spec import CompressSpec
 
 
@@ -24,13 +31,11 @@ class CalibrationData:
     text_sha256: str
     """sha256 of the calibration file's bytes."""
     text_tokens: int
-    """Tokens tokenized: the whole text for random windows, else the pieces the windows and held-out tail need."""
+    """Tokens tokenized: the whole text for random windows, else the pieces the windows need."""
     source: str
     """The calibration file's name (no directories: a path may be private)."""
     selection: str
     """``"first"`` (consecutive windows from the start) or ``"random:SEED"``."""
-    held_out: np.ndarray | None = field(default=None, repr=False)
-    """Up to ``seqlen`` tokens of the text no window covers (for the before/after quality check), if any."""
 
     def record(self) -> dict[str, Any]:
         """The JSON-ready description stored with each step that used these windows."""
@@ -45,7 +50,7 @@ def no_progress(label: str, done: int, total: int) -> None:
 
 @dataclass(frozen=True)
 class StepContext:
-    """Everything a step's ``apply(tree, ctx)`` gets besides the tree."""
+    """Everything a step's ``run(tree, ctx)`` gets besides the tree."""
 
     spec: CompressSpec
     progress: Callable[[str, int, int], None] = no_progress
@@ -65,3 +70,28 @@ class StepContext:
             raise UsageError(f"--quant {self.spec.quant or ''} / --prune need calibration text",
                              hint="give --calib TEXTFILE")
         return self.calibration()
+
+
+class Step(Protocol):
+    """One compress method: the class a row of :mod:`ptmpack.compress.methods` names as ``module:Class``.
+
+    The pipeline builds it without arguments, calls :meth:`check` for every step of the run
+    before the input is even unpacked, then :meth:`run` on the working tree in slot order.
+    """
+
+    def check(self, spec: CompressSpec) -> None:
+        """Refuse settings this method cannot run with, before any work is done.
+
+        Raises:
+            UsageError: options that do not go with this method.
+            UnsupportedError: a combination the method cannot compute (the reason in the message).
+        """
+
+    def run(self, tree: Path, ctx: StepContext) -> StepRecord:
+        """Rewrite the working ``tree`` (``Model/`` and ``config.json``) and say what was done.
+
+        Raises:
+            UsageError: a setting the model contradicts (a group size that does not divide a width).
+            UnsupportedError: a model this method cannot handle (architecture, missing torch/CUDA).
+            PtmError: reading or writing the tree failed.
+        """

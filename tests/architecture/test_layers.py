@@ -148,9 +148,9 @@ COMPRESS_ALLOWED: dict[str, set[str]] = {
     "spec": {"methods"},
     "methods": set(),
     "report": set(),
-    "step": {"spec"},
+    "step": {"spec", "report"},
     "tree": set(),
-    "eval": {"tree", "step", "spec"},
+    "eval": {"tree", "step", "spec", "report"},
     "quant": {"tree", "eval", "step", "spec", "report"},
     "structure": {"tree", "eval", "step", "spec", "report"},
     "pipeline": {"tree", "eval", "step", "spec", "methods", "report"},
@@ -243,8 +243,10 @@ def test_the_module_graph_sees_imports_inside_functions() -> None:
 
 
 def test_the_methods_table_loads_no_method_and_names_real_functions() -> None:
-    """``compress/methods.py`` and ``spec.py`` load nothing heavy; every row's entry is a function that exists."""
+    """``compress/methods.py`` and ``spec.py`` load nothing heavy; every row's entry is a class implementing the
+    Step protocol (``check(spec)``, ``run(tree, ctx)``), built without arguments."""
     import importlib
+    import inspect
 
     code = ("import sys, ptmpack.compress.spec, ptmpack.compress.methods\n"
             "print(','.join(sorted({m.split('.')[0] for m in sys.modules})))")
@@ -253,5 +255,9 @@ def test_the_methods_table_loads_no_method_and_names_real_functions() -> None:
     from ptmpack.compress.methods import METHODS, SLOTS
 
     for m in METHODS:
-        module, _, function = m.entry.partition(":")
-        assert m.slot in SLOTS and callable(getattr(importlib.import_module(module), function)), m
+        module, _, name = m.entry.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        assert m.slot in SLOTS and inspect.isclass(cls), m
+        step = cls()
+        assert list(inspect.signature(step.check).parameters) == ["spec"], m
+        assert list(inspect.signature(step.run).parameters) == ["tree", "ctx"], m

@@ -47,7 +47,9 @@ def _step(tree, calib, **kw):
 def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(tmp_path):
     from safetensors.numpy import load_file
 
-    from ptmpack.compress.quant.affine.step import apply
+    from ptmpack.compress.eval.quality import held_out
+    from ptmpack.compress.pipeline import run_step
+    from ptmpack.compress.quant.affine.step import AffineStep
     from ptmpack.compress.quant.affine.torch_llama import CausalLM, LlamaConfig
     from ptmpack.compress.quant.pack_quantized import read_quantized_linear
     from ptmpack.ir.runner import LoadedModel
@@ -57,10 +59,11 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
     calib = tmp_path / "calib.txt"
     calib.write_text(sample_text(3000), encoding="utf-8")
     ctx = _step(tree, calib, bits=4, group_size=32, epochs=2)
-    record = apply(tree, ctx)
+    result = run_step(AffineStep(), "quant", tree, ctx, held_out(ctx.spec))
+    record = result.to_json()
 
     assert record["method"] == "affine" and record["group_size"] == 32
-    assert record["affine"]["unmerged_transforms"] == 4 and "note" in record   # 2 layers × 2 norms
+    assert result.unmerged_transforms == record["affine"]["unmerged_transforms"] == 4 and "note" in record  # 2×2 norms
     assert set(record["affine"]["dominance"]) == {"violations", "checks"}
     assert record["quality"]["after"] is not None and np.isfinite(record["quality"]["after"])
     config = json.loads((tree / "Model" / "config.json").read_text())
@@ -97,7 +100,7 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
 
 
 def test_apply_refuses_encoders_and_bad_groups(tmp_path):
-    from ptmpack.compress.quant.affine.step import apply
+    from ptmpack.compress.quant.affine.step import AffineStep
     from ptmpack.errors import UnsupportedError, UsageError
     from tests._support.tiny_models import sample_text, tiny_tree
 
@@ -105,10 +108,10 @@ def test_apply_refuses_encoders_and_bad_groups(tmp_path):
     calib.write_text(sample_text(2000), encoding="utf-8")
     bert = tiny_tree(tmp_path, "bert")
     with pytest.raises(UnsupportedError):
-        apply(bert, _step(bert, calib, epochs=1))
+        AffineStep().run(bert, _step(bert, calib, epochs=1))
     llama = tiny_tree(tmp_path)
     with pytest.raises(UsageError):
-        apply(llama, _step(llama, calib, group_size=48, epochs=1))
+        AffineStep().run(llama, _step(llama, calib, group_size=48, epochs=1))
 
 
 def test_compress_pipeline_packs_an_affine_package_that_ptmpack_runs(tmp_path):
@@ -123,7 +126,8 @@ def test_compress_pipeline_packs_an_affine_package_that_ptmpack_runs(tmp_path):
     calib.write_text(sample_text(3000, seed=2), encoding="utf-8")
     spec = CompressSpec(quant="affine", bits=4, group_size=32, calib=calib, nsamples=4, seqlen=32)
     report = compress(tree, tmp_path / "out.ptm", spec, PackConfig())
-    (step,) = report.steps
+    (record,) = report.steps
+    step = record.to_json()
     assert step["method"] == "affine" and step["calibration"]["tokens"] == 128
     default_epochs = CompressSpec(quant="affine").epochs
     assert step["affine"]["epochs"] == default_epochs and step["affine"]["method_defaults"] == {"epochs": default_epochs}

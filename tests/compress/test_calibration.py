@@ -105,19 +105,17 @@ def test_windows_are_unchanged_by_reading_in_pieces(tmp_path: Path) -> None:
     spec = CompressSpec(quant="gptq", calib=path, nsamples=3, seqlen=32)
     data = load_calibration(tree, spec)
     np.testing.assert_array_equal(data.windows, ids[: 3 * 32].reshape(3, 32))
-    np.testing.assert_array_equal(data.held_out, ids[3 * 32: 4 * 32])
     seeded = load_calibration(tree, CompressSpec(quant="gptq", calib=path, nsamples=3, seqlen=32, calib_seed=4))
     assert seeded.text_tokens == len(ids)
 
 
 def test_the_structure_steps_read_a_large_text_by_its_ends(tmp_path: Path) -> None:
-    from ptmpack.compress.eval.probe import HEAD_BYTES, TAIL_BYTES, held_out_lines, step_text
-    from ptmpack.compress.step import StepContext
+    from ptmpack.compress.eval.probe import HEAD_BYTES, TAIL_BYTES, calibration_text, held_out_lines
 
     path = tmp_path / "big.txt"
     lines = [f"line {i} of the calibration text, long enough to matter." for i in range(400_000)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert path.stat().st_size > 4 * (HEAD_BYTES + TAIL_BYTES)
-    text = step_text(StepContext(CompressSpec(quant="rtn", calib=path)))
+    text = calibration_text(CompressSpec(quant="rtn", calib=path))
     assert text is not None and len(text.encode()) <= HEAD_BYTES + TAIL_BYTES + 1
     assert text.startswith(lines[0]) and held_out_lines(text) == lines[-16:]

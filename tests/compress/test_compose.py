@@ -62,7 +62,7 @@ def _spec(pre: dict[str, Any], quant: str, calib: Path) -> CompressSpec:
 def _runs(trees: dict[str, Path], kind: str, pre: dict[str, Any], quant: str, calib: Path, tmp: Path) -> None:
     out = tmp / "out.ptm"
     report = compress(trees[kind], out, _spec(pre, quant, calib), PackConfig())
-    assert [s["step"] for s in report.steps] == [*(k for k in ("fold_norm", "prune") if k in pre), "quant"]
+    assert [s.step for s in report.steps] == [*(k for k in ("fold_norm", "prune") if k in pre), "quant"]
     # the calibration text is one paragraph: the structure steps hold its last sentences out
     with LoadedModel.open(out) as lm:
         ops = {o.type for o in lm.model.main_graph.operators}

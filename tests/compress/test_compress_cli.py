@@ -75,3 +75,33 @@ def test_signed_output_verifies(llama: Path, tmp_path: Path) -> None:
               tmp_path / "signer.key")
     assert run.code == 0, run.err
     assert cli("verify", out, "--pubkey", tmp_path / "signer.pub").code == 0
+
+
+TABLE_ROW_HELP = """
+import sys
+from ptmpack.compress import methods
+methods.METHODS += (methods.Method("mymethod", "quant", "ptmpack.compress.quant.rtn:RtnStep", False, "a new row"),
+                    methods.Method("myfold", "fold_norm", "ptmpack.compress.structure.fold_norm:FoldNormStep", False,
+                                   "another"))
+from ptmpack.cli import main
+try:
+    main(["compress", "--help"])
+except SystemExit:
+    pass
+print("LOADED:" + ",".join(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def test_a_new_row_of_the_methods_table_is_a_choice_of_compress_help() -> None:
+    """The CLI's method choices are read from the methods table (through the api), and building them loads
+    neither numpy, torch nor rich."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COLUMNS": "400"}
+    proc = subprocess.run([sys.executable, "-c", TABLE_ROW_HELP], capture_output=True, text=True, env=env,
+                          timeout=120, check=True)
+    help_text, _, loaded = proc.stdout.rpartition("LOADED:")
+    assert "rtn|gptq|affine|ptq|mymethod" in help_text and "affine|unified|myfold" in help_text
+    assert not {"numpy", "torch", "rich"} & set(loaded.strip().split(","))

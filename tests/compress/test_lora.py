@@ -133,9 +133,11 @@ def test_minilm_merge_equals_peft_merge_and_unload(tmp_path: Path, rslora: bool)
 
 
 def test_apply_reports_sizes_flops_layers_quality(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from ptmpack.compress.structure.lora import apply
+    from ptmpack.compress.eval.quality import held_out
+    from ptmpack.compress.pipeline import run_step
+    from ptmpack.compress.spec import CompressSpec
+    from ptmpack.compress.step import StepContext
+    from ptmpack.compress.structure.lora import LoraStep
     from tests._support.struct_models import TEXT
 
     cfg, t = bert_tensors()
@@ -143,9 +145,11 @@ def test_apply_reports_sizes_flops_layers_quality(tmp_path: Path) -> None:
     ad = {"base_model.model.encoder.layer.1.attention.self.value.lora_A.weight": np.full((2, 32), 0.1, np.float32),
           "base_model.model.encoder.layer.1.attention.self.value.lora_B.weight": np.full((32, 2), 0.1, np.float32)}
     (tmp_path / "text.txt").write_text(TEXT)
-    spec = SimpleNamespace(merge_lora=_adapter(tmp_path / "ad", {"r": 2, "lora_alpha": 4}, ad), calib=tmp_path / "text.txt")
-    rep = apply(tree, SimpleNamespace(spec=spec))
+    spec = CompressSpec(merge_lora=_adapter(tmp_path / "ad", {"r": 2, "lora_alpha": 4}, ad), calib=tmp_path / "text.txt")
+    record = run_step(LoraStep(), "merge_lora", tree, StepContext(spec), held_out(spec))
+    rep = record.to_json()
     json.dumps(rep)
+    assert record.quality is not None and record.quality.metric == "embedding_cosine_to_before"
     assert rep["method"] == "merge_lora" and rep["size_before"] == rep["size_after"] > 0
     assert rep["flops_before"] == rep["flops_after"] > 0
     errs = [r["relative_error"] for r in rep["layers"]]

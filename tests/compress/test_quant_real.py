@@ -44,7 +44,7 @@ def test_real_encoder_keeps_its_embeddings(minilm: Path, tmp_path: Path, method:
     out = tmp_path / "q.ptm"
     report = compress(minilm, out, CompressSpec(quant=method, bits=bits, group_size=group, symmetric=symmetric,
                                                 calib=calib, nsamples=2, seqlen=32), PackConfig())
-    assert report.steps[0]["layers_quantized"] == 36
+    assert report.steps[0].details["layers_quantized"] == 36
     with LoadedModel.open(minilm) as f, LoadedModel.open(out) as q:
         a, b = embed_texts(f, SENTENCES), embed_texts(q, SENTENCES)
     cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

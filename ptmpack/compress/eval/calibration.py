@@ -3,8 +3,8 @@
 Deterministic by default: the first ``nsamples`` consecutive ``seqlen``-token windows of
 the text (no special tokens added, so windows are plain text and a peer tool fed the same
 ids sees the same tokens). ``--calib-seed S`` draws the window starts at random instead
-(numpy's PCG64 with seed ``S``). The tokens after the last consecutive window, when there
-are any, are kept back for the before/after quality check.
+(numpy's PCG64 with seed ``S``). The quality check measures on the text's last lines instead
+(:mod:`ptmpack.compress.eval.quality`, the same text for every method).
 
 The file is read and tokenized in pieces (:data:`PIECE_CHARS` characters), never whole: a
 ``tokenizers`` encoding keeps offsets and masks per token, so a 20 MB text cost 3.5 GiB. Each
@@ -13,8 +13,7 @@ pre-tokenizer in use (byte-level BPE, Metaspace, whitespace/WordPiece) splits an
 tokenized with a lead-in of the previous piece's last :data:`LEAD_CHARS` characters whose
 tokens are dropped, so that what a tokenizer does at the start of a sequence (a prepended
 ``▁``) happens in the lead-in: the ids are those of the whole text tokenized at once (the tests
-compare them). For the consecutive windows only the pieces the windows and the held-out tail
-need are tokenized; the rest of the file is still read, in blocks, to hash it and check it is
+compare them). For the consecutive windows only the pieces the windows need are tokenized; the rest of the file is still read, in blocks, to hash it and check it is
 UTF-8. Random windows need the whole text's ids (int32, 4 bytes a token).
 """
 
@@ -139,8 +138,8 @@ def tokenize_file(tree: Path, text_file: Path, limit: int | None = None) -> tupl
     return ids.astype(np.int64), digest.hexdigest()
 
 
-def windows_of(ids: list[int], nsamples: int, seqlen: int, seed: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(nsamples, seqlen)`` windows and the held-out tail (None when nothing is left).
+def windows_of(ids: list[int], nsamples: int, seqlen: int, seed: int | None) -> np.ndarray:
+    """``(nsamples, seqlen)`` windows: the first ones, or with ``seed`` at random starts.
 
     Raises:
         UsageError: the text is shorter than one window.
@@ -151,11 +150,9 @@ def windows_of(ids: list[int], nsamples: int, seqlen: int, seed: int | None) -> 
         raise UsageError(f"the calibration text has {len(arr)} tokens, fewer than one --seqlen {seqlen} window")
     if seed is None:
         n = min(nsamples, available)
-        windows = arr[: n * seqlen].reshape(n, seqlen)
-        tail = arr[n * seqlen: (n + 1) * seqlen]
-        return windows, (tail if len(tail) >= 2 else None)
+        return arr[: n * seqlen].reshape(n, seqlen)
     starts = np.random.default_rng(seed).integers(0, len(arr) - seqlen + 1, size=nsamples)
-    return np.stack([arr[s:s + seqlen] for s in starts]), None
+    return np.stack([arr[s:s + seqlen] for s in starts])
 
 
 def load_calibration(tree: Path, spec: CompressSpec) -> CalibrationData:
@@ -166,8 +163,8 @@ def load_calibration(tree: Path, spec: CompressSpec) -> CalibrationData:
     """
     if spec.calib is None:
         raise UsageError("this step needs calibration text", hint="give --calib TEXTFILE")
-    limit = None if spec.calib_seed is not None else (spec.nsamples + 1) * spec.seqlen  # windows + held-out tail
+    limit = None if spec.calib_seed is not None else spec.nsamples * spec.seqlen
     ids, digest = tokenize_file(tree, spec.calib, limit)
-    windows, held = windows_of(ids, spec.nsamples, spec.seqlen, spec.calib_seed)
+    windows = windows_of(ids, spec.nsamples, spec.seqlen, spec.calib_seed)
     selection = "first" if spec.calib_seed is None else f"random:{spec.calib_seed}"
-    return CalibrationData(windows, digest, len(ids), Path(spec.calib).name, selection, held)
+    return CalibrationData(windows, digest, len(ids), Path(spec.calib).name, selection)

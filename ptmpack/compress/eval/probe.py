@@ -1,22 +1,20 @@
-"""Before/after measurements every structure step reports (issue 10, item 6).
-
-A :class:`Probe` runs the package's IR model (``Model/graph.json``) on held-out text before a
-step edits the tree, and again after: per-layer output error (the relative Frobenius error of
-each transformer layer's output), the model-level metric (mean cosine of sentence embeddings
-for encoders, perplexity for decoders), the weight bytes and the FLOPs per token.
+"""The structure steps' calibration: the text of ``--calib`` (head and tail of a large file), its
+calibration part (without the held-out lines :mod:`ptmpack.compress.eval.quality` measures on),
+and token windows of it shaped like the model's real inputs.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.tree.checkpoint import Checkpoint, read_json
+from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import StepContext
+from ptmpack.compress.tree.checkpoint import read_json
 from ptmpack.errors import UsageError
 
 DEFAULT_TEXT = (
@@ -31,41 +29,14 @@ DEFAULT_TEXT = (
 )
 """Held-out sentences used when a step is given no text (so every run reports a quality figure)."""
 
-_LAYER = re.compile(r"layers\.(\d+)\.")
-_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|h)\.\d+\.")
-
-
-def flops_per_token(ck: Checkpoint, config: dict[str, Any], seq: int = 128) -> int:
-    """Forward FLOPs per token at sequence length ``seq``, from the tensors' shapes.
-
-    Every 2-D ``*.weight`` inside the transformer layers and the LM head costs ``2·out·in`` (a
-    multiply-add per weight); attention scores and the weighted sum cost ``4·seq·width`` per
-    layer, ``width`` being the query projection's output width. Embedding look-ups are free.
-    Shapes, not config, decide, so a pruned checkpoint is costed as it is.
-    """
-    total = 0
-    for name, t in ck.tensors.items():
-        if t.ndim != 2 or not name.endswith(".weight") or "embed" in name:
-            continue
-        if _BLOCK.search(name) or name == "lm_head.weight":
-            total += 2 * int(t.shape[0]) * int(t.shape[1])
-            if name.endswith(("attention.self.query.weight", "self_attn.q_proj.weight")):
-                total += 4 * seq * int(t.shape[0])
-    if config.get("model_type") != "bert" and "lm_head.weight" not in ck.tensors:
-        emb = next((t for n, t in ck.tensors.items() if n.endswith("embed_tokens.weight")), None)
-        if emb is not None:
-            total += 2 * int(emb.shape[0]) * int(emb.shape[1])
-    return total
-
-
 HEAD_BYTES = 4 << 20
 """At most this much of the start of a calibration file is read for the structure steps' windows."""
 TAIL_BYTES = 64 << 10
 """The end of the file read for the held-out lines (when the file is larger than the head)."""
 
 
-def step_text(ctx: Any) -> str | None:
-    """The text of ``ctx.spec.calib`` (a pipeline StepContext), or None when the step was given none.
+def calibration_text(spec: CompressSpec) -> str | None:
+    """The text of ``spec.calib``, or None when the run was given none.
 
     A file larger than :data:`HEAD_BYTES` is not read whole: its first ``HEAD_BYTES`` (cut at a
     line end) for the calibration windows and its last :data:`TAIL_BYTES` lines for the held-out
@@ -74,7 +45,7 @@ def step_text(ctx: Any) -> str | None:
     Raises:
         UsageError: the file cannot be read as UTF-8 text.
     """
-    calib = getattr(getattr(ctx, "spec", None), "calib", None)
+    calib = spec.calib
     if calib is None:
         return None
     try:
@@ -191,26 +162,21 @@ def with_special_tokens(tree: Path, windows: np.ndarray) -> np.ndarray:
     return out
 
 
-def step_windows(tree: Path, ctx: Any, *, nsamples: int = 8, seqlen: int = 128) -> np.ndarray:
+def step_windows(tree: Path, ctx: StepContext, *, nsamples: int = 8, seqlen: int = 128) -> np.ndarray:
     """Calibration windows for a pipeline step: for a decoder the StepContext's own calibration when it
     has one; for an encoder (and without it) :func:`calibration_windows` of ``ctx.spec.calib``.
 
     Raises:
         UsageError: no calibration text was given.
     """
-    calib = getattr(ctx, "calibration", None)
-    spec = getattr(ctx, "spec", None)
+    spec = ctx.spec
     encoder = read_json(tree, "Model/config.json").get("model_type") == "bert"
-    if callable(calib) and getattr(spec, "calib", None) is not None and not encoder:
-        data = calib()
-        for attr in ("windows", "tokens", "ids"):
-            if isinstance(getattr(data, attr, None), np.ndarray):
-                return with_special_tokens(tree, np.asarray(getattr(data, attr), np.int64))
-    text = step_text(ctx)
+    if ctx.calibration is not None and spec.calib is not None and not encoder:
+        return with_special_tokens(tree, np.asarray(ctx.calib().windows, np.int64))
+    text = calibration_text(spec)
     if text is None:
         raise UsageError("this step needs calibration text", hint="give --calib TEXT")
-    return calibration_windows(tree, text, nsamples=int(getattr(spec, "nsamples", nsamples) or nsamples),
-                               seqlen=int(getattr(spec, "seqlen", seqlen) or seqlen))
+    return calibration_windows(tree, text, nsamples=spec.nsamples or nsamples, seqlen=spec.seqlen or seqlen)
 
 
 def feeds_for(model: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -221,82 +187,3 @@ def feeds_for(model: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
     if "token_type_ids" in model.inputs:
         feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
     return feeds
-
-
-@dataclass
-class Snapshot:
-    """What one model computed on the held-out text."""
-
-    kind: str
-    layers: dict[str, np.ndarray]
-    metric: float
-    embeddings: np.ndarray | None
-    size: int
-    flops: int
-
-
-def _layer_outputs(model: Any) -> list[str]:
-    """The output variable of each transformer layer: the last operator whose name starts with ``layers.i.``."""
-    last: dict[int, str] = {}
-    for node in model.main_graph.operators:
-        m = _LAYER.match(node.name)
-        if m:
-            outs = [n for names in node.outputs.values() for n in names]
-            last[int(m.group(1))] = outs[0]
-    return [last[i] for i in sorted(last)]
-
-
-def snapshot(tree: Path, text: str | None, *, max_tokens: int = 128) -> Snapshot:
-    """Run the tree's model on held-out text and keep what :func:`compare` needs.
-
-    Encoders: the pooled embeddings of the held-out sentences and each layer's output on them.
-    Decoders: the perplexity of the first ``max_tokens`` tokens and each layer's output on them.
-
-    Raises:
-        PtmError: the tree has no runnable graph or tokenizer.
-    """
-    from ptmpack.ir.runner import LoadedModel, embed_texts
-
-    ck = Checkpoint.load(tree)
-    config = read_json(tree, "Model/config.json")
-    size, flops = ck.nbytes(), flops_per_token(ck, config)
-    del ck
-    lines = held_out_lines(text)
-    with LoadedModel.open(tree) as lm:
-        names = _layer_outputs(lm.model)
-        limit = lm.config.get("max_position_embeddings")
-        max_tokens = min(max_tokens, limit) if isinstance(limit, int) and limit > 1 else max_tokens
-        if lm.kind == "embedding":
-            emb = embed_texts(lm, lines)
-            tok = lm.tokenizer
-            enc = tok.encode(" ".join(lines[:4]))
-            ids = np.asarray([enc.ids[:max_tokens]], np.int64)
-            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-            if "token_type_ids" in lm.model.inputs:
-                feeds["token_type_ids"] = np.zeros_like(ids)
-            layers = lm.executor.run(feeds, names)
-            return Snapshot("embedding", layers, 1.0, emb, size, flops)
-        from ptmpack.ir.runner import sequence_nll
-
-        ids = np.asarray(lm.encode("\n".join(lines))[:max_tokens], np.int64)[None]
-        out = lm.executor.run({"input_ids": ids}, [*names, lm.model.outputs[0]])
-        nll, n = sequence_nll(out.pop(lm.model.outputs[0])[0], ids[0])
-        return Snapshot("logits", out, float(np.exp(nll / max(n, 1))), None, size, flops)
-
-
-def compare(before: Snapshot, after: Snapshot) -> dict[str, Any]:
-    """The report fields shared by every step: sizes, FLOPs, per-layer error rows and quality."""
-    rows = []
-    for (name, a), b in zip(before.layers.items(), after.layers.values(), strict=False):
-        a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        rel = float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(a64), 1e-30)) if a64.shape == b64.shape else None
-        rows.append({"layer": name, "relative_error": rel})
-    if before.kind == "embedding" and before.embeddings is not None and after.embeddings is not None:
-        x, y = before.embeddings.astype(np.float64), after.embeddings.astype(np.float64)
-        cos = (x * y).sum(-1) / np.maximum(np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1), 1e-30)
-        quality = {"metric": "embedding_cosine_to_before", "before": 1.0, "after": float(cos.mean()),
-                   "sentences": len(cos)}
-    else:
-        quality = {"metric": "perplexity", "before": before.metric, "after": after.metric}
-    return {"size_before": before.size, "size_after": after.size, "flops_before": before.flops,
-            "flops_after": after.flops, "layers": rows, "quality": quality}

@@ -30,6 +30,8 @@ from ptmpack.compress.quant.pack_quantized import (
     quantized_tensors,
     write_quantized_linear,
 )
+from ptmpack.compress.report import QuantScheme, StepRecord
+from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.documents import read_json, write_json
 from ptmpack.compress.tree.weights import WeightFiles, write_safetensors
 from ptmpack.errors import UnsupportedError, UsageError
@@ -207,8 +209,8 @@ LayerFn = Callable[[Target, np.ndarray, int], tuple[QuantizedWeight, dict[str, A
 the quantized weight and its :func:`ptmpack.compress.quant.rtn.error_row`."""
 
 
-def quantize_tree(tree: Path, ctx: Any, method: str, run: RunFn | None = None, *, layer: LayerFn | None = None,
-                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def quantize_tree(tree: Path, ctx: StepContext, method: str, run: RunFn | None = None, *, layer: LayerFn | None = None,
+                  extra: Mapping[str, Any] | None = None) -> StepRecord:
     """Quantize the tree's linears and rewrite ``Model/``; return the step record.
 
     Give ``run(targets, weights, group_size)``, returning the quantized weight of each target
@@ -222,7 +224,6 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: RunFn | None = None, *
         UsageError: a bad group size.
         UnsupportedError: an unknown architecture, or no linear to quantize.
     """
-    from ptmpack.compress.eval.quality import measure
     from ptmpack.compress.quant.metrics import error_row
     from ptmpack.compress.quant.observer import scale_dtype_for
 
@@ -237,7 +238,6 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: RunFn | None = None, *
         raise UnsupportedError(f"{tree}: the model has no linear layer to quantize")
     group = choose_group_size(targets, spec.group_size)
     calibration = ctx.calib() if ctx.calibration is not None else None
-    before = measure(tree, calibration)
     weights = WeightFiles(tree / "Model")
     size_before = weights.file_bytes()
     by_weight = {t.weight: t for t in targets}
@@ -271,22 +271,18 @@ def quantize_tree(tree: Path, ctx: Any, method: str, run: RunFn | None = None, *
     config_path = tree / "Model" / "config.json"
     config = read_json(config_path)
     decoder = model.metadata.get("structure") == "decoder-only"
-    actorder = "weight" if getattr(spec, "act_order", False) else None
+    actorder = "weight" if spec.act_order else None
     config["quantization_config"] = quantization_config(spec.bits, group or None, spec.symmetric,
                                                         ignored_linears(shapes, targets, decoder), actorder=actorder)
     write_json(config_path, config)
     regraph(tree)
     size_after = weights.file_bytes()
-    after = measure(tree, calibration, reference=before)
     ordered = [rows[t.prefix] for t in targets]
-    record: dict[str, Any] = {
-        "step": "quant", "method": method, "bits": spec.bits, "group_size": group or "channel",
-        "symmetric": spec.symmetric,
-        "format": "compressed-tensors/pack-quantized", "layers_quantized": len(targets),
-        "size_before": size_before, "size_after": size_after, "seconds": round(seconds, 3),
-        "calibration": calibration.record() if calibration is not None else None,
-        "quality": {"before": before.get("value"), "after": after.get("value"), **after.get("about", {})},
-        "layers": ordered, "mean_rel_error": float(np.mean([r["rel_error"] for r in ordered])),
+    details: dict[str, Any] = {
+        "layers_quantized": len(targets), "size_before": size_before, "size_after": size_after,
+        "seconds": round(seconds, 3), "calibration": calibration.record() if calibration is not None else None,
+        "layers": ordered, "mean_rel_error": float(np.mean([r["rel_error"] for r in ordered])), **(extra or {}),
     }
-    record.update(extra or {})
-    return record
+    return StepRecord("quant", method,
+                      scheme=QuantScheme(spec.bits, "compressed-tensors/pack-quantized", group or "channel", spec.symmetric),
+                      details=details)

@@ -17,6 +17,9 @@ import numpy as np
 from ptmpack.compress.quant.metrics import accumulate, layer_row
 from ptmpack.compress.quant.observer import group_params, quantize_codes, row_step, scale_dtype_for
 from ptmpack.compress.quant.pack_quantized import QuantizedWeight
+from ptmpack.compress.report import StepRecord
+from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import StepContext
 
 
 def quantize_rtn(weight: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
@@ -66,8 +69,19 @@ def _quantize(weight: np.ndarray, bits: int, group_size: int, symmetric: bool, s
     return QuantizedWeight(codes, scales, zeros, bits, group_size)
 
 
-def apply(tree: Path, ctx: Any) -> dict[str, Any]:
-    """The ``--quant rtn`` step: quantize every target linear of the tree's model, one layer at a time.
+class RtnStep:
+    """The ``--quant rtn`` step (a :class:`ptmpack.compress.step.Step`)."""
+
+    def check(self, spec: CompressSpec) -> None:
+        """Nothing beyond :meth:`CompressSpec.check`: RTN takes every bit width and group size it allows."""
+
+    def run(self, tree: Path, ctx: StepContext) -> StepRecord:
+        """Quantize every target linear of the tree's model, one layer at a time (:func:`quantize_rtn_tree`)."""
+        return quantize_rtn_tree(tree, ctx)
+
+
+def quantize_rtn_tree(tree: Path, ctx: StepContext) -> StepRecord:
+    """Quantize every target linear of the tree's model by RTN, one layer at a time.
 
     Each weight is read from disk when its turn comes, quantized, written into the rewritten
     safetensors file and dropped (:func:`ptmpack.compress.quant.linear.quantize_tree`), so memory

@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.report import StepRecord
+from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.checkpoint import (
     CONFIG,
     GRAPH,
@@ -240,23 +243,22 @@ def fold_norm(tree: Path, mode: str, windows: np.ndarray | None = None, *, stati
     return {"method": "fold_norm", **record}
 
 
-def apply(tree: Path, ctx: Any) -> dict[str, Any]:
-    """Pipeline step (COMPRESS.md): ``--fold-norm`` with the before/after report.
+class FoldNormStep:
+    """Pipeline step ``--fold-norm affine|unified`` with the before/after report (a :class:`Step`)."""
 
-    Raises:
-        PtmError: as :func:`fold_norm`.
-    """
-    from ptmpack.compress.eval.probe import compare, snapshot, step_text, step_windows
+    def check(self, spec: CompressSpec) -> None:
+        """Nothing beyond :meth:`CompressSpec.check`; AffineQuant refuses unified norms in its own check."""
 
-    mode = ctx.spec.fold_norm
-    if mode == "unified" and ctx.spec.quant == "affine":
-        raise UnsupportedError("--fold-norm unified with --quant affine: AffineQuant learns its transforms in a "
-                               "PyTorch LLaMA that normalizes on line and merges them into the norm weights, "
-                               "which the unified norms have replaced by fixed statistics",
-                               hint="--fold-norm affine combines with any --quant")
-    text = step_text(ctx)
-    windows = step_windows(tree, ctx) if mode == "unified" else None
-    before = snapshot(tree, text)
-    record = fold_norm(Path(tree), mode, windows)
-    return {**record, **compare(before, snapshot(tree, text))}
+    def run(self, tree: Path, ctx: StepContext) -> StepRecord:
+        """Fold the norms (:func:`fold_norm`).
+
+        Raises:
+            PtmError: as :func:`fold_norm`.
+        """
+        from ptmpack.compress.eval.probe import step_windows
+
+        mode = ctx.spec.fold_norm or "affine"
+        windows = step_windows(tree, ctx) if mode == "unified" else None
+        record = fold_norm(Path(tree), mode, windows)
+        return StepRecord("fold_norm", str(record.pop("method")), details=record)
 

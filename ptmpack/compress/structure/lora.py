@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.report import StepRecord
+from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.checkpoint import Checkpoint
 from ptmpack.errors import InvalidTreeError, UnsupportedError, UsageError
 
@@ -142,15 +145,17 @@ def merge_lora(tree: Path, adapter_dir: Path) -> dict[str, Any]:
             "base_model_name_or_path": cfg.get("base_model_name_or_path")}, "merged": rows}
 
 
-def apply(tree: Path, ctx: Any) -> dict[str, Any]:
-    """Pipeline step (COMPRESS.md): merge ``ctx.spec.merge_lora`` and report sizes, FLOPs and quality.
+class LoraStep:
+    """Pipeline step ``--merge-lora DIR``: merge a PEFT adapter, report sizes, FLOPs and quality (a :class:`Step`)."""
 
-    Raises:
-        PtmError: as :func:`merge_lora`, or the model cannot be run for the quality report.
-    """
-    from ptmpack.compress.eval.probe import compare, snapshot, step_text
+    def check(self, spec: CompressSpec) -> None:
+        """Nothing beyond :meth:`CompressSpec.check`: the adapter is read (and refused) by :func:`merge_lora`."""
 
-    text = step_text(ctx)
-    before = snapshot(tree, text)
-    record = merge_lora(tree, Path(ctx.spec.merge_lora))
-    return {**record, **compare(before, snapshot(tree, text))}
+    def run(self, tree: Path, ctx: StepContext) -> StepRecord:
+        """Merge ``ctx.spec.merge_lora`` (:func:`merge_lora`).
+
+        Raises:
+            PtmError: as :func:`merge_lora`, or the model cannot be run for the quality report.
+        """
+        record = merge_lora(tree, Path(str(ctx.spec.merge_lora)))
+        return StepRecord("merge_lora", str(record.pop("method")), details=record)

@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.report import StepRecord
+from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.adapters import CONFIG_NAME, FOLDER, linear_op, read_adapters
 from ptmpack.compress.tree.checkpoint import (
     CONFIG,
@@ -222,15 +225,17 @@ def merge_adapters(tree: Path) -> dict[str, Any]:
             "intermediate_sizes": sizes, "uniform_intermediate_size": len(sizes) == 1}
 
 
-def apply(tree: Path, ctx: Any) -> dict[str, Any]:
-    """Pipeline step (COMPRESS.md): ``--merge-adapter`` with the before/after report.
+class AdapterStep:
+    """Pipeline step ``--merge-adapter`` with the before/after report (a :class:`ptmpack.compress.step.Step`)."""
 
-    Raises:
-        PtmError: as :func:`merge_adapters`.
-    """
-    from ptmpack.compress.eval.probe import compare, snapshot, step_text
+    def check(self, spec: CompressSpec) -> None:
+        """Nothing to check in the spec: whether the package has adapters is known once it is unpacked."""
 
-    text = step_text(ctx)
-    before = snapshot(tree, text)
-    record = merge_adapters(Path(tree))
-    return {**record, **compare(before, snapshot(tree, text))}
+    def run(self, tree: Path, ctx: StepContext) -> StepRecord:
+        """Re-parameterize the package's adapters into the base weights (:func:`merge_adapters`).
+
+        Raises:
+            PtmError: as :func:`merge_adapters`.
+        """
+        record = merge_adapters(Path(tree))
+        return StepRecord("merge_adapter", str(record.pop("method")), details=record)

@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.report import QuantScheme, StepRecord
+from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import StepContext
 from ptmpack.errors import UnsupportedError
 
 STEP_NOTE = ("unmerged AffineQuant transforms run as explicit affine_transform operators in graph.json: "
@@ -53,7 +56,36 @@ def _store(tensors: Any, name: str, value: np.ndarray, file: str) -> None:
     tensors.changed.add(file)
 
 
-def apply(tree: Path, ctx: Any) -> dict[str, Any]:
+class AffineStep:
+    """The ``--quant affine`` step (a :class:`ptmpack.compress.step.Step`)."""
+
+    def check(self, spec: CompressSpec) -> None:
+        """Refuse ``--fold-norm unified`` before any work (see :func:`refuse_unified_norms`).
+
+        Raises:
+            UnsupportedError: the spec unifies the norms too.
+        """
+        refuse_unified_norms(spec)
+
+    def run(self, tree: Path, ctx: StepContext) -> StepRecord:
+        """Learn the transforms and quantize (:func:`affine_quantize_tree`)."""
+        return affine_quantize_tree(tree, ctx)
+
+
+def refuse_unified_norms(spec: CompressSpec) -> None:
+    """AffineQuant cannot follow ``--fold-norm unified`` (physics, not a missing feature).
+
+    Raises:
+        UnsupportedError: ``spec`` asks for both.
+    """
+    if spec.fold_norm == "unified" and spec.quant == "affine":
+        raise UnsupportedError("--fold-norm unified with --quant affine: AffineQuant learns its transforms in a "
+                               "PyTorch LLaMA that normalizes on line and merges them into the norm weights, "
+                               "which the unified norms have replaced by fixed statistics",
+                               hint="--fold-norm affine combines with any --quant")
+
+
+def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
     """Learn AffineQuant transforms block by block on the calibration windows and rewrite ``tree``'s ``Model/``.
 
     Returns the step record for ``technicalinfo.compression``.
@@ -63,7 +95,6 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         UsageError: no calibration text, or a group size that does not divide a linear's input width.
     """
     torch = require_torch()
-    from ptmpack.compress.eval.quality import measure
     from ptmpack.compress.quant.affine.block import AffineOptions
     from ptmpack.compress.quant.affine.model import affine_quantize_model
     from ptmpack.compress.quant.affine.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, CausalLM, LlamaConfig
@@ -88,7 +119,6 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     targets = find_targets(load_model(tree))
     group = choose_group_size(targets, spec.group_size)
     calibration = ctx.calib()
-    before = measure(tree, calibration)
     tensors = ModelTensors(tree / "Model")
     size_before = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
     model = CausalLM.from_tensors({n: tensors[n] for n in tensors.names()}, cfg, device=spec.device)
@@ -129,14 +159,11 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
     write_json(config_path, config)
     regraph(tree)
     size_after = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
-    after = measure(tree, calibration, reference=before)
     unmerged = sum(len(r.transforms) for r in result.layers.values())
-    record: dict[str, Any] = {
-        "step": "quant", "method": "affine", "bits": spec.bits, "group_size": group, "symmetric": spec.symmetric,
-        "format": "compressed-tensors/pack-quantized", "layers_quantized": len(result.layers) * len(LINEARS),
+    details: dict[str, Any] = {
+        "layers_quantized": len(result.layers) * len(LINEARS),
         "size_before": size_before, "size_after": size_after, "seconds": round(result.seconds, 3),
         "calibration": calibration.record(),
-        "quality": {"before": before.get("value"), "after": after.get("value"), **after.get("about", {})},
         "affine": {"epochs": opts.epochs, "alpha": opts.alpha, "lr": opts.lr, "lwc_lr": opts.lwc_lr,
                    "batch_size": opts.batch_size, "transform": opts.transform, "shift": opts.shift,
                    "device": opts.device, "dominance": result.violations(), "unmerged_transforms": unmerged,
@@ -146,5 +173,7 @@ def apply(tree: Path, ctx: Any) -> dict[str, Any]:
         "layers": result.rows(),
     }
     if unmerged:
-        record["note"] = STEP_NOTE
-    return record
+        details["note"] = STEP_NOTE
+    return StepRecord("quant", "affine",
+                      scheme=QuantScheme(spec.bits, "compressed-tensors/pack-quantized", group, spec.symmetric),
+                      unmerged_transforms=unmerged, details=details)

@@ -27,7 +27,9 @@ from ptmpack.compress.quant.gptq.solver import DAMP, backend, gptq_quantize
 from ptmpack.compress.quant.gptq.streams import Streams, layer_index
 from ptmpack.compress.quant.linear import Target, load_model, quantize_tree
 from ptmpack.compress.quant.pack_quantized import QuantizedWeight
-from ptmpack.compress.spec import GPTQ_ORDERS
+from ptmpack.compress.report import StepRecord
+from ptmpack.compress.spec import GPTQ_ORDERS, CompressSpec
+from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.weights import WeightFiles
 
 _SLOTS = {"linear": ("X", "W"), "matmul": ("A", "B")}
@@ -133,8 +135,19 @@ def calibrate_and_quantize(tree: Path, targets: list[Target], tensors: WeightFil
     return done
 
 
-def apply(tree: Path, ctx: Any) -> dict[str, Any]:
-    """The ``--quant gptq`` step (needs ``--calib``).
+class GptqStep:
+    """The ``--quant gptq`` step (a :class:`ptmpack.compress.step.Step`)."""
+
+    def check(self, spec: CompressSpec) -> None:
+        """Nothing beyond :meth:`CompressSpec.check` (which already refuses a run without ``--calib``)."""
+
+    def run(self, tree: Path, ctx: StepContext) -> StepRecord:
+        """Quantize the tree's linears by GPTQ from calibration activations (:func:`quantize_gptq_tree`)."""
+        return quantize_gptq_tree(tree, ctx)
+
+
+def quantize_gptq_tree(tree: Path, ctx: StepContext) -> StepRecord:
+    """Quantize the tree's linears by GPTQ on the run's calibration windows (needs ``--calib``).
 
     Raises:
         UsageError: no calibration text, or a bad group size.

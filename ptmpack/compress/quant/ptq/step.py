@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.report import QuantScheme, StepRecord
+from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.checkpoint import CONFIG, Checkpoint, read_json, refuse_unmerged_adapters, write_json
 from ptmpack.errors import UnsupportedError, UsageError
 
@@ -115,19 +118,24 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
             "simulated_last_block_output": simulated}
 
 
-def apply(tree: Path, ctx: Any) -> dict[str, Any]:
-    """Pipeline step (COMPRESS.md): ``--quant ptq`` with the before/after report.
+class PtqStep:
+    """Pipeline step ``--quant ptq`` with the before/after report (a :class:`ptmpack.compress.step.Step`)."""
 
-    Raises:
-        PtmError: as :func:`ptq`; no calibration text.
-    """
-    from ptmpack.compress.eval.probe import compare, snapshot, step_text, step_windows
+    def check(self, spec: CompressSpec) -> None:
+        """Nothing beyond :meth:`CompressSpec.check` (``--act-bits`` 4, 8 or 16, ``--calib`` given)."""
 
-    spec = ctx.spec
-    text = step_text(ctx)
-    windows = step_windows(Path(tree), ctx)
-    before = snapshot(tree, text)
-    record = ptq(Path(tree), spec.bits, spec.act_bits or 8, windows, epochs=spec.epochs,
-                 seed=int(spec.calib_seed or 0), progress=getattr(ctx, "progress", None))
-    record.pop("simulated_last_block_output")
-    return {**record, **compare(before, snapshot(tree, text))}
+    def run(self, tree: Path, ctx: StepContext) -> StepRecord:
+        """Quantize weights per channel and activations statically (:func:`ptq`).
+
+        Raises:
+            PtmError: as :func:`ptq`; no calibration text.
+        """
+        from ptmpack.compress.eval.probe import step_windows
+
+        spec = ctx.spec
+        windows = step_windows(Path(tree), ctx)
+        record = ptq(Path(tree), spec.bits, spec.act_bits or 8, windows, epochs=spec.epochs or 0,
+                     seed=int(spec.calib_seed or 0), progress=ctx.progress)
+        record.pop("simulated_last_block_output")
+        scheme = QuantScheme(record.pop("bits"), str(record.pop("format")))
+        return StepRecord("quant", str(record.pop("method")), scheme=scheme, details=record)

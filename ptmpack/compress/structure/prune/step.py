@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.report import StepRecord
+from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.checkpoint import (
     CONFIG,
     Checkpoint,
@@ -223,7 +226,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         UsageError: bad target, method or budget; the structure method without calibration windows.
         UnsupportedError: an architecture or group that cannot be pruned, or torch missing (structure).
     """
-    from ptmpack.compress.eval.probe import flops_per_token
+    from ptmpack.compress.eval.quality import flops_per_token
     from ptmpack.compress.tree.rebuild import rebuild_graph
 
     if target not in ("heads", "ffn", "both") or method not in ("structure", "magnitude"):
@@ -237,7 +240,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
     if "heads" in groups and lay["family"] != "bert":
         raise UnsupportedError("head pruning supports BERT models; LLaMA-family grouped KV heads are not pruned",
                                hint="use --prune ffn")
-    base = flops_per_token(ck, config, SEQ)
+    base = flops_per_token({n: t.shape for n, t in ck.tensors.items()}, config, SEQ)
     limit = budget * base
     if method == "structure":
         if windows is None:
@@ -276,18 +279,25 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
             "flops_fraction_kept": problem.flops(sel) / base}
 
 
-def apply(tree: Path, ctx: Any) -> dict[str, Any]:
-    """Pipeline step (COMPRESS.md): ``--prune`` with the before/after report.
+class PruneStep:
+    """Pipeline step ``--prune heads|ffn|both`` (``--prune-method structure|magnitude``) with the before/after
+    report (a :class:`ptmpack.compress.step.Step`)."""
 
-    Raises:
-        PtmError: as :func:`prune`.
-    """
-    from ptmpack.compress.eval.probe import compare, snapshot, step_text, step_windows
+    def check(self, spec: CompressSpec) -> None:
+        """Nothing beyond :meth:`CompressSpec.check`, which pairs ``--prune`` with ``--flops-budget``."""
 
-    spec = ctx.spec
-    text = step_text(ctx)
-    windows = step_windows(tree, ctx) if spec.prune_method == "structure" else None
-    before = snapshot(tree, text)
-    record = prune(Path(tree), spec.prune, float(spec.flops_budget), spec.prune_method, windows,
-                   seed=int(spec.calib_seed or 0))
-    return {**record, **compare(before, snapshot(tree, text))}
+    def run(self, tree: Path, ctx: StepContext) -> StepRecord:
+        """Prune to the FLOPs budget (:func:`prune`).
+
+        Raises:
+            PtmError: as :func:`prune`.
+        """
+        from ptmpack.compress.eval.probe import step_windows
+
+        spec = ctx.spec
+        if spec.prune is None or spec.flops_budget is None:
+            raise UsageError("--prune and --flops-budget go together")
+        windows = step_windows(tree, ctx) if spec.prune_method == "structure" else None
+        record = prune(Path(tree), spec.prune, float(spec.flops_budget), spec.prune_method, windows,
+                       seed=int(spec.calib_seed or 0))
+        return StepRecord("prune", str(record.pop("method")), details=record)
