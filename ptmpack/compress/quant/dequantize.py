@@ -84,8 +84,9 @@ def dequantize_tree(tree: Path) -> DequantizeReport:
     return DequantizeReport(len(prefixes), tuple(f"Model/{f}" for f in files), scheme.bits, scheme.group_size, folded)
 
 
-def _dequantize_linears(tensors: Any, prefixes: list[str], config: dict[str, Any], config_path: Path) -> WeightScheme:
-    """Replace each quantized linear of ``tensors`` by its float ``weight`` (in memory; saved by the caller).
+def _scheme_of(config: dict[str, Any], config_path: Path) -> tuple[WeightScheme, bool]:
+    """The checkpoint's weight scheme, and whether its linears are GPT-2 Conv1D (``[in, out]``, stored
+    quantized as ``[out, in]``).
 
     Raises:
         UnsupportedError: no usable quantization scheme in ``config``.
@@ -93,7 +94,16 @@ def _dequantize_linears(tensors: Any, prefixes: list[str], config: dict[str, Any
     scheme = scheme_of(config)
     if scheme is None:
         raise UnsupportedError(f"{config_path}: quantized weights but no compressed-tensors quantization_config")
-    conv1d = config.get("model_type") == "gpt2"  # GPT-2 Conv1D weights are [in, out]; stored quantized as [out, in]
+    return scheme, config.get("model_type") == "gpt2"
+
+
+def _dequantize_linears(tensors: Any, prefixes: list[str], config: dict[str, Any], config_path: Path) -> WeightScheme:
+    """Replace each quantized linear of ``tensors`` by its float ``weight`` (in memory; saved by the caller).
+
+    Raises:
+        UnsupportedError: no usable quantization scheme in ``config``.
+    """
+    scheme, conv1d = _scheme_of(config, config_path)
     for prefix in prefixes:
         file = tensors.where[f"{prefix}.weight_packed"]
         stored = tensors.files[file]
@@ -116,10 +126,7 @@ def _stream(weights: WeightFiles, prefixes: list[str], config: dict[str, Any], c
     Raises:
         UnsupportedError: no usable quantization scheme in ``config``.
     """
-    scheme = scheme_of(config)
-    if scheme is None:
-        raise UnsupportedError(f"{config_path}: quantized weights but no compressed-tensors quantization_config")
-    conv1d = config.get("model_type") == "gpt2"  # GPT-2 Conv1D weights are [in, out]; stored quantized as [out, in]
+    scheme, conv1d = _scheme_of(config, config_path)
     present = set(weights.names())
     plan: dict[str, list[TensorSpec]] = {}
     owner: dict[str, str] = {}
