@@ -3,8 +3,10 @@
 Deterministic by default: the first ``nsamples`` consecutive ``seqlen``-token windows of
 the text (no special tokens added, so windows are plain text and a peer tool fed the same
 ids sees the same tokens). ``--calib-seed S`` draws the window starts at random instead
-(numpy's PCG64 with seed ``S``). The quality check measures on the text's last lines instead
-(:mod:`ptmpack.compress.eval.quality`, the same text for every method).
+(numpy's PCG64 with seed ``S``). Both draw only from the file's calibration part, which ends
+where its held-out lines begin (:func:`ptmpack.compress.eval.probe.calibration_end`): the
+quality check measures on those lines (:mod:`ptmpack.compress.eval.quality`, the same text for
+every method), so calibration and evaluation text never overlap.
 
 The file is read and tokenized in pieces (:data:`PIECE_CHARS` characters), never whole: a
 ``tokenizers`` encoding keeps offsets and masks per token, so a 20 MB text cost 3.5 GiB. Each
@@ -13,8 +15,9 @@ pre-tokenizer in use (byte-level BPE, Metaspace, whitespace/WordPiece) splits an
 tokenized with a lead-in of the previous piece's last :data:`LEAD_CHARS` characters whose
 tokens are dropped, so that what a tokenizer does at the start of a sequence (a prepended
 ``▁``) happens in the lead-in: the ids are those of the whole text tokenized at once (the tests
-compare them). For the consecutive windows only the pieces the windows need are tokenized; the rest of the file is still read, in blocks, to hash it and check it is
-UTF-8. Random windows need the whole text's ids (int32, 4 bytes a token).
+compare them). For the consecutive windows only the pieces the windows need are tokenized; the
+rest of the file (the held-out lines included) is still read, in blocks, to hash it and check it
+is UTF-8. Random windows need the whole calibration part's ids (int32, 4 bytes a token).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.eval.probe import HELD_OUT, calibration_end
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.compress.step import CalibrationData
 from ptmpack.errors import UsageError
@@ -57,8 +61,11 @@ def _tokenizer(tree: Path) -> Any:
     return tok
 
 
-def _text_blocks(text_file: Path, digest: Any) -> Iterator[str]:
+def _text_blocks(text_file: Path, digest: Any, end: int | None = None) -> Iterator[str]:
     """The file's text in decoded blocks, every byte hashed into ``digest``.
+
+    With ``end`` (a byte offset at a character boundary), only the text before it is yielded; the
+    rest is still read, hashed and checked, yielding nothing (the caller drains the iterator).
 
     Raises:
         UsageError: a missing or non-UTF-8 file.
@@ -76,6 +83,12 @@ def _text_blocks(text_file: Path, digest: Any) -> Iterator[str]:
                 except UnicodeDecodeError as exc:
                     raise UsageError(f"{text_file}: not UTF-8 text ({exc.reason} at byte "
                                      f"{consumed - pending + exc.start})") from None
+                if end is not None:  # the decoded text holds the bytes [consumed - pending, ...)
+                    keep = end - (consumed - pending)
+                    if keep <= 0:
+                        text = ""
+                    elif keep < pending + len(raw):
+                        text = text.encode("utf-8")[:keep].decode("utf-8")
                 consumed += len(raw)
                 if text:
                     yield text
@@ -108,18 +121,21 @@ def _lead(piece: str) -> str:
     return piece[cuts[-1]:] if cuts else ""
 
 
-def tokenize_file(tree: Path, text_file: Path, limit: int | None = None) -> tuple[np.ndarray, str]:
+def tokenize_file(tree: Path, text_file: Path, limit: int | None = None, *,
+                  end: int | None = None) -> tuple[np.ndarray, str]:
     """Token ids of ``text_file`` by ``tree``'s tokenizer (no special tokens) and the file's sha256.
 
-    With ``limit``, tokenizing stops once at least ``limit`` ids are known: the ids are then a
-    prefix of the whole text's ids (the file is still hashed and checked whole).
+    With ``end``, only the text before byte ``end`` is tokenized (calibration passes
+    :func:`~ptmpack.compress.eval.probe.calibration_end`). With ``limit``, tokenizing stops once at
+    least ``limit`` ids are known: the ids are then a prefix of the text's ids. Either way the file
+    is still hashed and checked whole.
 
     Raises:
         UsageError: a missing or non-UTF-8 file, no tokenizer in the package, or no ``tokenizers``.
     """
     tok = _tokenizer(tree)
     digest = hashlib.sha256()
-    blocks = _text_blocks(Path(text_file), digest)
+    blocks = _text_blocks(Path(text_file), digest, end)
     parts: list[np.ndarray] = []
     count = 0
     for text, lead in _pieces(blocks):
@@ -138,16 +154,18 @@ def tokenize_file(tree: Path, text_file: Path, limit: int | None = None) -> tupl
     return ids.astype(np.int64), digest.hexdigest()
 
 
-def windows_of(ids: list[int], nsamples: int, seqlen: int, seed: int | None) -> np.ndarray:
+def windows_of(ids: list[int] | np.ndarray, nsamples: int, seqlen: int, seed: int | None, *,
+               what: str = "the calibration text") -> np.ndarray:
     """``(nsamples, seqlen)`` windows: the first ones, or with ``seed`` at random starts.
 
     Raises:
-        UsageError: the text is shorter than one window.
+        UsageError: the text (``what``, named in the message) is shorter than one window.
     """
     arr = np.asarray(ids, dtype=np.int64)
     available = len(arr) // seqlen
     if available < 1:
-        raise UsageError(f"the calibration text has {len(arr)} tokens, fewer than one --seqlen {seqlen} window")
+        raise UsageError(f"{what} has {len(arr)} tokens, fewer than one --seqlen {seqlen} window",
+                         hint="give a longer --calib text or a smaller --seqlen")
     if seed is None:
         n = min(nsamples, available)
         return arr[: n * seqlen].reshape(n, seqlen)
@@ -158,13 +176,19 @@ def windows_of(ids: list[int], nsamples: int, seqlen: int, seed: int | None) -> 
 def load_calibration(tree: Path, spec: CompressSpec) -> CalibrationData:
     """The calibration windows ``spec`` asks for, from ``spec.calib`` and the tree's tokenizer.
 
+    Only the file's calibration part is tokenized: it stops where the held-out lines the quality
+    check measures on begin (:func:`~ptmpack.compress.eval.probe.calibration_end`), and
+    ``text_tokens`` counts the tokens of that part that were tokenized.
+
     Raises:
         UsageError: no ``--calib`` file, or see :func:`tokenize_file` and :func:`windows_of`.
     """
     if spec.calib is None:
         raise UsageError("this step needs calibration text", hint="give --calib TEXTFILE")
     limit = None if spec.calib_seed is not None else spec.nsamples * spec.seqlen
-    ids, digest = tokenize_file(tree, spec.calib, limit)
-    windows = windows_of(ids, spec.nsamples, spec.seqlen, spec.calib_seed)
+    ids, digest = tokenize_file(tree, spec.calib, limit, end=calibration_end(spec.calib))
+    what = ("the calibration part of --calib (the held-out lines the quality check measures on, the last "
+            f"{HELD_OUT} or the second half of a short text, are excluded from calibration)")
+    windows = windows_of(ids, spec.nsamples, spec.seqlen, spec.calib_seed, what=what)
     selection = "first" if spec.calib_seed is None else f"random:{spec.calib_seed}"
     return CalibrationData(windows, digest, len(ids), Path(spec.calib).name, selection)

@@ -35,55 +35,132 @@ TAIL_BYTES = 64 << 10
 """The end of the file read for the held-out lines (when the file is larger than the head)."""
 
 
+def _read_ends(calib: Path) -> tuple[bytes, bytes, int]:
+    """``(head, tail, tail_at)``: the whole file as ``head`` (``tail`` empty) when it is at most
+    :data:`HEAD_BYTES` + :data:`TAIL_BYTES`, else its first ``HEAD_BYTES`` cut at a line end and its
+    last ``TAIL_BYTES`` from the first line start in them, which begins at byte ``tail_at``.
+    """
+    with open(calib, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= HEAD_BYTES + TAIL_BYTES:
+            whole = f.read()
+            return whole, b"", len(whole)
+        head = f.read(HEAD_BYTES)
+        f.seek(size - TAIL_BYTES)
+        tail = f.read()
+    head = head[: head.rfind(b"\n") + 1]  # whole lines only (a line end is never inside a UTF-8 character)
+    cut = tail.find(b"\n") + 1
+    return head, tail[cut:], size - TAIL_BYTES + cut
+
+
+def _decode_ends(calib: Path) -> tuple[str, str, int]:
+    """:func:`_read_ends` decoded: ``(head, tail, tail_at)``.
+
+    Raises:
+        UsageError: the file cannot be read as UTF-8 text (the message names the first bad byte).
+    """
+    try:
+        head, tail, tail_at = _read_ends(calib)
+    except OSError as exc:
+        raise UsageError(f"{calib}: cannot read the text ({exc})") from None
+    for raw, at in ((head, 0), (tail, tail_at)):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{calib}: not UTF-8 text ({exc.reason} at byte {at + exc.start})") from None
+    return head.decode("utf-8"), tail.decode("utf-8"), tail_at
+
+
 def calibration_text(spec: CompressSpec) -> str | None:
     """The text of ``spec.calib``, or None when the run was given none.
 
-    A file larger than :data:`HEAD_BYTES` is not read whole: its first ``HEAD_BYTES`` (cut at a
-    line end) for the calibration windows and its last :data:`TAIL_BYTES` lines for the held-out
-    lines, joined by a newline.
+    A file larger than :data:`HEAD_BYTES` + :data:`TAIL_BYTES` is not read whole: its first
+    ``HEAD_BYTES`` (cut at a line end) for the calibration windows and its last :data:`TAIL_BYTES`
+    lines for the held-out lines, joined by a newline.
 
     Raises:
         UsageError: the file cannot be read as UTF-8 text.
     """
-    calib = spec.calib
-    if calib is None:
+    if spec.calib is None:
         return None
-    try:
-        with open(calib, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size <= HEAD_BYTES + TAIL_BYTES:
-                return f.read().decode("utf-8")
-            head = f.read(HEAD_BYTES)
-            f.seek(size - TAIL_BYTES)
-            tail = f.read()
-        head = head[: head.rfind(b"\n") + 1]  # whole lines only (a line end is never inside a UTF-8 character)
-        tail = tail[tail.find(b"\n") + 1:]
-        return (head + b"\n" + tail).decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{calib}: cannot read the text ({exc})") from None
+    head, tail, _ = _decode_ends(Path(spec.calib))
+    return head + "\n" + tail if tail else head
+
+
+def calibration_end(calib: Path) -> int:
+    """The byte offset in ``calib`` where its calibration part ends: the end of the last line (or
+    sentence) of :func:`calibration_part` of :func:`calibration_text`, so that everything from it on
+    — the :func:`held_out_lines` the quality check measures on — is never calibrated on.
+
+    Reads what :func:`calibration_text` reads (at most ``HEAD_BYTES + TAIL_BYTES``), never the whole
+    of a large file. ``calib[:end]`` is exactly ``calibration_part(text)`` when the text's lines are
+    newline-separated with no blank lines and no spaces around them.
+
+    Raises:
+        UsageError: the file cannot be read as UTF-8 text.
+    """
+    head, tail, tail_at = _decode_ends(Path(calib))
+    text = head + "\n" + tail if tail else head
+    end = _calibration_end_char(text)
+    if end <= len(head):
+        return len(head[:end].encode("utf-8"))
+    return tail_at + len(tail[: end - len(head) - 1].encode("utf-8"))
 
 
 HELD_OUT = 16
 """How many of the text's last non-empty lines are held out of calibration and used for the quality report."""
 
 
-def _lines(text: str) -> list[str]:
-    """The non-empty lines of ``text``; a text on one line (a paragraph) is split into its sentences."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if len(lines) == 1:
-        lines = [s.strip() for s in re.split(r"(?<=[.!?])\s+", lines[0]) if s.strip()]
-    return lines
+def _spans(text: str) -> list[tuple[int, int]]:
+    """Where each non-empty line of ``text`` lies, spaces around it excluded (``text[a:b]`` is the
+    stripped line); a text on one line (a paragraph) gives its sentences instead.
+    """
+    spans: list[tuple[int, int]] = []
+    at = 0
+    for line in text.splitlines(keepends=True):  # line ends are whitespace, so strip() drops them too
+        if line.strip():
+            start = at + len(line) - len(line.lstrip())
+            spans.append((start, at + len(line.rstrip())))
+        at += len(line)
+    if len(spans) == 1:
+        start, end = spans[0]
+        spans, at = [], start
+        for sep in [*re.finditer(r"(?<=[.!?])\s+", text[start:end]), None]:
+            stop = start + sep.start() if sep else end
+            piece = text[at:stop]
+            if piece.strip():
+                spans.append((at + len(piece) - len(piece.lstrip()), at + len(piece.rstrip())))
+            at = start + sep.end() if sep else end
+    return spans
 
 
-def held_out_lines(text: str | None, *, limit: int = HELD_OUT) -> list[str]:
-    """The held-out sentences: the last ``limit`` non-empty lines of ``text`` (or the built-in text)."""
-    return _lines(text or DEFAULT_TEXT)[-limit:]
+def _calibration_lines(count: int) -> int:
+    """How many of a text's ``count`` lines are calibration (the first ones); the rest are held out:
+    the last :data:`HELD_OUT`, or the second half of a text of at most ``2 * HELD_OUT`` lines."""
+    return count - HELD_OUT if count > 2 * HELD_OUT else count // 2
+
+
+def _calibration_end_char(text: str) -> int:
+    """The index in ``text`` where its calibration part ends (0 when it has none)."""
+    spans = _spans(text)
+    n = _calibration_lines(len(spans))
+    return spans[n - 1][1] if n else 0
+
+
+def held_out_lines(text: str | None) -> list[str]:
+    """The held-out sentences the quality check measures on: the lines of ``text`` after its
+    :func:`calibration_part` (the last :data:`HELD_OUT`, or the second half of a short text), or,
+    without a text, all the built-in sentences (nothing calibrates on them)."""
+    if not text:
+        return [DEFAULT_TEXT[a:b] for a, b in _spans(DEFAULT_TEXT)]
+    spans = _spans(text)
+    return [text[a:b] for a, b in spans[_calibration_lines(len(spans)):]]
 
 
 def calibration_part(text: str) -> str:
-    """``text`` without its held-out lines (what calibration may see)."""
-    lines = _lines(text)
-    return "\n".join(lines[:-HELD_OUT] if len(lines) > 2 * HELD_OUT else lines[: len(lines) // 2])
+    """``text`` without its held-out lines (what calibration may see): its calibration lines joined by newlines."""
+    spans = _spans(text)
+    return "\n".join(text[a:b] for a, b in spans[: _calibration_lines(len(spans))])
 
 
 def sentence_start_id(tree: Path) -> int | None:
