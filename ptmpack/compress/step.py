@@ -31,7 +31,8 @@ class CalibrationData:
     text_sha256: str
     """sha256 of the calibration file's bytes."""
     text_tokens: int
-    """Tokens tokenized: the whole text for random windows, else the pieces the windows need."""
+    """Tokens tokenized from the calibration part (the text before the held-out lines, which calibration never
+    sees): all of it for random windows, else the pieces the windows need."""
     source: str
     """The calibration file's name (no directories: a path may be private)."""
     selection: str
