@@ -29,7 +29,7 @@ from ptmpack.distribution.chunks import LocalChunks, Region, fetch_by_ranges
 from ptmpack.distribution.describe import PackageConfig
 from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, decode_recipe, layer_sizes
 from ptmpack.distribution.modelpack import ANN_FILEPATH, ANN_PART_OFFSET
-from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest, load_document
+from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest, load_document, read_blob_file
 from ptmpack.distribution.reference import Reference
 from ptmpack.distribution.storetypes import ClientOptions, LocalBlobs, Store, TransferProgress
 from ptmpack.errors import IntegrityError, PtmError, UsageError, raise_environment_fault
@@ -212,24 +212,12 @@ def _small(store: Store, cache: BlobCache, digest: str, size: int, limit: int,
         raise IntegrityError(f"blob {digest}: {size} bytes is larger than such a blob may be")
     if isinstance(store, LocalBlobs):  # read in place: a local store is no cheaper to copy into the cache
         moved[0] += size
-        return _read_checked(store.blob_path(digest), digest, limit)
+        return read_blob_file(store.blob_path(digest), digest, limit, "the store")
     data = cache.read_small(digest, limit)
     if data is not None:
         return data
     moved[0] += store.fetch_blob(digest, size, cache.partial_path(digest), lambda n: None)
     return cache.commit(digest).read_bytes()
-
-
-def _read_checked(path: Path, digest: str, limit: int) -> bytes:
-    try:
-        if path.stat().st_size > limit:
-            raise IntegrityError(f"{path}: larger than {limit} bytes")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise IntegrityError(f"the store lists blob {digest} but does not hold it") from None
-    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-        raise IntegrityError(f"{path} does not match its digest: the store is corrupt", hint="nothing was written")
-    return data
 
 
 def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,

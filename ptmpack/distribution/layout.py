@@ -26,6 +26,7 @@ from ptmpack.distribution.oci import (
     REF_NAME,
     canonical_json,
     load_document,
+    read_blob_file,
     sha256_digest,
 )
 from ptmpack.distribution.reference import Reference
@@ -131,16 +132,7 @@ class LayoutStore:
 
     def read_small(self, digest: str, limit: int) -> bytes:
         """A small blob (manifest, config, recipe), digest-checked."""
-        p = self.blob_path(digest)
-        try:
-            if p.stat().st_size > limit:
-                raise IntegrityError(f"{p}: larger than {limit} bytes")
-            data = p.read_bytes()
-        except FileNotFoundError:
-            raise IntegrityError(f"{self.root} lists blob {digest} but does not hold it") from None
-        if sha256_digest(data) != digest:
-            raise IntegrityError(f"{p} does not match its digest: the layout is corrupt")
-        return data
+        return read_blob_file(self.blob_path(digest), digest, limit, f"the layout {self.root}")
 
     # manifests and tags
     def index(self) -> dict[str, Any]:

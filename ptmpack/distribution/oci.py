@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ptmpack.errors import IntegrityError, UnsupportedError
@@ -43,6 +44,24 @@ MAX_CONFIG_BYTES = 1024 * 1024
 def sha256_digest(data: bytes) -> str:
     """The OCI digest string of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def read_blob_file(path: Path, digest: str, limit: int, holder: str) -> bytes:
+    """A small blob (manifest, config, recipe) read from a local file, its size bounded and digest checked.
+
+    Raises:
+        IntegrityError: ``holder`` (the layout or store, for the message) lists the blob but lacks the file,
+            the file is larger than ``limit``, or its bytes do not match ``digest``.
+    """
+    try:
+        if path.stat().st_size > limit:
+            raise IntegrityError(f"{path}: larger than {limit} bytes")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(f"{holder} lists blob {digest} but does not hold it") from None
+    if sha256_digest(data) != digest:
+        raise IntegrityError(f"{path} does not match its digest: {holder} is corrupt", hint="nothing was written")
+    return data
 
 
 def canonical_json(doc: Any) -> bytes:
