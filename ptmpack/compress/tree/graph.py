@@ -69,29 +69,47 @@ def replace_op(model: ModelStructure, op_name: str, op_type: str, inputs: Mappin
     """
     g = model.main_graph
     old = op_by_name(g, op_name)
-    opdef = lookup(op_type)
-    if opdef is None:
-        raise GraphError(f"unknown operator type {op_type!r}")
-    declared = {**g.variable_map(), **{p.name: p for p in params}}
-    from ptmpack.ir.registry import TensorType
-
-    types = {s: TensorType(declared[v[0]].dtype, declared[v[0]].shape) for s, v in inputs.items()}
-    resolved = opdef.resolve_attributes(attrs, f"operator {op_name!r}")
-    inferred = opdef.infer({s.name: types.get(s.name) for s in opdef.inputs}, resolved)
-    outputs: dict[str, tuple[str, ...]] = {"Y": old.outputs["Y"]}
-    extra: list[VariableNode] = []
-    for slot, t in inferred.items():
-        if slot == "Y" or t is None:
-            continue
-        name = f"{op_name}.{slot}"
-        outputs[slot] = (name,)
-        extra.append(VariableNode(name, t.dtype, tuple(t.shape)))
-    typed = {k: Attribute(opdef.attribute(k).type, v) for k, v in attrs.items()}  # type: ignore[union-attr]
-    node = OperatorNode(op_type, op_name, {k: tuple(v) for k, v in inputs.items()}, outputs, typed)
+    node, extra = _typed_node(g, op_type, op_name, inputs, params, attrs, old.outputs["Y"])
     dropped = {n for s, names in old.outputs.items() if s != "Y" for n in names}
     ops = tuple(node if o.name == op_name else o for o in g.operators)
     variables = tuple(v for v in g.variables if v.name not in dropped) + tuple(params) + tuple(extra)
     return _with(model, dataclasses.replace(g, operators=ops, variables=variables))
+
+
+def _typed_node(g: Graph, op_type: str, name: str, inputs: Mapping[str, Sequence[str]],
+                params: Sequence[VariableNode], attrs: Mapping[str, Any],
+                y: tuple[str, ...] | None) -> tuple[OperatorNode, list[VariableNode]]:
+    """An ``op_type`` node named ``name`` reading ``inputs``, and the variables its outputs need declared.
+
+    ``Y`` is written to ``y`` when given (already declared), else to a new ``<name>.Y``; every other
+    output slot the type infers is declared as ``<name>.<slot>`` with its inferred type.
+
+    Raises:
+        GraphError: unknown operator type or attribute, inputs of the wrong shape, or no ``Y`` to write.
+    """
+    from ptmpack.ir.registry import TensorType
+
+    opdef = lookup(op_type)
+    if opdef is None:
+        raise GraphError(f"unknown operator type {op_type!r}")
+    declared = {**g.variable_map(), **{p.name: p for p in params}}
+    types = {s: TensorType(declared[v[0]].dtype, declared[v[0]].shape) for s, v in inputs.items()}
+    resolved = opdef.resolve_attributes(dict(attrs), f"operator {name!r}")
+    inferred = opdef.infer({s.name: types.get(s.name) for s in opdef.inputs}, resolved)
+    new_vars: list[VariableNode] = []
+    if y is None:
+        t = inferred.get("Y")
+        if t is None:
+            raise GraphError(f"operator {name!r} ({op_type}) infers no Y output to insert")
+        y = (f"{name}.Y",)
+        new_vars.append(VariableNode(y[0], t.dtype, tuple(t.shape)))
+    outputs: dict[str, tuple[str, ...]] = {"Y": y}
+    for slot, t in inferred.items():
+        if slot != "Y" and t is not None:
+            outputs[slot] = (f"{name}.{slot}",)
+            new_vars.append(VariableNode(f"{name}.{slot}", t.dtype, tuple(t.shape)))
+    typed = {k: Attribute(opdef.attribute(k).type, v) for k, v in attrs.items()}  # type: ignore[union-attr]
+    return OperatorNode(op_type, name, {k: tuple(v) for k, v in inputs.items()}, outputs, typed), new_vars
 
 
 def param(name: str, dtype: str, shape: Sequence[int], file: str = "Model/model.safetensors") -> VariableNode:
@@ -121,25 +139,9 @@ def insert(model: ModelStructure, op_type: str, name: str, inputs: Mapping[str, 
     Raises:
         GraphError: unknown operator type or attribute, or inputs of the wrong shape.
     """
-    from ptmpack.ir.registry import TensorType
-
     g = model.main_graph
-    opdef = lookup(op_type)
-    if opdef is None:
-        raise GraphError(f"unknown operator type {op_type!r}")
-    declared = {**g.variable_map(), **{p.name: p for p in params}}
-    types = {s: TensorType(declared[v[0]].dtype, declared[v[0]].shape) for s, v in inputs.items()}
-    resolved = opdef.resolve_attributes(attrs, f"operator {name!r}")
-    inferred = opdef.infer({s.name: types.get(s.name) for s in opdef.inputs}, resolved)
-    y = f"{name}.Y"
-    new_vars = [VariableNode(y, inferred["Y"].dtype, tuple(inferred["Y"].shape))]
-    outputs: dict[str, tuple[str, ...]] = {"Y": (y,)}
-    for slot, t in inferred.items():
-        if slot != "Y" and t is not None:
-            outputs[slot] = (f"{name}.{slot}",)
-            new_vars.append(VariableNode(f"{name}.{slot}", t.dtype, tuple(t.shape)))
-    typed = {k: Attribute(opdef.attribute(k).type, v) for k, v in attrs.items()}  # type: ignore[union-attr]
-    node = OperatorNode(op_type, name, {k: tuple(v) for k, v in inputs.items()}, outputs, typed)
+    node, new_vars = _typed_node(g, op_type, name, inputs, params, attrs, None)
+    y = node.outputs["Y"][0]
     ops = [dataclasses.replace(o, inputs={k: tuple(y if n == redirect else n for n in v) for k, v in o.inputs.items()})
            if (readers is None or o.name in readers) else o for o in g.operators]
     produced_at = [i for i, o in enumerate(ops) if any(redirect in names for names in o.outputs.values())]
