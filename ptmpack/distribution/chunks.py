@@ -24,6 +24,7 @@ from ptmpack.distribution.mapping import ChunkIndex, Span, chunk_count
 from ptmpack.distribution.modelpack import FileLayer
 from ptmpack.distribution.storetypes import Store
 from ptmpack.errors import IntegrityError
+from ptmpack.format.digest import range_digest
 
 MAX_RUN = 64 * 1024 * 1024
 """Largest single Range request (consecutive missing chunks are fetched together up to this)."""
@@ -193,11 +194,9 @@ def fetch_by_ranges(store: Store, digest: str, size: int, table: list[bytes], ch
                 moved += len(data)
                 progress(len(data))
             f.truncate(size)
-        h = hashlib.sha256()
         with open(partial, "rb") as f:
-            while block := f.read(8 * 1024 * 1024):
-                h.update(block)
-        if "sha256:" + h.hexdigest() != digest:
+            rebuilt = "sha256:" + range_digest(f.fileno(), 0, size).hex()
+        if rebuilt != digest:
             raise IntegrityError(f"blob {digest} rebuilt from local chunks and fetched ranges does not match its "
                                  "digest: the chunk index lies", hint="nothing was written")
     except BaseException:

@@ -125,9 +125,8 @@ def _residual(store: Store, rref: Reference, target: Fetched, base_digest: str,
     return residual, ""
 
 
-def _seed(cache: BlobCache, needed: dict[str, int], sources: list[Path], workers: int) -> int:
-    """Copy into the cache every needed blob that a local package holds; returns how many were added."""
-    added = 0
+def _seed(cache: BlobCache, needed: dict[str, int], sources: list[Path], workers: int) -> None:
+    """Copy into the cache every needed blob that a local package holds."""
     for src in sources:
         want = {d for d, n in needed.items() if not cache.has(d, n)}
         if not want:
@@ -140,17 +139,14 @@ def _seed(cache: BlobCache, needed: dict[str, int], sources: list[Path], workers
                 if digest in want:
                     with contextlib.suppress(ValueError):
                         cache.put_checked(digest, os.pread(reader.fileno(), e.raw_length, e.data_offset))
-                        added += 1
                     want.discard(digest)
         if not want:
             break
-        cut = hash_cut(src, spans, workers=workers)
+        cut = hash_cut(src, spans, workers=workers, whole=False)  # only the blob digests are compared
         with open(src, "rb") as f:
             for piece in cut.pieces():
                 if piece.digest in want:
                     data = os.pread(f.fileno(), piece.length, piece.offset)
                     with contextlib.suppress(ValueError):
                         cache.put_checked(piece.digest, data)
-                        added += 1
                     want.discard(piece.digest)
-    return added

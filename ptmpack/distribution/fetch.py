@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -35,6 +34,7 @@ from ptmpack.distribution.storetypes import ClientOptions, LocalBlobs, Store, Tr
 from ptmpack.errors import IntegrityError, PtmError, UsageError, raise_environment_fault
 from ptmpack.format import spec
 from ptmpack.format.atomic import check_free_space, create_temp_file, temp_name_beside
+from ptmpack.format.digest import range_digest
 from ptmpack.format.paths import check_entry_path
 from ptmpack.format.reader import PackageReader, is_package_file
 
@@ -55,9 +55,9 @@ class PullOptions:
     base: Path | None = None
     """A local package to take unchanged chunks from (and the base of ``delta``); default: the output, if it exists."""
     opener: Any = None
+    """Keys for encrypted packages (needed only to apply an encrypted residual)."""
     pubkey: Any = None
     """An Ed25519 public key: refuse (exit 3, nothing written) a package without a signature by it."""
-    """Keys for encrypted packages (needed only to apply an encrypted residual)."""
 
 
 @dataclass(frozen=True)
@@ -399,12 +399,9 @@ def check_package(path: Path, config: PackageConfig | None, progress: TransferPr
                 pass
         if sha256 is None:
             return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding", *signed)
-        h = hashlib.sha256()
         with open(path, "rb") as f:
-            while block := f.read(8 * 1024 * 1024):
-                h.update(block)
-                progress.advance(len(block))
-        if h.hexdigest() != sha256:
+            got = range_digest(f.fileno(), 0, os.fstat(f.fileno()).st_size, progress=progress.advance).hex()
+        if got != sha256:
             raise IntegrityError("the assembled package does not match the pushed file's sha256")
         return ("blob digests", "trailer", "manifest digest", "sequential walk", "padding", "file sha256", *signed)
     report = _verify(path, progress, hashed)

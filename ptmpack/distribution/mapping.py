@@ -209,16 +209,16 @@ def _frame_bounds(fd: int, start: int, end: int, chunk_size: int, piece: int) ->
 
 
 def hash_cut(path: Path, spans: list[Span], *, workers: int = 4,
-             progress: Callable[[int], None] | None = None) -> Cut:
-    """Digest every blob span (in parallel) and the whole file (alongside)."""
+             progress: Callable[[int], None] | None = None, whole: bool = True) -> Cut:
+    """Digest every blob span (in parallel) and, with ``whole``, the whole file (alongside; else ``sha256`` is None)."""
     progress = progress or (lambda n: None)
     size = os.path.getsize(path)
     with open(path, "rb") as f, cf.ThreadPoolExecutor(max(1, workers)) as pool:
         fd = f.fileno()
-        whole = pool.submit(_hash_range, fd, 0, size, None)
+        file_job = pool.submit(_hash_range, fd, 0, size, None) if whole else None
         jobs = [pool.submit(_hash_range, fd, s.offset, s.length, progress) if s.blob else None for s in spans]
         digests = tuple(None if j is None else "sha256:" + j.result() for j in jobs)
-        return Cut(size, whole.result(), tuple(spans), digests)
+        return Cut(size, None if file_job is None else file_job.result(), tuple(spans), digests)
 
 
 def _hash_range(fd: int, offset: int, length: int, progress: Callable[[int], None] | None) -> str:

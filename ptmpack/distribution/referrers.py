@@ -17,7 +17,6 @@ signature is verified again before the output appears (:mod:`ptmpack.distributio
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -25,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from ptmpack.crypto.signing import SignatureBlock
-from ptmpack.distribution.oci import INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, Descriptor, canonical_json, load_document
+from ptmpack.distribution.oci import (
+    INDEX_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    Descriptor,
+    canonical_json,
+    load_document,
+    sha256_digest,
+)
 from ptmpack.distribution.storetypes import Store
 from ptmpack.errors import IntegrityError
 from ptmpack.format.reader import PackageReader
@@ -72,8 +78,8 @@ def attach_signature(store: Store, subject: Descriptor, block: bytes) -> str:
         IntegrityError: the block is malformed, or the fallback tag holds something that is not an index.
     """
     parsed = SignatureBlock.from_bytes(block)
-    block_digest = "sha256:" + hashlib.sha256(block).hexdigest()
-    empty_digest = "sha256:" + hashlib.sha256(EMPTY).hexdigest()
+    block_digest = sha256_digest(block)
+    empty_digest = sha256_digest(EMPTY)
     for digest, data in ((empty_digest, EMPTY), (block_digest, block)):
         if not store.has_blob(digest, len(data)):
             store.put_blob(digest, len(data), lambda pos, n, d=data: d[pos: pos + n], lambda n: None)
@@ -149,7 +155,7 @@ def _read_blob(store: Store, digest: str, size: int) -> bytes:
             store.fetch_blob(digest, size, Path(part), lambda n: None)
             with open(part, "rb") as f:
                 data = f.read()
-    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+    if sha256_digest(data) != digest:
         raise IntegrityError(f"signature blob {digest} does not match its digest")
     return data
 
