@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ptmpack.compress.eval.quality import HeldOut, compare, held_out, snapshot
+from ptmpack.compress.eval.quality import HeldOut, Snapshot, compare, held_out, snapshot
 from ptmpack.compress.methods import method
 from ptmpack.compress.report import CompressReport, Quality, StepRecord
 from ptmpack.compress.spec import CompressSpec
@@ -78,13 +78,23 @@ def run_step(step: Step, slot: str, tree: Path, ctx: StepContext, text: HeldOut)
     Raises:
         PtmError: as the step's :meth:`Step.run`, or the model cannot be run for the measurement.
     """
+    return _measured(step, slot, tree, ctx, text, None)[0]
+
+
+def _measured(step: Step, slot: str, tree: Path, ctx: StepContext, text: HeldOut,
+              before: Snapshot | None) -> tuple[StepRecord, Snapshot | None]:
+    """:func:`run_step`, starting from ``before`` when the previous step already measured the tree (its "after"),
+    and returning the snapshot after this step for the next one (None when not measured)."""
     started = time.perf_counter()
     if slot == "quant" and ctx.spec.calib is None:
-        return replace(step.run(tree, ctx), quality=NOT_MEASURED).timed(time.perf_counter() - started)
-    before = snapshot(tree, text)
+        return replace(step.run(tree, ctx), quality=NOT_MEASURED).timed(time.perf_counter() - started), None
+    if before is None:
+        before = snapshot(tree, text)
     record = step.run(tree, ctx)
-    quality, fields = compare(before, snapshot(tree, text), text)
-    return replace(record, quality=quality, details={**fields, **record.details}).timed(time.perf_counter() - started)
+    after = snapshot(tree, text)
+    quality, fields = compare(before, after, text)
+    record = replace(record, quality=quality, details={**fields, **record.details})
+    return record.timed(time.perf_counter() - started), after
 
 
 def _link_or_copy(src: str, dst: str) -> object:
@@ -159,7 +169,11 @@ def _run(source: Path, work: Path, spec: CompressSpec, steps: list[Step],
 
     ctx = StepContext(spec, progress, calibration if spec.calib is not None else None)
     text = held_out(spec)
-    records = [run_step(step, slot, work, ctx, text) for slot, step in zip(spec.steps(), steps, strict=True)]
+    records: list[StepRecord] = []
+    last: Snapshot | None = None  # the tree is untouched between steps: one step's "after" is the next's "before"
+    for slot, step in zip(spec.steps(), steps, strict=True):
+        record, last = _measured(step, slot, work, ctx, text, last)
+        records.append(record)
     _record(work, records)
     return records, size_in
 
