@@ -74,16 +74,14 @@ def output_config(source: Path, opener: Opener | None, *, compression: tuple[spe
     Raises:
         KeyAccessError: the output must be encrypted like the input but no key was given.
     """
-    from ptmpack.storage.facts import package_facts, same_protection
+    from ptmpack.crypto.aead import Cipher
+    from ptmpack.storage.facts import header_protection, same_protection
 
-    facts = None
-    if Path(source).is_file():
-        with open_package(Path(source), opener) as pkg:
-            facts = package_facts(pkg)
+    flags, cipher = header_protection(Path(source)) if Path(source).is_file() else (spec.Flags(0), Cipher.NONE)
     if compression is None:
-        compression = (spec.Compression.ZSTD if facts is not None and facts.compressed else spec.Compression.NONE, 3)
-    if encryption is None and (encrypt or (encrypt is None and facts is not None and facts.encrypted)):
-        encryption = same_protection(facts, opener, "protect the output like the input")
+        compression = (spec.Compression.ZSTD if flags & spec.Flags.COMPRESSED else spec.Compression.NONE, 3)
+    if encryption is None and (encrypt or (encrypt is None and flags & spec.Flags.ENCRYPTED)):
+        encryption = same_protection(cipher, opener, "protect the output like the input")
     return PackConfig(compression=compression[0], level=compression[1], chunk_size=chunk_size,
                       encryption=encryption if encrypt is not False else None, sign_key=sign_key)
 

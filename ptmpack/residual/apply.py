@@ -248,7 +248,7 @@ def apply_residual(base: Path, delta: Path, out: Path, *, opener: Opener | None 
             if config is None:
                 config = PackConfig(compression=spec.Compression.ZSTD if facts.compressed else spec.Compression.NONE)
             if encrypted and config.encryption is None:
-                config = dataclasses.replace(config, encryption=same_protection(facts, opener, "apply"))
+                config = dataclasses.replace(config, encryption=same_protection(facts.cipher, opener, "apply"))
             work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out.parent))
             try:
                 tree = work / "tree"

@@ -8,13 +8,15 @@ They ask here instead of reaching into the format reader.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ptmpack.config import EncryptionSpec
 from ptmpack.crypto.aead import Cipher
 from ptmpack.crypto.keyslots import Opener
-from ptmpack.errors import KeyAccessError, UsageError
+from ptmpack.errors import IntegrityError, KeyAccessError, UsageError
 from ptmpack.format import spec
 from ptmpack.format.manifest import EntryRecord
+from ptmpack.format.reader import PackageReader, is_package_file
 from ptmpack.storage.package import FilePackage, Package
 from ptmpack.storage.protect import read_protection
 
@@ -49,8 +51,23 @@ def package_facts(pkg: Package) -> PackageFacts | None:
                         flags=spec.Flags(r.header.flags), residual_base=r.manifest.residual_base, cipher=cipher)
 
 
-def same_protection(facts: PackageFacts | None, opener: Opener | None, what: str = "use") -> EncryptionSpec:
-    """Encryption for a package made from an encrypted input: its cipher, for the secret(s) that opened it.
+def header_protection(path: Path) -> tuple[spec.Flags, Cipher]:
+    """A ``.ptm``'s flags and cipher (``Cipher.NONE`` when unencrypted), from its clear header and key-slot region.
+
+    Needs no key, so no passphrase is stretched just to learn how the input is stored.
+
+    Raises:
+        PtmError: the file is not a readable package (as :class:`~ptmpack.format.reader.PackageReader`).
+    """
+    if not is_package_file(path):  # the same refusal (and exit code) as open_package
+        raise IntegrityError(f"{path} is not a ptmpack package (no PTMPACK magic)")
+    with PackageReader(path, sealed_ok=True) as r:
+        return spec.Flags(r.header.flags), read_protection(r.keyslots)[0] if r.encrypted else Cipher.NONE
+
+
+def same_protection(cipher: Cipher, opener: Opener | None, what: str = "use") -> EncryptionSpec:
+    """Encryption for a package made from an encrypted input: its ``cipher`` (AES-256-GCM when the input is
+    unencrypted, ``Cipher.NONE``), for the secret(s) that opened it.
 
     A package derived from an encrypted one (``apply``, ``compress``) must not come out in
     the clear by default; whoever opened the input opens the output with the same key
@@ -61,9 +78,8 @@ def same_protection(facts: PackageFacts | None, opener: Opener | None, what: str
     """
     if opener is None:
         raise KeyAccessError(f"an encrypted input needs a key to {what}")
-    cipher = facts.cipher if facts is not None and facts.encrypted else Cipher.AES_256_GCM
     return EncryptionSpec(
-        cipher=cipher,
+        cipher=cipher if cipher is not Cipher.NONE else Cipher.AES_256_GCM,
         passphrases=(opener.passphrase,) if opener.passphrase is not None else (),
         keks=(opener.kek,) if opener.kek is not None else (),
         recipients=(opener.identity.public_key(),) if opener.identity is not None else (),
