@@ -9,7 +9,7 @@ from ptmpack.cli.output import Printer
 
 def _header_rows(doc: dict[str, Any], out: Printer) -> list[tuple[str, object]]:
     h = doc["header"]
-    rows: list[tuple[str, object]] = [("file", doc["input"]["path"] if "input" in doc else doc["path"]),
+    rows: list[tuple[str, object]] = [("file", doc["path"]),
                                       ("bytes", out.number(doc["file_size"]))]
     rows += [(key, h[key]) for key in ("version", "package_id", "entry_count", "model_count")]
     rows.append(("flags", ", ".join(h["flags"]) or "-"))

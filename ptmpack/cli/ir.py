@@ -8,7 +8,7 @@ import click
 
 from ptmpack import api
 from ptmpack.cli._common import json_option, opener, opener_options
-from ptmpack.cli.output import Printer, count, emit, file_ref
+from ptmpack.cli.output import Printer, count, emit, file_ref, stdout_is_terminal
 
 
 @click.group("graph")
@@ -45,8 +45,7 @@ def graph_show_cmd(source: Path, passphrase_file: Path | None, key_file: Path | 
     from ptmpack.cli.graph_view import plain_lines, show_model
 
     tree = show_model(api.load_graph(source, opener=opener(passphrase_file, key_file, identity)))
-    out = Printer()
-    if out.terminal:
+    if stdout_is_terminal():
         from rich.console import Console
 
         Console().print(tree)

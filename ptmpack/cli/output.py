@@ -95,7 +95,7 @@ def session() -> Session:
     return _session
 
 
-def file_ref(path: Path | str, *, digest: bool = True) -> dict[str, Any]:
+def file_ref(path: Path | str) -> dict[str, Any]:
     """The common description of a path a command read or wrote: ``path``, ``bytes`` and, for a file, ``sha256``.
 
     A directory (a package tree) gets ``kind: tree`` and the total bytes of its regular files.
@@ -104,14 +104,11 @@ def file_ref(path: Path | str, *, digest: bool = True) -> dict[str, Any]:
     if p.is_dir():
         total = sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
         return {"path": str(p), "kind": "tree", "bytes": total}
-    ref: dict[str, Any] = {"path": str(p), "kind": "file", "bytes": p.stat().st_size}
-    if digest:
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        ref["sha256"] = h.hexdigest()
-    return ref
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return {"path": str(p), "kind": "file", "bytes": p.stat().st_size, "sha256": h.hexdigest()}
 
 
 def file_ref_soon(path: Path | str) -> Callable[[], dict[str, Any]]:
@@ -184,8 +181,8 @@ def stdout_is_terminal() -> bool:
 class Printer:
     """Human results on stdout: rich on a terminal, plain tab-separated lines anywhere else."""
 
-    def __init__(self, terminal: bool | None = None) -> None:
-        self.terminal = stdout_is_terminal() if terminal is None else terminal
+    def __init__(self) -> None:
+        self.terminal = stdout_is_terminal()
         self._console: Any = None
         if self.terminal:
             from rich.console import Console
