@@ -28,13 +28,11 @@ request.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -44,6 +42,7 @@ import httpx
 
 from ptmpack.distribution.reference import is_loopback
 from ptmpack.errors import KeyAccessError, RegistryError, UsageError
+from ptmpack.format.atomic import replace_file
 
 ENV_USER = "PTMPACK_REGISTRY_USER"
 ENV_PASSWORD = "PTMPACK_REGISTRY_PASSWORD"
@@ -170,15 +169,7 @@ def forget_credentials(host: str, env: dict[str, str] | None = None) -> Path | N
 
 def _write_private(path: Path, config: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".ptmpack-tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:  # mkstemp: mode 0600 from the start
-            json.dump(config, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    replace_file(path, (json.dumps(config, indent=2) + "\n").encode("utf-8"))  # 0600 from the start
 
 
 def _host_of(key: str) -> str:

@@ -25,12 +25,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ptmpack.format.atomic import replace_file
 
 CACHE_SUBDIR = "ptmpack"
 DEFAULT_LIMIT = 20 * 1024**3
@@ -81,15 +82,7 @@ class BlobCache:
         """Store a small blob already held in memory (and already digest-checked)."""
         target = self.blob_path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ptmpack-tmp-", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        replace_file(target, data, mode=0o444)
         return target
 
     def put_checked(self, digest: str, data: bytes) -> Path:
@@ -138,14 +131,7 @@ class BlobCache:
                 known.pop(d, None)
                 known[d] = repository
             kept = dict(list(known.items())[-MAX_ORIGINS:])
-            fd, tmp = tempfile.mkstemp(prefix=".ptmpack-tmp-", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(kept, f, separators=(",", ":"))
-                os.replace(tmp, path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            replace_file(path, json.dumps(kept, separators=(",", ":")).encode("utf-8"))
 
     def drop(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):

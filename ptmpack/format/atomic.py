@@ -96,6 +96,25 @@ def create_temp_file(path: Path, target: Path) -> int:
                                hint=f"the file system refuses new files in {target.parent}") from None
 
 
+def replace_file(target: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``target`` by a file holding ``data`` with permissions ``mode``, atomically (a temporary beside it,
+    then a rename); the temporary never outlives a failure or an interrupt.
+
+    Raises:
+        EnvironmentFault: the folder refuses the temporary file. OSError: writing or renaming failed.
+    """
+    tmp = temp_name_beside(target)
+    try:
+        with os.fdopen(create_temp_file(tmp, target), "wb") as f:
+            f.write(data)
+        if mode != 0o600:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def create_temp_dir(path: Path, target: Path) -> None:
     """Create the private (0700) temporary folder ``path`` for writing ``target``; like :func:`create_temp_file`."""
     try:
