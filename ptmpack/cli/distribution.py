@@ -40,10 +40,10 @@ def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The registry connection options every distribution command takes."""
     f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), expose_value=False, callback=_remember,
                      metavar="SECONDS", help="Give up (exit 9) when the whole command takes longer than this.")(f)
-    f = click.option("--speed-time", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+    f = click.option("--speed-time", default=ClientOptions.speed_time_s, show_default=True, type=click.FloatRange(min=0, min_open=True),
                      expose_value=False, callback=_remember, metavar="SECONDS",
                      help="Window of --speed-limit; a registry silent this long times out too.")(f)
-    f = click.option("--speed-limit", default=1024, show_default=True, type=click.IntRange(0), expose_value=False,
+    f = click.option("--speed-limit", default=ClientOptions.speed_limit, show_default=True, type=click.IntRange(0), expose_value=False,
                      callback=_remember, metavar="BYTES",
                      help="Stop a transfer slower than this many bytes/s for --speed-time seconds (exit 9).")(f)
     f = click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 32),
@@ -66,8 +66,8 @@ def _client(plain_http: bool, ca_file: Path | None, workers: int, reference: str
     if warning:
         warn(warning)
     return ClientOptions(plain_http=plain_http, ca_file=ca_file, workers=workers,
-                         speed_limit=meta.get("ptmpack.speed_limit", 1024),
-                         speed_time_s=meta.get("ptmpack.speed_time", 30.0),
+                         speed_limit=meta.get("ptmpack.speed_limit", ClientOptions.speed_limit),
+                         speed_time_s=meta.get("ptmpack.speed_time", ClientOptions.speed_time_s),
                          deadline_s=meta.get("ptmpack.timeout"))
 
 

@@ -9,7 +9,6 @@ Every step that changes the weights rebuilds the graph here, so no step undoes a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,7 @@ def rebuild_graph(tree: Path) -> bool:
     target = tree / GRAPH
     if not target.exists():
         return False
-    old = json.loads(target.read_text(encoding="utf-8"))
-    model = base_model(tree, name=str(old.get("name") or tree.name))
+    model = base_model(tree, name=str(read_json(tree, GRAPH).get("name") or tree.name))
     found = read_adapters(tree)
     if found is not None:
         model = attach(model, *found, file=f"{FOLDER}/{WEIGHTS_NAME}")
