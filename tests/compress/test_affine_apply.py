@@ -72,7 +72,7 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
     assert config["quantization_config"]["ignore"] == ["lm_head"]
     tensors = load_file(str(tree / "Model" / "model.safetensors"))
     assert "model.layers.0.self_attn.q_proj.weight" not in tensors
-    assert tensors["model.layers.0.input_layernorm.affine_transform.weight"].shape == (64, 64)
+    assert tensors["model.layers.0.input_layernorm.affine_transform.weight"].shape == (1, 64, 64)  # one block
     assert tensors["model.layers.1.post_attention_layernorm.affine_transform.shift"].shape == (64,)
     assert tensors["model.layers.0.mlp.down_proj.bias"].shape == (64,)
 

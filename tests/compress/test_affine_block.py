@@ -111,10 +111,10 @@ def deployed_layer(layer: DecoderLayer, res) -> DecoderLayer:
     return DecoderLayer(deployed_params(layer, res), layer.config, layer.index)
 
 
-@pytest.mark.parametrize("transform", ["full", "diagonal"])
+@pytest.mark.parametrize("transform", ["block", "full", "diagonal"])
 def test_merged_transforms_preserve_block_outputs(transform):
     layer, x = tiny_layer(), tiny_inputs(8)
-    opts = AffineOptions(bits=4, group_size=16, epochs=3, transform=transform, batch_size=4, lr=2e-2)
+    opts = AffineOptions(bits=4, group_size=16, epochs=3, transform=transform, block_size=16, batch_size=4, lr=2e-2)
     res = affine_quantize_block(layer, x, opts)
     with torch.no_grad():
         out = deployed_layer(layer, res)(x)
@@ -122,11 +122,28 @@ def test_merged_transforms_preserve_block_outputs(transform):
     if transform == "diagonal":
         assert not res.transforms                  # every inverse merged into norms and v_proj
         assert "self_attn.o_proj.bias" in res.floats  # the value→output shift merges into biases
-    else:
-        assert set(res.transforms) == {"input_layernorm", "post_attention_layernorm"}
-        m, shift = res.transforms["input_layernorm"]
-        assert m.shape == (48, 48) and shift.shape == (48,)
-        assert torch.allclose(torch.linalg.inv(m).diagonal(), torch.ones(48))  # diagonal part is in the norm
+        return
+    assert set(res.transforms) == {"input_layernorm", "post_attention_layernorm"}
+    m, shift = res.transforms["input_layernorm"]
+    assert shift.shape == (48,)
+    if transform == "block":  # only the three 16-by-16 diagonal blocks are stored, and they are not diagonal
+        assert m.shape == (3, 16, 16)
+        assert all((b - torch.diag(b.diagonal())).abs().max() > 0 for b in m)
+        m = torch.block_diag(*m)
+    assert m.shape == (48, 48)
+    assert torch.allclose(torch.linalg.inv(m).diagonal(), torch.ones(48))  # diagonal part is in the norm
+
+
+def test_block_mask_keeps_the_transform_block_diagonal_and_fills_each_block_by_the_last_epoch():
+    mask = gradual_mask(12, band_width(4, 2, 3), 0.5, block=4)
+    blocks = torch.block_diag(*[torch.ones(4, 4)] * 3)
+    assert torch.equal(mask != 0, blocks != 0)                     # the last epoch opens each block fully
+    assert torch.equal(mask.diagonal(), torch.ones(12))
+    first = gradual_mask(12, band_width(4, 0, 3), 0.5, block=4)
+    assert torch.equal(first, torch.eye(12))
+    assert AffineOptions(transform="block", block_size=64).block_of(576) == 64
+    assert AffineOptions(transform="block", block_size=64).block_of(48) == 16     # gcd where 64 does not divide
+    assert AffineOptions(transform="full").block_of(576) is None
 
 
 def test_gqa_value_output_transform_lives_at_kv_width():

@@ -10,8 +10,10 @@ What happens to ``Model/``:
   learned shifts become projection biases (``attention_bias``/``mlp_bias`` are then set in
   ``config.json``, with zero biases where a projection has none, so the layout stays the one
   transformers builds);
-* what cannot merge — the full unit-diagonal matrix after each RMSNorm and its shift — is stored
-  beside the norm as ``{norm}.affine_transform.weight`` ``[d, d]`` and ``.shift`` ``[d]``, and
+* what cannot merge — the unit-diagonal matrix after each RMSNorm and its shift — is stored
+  beside the norm as ``{norm}.affine_transform.weight`` and ``.shift`` ``[d]`` (float32), the matrix
+  as its diagonal blocks ``[d/b, b, b]`` (the default block-diagonal transform, b = 64) or ``[d, d]``
+  (a full transform), and
   ``graph.json`` runs it as an explicit ``affine_transform`` operator
   (:mod:`ptmpack.ir.ops.affine`). ``ptmpack run``/``eval`` execute it; transformers and vLLM do
   not know it, which the step record says.
@@ -160,13 +162,19 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
     regraph(tree)
     size_after = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
     unmerged = sum(len(r.transforms) for r in result.layers.values())
+    stored = [m for r in result.layers.values() for m, _ in r.transforms.values()]
+    block = opts.block_of(cfg.hidden_size)
     details: dict[str, Any] = {
         "layers_quantized": len(result.layers) * len(LINEARS),
         "size_before": size_before, "size_after": size_after, "seconds": round(result.seconds, 3),
         "calibration": calibration.record(),
         "affine": {"epochs": opts.epochs, "alpha": opts.alpha, "lr": opts.lr, "lwc_lr": opts.lwc_lr,
                    "batch_size": opts.batch_size, "transform": opts.transform, "shift": opts.shift,
-                   "device": opts.device, "dominance": result.violations(), "unmerged_transforms": unmerged,
+                   "block_size": block, "device": opts.device, "dominance": result.violations(),
+                   "unmerged_transforms": unmerged,
+                   "transform_storage": {"layout": "dense" if block is None else "block-diagonal", "dtype": "float32",
+                                         "shape": list(stored[0].shape) if stored else None,
+                                         "bytes": sum(4 * m.numel() for m in stored)},
                    "method_defaults": {name: getattr(spec, name) for name in spec.defaulted},
                    "merged": ["norm weights (diagonal parts)", "v_proj/o_proj (value→output, per kv head)",
                               "projection biases (shifts)"]},

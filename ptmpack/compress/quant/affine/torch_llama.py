@@ -34,7 +34,8 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 NORMS = ("input_layernorm", "post_attention_layernorm")
 AFFINE = "affine_transform"
 """An unmerged AffineQuant transform after a norm is stored as ``{norm}.affine_transform.weight`` ``[d, d]``
-and optionally ``{norm}.affine_transform.shift`` ``[d]``; it computes ``(h − shift)·weightᵀ``."""
+(or its diagonal blocks ``[d/b, b, b]``) and optionally ``{norm}.affine_transform.shift`` ``[d]``; it computes
+``(h − shift)·weightᵀ`` (block by block for the block-diagonal form)."""
 LAYER_PREFIX = "model.layers."
 _LLAMA_TYPES = ("llama", "mistral", "qwen2")
 
@@ -124,7 +125,12 @@ def _transform(p: Mapping[str, torch.Tensor], norm: str, h: torch.Tensor) -> tor
     if m is None:
         return h
     shift = p.get(f"{norm}.{AFFINE}.shift")
-    return F.linear(h if shift is None else h - shift, m)
+    h = h if shift is None else h - shift
+    if m.dim() == 2:
+        return F.linear(h, m)
+    n, b_out, b_in = m.shape  # block-diagonal: y_k = h_k·M_kᵀ for each block k
+    y = torch.einsum("...ni,noi->...no", h.reshape(*h.shape[:-1], n, b_in), m)
+    return y.reshape(*h.shape[:-1], n * b_out)
 
 
 class DecoderLayer:
