@@ -33,11 +33,11 @@ RUNS = [
     ("bert", PRUNE_HEADS, "rtn"), ("bert", PRUNE_HEADS, "gptq"),
     ("bert", FOLD_UNIFIED, "rtn"), ("bert", FOLD_UNIFIED, "gptq"),
 ]
-TORCH_RUNS = [("llama", FOLD_AFFINE, "affine"), ("llama", PRUNE_FFN, "affine"), ("llama", FOLD_AFFINE, "ptq"),
+TORCH_RUNS = [("llama", FOLD_AFFINE, "affine"), ("llama", FOLD_UNIFIED, "affine"), ("llama", PRUNE_FFN, "affine"),
+              ("llama", FOLD_AFFINE, "ptq"),
               ("llama", PRUNE_FFN_STRUCTURE, "gptq"), ("bert", PRUNE_FFN_STRUCTURE, "rtn"), ("bert", {}, "ptq")]
 REFUSED = [
     ("bert", FOLD_AFFINE, "rtn", "no normalization can be folded exactly"),
-    ("llama", FOLD_UNIFIED, "affine", "AffineQuant"),
     ("llama", PRUNE_HEADS, "rtn", "grouped KV heads"),
 ]
 

@@ -223,12 +223,19 @@ class _Learner:
             return quantized, floats, transforms
         for key, norm in NORM_OF.items():
             cmat, shift = m[key], _nonzero(self.t[key].shift)
-            d = cmat.diagonal()
-            floats[f"{norm}.weight"] = p[f"{norm}.weight"] / d          # diagonal part merged into the norm
-            u_inv = block_inverse(cmat / d[None, :], self.block)         # C = U·D, C⁻¹ = D⁻¹·U⁻¹
+            if norm in self.layer.identity_norms:
+                # a unified norm was folded away: no norm weight takes the diagonal, so all of C⁻¹ is stored
+                d = torch.ones(cmat.shape[0], device=cmat.device)
+                u_inv = m[key + "_inv"]
+                block = 1 if self.opts.transform == "diagonal" else self.block
+            else:
+                d = cmat.diagonal()
+                floats[f"{norm}.weight"] = p[f"{norm}.weight"] / d          # diagonal part merged into the norm
+                u_inv = block_inverse(cmat / d[None, :], self.block)         # C = U·D, C⁻¹ = D⁻¹·U⁻¹
+                block = self.block
             eye = torch.eye(len(d), device=d.device)
             if not torch.equal(u_inv, eye) or shift is not None:
-                stored = u_inv.T if self.block is None else diagonal_blocks(u_inv.T, self.block)
+                stored = u_inv.T if block is None else diagonal_blocks(u_inv.T, block)
                 transforms[norm] = (stored.contiguous(), None if shift is None else (shift / d).detach().clone())
             if shift is not None:
                 for n in IN_PROJ[key]:

@@ -89,7 +89,8 @@ def affine_quantize_model(model: CausalLM, windows: np.ndarray, opts: AffineOpti
         r.outputs = r.fp_outputs = torch.empty(0)
         result.layers[i] = r
         if replace:
-            model.layers[i] = DecoderLayer(deployed_params(layer, r), layer.config, layer.index)
+            model.layers[i] = DecoderLayer(deployed_params(layer, r), layer.config, layer.index,
+                                           identity_norms=layer.identity_norms)
         if log is not None:
             s = r.stats
             log(f"layer {i}: mse {s['final_mse']:.4g}, epochs {[round(v, 5) for v in s['loss_per_epoch']]}, "

@@ -62,29 +62,37 @@ class AffineStep:
     """The ``--quant affine`` step (a :class:`ptmpack.compress.step.Step`)."""
 
     def check(self, spec: CompressSpec) -> None:
-        """Refuse ``--fold-norm unified`` before any work (see :func:`refuse_unified_norms`).
-
-        Raises:
-            UnsupportedError: the spec unifies the norms too.
-        """
-        refuse_unified_norms(spec)
+        """Nothing beyond :meth:`CompressSpec.check`: every ``--fold-norm`` mode combines with AffineQuant."""
 
     def run(self, tree: Path, ctx: StepContext) -> StepRecord:
         """Learn the transforms and quantize (:func:`affine_quantize_tree`)."""
         return affine_quantize_tree(tree, ctx)
 
 
-def refuse_unified_norms(spec: CompressSpec) -> None:
-    """AffineQuant cannot follow ``--fold-norm unified`` (physics, not a missing feature).
+def folded_norms(tree: Path, config: dict[str, Any]) -> set[str]:
+    """The norm weights (``model.layers.0.input_layernorm.weight``, …) that ``--fold-norm unified`` folded away.
+
+    config.json's unified-norm record names graph operators; the converter's graph (before the
+    record is applied) says which weight each one normalizes with. Those norms are the identity
+    now: AffineQuant runs them as such, and the transforms after them are stored whole.
 
     Raises:
-        UnsupportedError: ``spec`` asks for both.
+        UnsupportedError: a norm was kept as an explicit ``unified_norm`` (its output also feeds
+            something other than linears, which a LLaMA pre-norm block never does).
     """
-    if spec.fold_norm == "unified" and spec.quant == "affine":
-        raise UnsupportedError("--fold-norm unified with --quant affine: AffineQuant learns its transforms in a "
-                               "PyTorch LLaMA that normalizes on line and merges them into the norm weights, "
-                               "which the unified norms have replaced by fixed statistics",
-                               hint="--fold-norm affine combines with any --quant")
+    from ptmpack.compress.tree.rebuild import MARKER, NORMS
+    from ptmpack.ir.convert_hf import model_from_dir
+
+    marker = config.get(MARKER)
+    if not isinstance(marker, dict):
+        return set()
+    if marker.get("explicit"):
+        raise UnsupportedError(f"--quant affine: unified norms {sorted(marker['explicit'])} stay explicit because "
+                               "their outputs also feed the residual stream; AffineQuant's pre-norm LLaMA blocks "
+                               "have none")
+    folded = set(marker.get("folded", []))
+    graph = model_from_dir(tree / "Model", name=tree.name).main_graph
+    return {node.inputs[NORMS[node.type][0]][0] for node in graph.operators if node.name in folded}
 
 
 def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
@@ -123,7 +131,9 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
     calibration = ctx.calib()
     tensors = ModelTensors(tree / "Model")
     size_before = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
-    model = CausalLM.from_tensors({n: tensors[n] for n in tensors.names()}, cfg, device=spec.device)
+    identity = folded_norms(tree, config)
+    model = CausalLM.from_tensors({n: tensors[n] for n in tensors.names()}, cfg, device=spec.device,
+                                  identity_norms=identity)
     opts = AffineOptions(bits=spec.bits, group_size=group, symmetric=spec.symmetric, epochs=spec.epochs,
                          device=spec.device)
     result = affine_quantize_model(model, calibration.windows, opts, progress=ctx.progress)
@@ -170,7 +180,7 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
         "calibration": calibration.record(),
         "affine": {"epochs": opts.epochs, "alpha": opts.alpha, "lr": opts.lr, "lwc_lr": opts.lwc_lr,
                    "batch_size": opts.batch_size, "transform": opts.transform, "shift": opts.shift,
-                   "block_size": block, "device": opts.device, "dominance": result.violations(),
+                   "block_size": block, "device": opts.device, "dominance": result.violations(), "unified_norms": len(identity),
                    "unmerged_transforms": unmerged,
                    "transform_storage": {"layout": "dense" if block is None else "block-diagonal", "dtype": "float32",
                                          "shape": list(stored[0].shape) if stored else None,
