@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -178,3 +180,36 @@ def test_smoothquant_start_merges_completely():
     torch.testing.assert_close(res.floats["input_layernorm.weight"], want, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(deployed_layer(layer, res)(x), res.outputs, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_path_reads_each_block_when_its_turn_comes_and_equals_the_in_memory_path():
+    """affine_quantize_checkpoint reads block i+1's tensors only after block i was handed over, and learns
+    exactly what affine_quantize_model learns on the same model held in memory."""
+    from ptmpack.compress.quant.affine.model import affine_quantize_checkpoint, affine_quantize_model
+    from ptmpack.compress.quant.affine.torch_llama import CausalLM
+
+    cfg = dataclasses.replace(CFG, num_layers=3)
+    g = torch.Generator().manual_seed(7)
+    tensors = {"model.embed_tokens.weight": torch.randn(40, 48, generator=g), "model.norm.weight": torch.ones(48)}
+    for i in range(3):
+        tensors.update({f"model.layers.{i}.{k}": v for k, v in tiny_layer(i).params.items()})
+    windows = torch.randint(0, 40, (4, 16), generator=g).numpy()
+    opts = AffineOptions(bits=4, group_size=16, epochs=2, batch_size=2, lr=2e-2)
+    events: list[tuple[str, object]] = []
+
+    def read(name: str) -> torch.Tensor:
+        events.append(("read", name))
+        return tensors[name]
+
+    streamed = affine_quantize_checkpoint(read, list(tensors), cfg, windows, opts,
+                                          finished=lambda layer, r: events.append(("done", layer.index)))
+    for i in range(2):
+        handed = events.index(("done", i))
+        assert all(not (kind == "read" and str(n).startswith(f"model.layers.{i + 1}.")) for kind, n in events[:handed])
+        assert all(not (kind == "read" and str(n).startswith(f"model.layers.{i}.")) for kind, n in events[handed:])
+    assert sum(kind == "read" for kind, _ in events) == len(tensors) - 1     # each once; the final norm never
+    held = affine_quantize_model(CausalLM.from_tensors(tensors, cfg), windows, opts)
+    for i in range(3):
+        assert streamed.layers[i].stats["final_mse"] == pytest.approx(held.layers[i].stats["final_mse"], rel=1e-5)
+        for name, q in held.layers[i].quantized.items():
+            assert torch.equal(streamed.layers[i].quantized[name].q, q.q)

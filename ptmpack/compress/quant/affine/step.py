@@ -51,13 +51,6 @@ def require_torch() -> Any:
     return torch
 
 
-def _store(tensors: Any, name: str, value: np.ndarray, file: str) -> None:
-    """Add or replace a float tensor of the tree's weights (saved with the next ``tensors.save()``)."""
-    tensors.files[file][name] = np.ascontiguousarray(value)
-    tensors.where[name] = file
-    tensors.changed.add(file)
-
-
 class AffineStep:
     """The ``--quant affine`` step (a :class:`ptmpack.compress.step.Step`)."""
 
@@ -98,27 +91,23 @@ def folded_norms(tree: Path, config: dict[str, Any]) -> set[str]:
 def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
     """Learn AffineQuant transforms block by block on the calibration windows and rewrite ``tree``'s ``Model/``.
 
-    Returns the step record for ``technicalinfo.compression``.
+    The checkpoint is read one block at a time (:func:`~.model.affine_quantize_checkpoint`); of each
+    finished block only its packed integer weights, merged float tensors and transforms are kept,
+    and the weight files are then rewritten once (:meth:`WeightFiles.rewrite`: untouched tensors are
+    copied by the kernel). Returns the step record for ``technicalinfo.compression``.
 
     Raises:
         UnsupportedError: no torch, not a LLaMA-family decoder, or CUDA asked for but absent.
         UsageError: no calibration text, or a group size that does not divide a linear's input width.
     """
     torch = require_torch()
-    from ptmpack.compress.quant.affine.block import AffineOptions
-    from ptmpack.compress.quant.affine.model import affine_quantize_model
-    from ptmpack.compress.quant.affine.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, CausalLM, LlamaConfig
-    from ptmpack.compress.quant.linear import (
-        ModelTensors,
-        Target,
-        choose_group_size,
-        find_targets,
-        ignored_linears,
-        load_model,
-        regraph,
-    )
-    from ptmpack.compress.quant.pack_quantized import QuantizedWeight, quantization_config
+    from ptmpack.compress.quant.affine.block import AffineOptions, BlockResult
+    from ptmpack.compress.quant.affine.model import affine_quantize_checkpoint
+    from ptmpack.compress.quant.affine.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, DecoderLayer, LlamaConfig
+    from ptmpack.compress.quant.linear import choose_group_size, find_targets, ignored_linears, load_model, regraph
+    from ptmpack.compress.quant.pack_quantized import SHAPE, QuantizedWeight, quantization_config, quantized_tensors
     from ptmpack.compress.tree.documents import read_json, write_json
+    from ptmpack.compress.tree.weights import TensorSpec, WeightFiles
 
     spec, tree = ctx.spec, Path(tree)
     if spec.device == "cuda" and not torch.cuda.is_available():
@@ -129,48 +118,53 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
     targets = find_targets(load_model(tree))
     group = choose_group_size(targets, spec.group_size)
     calibration = ctx.calib()
-    tensors = ModelTensors(tree / "Model")
-    size_before = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
+    weights = WeightFiles(tree / "Model")
+    size_before = weights.file_bytes()
     identity = folded_norms(tree, config)
-    model = CausalLM.from_tensors({n: tensors[n] for n in tensors.names()}, cfg, device=spec.device,
-                                  identity_norms=identity)
     opts = AffineOptions(bits=spec.bits, group_size=group, symmetric=spec.symmetric, epochs=spec.epochs,
                          device=spec.device)
-    result = affine_quantize_model(model, calibration.windows, opts, progress=ctx.progress)
-    del model
-    biased = False
-    for i, r in result.layers.items():
-        head = f"{LAYER_PREFIX}{i}."
-        file = tensors.where[f"{head}input_layernorm.weight"]
+    # what each existing tensor becomes: itself with new values, or the tensors that take its place
+    becomes: dict[str, dict[str, np.ndarray]] = {}
+
+    def keep(layer: DecoderLayer, r: BlockResult) -> None:
+        head = f"{LAYER_PREFIX}{layer.index}."
         for name, qt in r.quantized.items():
             q = QuantizedWeight(qt.q.cpu().numpy(), qt.scale.cpu().numpy(),
                                 None if qt.zero_point is None else qt.zero_point.cpu().numpy(), spec.bits, group)
-            rows, cols = q.shape
-            tensors.store(Target(f"{head}{name}", f"{head}{name}.weight", name, cols, rows), q)
+            becomes[f"{head}{name}.weight"] = quantized_tensors(f"{head}{name}", q)
+        r.quantized = {}  # packed above: the block's torch codes need not stay
         for name, value in r.floats.items():
-            _store(tensors, f"{head}{name}", value.detach().cpu().numpy().astype(np.float32), file)
-            biased = biased or name.endswith(".bias")
+            full = f"{head}{name}"
+            array = value.detach().cpu().numpy().astype(np.float32)
+            if full in weights:
+                becomes.setdefault(full, {})[full] = array
+            else:  # a new bias: it goes after its linear's packed weight
+                becomes[f"{full[: -len('.bias')]}.weight"][full] = array
         for norm, (m, shift) in r.transforms.items():
-            _store(tensors, f"{head}{norm}.{AFFINE}.weight", m.cpu().numpy().astype(np.float32), file)
+            at = becomes.setdefault(f"{head}{norm}.weight", {f"{head}{norm}.weight": weights.read(f"{head}{norm}.weight")})
+            at[f"{head}{norm}.{AFFINE}.weight"] = m.detach().cpu().numpy().astype(np.float32)
             if shift is not None:
-                _store(tensors, f"{head}{norm}.{AFFINE}.shift", shift.cpu().numpy().astype(np.float32), file)
+                at[f"{head}{norm}.{AFFINE}.shift"] = shift.detach().cpu().numpy().astype(np.float32)
+
+    result = affine_quantize_checkpoint(weights.read, weights.names(), cfg, calibration.windows, opts,
+                                        identity_norms=identity, progress=ctx.progress, finished=keep)
+    biased = any(n.endswith(".bias") for arrays in becomes.values() for n in arrays)
     if biased:  # transformers builds biases on all attention (or all MLP) projections or none
         for i in result.layers:
             for name in LINEARS:
-                bias = f"{LAYER_PREFIX}{i}.{name}.bias"
-                if bias not in tensors.where:
-                    rows = cfg.hidden_size if name in ("self_attn.o_proj", "mlp.down_proj") else \
-                        cfg.intermediate_size if name.startswith("mlp.") else \
-                        cfg.num_heads * cfg.head_dim if name.endswith("q_proj") else cfg.kv_dim
-                    _store(tensors, bias, np.zeros(rows, np.float32),
-                           tensors.where[f"{LAYER_PREFIX}{i}.input_layernorm.weight"])
+                bias, weight = f"{LAYER_PREFIX}{i}.{name}.bias", f"{LAYER_PREFIX}{i}.{name}.weight"
+                if bias not in weights and bias not in becomes[weight]:
+                    rows = int(becomes[weight][f"{LAYER_PREFIX}{i}.{name}.{SHAPE}"][0])
+                    becomes[weight][bias] = np.zeros(rows, np.float32)
         config["attention_bias"] = config["mlp_bias"] = True
-    tensors.save()
-    ignore = [n for n in ignored_linears({n: tensors[n].shape for n in tensors.names()}, targets, decoder=True) if not n.endswith(f".{AFFINE}")]
+    plan = {name: [TensorSpec.of(n, a) for n, a in arrays.items()] for name, arrays in becomes.items()}
+    weights.rewrite(plan, becomes.pop)
+    shapes = {n: weights.spec(n).shape for n in weights.names()}
+    ignore = [n for n in ignored_linears(shapes, targets, decoder=True) if not n.endswith(f".{AFFINE}")]
     config["quantization_config"] = quantization_config(spec.bits, group, spec.symmetric, ignore)
     write_json(config_path, config)
     regraph(tree)
-    size_after = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
+    size_after = weights.file_bytes()
     unmerged = sum(len(r.transforms) for r in result.layers.values())
     stored = [m for r in result.layers.values() for m, _ in r.transforms.values()]
     block = opts.block_of(cfg.hidden_size)

@@ -43,6 +43,7 @@ AFFINE = "affine_transform"
 ``(h − shift)·weightᵀ`` (block by block for the block-diagonal form)."""
 LAYER_PREFIX = "model.layers."
 FINAL_NORM = "model.norm.weight"
+EMBED = "model.embed_tokens.weight"
 _LLAMA_TYPES = ("llama", "mistral", "qwen2")
 
 Capture = Callable[[str, torch.Tensor], None]
@@ -248,10 +249,10 @@ class CausalLM:
         Raises:
             UnsupportedError: a tensor the model needs is missing.
         """
-        for name in ("model.embed_tokens.weight", "model.norm.weight"):
+        for name in (EMBED, FINAL_NORM):
             if name not in tensors:
                 raise UnsupportedError(f"checkpoint has no tensor {name!r}")
-        embed = as_tensor(tensors["model.embed_tokens.weight"], dtype, device)
+        embed = as_tensor(tensors[EMBED], dtype, device)
         head = as_tensor(tensors["lm_head.weight"], dtype, device) if "lm_head.weight" in tensors else embed
         layers = [DecoderLayer.from_tensors(tensors, config, i, dtype=dtype, device=device, identity_norms=identity_norms)
                   for i in range(config.num_layers)]
