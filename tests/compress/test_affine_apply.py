@@ -82,6 +82,8 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
     assert record["method"] == "affine" and record["group_size"] == 32
     assert result.unmerged_transforms == record["affine"]["unmerged_transforms"] == 4 and "note" in record  # 2×2 norms
     assert set(record["affine"]["dominance"]) == {"violations", "checks"}
+    assert record["affine"]["block_size"] == 64 and record["affine"]["transform_storage"] == {
+        "layout": "block-diagonal", "dtype": "float32", "shape": [1, 64, 64], "bytes": 4 * 64 * 64 * 4}
     assert record["quality"]["after"] is not None and np.isfinite(record["quality"]["after"])
     config = json.loads((tree / "Model" / "config.json").read_text())
     assert config["quantization_config"]["format"] == "pack-quantized"
