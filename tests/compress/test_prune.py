@@ -22,9 +22,10 @@ def _zeroed_reference(tmp_path: Path, cfg: dict, t: dict[str, np.ndarray], rec: 
     """The unpruned model with every pruned unit's output zeroed where it enters the next projection."""
     z = {k: v.copy() for k, v in t.items()}
     bert = cfg["model_type"] == "bert"
+    out = "encoder.layer.{}.attention.output.dense.weight" if bert else "model.layers.{}.self_attn.o_proj.weight"
     for layer, heads in rec["removed_units"].get("heads", {}).items():
         for h in heads:
-            z[f"encoder.layer.{layer}.attention.output.dense.weight"][:, h * d:(h + 1) * d] = 0
+            z[out.format(layer)][:, h * d:(h + 1) * d] = 0
     for layer, units in rec["removed_units"].get("ffn", {}).items():
         down = f"encoder.layer.{layer}.output.dense.weight" if bert else f"model.layers.{layer}.mlp.down_proj.weight"
         z[down][:, units] = 0
@@ -80,11 +81,72 @@ def test_structure_aware_bert_and_llama(tmp_path: Path) -> None:
         prune(tree, "ffn", 0.9, "structure", WINDOWS)
     lcfg, lt = llama_tensors()
     ltree = make_tree(tmp_path, lcfg, lt, name="llama")
-    with pytest.raises(UnsupportedError, match="head pruning"):
-        prune(ltree, "heads", 0.8, "magnitude")
     rec = prune(ltree, "ffn", 0.8, "structure", WINDOWS)
     assert rec["flops_fraction_kept"] <= 0.8 and rec["removed"]["ffn"] > 0
     assert rel(_zeroed_reference(tmp_path, lcfg, lt, rec, 8), forward(ltree, IDS)) < 1e-5
+
+
+def test_merged_importance_is_the_estimate_of_removing_the_whole_run() -> None:
+    """A KV group's mask is its query heads' masks tied together: gradients and Fisher factors add up."""
+    rng = np.random.default_rng(1)
+    units = {"heads": [(i, j) for i in range(2) for j in range(4)], "ffn": [(0, 0), (0, 1), (1, 0)]}
+    imp = Importance(units, rng.standard_normal(11), rng.standard_normal((6, 11)), {"heads": 0, "ffn": 8})
+    kv = imp.merged("heads", 2)
+    assert kv.units == {"heads": [(0, 0), (0, 1), (1, 0), (1, 1)], "ffn": units["ffn"]}
+    assert kv.offset == {"heads": 0, "ffn": 4}
+    # group 1 of layer 1 = query heads 6, 7; with FFN unit 10 (layer 1's first neuron)
+    assert kv.loss_change(np.array([3, 6])) == pytest.approx(imp.loss_change(np.array([6, 7, 10])))
+    assert kv.diag_score()[0] == pytest.approx(imp.loss_change(np.array([0, 1])))
+    assert imp.merged("heads", 1) is imp
+
+
+@pytest.mark.parametrize(("heads", "kv"), [(4, 2), (4, 4), (6, 3)])
+def test_llama_heads_prune_whole_kv_groups_uniformly(tmp_path: Path, heads: int, kv: int) -> None:
+    """GQA and plain multi-head LLaMA: every layer loses the same KV groups' worth; pruning equals zeroing them."""
+    cfg, t = llama_tensors(h=48, heads=heads, kv=kv, layers=3)
+    tree = make_tree(tmp_path, cfg, t)
+    d, group = 48 // heads, heads // kv
+    rec = prune(tree, "heads", 0.8, "magnitude")
+    removed = rec["removed_kv_heads"]
+    assert len({len(v) for v in removed.values()}) == 1 and len(removed) == 3 and rec["flops_fraction_kept"] <= 0.8
+    for layer, groups in removed.items():  # a KV group's query heads go with it
+        assert rec["removed_units"]["heads"][layer] == sorted(g * group + j for g in groups for j in range(group))
+    assert rel(_zeroed_reference(tmp_path, cfg, t, rec, d), forward(tree, IDS)) < 1e-5
+    conf = json.loads((tree / "Model/config.json").read_text())
+    left = kv - len(removed["0"])
+    assert (conf["num_attention_heads"], conf["num_key_value_heads"], conf["head_dim"]) == (left * group, left, d)
+    assert "ptmpack_layer_heads" not in conf and "pruned_heads" not in conf
+    w = load_file(str(tree / "Model/model.safetensors"))
+    assert w["model.layers.2.self_attn.q_proj.weight"].shape == (left * group * d, 48)
+    assert w["model.layers.2.self_attn.k_proj.weight"].shape == (left * d, 48)
+    assert w["model.layers.2.self_attn.o_proj.weight"].shape == (48, left * group * d)
+    tech = json.loads((tree / "Meta-info/technicalinfo.json").read_text())["ptm_info"]
+    assert (tech["num_heads"], tech["num_kv_heads"]) == (left * group, left)
+    again = prune(tree, "heads", 0.9, "magnitude") if left > 1 else None  # a pruned config prunes again
+    assert again is None or again["layer_kv_heads"][0] < left
+
+
+def test_multi_query_attention_has_no_head_to_prune(tmp_path: Path) -> None:
+    cfg, t = llama_tensors(heads=4, kv=1)
+    with pytest.raises(UnsupportedError, match="one KV head per layer"):
+        prune(make_tree(tmp_path, cfg, t), "heads", 0.8, "magnitude")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("method", ["structure", "magnitude"])
+def test_head_pruned_gqa_llama_loads_in_transformers_with_the_same_logits(tmp_path: Path, method: str) -> None:
+    """The peer check: config.json + safetensors of the pruned tree load in transformers and compute the IR's logits."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg, t = llama_tensors(h=48, heads=6, kv=3, ffn=64)
+    tree = make_tree(tmp_path, cfg, t)
+    rec = prune(tree, "heads", 0.8, method, WINDOWS)
+    assert rec["removed"]["heads"] > 0 and rec["flops_fraction_kept"] <= 0.8
+    model = transformers.AutoModelForCausalLM.from_pretrained(tree / "Model", dtype=torch.float32).eval()
+    assert model.config.num_key_value_heads == rec["layer_kv_heads"][0] < 3
+    with torch.no_grad():
+        theirs = model(torch.tensor(IDS)).logits.numpy()
+    assert rel(theirs, forward(tree, IDS)) < 1e-5
 
 
 def test_prune_usage_errors(tmp_path: Path) -> None:

@@ -11,13 +11,17 @@ Fisher score ``-g_i + ½F_ii`` go first. ``--prune-method magnitude`` is the nai
 the same budget: one equal ratio for the pruned groups, units ranked by the L2 norm of their
 weights.
 
-Heads are pruned in BERT models (LLaMA's grouped KV heads are not pruned: refused); FFN neurons
-in both families. Every layer keeps at least one head and one neuron. The checkpoint's tensors
-shrink; config.json gets ``intermediate_size`` when all layers keep the same width, and for
-pruned heads ``ptmpack_layer_heads`` (each layer's count, for readers of config.json; ptmpack's graph
-builder takes the counts from the tensor shapes) and
-``pruned_heads`` (the ids transformers 4.x re-applies on load; transformers 5 dropped it, so a
-head-pruned BERT, like a checkpoint with unequal FFN widths, loads in ptmpack only).
+Heads are pruned in BERT models one head at a time, any number per layer. In LLaMA-family models
+the unit is a KV group — one key/value head and the query heads that read it (one head without
+GQA) — and every layer loses the same number of groups, so ``num_attention_heads``,
+``num_key_value_heads`` (both rewritten) and ``head_dim`` (written explicitly, unchanged) describe
+every layer and transformers loads the result. FFN neurons are pruned in both families. Every layer
+keeps at least one head (KV group) and one neuron. The checkpoint's tensors shrink; config.json gets
+``intermediate_size`` when all layers keep the same width, and for pruned BERT heads
+``ptmpack_layer_heads`` (each layer's count, for readers of config.json; ptmpack's graph builder
+takes the counts from the tensor shapes) and ``pruned_heads`` (the ids transformers 4.x re-applies
+on load; transformers 5 dropped it, so a head-pruned BERT, like a checkpoint with unequal FFN
+widths, loads in ptmpack only).
 """
 
 from __future__ import annotations
@@ -51,6 +55,16 @@ FFN_MULTIPLE = 32
 
 
 def _layout(ck: Checkpoint, config: dict[str, Any]) -> dict[str, Any]:
+    """Where each layer's prunable units live, how many each layer has and what one costs.
+
+    The head unit is a BERT head, or a LLaMA-family KV group: one key/value head with the
+    ``group`` query heads that read it (query head ``h`` reads KV head ``h // group``, as in
+    transformers' ``repeat_kv`` and the IR's ``attention``). Without GQA a group is one head.
+
+    Raises:
+        UnsupportedError: not BERT/LLaMA-family, or a layer whose query heads are not
+            ``group`` × its KV heads.
+    """
     family = _FAMILIES.get(str(config.get("model_type")))
     if family is None:
         raise UnsupportedError(f"pruning supports BERT and LLaMA-family models, not {config.get('model_type')!r}")
@@ -66,22 +80,36 @@ def _layout(ck: Checkpoint, config: dict[str, Any]) -> dict[str, Any]:
         names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                  "in": ("mlp.gate_proj", "mlp.up_proj"), "down": "mlp.down_proj"}
     head_dim = int(config.get("head_dim") or hidden // heads)
-    layer_heads = [ck.tensors[f"{w}{names['q']}.weight"].shape[0] // head_dim for w in pre]
+    group = 1 if family == "bert" else heads // int(config.get("num_key_value_heads") or heads)
+    units = [ck.tensors[f"{w}{names['k']}.weight"].shape[0] // head_dim for w in pre]
+    for w, u in zip(pre, units, strict=True):
+        q = ck.tensors[f"{w}{names['q']}.weight"].shape[0] // head_dim
+        if q != u * group:
+            raise UnsupportedError(f"{w}: {q} query heads for {u} key/value heads; head pruning needs {group} "
+                                   "query heads per key/value head in every layer")
     ffn = [ck.tensors[f"{w}{names['down']}.weight"].shape[1] for w in pre]
-    per_head = 8 * hidden * head_dim + 4 * SEQ * head_dim
+    per_unit = 4 * hidden * head_dim * (group + 1) + 4 * SEQ * head_dim * group
     per_neuron = 2 * hidden * (len(names["in"]) + 1)
-    return {"family": family, "pre": pre, "names": names, "head_dim": head_dim, "heads": layer_heads, "ffn": ffn,
-            "cost": {"heads": per_head, "ffn": per_neuron}}
+    return {"family": family, "pre": pre, "names": names, "head_dim": head_dim, "group": group,
+            "heads": units, "ffn": ffn, "uniform_heads": family != "bert",
+            "cost": {"heads": per_unit, "ffn": per_neuron}}
+
+
+def _unit_rows(lay: dict[str, Any], unit: int) -> tuple[slice, slice]:
+    """Rows of one head unit in the query (and output-projection columns) and in the key/value projections."""
+    d, g = lay["head_dim"], lay["group"]
+    return slice(unit * g * d, (unit + 1) * g * d), slice(unit * d, (unit + 1) * d)
 
 
 def _magnitude_scores(ck: Checkpoint, lay: dict[str, Any], group: str) -> np.ndarray:
-    n, d, out = lay["names"], lay["head_dim"], []
+    n, out = lay["names"], []
     for i, w in enumerate(lay["pre"]):
         if group == "heads":
-            for h in range(lay["heads"][i]):
-                rows = slice(h * d, (h + 1) * d)
-                out.append(sum(float((ck.f64(f"{w}{n[k]}.weight")[rows] ** 2).sum()) for k in "qkv")
-                           + float((ck.f64(f"{w}{n['o']}.weight")[:, rows] ** 2).sum()))
+            for u in range(lay["heads"][i]):
+                q, kv = _unit_rows(lay, u)
+                out.append(float((ck.f64(f"{w}{n['q']}.weight")[q] ** 2).sum())
+                           + sum(float((ck.f64(f"{w}{n[k]}.weight")[kv] ** 2).sum()) for k in "kv")
+                           + float((ck.f64(f"{w}{n['o']}.weight")[:, q] ** 2).sum()))
         else:
             s = sum((ck.f64(f"{w}{part}.weight") ** 2).sum(1) for part in n["in"])
             out.extend(s + (ck.f64(f"{w}{n['down']}.weight") ** 2).sum(0))
@@ -109,15 +137,24 @@ class _Problem:
         widths = lay["ffn"]
         self.multiple = {"heads": 1, "ffn": FFN_MULTIPLE if all(w % FFN_MULTIPLE == 0 and w >= 4 * FFN_MULTIPLE
                                                                  for w in widths) else 1}
+        self.by_layer = {g: [[int(u) for u in np.argsort(scores[g], kind="stable") if self.units[g][u][0] == i]
+                             for i in range(len(lay[g]))] for g in groups}
 
     def selection(self, ratios: np.ndarray) -> dict[str, list[int]]:
         """The ``ratio`` least important units of each group (never a layer's most important one).
 
         FFN removals per layer are rounded down to a multiple of :data:`FFN_MULTIPLE` (when the
         widths are multiples of it), so pruned widths still take the usual quantization group sizes.
+        LLaMA-family heads (``uniform_heads``) go uniformly: every layer loses
+        ``floor(ratio × its KV groups)`` of its own least important groups (at most all but one), so
+        config.json keeps one head count for every layer and transformers loads the result.
         """
         out = {}
         for g, r in zip(self.groups, ratios, strict=True):
+            if g == "heads" and self.lay["uniform_heads"]:
+                out[g] = [u for order in self.by_layer[g]
+                          for u in order[: min(int(np.floor(float(r) * len(order) + 1e-9)), len(order) - 1)]]
+                continue
             chosen = self.order[g][: int(np.floor(float(r) * len(self.units[g]) + 1e-9))]
             m = self.multiple[g]
             if m > 1 and len(chosen):
@@ -178,7 +215,7 @@ def _evolve(problem: _Problem, cost: Any, budget: float, *, population: int = 16
 
 def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem: _Problem,
            sel: dict[str, list[int]]) -> dict[str, Any]:
-    n, d = lay["names"], lay["head_dim"]
+    n, group = lay["names"], lay["group"]
     drop: dict[str, dict[int, list[int]]] = {g: {} for g in sel}
     for g, idx in sel.items():
         for u in idx:
@@ -186,13 +223,15 @@ def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem:
             drop[g].setdefault(layer, []).append(j)
     for i, w in enumerate(lay["pre"]):
         if drop.get("heads", {}).get(i):
-            gone = sorted(drop["heads"][i])
-            keep = np.concatenate([np.arange(h * d, (h + 1) * d) for h in range(lay["heads"][i]) if h not in gone])
+            kept = [_unit_rows(lay, u) for u in range(lay["heads"][i]) if u not in drop["heads"][i]]
+            rows = {"q": np.concatenate([np.arange(q.start, q.stop) for q, _ in kept]),
+                    "kv": np.concatenate([np.arange(kv.start, kv.stop) for _, kv in kept])}
             for key in "qkv":
+                keep = rows["q" if key == "q" else "kv"]
                 ck.set(f"{w}{n[key]}.weight", ck.f64(f"{w}{n[key]}.weight")[keep])
                 if f"{w}{n[key]}.bias" in ck.tensors:
                     ck.set(f"{w}{n[key]}.bias", ck.f64(f"{w}{n[key]}.bias")[keep])
-            ck.set(f"{w}{n['o']}.weight", ck.f64(f"{w}{n['o']}.weight")[:, keep])
+            ck.set(f"{w}{n['o']}.weight", ck.f64(f"{w}{n['o']}.weight")[:, rows["q"]])
         if drop.get("ffn", {}).get(i):
             keep = np.setdiff1d(np.arange(lay["ffn"][i]), drop["ffn"][i])
             for part in n["in"]:
@@ -200,22 +239,33 @@ def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem:
                 if f"{w}{part}.bias" in ck.tensors:
                     ck.set(f"{w}{part}.bias", ck.f64(f"{w}{part}.bias")[keep])
             ck.set(f"{w}{n['down']}.weight", ck.f64(f"{w}{n['down']}.weight")[:, keep])
-    heads = [lay["heads"][i] - len(drop.get("heads", {}).get(i, [])) for i in range(len(lay["pre"]))]
-    ffn = [lay["ffn"][i] - len(drop.get("ffn", {}).get(i, [])) for i in range(len(lay["pre"]))]
-    if "heads" in sel:
+    layers = range(len(lay["pre"]))
+    kv = [lay["heads"][i] - len(drop.get("heads", {}).get(i, [])) for i in layers]
+    heads = [group * k for k in kv]
+    ffn = [lay["ffn"][i] - len(drop.get("ffn", {}).get(i, [])) for i in layers]
+    gone_heads = {i: sorted(u * group + h for u in units for h in range(group))
+                  for i, units in drop.get("heads", {}).items()}
+    extra: dict[str, Any] = {}
+    if "heads" in sel and lay["family"] == "bert":
         config[LAYER_HEADS] = heads
         total = int(config["num_attention_heads"])
         old = {int(k): list(v) for k, v in (config.get("pruned_heads") or {}).items()}
-        for i, gone in drop["heads"].items():
+        for i, gone in gone_heads.items():
             alive = [h for h in range(total) if h not in old.get(i, [])]  # current index → original head id
             old[i] = sorted(set(old.get(i, [])) | {alive[j] for j in gone})
         config["pruned_heads"] = {str(i): v for i, v in sorted(old.items()) if v}
+    elif "heads" in sel:
+        # one count for every layer (uniform selection): the config transformers reads stays true
+        config.update(num_attention_heads=max(heads), num_key_value_heads=max(kv), head_dim=lay["head_dim"])
+        extra["layer_kv_heads"] = kv
+        extra["removed_kv_heads"] = {str(i): sorted(v) for i, v in sorted(drop["heads"].items())}
     if len(set(ffn)) == 1:
         config["intermediate_size"] = ffn[0]
-    update_ptm_info(ck.tree, num_heads=max(heads), intermediate_size=max(ffn),
-                    **({"num_kv_heads": max(heads)} if lay["family"] == "bert" else {}))
-    return {"layer_heads": heads, "layer_intermediate_sizes": ffn,
-            "removed_units": {g: {str(i): sorted(v) for i, v in sorted(d.items())} for g, d in drop.items()}}
+    update_ptm_info(ck.tree, num_heads=max(heads), intermediate_size=max(ffn), num_kv_heads=max(kv))
+    removed = {g: {str(i): sorted(v) for i, v in sorted(d.items())} for g, d in drop.items()}
+    if "heads" in removed:
+        removed["heads"] = {str(i): v for i, v in sorted(gone_heads.items())}
+    return {"layer_heads": heads, "layer_intermediate_sizes": ffn, "removed_units": removed, **extra}
 
 
 def prune(tree: Path, target: str, budget: float, method: str = "structure", windows: np.ndarray | None = None,
@@ -237,9 +287,10 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
     ck, config = Checkpoint.load(tree), read_json(tree, CONFIG)
     lay = _layout(ck, config)
     groups = ("heads", "ffn") if target == "both" else (target,)
-    if "heads" in groups and lay["family"] != "bert":
-        raise UnsupportedError("head pruning supports BERT models; LLaMA-family grouped KV heads are not pruned",
-                               hint="use --prune ffn")
+    if "heads" in groups and lay["uniform_heads"] and min(lay["heads"]) < 2:
+        raise UnsupportedError("head pruning removes whole key/value groups (a KV head and the query heads that "
+                               "read it) and keeps at least one per layer; this model has one KV head per layer "
+                               "(multi-query attention), so no head can be removed", hint="use --prune ffn")
     base = flops_per_token({n: t.shape for n, t in ck.tensors.items()}, config, SEQ)
     limit = budget * base
     if method == "structure":
@@ -250,7 +301,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
                                    "load this one (already head-pruned or unified norms)", hint="use --prune-method magnitude")
         from ptmpack.compress.structure.prune.importance import importance
 
-        imp = importance(tree / "Model", lay["family"], windows, groups, seed=seed)
+        imp = importance(tree / "Model", lay["family"], windows, groups, seed=seed).merged("heads", lay["group"])
         diag = imp.diag_score()
         scores = {g: diag[imp.offset[g]: imp.offset[g] + len(imp.units[g])] for g in groups}
         problem = _Problem(lay, groups, scores, base)
