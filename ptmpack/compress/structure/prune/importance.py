@@ -97,6 +97,7 @@ def importance(model_dir: Path, family: str, windows: np.ndarray, targets: tuple
     """
     torch = _torch()
     model = load_hf(model_dir, family, purpose="structure-aware pruning", hint="use --prune-method magnitude")
+    model.requires_grad_(False)  # only the masks need gradients: autograd then keeps no weight-gradient inputs
     cfg = model.config
     layers, heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)

@@ -54,6 +54,19 @@ FFN_MULTIPLE = 32
 """Sequence length at which attention FLOPs are counted (as in the step report)."""
 
 
+def _family(config: dict[str, Any]) -> tuple[str, int]:
+    """(``bert`` or ``llama``, query heads per head unit: 1, or the LLaMA-family KV group size).
+
+    Raises:
+        UnsupportedError: not a BERT or LLaMA-family model.
+    """
+    family = _FAMILIES.get(str(config.get("model_type")))
+    if family is None:
+        raise UnsupportedError(f"pruning supports BERT and LLaMA-family models, not {config.get('model_type')!r}")
+    heads = int(config["num_attention_heads"])
+    return family, 1 if family == "bert" else heads // int(config.get("num_key_value_heads") or heads)
+
+
 def _layout(ck: Checkpoint, config: dict[str, Any]) -> dict[str, Any]:
     """Where each layer's prunable units live, how many each layer has and what one costs.
 
@@ -65,9 +78,7 @@ def _layout(ck: Checkpoint, config: dict[str, Any]) -> dict[str, Any]:
         UnsupportedError: not BERT/LLaMA-family, or a layer whose query heads are not
             ``group`` × its KV heads.
     """
-    family = _FAMILIES.get(str(config.get("model_type")))
-    if family is None:
-        raise UnsupportedError(f"pruning supports BERT and LLaMA-family models, not {config.get('model_type')!r}")
+    family, group = _family(config)
     layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
     hidden = int(config["hidden_size"])
     if family == "bert":
@@ -80,7 +91,6 @@ def _layout(ck: Checkpoint, config: dict[str, Any]) -> dict[str, Any]:
         names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                  "in": ("mlp.gate_proj", "mlp.up_proj"), "down": "mlp.down_proj"}
     head_dim = int(config.get("head_dim") or hidden // heads)
-    group = 1 if family == "bert" else heads // int(config.get("num_key_value_heads") or heads)
     units = [ck.tensors[f"{w}{names['k']}.weight"].shape[0] // head_dim for w in pre]
     for w, u in zip(pre, units, strict=True):
         q = ck.tensors[f"{w}{names['q']}.weight"].shape[0] // head_dim
@@ -284,15 +294,14 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
     if not 0.0 < budget <= 1.0:
         raise UsageError(f"--flops-budget must lie in (0, 1], got {budget}")
     refuse_unmerged_adapters(tree, "--prune")
-    ck, config = Checkpoint.load(tree), read_json(tree, CONFIG)
-    lay = _layout(ck, config)
+    config = read_json(tree, CONFIG)
+    family, group = _family(config)
     groups = ("heads", "ffn") if target == "both" else (target,)
-    if "heads" in groups and lay["uniform_heads"] and min(lay["heads"]) < 2:
+    if "heads" in groups and family != "bert" and int(config.get("num_key_value_heads") or 2) < 2:
         raise UnsupportedError("head pruning removes whole key/value groups (a KV head and the query heads that "
                                "read it) and keeps at least one per layer; this model has one KV head per layer "
                                "(multi-query attention), so no head can be removed", hint="use --prune ffn")
-    base = flops_per_token({n: t.shape for n, t in ck.tensors.items()}, config, SEQ)
-    limit = budget * base
+    imp = None
     if method == "structure":
         if windows is None:
             raise UsageError("--prune-method structure needs calibration text", hint="give --calib TEXT")
@@ -301,7 +310,13 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
                                    "load this one (already head-pruned or unified norms)", hint="use --prune-method magnitude")
         from ptmpack.compress.structure.prune.importance import importance
 
-        imp = importance(tree / "Model", lay["family"], windows, groups, seed=seed).merged("heads", lay["group"])
+        # before the weights are read: the transformers model and the checkpoint are never resident together
+        imp = importance(tree / "Model", family, windows, groups, seed=seed).merged("heads", group)
+    ck = Checkpoint.load(tree)
+    lay = _layout(ck, config)
+    base = flops_per_token({n: t.shape for n, t in ck.tensors.items()}, config, SEQ)
+    limit = budget * base
+    if imp is not None:
         diag = imp.diag_score()
         scores = {g: diag[imp.offset[g]: imp.offset[g] + len(imp.units[g])] for g in groups}
         problem = _Problem(lay, groups, scores, base)
