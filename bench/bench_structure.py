@@ -199,7 +199,7 @@ def section_prune_smollm(work: Path) -> dict[str, Any]:
 
     calib, prose = calibration_text(), enwiki_prose()
     base = smollm_tree()
-    rows = [{"method": "none", "flops_kept": 1.0, "perplexity": perplexity(base, prose, 512)}]
+    rows = [{"target": "-", "method": "none", "flops_kept": 1.0, "perplexity": perplexity(base, prose, 512)}]
     for target, budget, method in ((t, b, m) for t in SMOLLM_TARGETS for b in SMOLLM_BUDGETS
                                    for m in ("structure", "magnitude")):
         tree = copy_tree(base, work, f"smollm-{target}-{method}-{budget}")
