@@ -149,6 +149,33 @@ def test_head_pruned_gqa_llama_loads_in_transformers_with_the_same_logits(tmp_pa
     assert rel(theirs, forward(tree, IDS)) < 1e-5
 
 
+@pytest.mark.torch
+def test_head_pruned_qwen2_keeps_its_biases_and_loads_in_transformers(tmp_path: Path) -> None:
+    """Qwen2 (GQA with q/k/v biases, untied head): the kept groups' bias entries go with their rows."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg, t = llama_tensors(h=48, heads=6, kv=3, ffn=64, tied=False)
+    cfg.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"])
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        for part, n in (("q_proj", 48), ("k_proj", 24), ("v_proj", 24)):
+            t[f"model.layers.{i}.self_attn.{part}.bias"] = rng.normal(0, 0.5, n).astype(np.float32)
+    tree = make_tree(tmp_path, cfg, t)
+    rec = prune(tree, "heads", 0.85, "magnitude")
+    assert rec["removed"]["heads"] == 2  # one group in each layer
+    w = load_file(str(tree / "Model/model.safetensors"))
+    for i, gone in rec["removed_kv_heads"].items():
+        kept = [g for g in range(3) if g not in gone]
+        k = np.concatenate([np.arange(g * 8, g * 8 + 8) for g in kept])
+        q = np.concatenate([np.arange(g * 16, g * 16 + 16) for g in kept])
+        assert np.array_equal(w[f"model.layers.{i}.self_attn.k_proj.bias"], t[f"model.layers.{i}.self_attn.k_proj.bias"][k])
+        assert np.array_equal(w[f"model.layers.{i}.self_attn.q_proj.bias"], t[f"model.layers.{i}.self_attn.q_proj.bias"][q])
+    model = transformers.AutoModelForCausalLM.from_pretrained(tree / "Model", dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = model(torch.tensor(IDS)).logits.numpy()
+    assert rel(theirs, forward(tree, IDS)) < 1e-5
+
+
 def test_prune_usage_errors(tmp_path: Path) -> None:
     cfg, t = bert_tensors(layers=1)
     tree = make_tree(tmp_path, cfg, t)
@@ -160,3 +187,6 @@ def test_prune_usage_errors(tmp_path: Path) -> None:
         prune(tree, "ffn", 0.0, "magnitude")
     with pytest.raises(UnsupportedError, match="cannot be met"):
         prune(tree, "heads", 0.1, "magnitude")
+    lcfg, lt = llama_tensors(layers=1)
+    with pytest.raises(UnsupportedError, match="cannot be met while keeping a KV group"):
+        prune(make_tree(tmp_path, lcfg, lt, name="llama"), "heads", 0.5, "magnitude")

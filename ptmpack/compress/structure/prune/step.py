@@ -332,7 +332,10 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         ratios, history, estimated = problem.project(np.ones(len(groups)), limit), [], None
     sel = problem.selection(ratios)
     if problem.flops(sel) > limit:
-        raise UnsupportedError(f"the budget {budget} cannot be met while keeping a head and a neuron per layer")
+        unit = "a head" if lay["family"] == "bert" else "a KV group (a key/value head and its query heads)"
+        raise UnsupportedError(f"the budget {budget} cannot be met while keeping {unit} and an FFN neuron per layer "
+                               f"(the most that can go leaves {problem.flops(problem.selection(np.ones(len(groups)))) / base:.3f} "
+                               f"of the FLOPs with --prune {target})")
     shapes = _apply(ck, config, lay, problem, sel)
     ck.save()
     refresh_parameters(ck)
