@@ -126,24 +126,54 @@ def test_llama_heads_prune_whole_kv_groups_uniformly(tmp_path: Path, heads: int,
     assert again is None or again["layer_kv_heads"][0] < left
 
 
-def test_multi_query_attention_has_no_head_to_prune(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("heads", "kv"), [(6, 2), (4, 1)])
+def test_query_heads_go_uniformly_inside_every_kv_group(tmp_path: Path, heads: int, kv: int) -> None:
+    """--prune query-heads: every KV group (multi-query too) loses the same number of its query heads; KV heads stay."""
+    cfg, t = llama_tensors(h=48, heads=heads, kv=kv, layers=2)
+    tree = make_tree(tmp_path, cfg, t)
+    d, group = 48 // heads, heads // kv
+    rec = prune(tree, "query-heads", 0.9, "magnitude")
+    assert rec["flops_fraction_kept"] <= 0.9 and rec["layer_kv_heads"] == [kv, kv] and "removed_kv_heads" not in rec
+    per_group = {(int(layer), h // group) for layer, hs in rec["removed_units"]["heads"].items() for h in hs}
+    counts = [sum(h // group == g for h in hs) for hs in rec["removed_units"]["heads"].values() for g in range(kv)]
+    assert len(per_group) == 2 * kv and len(set(counts)) == 1 and 0 < counts[0] < group
+    assert rel(_zeroed_reference(tmp_path, cfg, t, rec, d), forward(tree, IDS)) < 1e-5
+    conf = json.loads((tree / "Model/config.json").read_text())
+    assert (conf["num_attention_heads"], conf["num_key_value_heads"], conf["head_dim"]) == (
+        kv * (group - counts[0]), kv, d)
+    w = load_file(str(tree / "Model/model.safetensors"))
+    assert w["model.layers.1.self_attn.k_proj.weight"].shape == (kv * d, 48)
+    assert w["model.layers.1.self_attn.q_proj.weight"].shape == (conf["num_attention_heads"] * d, 48)
+
+
+def test_head_units_that_cannot_go_are_refused_with_the_reason(tmp_path: Path) -> None:
     cfg, t = llama_tensors(heads=4, kv=1)
-    with pytest.raises(UnsupportedError, match="one KV head per layer"):
+    with pytest.raises(UnsupportedError, match="one KV head per layer") as err:
         prune(make_tree(tmp_path, cfg, t), "heads", 0.8, "magnitude")
+    assert "query-heads" in (err.value.hint or "")
+    cfg, t = llama_tensors(heads=4, kv=4)
+    with pytest.raises(UnsupportedError, match="one query head per key/value head"):
+        prune(make_tree(tmp_path, cfg, t, name="mha"), "query-heads", 0.8, "magnitude")
+    cfg, t = bert_tensors(layers=1)
+    with pytest.raises(UnsupportedError, match="own keys and values"):
+        prune(make_tree(tmp_path, cfg, t, name="bert"), "query-heads", 0.8, "magnitude")
 
 
 @pytest.mark.torch
 @pytest.mark.parametrize("method", ["structure", "magnitude"])
-def test_head_pruned_gqa_llama_loads_in_transformers_with_the_same_logits(tmp_path: Path, method: str) -> None:
+@pytest.mark.parametrize("target", ["heads", "query-heads"])
+def test_head_pruned_gqa_llama_loads_in_transformers_with_the_same_logits(tmp_path: Path, method: str,
+                                                                          target: str) -> None:
     """The peer check: config.json + safetensors of the pruned tree load in transformers and compute the IR's logits."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     cfg, t = llama_tensors(h=48, heads=6, kv=3, ffn=64)
     tree = make_tree(tmp_path, cfg, t)
-    rec = prune(tree, "heads", 0.8, method, WINDOWS)
+    rec = prune(tree, target, 0.8, method, WINDOWS)
     assert rec["removed"]["heads"] > 0 and rec["flops_fraction_kept"] <= 0.8
     model = transformers.AutoModelForCausalLM.from_pretrained(tree / "Model", dtype=torch.float32).eval()
-    assert model.config.num_key_value_heads == rec["layer_kv_heads"][0] < 3
+    assert model.config.num_key_value_heads == rec["layer_kv_heads"][0] <= 3
+    assert model.config.num_attention_heads == rec["layer_heads"][0] < 6
     with torch.no_grad():
         theirs = model(torch.tensor(IDS)).logits.numpy()
     assert rel(theirs, forward(tree, IDS)) < 1e-5

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ptmpack.compress.report import StepRecord
-from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.spec import PRUNE_TARGETS, CompressSpec
 from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.checkpoint import (
     CONFIG,
@@ -67,12 +67,13 @@ def _family(config: dict[str, Any]) -> tuple[str, int]:
     return family, 1 if family == "bert" else heads // int(config.get("num_key_value_heads") or heads)
 
 
-def _layout(ck: Checkpoint, config: dict[str, Any]) -> dict[str, Any]:
+def _layout(ck: Checkpoint, config: dict[str, Any], query_heads: bool = False) -> dict[str, Any]:
     """Where each layer's prunable units live, how many each layer has and what one costs.
 
-    The head unit is a BERT head, or a LLaMA-family KV group: one key/value head with the
-    ``group`` query heads that read it (query head ``h`` reads KV head ``h // group``, as in
-    transformers' ``repeat_kv`` and the IR's ``attention``). Without GQA a group is one head.
+    The head unit (``unit``) is a BERT ``head``; in LLaMA-family models a KV ``group``: one
+    key/value head with the ``group`` query heads that read it (query head ``h`` reads KV head
+    ``h // group``, as in transformers' ``repeat_kv`` and the IR's ``attention``; without GQA a
+    group is one head), or with ``query_heads`` one ``query`` head, whose KV head stays.
 
     Raises:
         UnsupportedError: not BERT/LLaMA-family, or a layer whose query heads are not
@@ -91,23 +92,30 @@ def _layout(ck: Checkpoint, config: dict[str, Any]) -> dict[str, Any]:
         names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                  "in": ("mlp.gate_proj", "mlp.up_proj"), "down": "mlp.down_proj"}
     head_dim = int(config.get("head_dim") or hidden // heads)
-    units = [ck.tensors[f"{w}{names['k']}.weight"].shape[0] // head_dim for w in pre]
-    for w, u in zip(pre, units, strict=True):
+    kv = [ck.tensors[f"{w}{names['k']}.weight"].shape[0] // head_dim for w in pre]
+    for w, k in zip(pre, kv, strict=True):
         q = ck.tensors[f"{w}{names['q']}.weight"].shape[0] // head_dim
-        if q != u * group:
-            raise UnsupportedError(f"{w}: {q} query heads for {u} key/value heads; head pruning needs {group} "
+        if q != k * group:
+            raise UnsupportedError(f"{w}: {q} query heads for {k} key/value heads; head pruning needs {group} "
                                    "query heads per key/value head in every layer")
+    unit = "head" if family == "bert" else "query" if query_heads else "group"
+    width = group if unit == "group" else 1  # query heads per unit
+    kv_rows = 0 if unit == "query" else 1  # key/value heads per unit
     ffn = [ck.tensors[f"{w}{names['down']}.weight"].shape[1] for w in pre]
-    per_unit = 4 * hidden * head_dim * (group + 1) + 4 * SEQ * head_dim * group
+    per_unit = 4 * hidden * head_dim * (width + kv_rows) + 4 * SEQ * head_dim * width
     per_neuron = 2 * hidden * (len(names["in"]) + 1)
-    return {"family": family, "pre": pre, "names": names, "head_dim": head_dim, "group": group,
-            "heads": units, "ffn": ffn, "uniform_heads": family != "bert",
+    return {"family": family, "pre": pre, "names": names, "head_dim": head_dim, "group": group, "unit": unit,
+            "kv": kv, "heads": [k * group // width for k in kv], "ffn": ffn,
             "cost": {"heads": per_unit, "ffn": per_neuron}}
 
 
-def _unit_rows(lay: dict[str, Any], unit: int) -> tuple[slice, slice]:
-    """Rows of one head unit in the query (and output-projection columns) and in the key/value projections."""
-    d, g = lay["head_dim"], lay["group"]
+def _unit_rows(lay: dict[str, Any], unit: int) -> tuple[slice, slice | None]:
+    """Rows of one head unit in the query (and output-projection columns) and in the key/value
+    projections (None for a query head: its KV head stays for the rest of its group)."""
+    d = lay["head_dim"]
+    if lay["unit"] == "query":
+        return slice(unit * d, (unit + 1) * d), None
+    g = lay["group"] if lay["unit"] == "group" else 1
     return slice(unit * g * d, (unit + 1) * g * d), slice(unit * d, (unit + 1) * d)
 
 
@@ -118,7 +126,7 @@ def _magnitude_scores(ck: Checkpoint, lay: dict[str, Any], group: str) -> np.nda
             for u in range(lay["heads"][i]):
                 q, kv = _unit_rows(lay, u)
                 out.append(float((ck.f64(f"{w}{n['q']}.weight")[q] ** 2).sum())
-                           + sum(float((ck.f64(f"{w}{n[k]}.weight")[kv] ** 2).sum()) for k in "kv")
+                           + sum(float((ck.f64(f"{w}{n[k]}.weight")[kv] ** 2).sum()) for k in "kv" if kv)
                            + float((ck.f64(f"{w}{n['o']}.weight")[:, q] ** 2).sum()))
         else:
             s = sum((ck.f64(f"{w}{part}.weight") ** 2).sum(1) for part in n["in"])
@@ -147,22 +155,29 @@ class _Problem:
         widths = lay["ffn"]
         self.multiple = {"heads": 1, "ffn": FFN_MULTIPLE if all(w % FFN_MULTIPLE == 0 and w >= 4 * FFN_MULTIPLE
                                                                  for w in widths) else 1}
-        self.by_layer = {g: [[int(u) for u in np.argsort(scores[g], kind="stable") if self.units[g][u][0] == i]
-                             for i in range(len(lay[g]))] for g in groups}
+        self.buckets: list[list[int]] = []
+        if "heads" in groups and lay["unit"] != "head":
+            size = lay["group"] if lay["unit"] == "query" else None  # query heads: one bucket per KV group
+            buckets: dict[tuple[int, int], list[int]] = {}
+            for u in np.argsort(scores["heads"], kind="stable"):
+                layer, j = self.units["heads"][int(u)]
+                buckets.setdefault((layer, j // size if size else 0), []).append(int(u))
+            self.buckets = list(buckets.values())
 
     def selection(self, ratios: np.ndarray) -> dict[str, list[int]]:
         """The ``ratio`` least important units of each group (never a layer's most important one).
 
         FFN removals per layer are rounded down to a multiple of :data:`FFN_MULTIPLE` (when the
         widths are multiples of it), so pruned widths still take the usual quantization group sizes.
-        LLaMA-family heads (``uniform_heads``) go uniformly: every layer loses
-        ``floor(ratio × its KV groups)`` of its own least important groups (at most all but one), so
-        config.json keeps one head count for every layer and transformers loads the result.
+        LLaMA-family heads go uniformly: every layer loses ``floor(ratio × its KV groups)`` of its
+        own least important KV groups, or (``query`` units) every KV group loses
+        ``floor(ratio × its query heads)`` of its least important query heads — at most all but
+        one — so config.json keeps one count for every layer and transformers loads the result.
         """
         out = {}
         for g, r in zip(self.groups, ratios, strict=True):
-            if g == "heads" and self.lay["uniform_heads"]:
-                out[g] = [u for order in self.by_layer[g]
+            if g == "heads" and self.buckets:
+                out[g] = [u for order in self.buckets
                           for u in order[: min(int(np.floor(float(r) * len(order) + 1e-9)), len(order) - 1)]]
                 continue
             chosen = self.order[g][: int(np.floor(float(r) * len(self.units[g]) + 1e-9))]
@@ -235,9 +250,12 @@ def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem:
         if drop.get("heads", {}).get(i):
             kept = [_unit_rows(lay, u) for u in range(lay["heads"][i]) if u not in drop["heads"][i]]
             rows = {"q": np.concatenate([np.arange(q.start, q.stop) for q, _ in kept]),
-                    "kv": np.concatenate([np.arange(kv.start, kv.stop) for _, kv in kept])}
+                    "kv": None if lay["unit"] == "query" else np.concatenate([np.arange(kv.start, kv.stop)
+                                                                             for _, kv in kept if kv])}
             for key in "qkv":
                 keep = rows["q" if key == "q" else "kv"]
+                if keep is None:
+                    continue
                 ck.set(f"{w}{n[key]}.weight", ck.f64(f"{w}{n[key]}.weight")[keep])
                 if f"{w}{n[key]}.bias" in ck.tensors:
                     ck.set(f"{w}{n[key]}.bias", ck.f64(f"{w}{n[key]}.bias")[keep])
@@ -250,10 +268,12 @@ def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem:
                     ck.set(f"{w}{part}.bias", ck.f64(f"{w}{part}.bias")[keep])
             ck.set(f"{w}{n['down']}.weight", ck.f64(f"{w}{n['down']}.weight")[:, keep])
     layers = range(len(lay["pre"]))
-    kv = [lay["heads"][i] - len(drop.get("heads", {}).get(i, [])) for i in layers]
-    heads = [group * k for k in kv]
+    left = [lay["heads"][i] - len(drop.get("heads", {}).get(i, [])) for i in layers]
+    width = group if lay["unit"] == "group" else 1  # query heads per unit
+    heads = [width * u for u in left]
+    kv = lay["kv"] if lay["unit"] == "query" else left
     ffn = [lay["ffn"][i] - len(drop.get("ffn", {}).get(i, [])) for i in layers]
-    gone_heads = {i: sorted(u * group + h for u in units for h in range(group))
+    gone_heads = {i: sorted(u * width + h for u in units for h in range(width))
                   for i, units in drop.get("heads", {}).items()}
     extra: dict[str, Any] = {}
     if "heads" in sel and lay["family"] == "bert":
@@ -268,7 +288,8 @@ def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem:
         # one count for every layer (uniform selection): the config transformers reads stays true
         config.update(num_attention_heads=max(heads), num_key_value_heads=max(kv), head_dim=lay["head_dim"])
         extra["layer_kv_heads"] = kv
-        extra["removed_kv_heads"] = {str(i): sorted(v) for i, v in sorted(drop["heads"].items())}
+        if lay["unit"] == "group":
+            extra["removed_kv_heads"] = {str(i): sorted(v) for i, v in sorted(drop["heads"].items())}
     if len(set(ffn)) == 1:
         config["intermediate_size"] = ffn[0]
     update_ptm_info(ck.tree, num_heads=max(heads), intermediate_size=max(ffn), num_kv_heads=max(kv))
@@ -280,7 +301,10 @@ def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem:
 
 def prune(tree: Path, target: str, budget: float, method: str = "structure", windows: np.ndarray | None = None,
           *, seed: int = 0) -> dict[str, Any]:
-    """Prune ``tree``'s model (``target`` heads, ffn or both) to ``budget`` × its FLOPs per token.
+    """Prune ``tree``'s model (``target`` heads, query-heads, ffn or both) to ``budget`` × its FLOPs per token.
+
+    ``heads`` removes BERT heads or LLaMA-family KV groups, ``query-heads`` (LLaMA family) query
+    heads inside every KV group, ``both`` heads and FFN neurons.
 
     Raises:
         UsageError: bad target, method or budget; the structure method without calibration windows.
@@ -289,18 +313,26 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
     from ptmpack.compress.eval.quality import flops_per_token
     from ptmpack.compress.tree.rebuild import rebuild_graph
 
-    if target not in ("heads", "ffn", "both") or method not in ("structure", "magnitude"):
-        raise UsageError("--prune takes heads, ffn or both; --prune-method structure or magnitude")
+    if target not in PRUNE_TARGETS or method not in ("structure", "magnitude"):
+        raise UsageError(f"--prune takes {', '.join(PRUNE_TARGETS)}; --prune-method structure or magnitude")
     if not 0.0 < budget <= 1.0:
         raise UsageError(f"--flops-budget must lie in (0, 1], got {budget}")
     refuse_unmerged_adapters(tree, "--prune")
     config = read_json(tree, CONFIG)
     family, group = _family(config)
-    groups = ("heads", "ffn") if target == "both" else (target,)
-    if "heads" in groups and family != "bert" and int(config.get("num_key_value_heads") or 2) < 2:
-        raise UnsupportedError("head pruning removes whole key/value groups (a KV head and the query heads that "
+    groups = ("heads", "ffn") if target == "both" else ("heads",) if target == "query-heads" else (target,)
+    query_heads = target == "query-heads"
+    if query_heads and family == "bert":
+        raise UnsupportedError("--prune query-heads prunes query heads inside grouped key/value heads (LLaMA "
+                               "family); a BERT head has its own keys and values", hint="use --prune heads")
+    if query_heads and group < 2:
+        raise UnsupportedError("--prune query-heads keeps at least one query head per key/value head, and this "
+                               "model has one (no grouped KV heads), so none can be removed", hint="use --prune heads")
+    if "heads" in groups and family != "bert" and not query_heads and int(config.get("num_key_value_heads") or 2) < 2:
+        raise UnsupportedError("--prune heads removes whole key/value groups (a KV head and the query heads that "
                                "read it) and keeps at least one per layer; this model has one KV head per layer "
-                               "(multi-query attention), so no head can be removed", hint="use --prune ffn")
+                               "(multi-query attention), so no group can be removed",
+                               hint="use --prune query-heads (query heads inside the group) or --prune ffn")
     imp = None
     if method == "structure":
         if windows is None:
@@ -311,9 +343,9 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         from ptmpack.compress.structure.prune.importance import importance
 
         # before the weights are read: the transformers model and the checkpoint are never resident together
-        imp = importance(tree / "Model", family, windows, groups, seed=seed).merged("heads", group)
+        imp = importance(tree / "Model", family, windows, groups, seed=seed).merged("heads", 1 if query_heads else group)
     ck = Checkpoint.load(tree)
-    lay = _layout(ck, config)
+    lay = _layout(ck, config, query_heads)
     base = flops_per_token({n: t.shape for n, t in ck.tensors.items()}, config, SEQ)
     limit = budget * base
     if imp is not None:
@@ -332,7 +364,8 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         ratios, history, estimated = problem.project(np.ones(len(groups)), limit), [], None
     sel = problem.selection(ratios)
     if problem.flops(sel) > limit:
-        unit = "a head" if lay["family"] == "bert" else "a KV group (a key/value head and its query heads)"
+        unit = {"head": "a head", "group": "a KV group (a key/value head and its query heads)",
+                "query": "a query head per KV head"}[lay["unit"]]
         raise UnsupportedError(f"the budget {budget} cannot be met while keeping {unit} and an FFN neuron per layer "
                                f"(the most that can go leaves {problem.flops(problem.selection(np.ones(len(groups)))) / base:.3f} "
                                f"of the FLOPs with --prune {target})")
@@ -349,7 +382,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
 
 
 class PruneStep:
-    """Pipeline step ``--prune heads|ffn|both`` (``--prune-method structure|magnitude``) with the before/after
+    """Pipeline step ``--prune heads|query-heads|ffn|both`` (``--prune-method structure|magnitude``) with the before/after
     report (a :class:`ptmpack.compress.step.Step`)."""
 
     def check(self, spec: CompressSpec) -> None:
