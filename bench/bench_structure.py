@@ -323,7 +323,7 @@ def main() -> None:
     ap.add_argument("--calib-windows", type=int, default=CALIB["windows"],
                     help="calibration windows of the structure-aware pruning sections")
     ap.add_argument("--smollm-budget", type=float, action="append", help="FLOPs budgets of prune_smollm (default 0.8)")
-    ap.add_argument("--smollm-target", choices=("heads", "ffn", "both"), action="append",
+    ap.add_argument("--smollm-target", choices=("heads", "query-heads", "ffn", "both"), action="append",
                     help="what prune_smollm prunes (default ffn)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: on a shared, loaded machine more threads spin and run far slower)")
