@@ -220,3 +220,37 @@ def test_prune_usage_errors(tmp_path: Path) -> None:
     lcfg, lt = llama_tensors(layers=1)
     with pytest.raises(UnsupportedError, match="cannot be met while keeping a KV group"):
         prune(make_tree(tmp_path, lcfg, lt, name="llama"), "heads", 0.5, "magnitude")
+
+
+@pytest.mark.torch
+def test_gqa_head_and_group_gradients_match_finite_differences(tmp_path: Path) -> None:
+    """The mask gradients the scores start from: scaling a query head's (or a KV group's) output-projection
+    columns by 1 - eps changes the mean calibration loss by -eps * g."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ptmpack.compress.structure.prune.importance import importance
+
+    cfg, t = llama_tensors(h=48, heads=6, kv=3, ffn=64)
+    tree = make_tree(tmp_path, cfg, t)
+    imp = importance(tree / "Model", "llama", WINDOWS[:2], ("heads",))
+    groups = imp.merged("heads", 2)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tree / "Model", dtype=torch.float64).eval()
+    ids = torch.tensor(WINDOWS[:2])
+
+    def loss(layer: int, cols: slice, eps: float) -> float:
+        w = model.model.layers[layer].self_attn.o_proj.weight
+        saved = w.detach().clone()
+        with torch.no_grad():
+            w[:, cols] *= 1 - eps
+            # the shifted next-token loss transformers computes, kept in float64 (its own loss upcasts to float32 only)
+            value = float(np.mean([torch.nn.functional.cross_entropy(model(input_ids=r[None]).logits[0, :-1], r[1:]).item()
+                                   for r in ids]))
+            w.copy_(saved)
+        return value
+
+    eps = 1e-2  # central differences: O(eps²) error; smaller steps meet the float32 RMSNorm transformers computes
+    for layer, head in ((0, 1), (1, 4)):
+        fd = (loss(layer, slice(head * 8, head * 8 + 8), -eps) - loss(layer, slice(head * 8, head * 8 + 8), eps)) / (2 * eps)
+        assert imp.grad[layer * 6 + head] == pytest.approx(fd, rel=1e-3)
+    fd = (loss(1, slice(16, 32), -eps) - loss(1, slice(16, 32), eps)) / (2 * eps)  # KV group 1 = query heads 2, 3
+    assert groups.grad[3 + 1] == pytest.approx(fd, rel=1e-3)
