@@ -15,8 +15,9 @@ Heads are pruned in BERT models one head at a time, any number per layer. In LLa
 the unit is a KV group — one key/value head and the query heads that read it (one head without
 GQA) — and every layer loses the same number of groups, so ``num_attention_heads``,
 ``num_key_value_heads`` (both rewritten) and ``head_dim`` (written explicitly, unchanged) describe
-every layer and transformers loads the result. FFN neurons are pruned in both families. Every layer
-keeps at least one head (KV group) and one neuron. The checkpoint's tensors shrink; config.json gets
+every layer and transformers loads the result; ``--prune query-heads`` removes query heads instead,
+the same number from every KV group (KV heads stay). FFN neurons are pruned in both families. Every
+layer keeps at least one head (KV group; query head per group) and one neuron. The checkpoint's tensors shrink; config.json gets
 ``intermediate_size`` when all layers keep the same width, and for pruned BERT heads
 ``ptmpack_layer_heads`` (each layer's count, for readers of config.json; ptmpack's graph builder
 takes the counts from the tensor shapes) and ``pruned_heads`` (the ids transformers 4.x re-applies
@@ -55,7 +56,7 @@ FFN_MULTIPLE = 32
 
 
 def _family(config: dict[str, Any]) -> tuple[str, int]:
-    """(``bert`` or ``llama``, query heads per head unit: 1, or the LLaMA-family KV group size).
+    """(``bert`` or ``llama``, query heads per key/value head: 1 for BERT, the KV group size for LLaMA).
 
     Raises:
         UnsupportedError: not a BERT or LLaMA-family model.
@@ -126,7 +127,7 @@ def _magnitude_scores(ck: Checkpoint, lay: dict[str, Any], group: str) -> np.nda
             for u in range(lay["heads"][i]):
                 q, kv = _unit_rows(lay, u)
                 out.append(float((ck.f64(f"{w}{n['q']}.weight")[q] ** 2).sum())
-                           + sum(float((ck.f64(f"{w}{n[k]}.weight")[kv] ** 2).sum()) for k in "kv" if kv)
+                           + sum(float((ck.f64(f"{w}{n[k]}.weight")[kv] ** 2).sum()) for k in "kv" if kv is not None)
                            + float((ck.f64(f"{w}{n['o']}.weight")[:, q] ** 2).sum()))
         else:
             s = sum((ck.f64(f"{w}{part}.weight") ** 2).sum(1) for part in n["in"])
@@ -251,7 +252,7 @@ def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem:
             kept = [_unit_rows(lay, u) for u in range(lay["heads"][i]) if u not in drop["heads"][i]]
             rows = {"q": np.concatenate([np.arange(q.start, q.stop) for q, _ in kept]),
                     "kv": None if lay["unit"] == "query" else np.concatenate([np.arange(kv.start, kv.stop)
-                                                                             for _, kv in kept if kv])}
+                                                                             for _, kv in kept if kv is not None])}
             for key in "qkv":
                 keep = rows["q" if key == "q" else "kv"]
                 if keep is None:
