@@ -254,3 +254,33 @@ def test_gqa_head_and_group_gradients_match_finite_differences(tmp_path: Path) -
         assert imp.grad[layer * 6 + head] == pytest.approx(fd, rel=1e-3)
     fd = (loss(1, slice(16, 32), -eps) - loss(1, slice(16, 32), eps)) / (2 * eps)  # KV group 1 = query heads 2, 3
     assert groups.grad[3 + 1] == pytest.approx(fd, rel=1e-3)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("target", ["heads", "query-heads"])
+def test_head_pruned_and_quantized_package_unpacks_into_a_checkpoint_transformers_runs(tmp_path: Path,
+                                                                                       target: str) -> None:
+    """The distribution path: compress (GQA head pruning + symmetric RTN) → .ptm → unpack → transformers and
+    compressed-tensors load it and compute the logits ptmpack's IR computes from the package."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("compressed_tensors")
+    from ptmpack.compress.pipeline import compress
+    from ptmpack.compress.spec import CompressSpec
+    from ptmpack.config import PackConfig
+    from ptmpack.ir.runner import LoadedModel
+    from ptmpack.storage.unpack import unpack_file
+    from tests._support.tiny_models import tiny_tree
+
+    tree, out, ids = tiny_tree(tmp_path, "llama"), tmp_path / "q.ptm", np.arange(3, 40)[None]
+    compress(tree, out, CompressSpec(prune=target, flops_budget=0.9, prune_method="magnitude", quant="rtn", bits=4,
+                                     group_size=32, symmetric=True), PackConfig())
+    unpack_file(out, tmp_path / "unpacked")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "unpacked" / "Model", dtype=torch.float32)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (
+        {"heads": (2, 1), "query-heads": (2, 2)}[target])
+    with torch.no_grad():
+        theirs = model.eval()(torch.tensor(ids)).logits.numpy()
+    with LoadedModel.open(out) as lm:
+        ours = lm.forward(ids)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3 * float(np.abs(theirs).max()))
