@@ -2,12 +2,25 @@
 
 Layout under ``$XDG_CACHE_HOME/ptmpack`` (default ``~/.cache/ptmpack``)::
 
-    blobs/sha256/<hex>      complete blobs, digest-checked before they were renamed here, read-only
-    partial/sha256/<hex>    downloads in progress; a later pull resumes them with HTTP Range
-    origins/<host>.json     digest -> a repository of that registry known to hold it (for mounts)
+    blobs/sha256/<hex>          complete blobs, digest-checked before they were renamed here, read-only
+    located/sha256/<hex>        where a pulled file holds a verified blob (path, offset, size, inode, mtime)
+    partial/sha256/<hex>        small-blob downloads in progress; a later pull resumes them with HTTP Range
+    partial/packages/<hex>.ptm  a package being pulled (manifest digest), blobs downloaded into their places,
+                   <hex>.journal   and how many bytes of each download arrived: a later pull resumes them
+    origins/<host>.json         digest -> a repository of that registry known to hold it (for mounts)
 
 Blobs are content-addressed, so the cache is shared by every registry and
 repository and needs no index. Deleting the folder is always safe.
+
+A pull downloads each blob straight into its place in the package being
+assembled (no copy from the cache into the output, no second copy on disk).
+Afterwards the cache keeps a blob only where that costs no space: a reflink of
+the output's range (``FICLONERANGE``, on XFS with reflink and btrfs; the span must
+be block-aligned, which the format gives entries of 64 KiB and more). Where the
+file system cannot share blocks, the cache records where the blob lives instead
+(``located/``), and a later pull that needs it re-hashes that range before
+copying it, as it re-hashes cached blobs: a file changed or removed since is
+simply not used. Small documents (configs, recipes) are cached as files.
 
 The cache is bounded: after every pull the least recently used blobs are removed
 until it holds at most its size limit (``DEFAULT_LIMIT``, or what the caller sets;
@@ -20,18 +33,21 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
+import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptmpack.format.atomic import replace_file
+from ptmpack.distribution.storetypes import BlobTarget
+from ptmpack.format.atomic import create_temp_file, replace_file, temp_name_beside
 
 CACHE_SUBDIR = "ptmpack"
 DEFAULT_LIMIT = 20 * 1024**3
@@ -61,6 +77,81 @@ class BlobCache:
     def partial_path(self, digest: str) -> Path:
         algo, _, hexd = digest.partition(":")
         return self.root / "partial" / algo / hexd
+
+    def staging(self, manifest_digest: str, size: int, slots: int) -> Staging:
+        """The resumable staging file of a pull of the package whose manifest is ``manifest_digest``."""
+        return Staging(self.root / "partial" / "packages" / (manifest_digest.partition(":")[2] + ".ptm"), size, slots)
+
+    def _located_path(self, digest: str) -> Path:
+        algo, _, hexd = digest.partition(":")
+        return self.root / "located" / algo / hexd
+
+    def keep(self, digest: str, fd: int, path: Path, offset: int, size: int) -> str:
+        """Keep blob ``digest``, verified at ``offset`` of the pulled file ``path`` (open as ``fd``), for later pulls.
+
+        A reflink of that range into ``blobs/`` where the file system shares blocks
+        (no space used); else a record of where it lives (``located/``). Returns
+        ``"reflink"`` or ``"located"``.
+        """
+        target = self.blob_path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_name_beside(target)
+        try:
+            out = create_temp_file(tmp, target)
+            try:
+                cloned = clone_range(fd, offset, out, 0, size)
+            finally:
+                os.close(out)
+            if cloned:
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, target)
+                self.forget(digest)
+                return "reflink"
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        st = os.fstat(fd)
+        record = {"path": str(Path(path).resolve()), "offset": offset, "size": size, "dev": st.st_dev,
+                  "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
+        where = self._located_path(digest)
+        where.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(where, json.dumps(record, separators=(",", ":")).encode("utf-8"))
+        return "located"
+
+    def locate(self, digest: str, size: int) -> tuple[Path, int] | None:
+        """Where a pulled file holds blob ``digest`` (path, offset), if that file is unchanged since; else None
+        (and a stale record is dropped). The bytes are not checked here: re-hash them before use."""
+        try:
+            doc = json.loads(self._located_path(digest).read_text("utf-8"))
+            path, offset = Path(doc["path"]), int(doc["offset"])
+            st = path.stat()
+            fresh = (int(doc["size"]) == size and st.st_size >= offset + size and st.st_dev == doc["dev"]
+                     and st.st_ino == doc["ino"] and st.st_mtime_ns == doc["mtime_ns"])
+        except (OSError, ValueError, KeyError, TypeError):
+            fresh = False
+        if not fresh:
+            self.forget(digest)
+            return None
+        return path, offset
+
+    def forget(self, digest: str) -> None:
+        """Drop the record of where a pulled file holds ``digest``."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._located_path(digest))
+
+    def located(self) -> list[str]:
+        """The digests whose location in a pulled file is recorded (stale records included)."""
+        folder = self.root / "located"
+        return sorted(f"{p.parent.name}:{p.name}" for p in folder.glob("*/*")) if folder.is_dir() else []
+
+    def partial_bytes(self) -> int:
+        """Bytes of downloads in progress the next pull keeps: partial blob files and the journaled downloads
+        of staged packages (what an interrupted pull does not fetch again)."""
+        total = 0
+        for p in self.partials():
+            with contextlib.suppress(OSError):
+                total += Staging.journaled(p) if p.suffix == ".ptm" else p.stat().st_size
+        return total
 
     def has(self, digest: str, size: int) -> bool:
         p = self.blob_path(digest)
@@ -154,8 +245,10 @@ class BlobCache:
         return sorted(out, key=lambda e: (e.used, e.digest))
 
     def partials(self) -> list[Path]:
+        """Downloads in progress: partial blob files and staged packages (a staged package's journal goes with it)."""
         folder = self.root / "partial"
-        return sorted(p for p in folder.glob("*/*") if p.is_file()) if folder.is_dir() else []
+        found = sorted(p for p in folder.glob("*/*") if p.is_file()) if folder.is_dir() else []
+        return [p for p in found if p.suffix != JOURNAL_SUFFIX or not p.with_suffix(".ptm").exists()]
 
     def prune(self, limit: int, keep: Iterable[str] = (), *, partials: bool = True) -> PruneReport:
         """Remove least recently used blobs until at most ``limit`` bytes remain (never those in ``keep``),
@@ -177,21 +270,191 @@ class BlobCache:
         for p in self.partials() if partials else ():
             if _stale_and_free(p, limit == 0):
                 dropped += 1
+        for digest in self.located():  # records of files changed or removed since; with a limit of 0, all
+            if limit == 0 or self.locate(digest, self._recorded_size(digest)) is None:
+                self.forget(digest)
         return PruneReport(str(self.root), removed, freed, dropped, total, limit)
 
+    def _recorded_size(self, digest: str) -> int:
+        try:
+            return int(json.loads(self._located_path(digest).read_text("utf-8"))["size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
 
-def damaged(paths: dict[str, Path], workers: int) -> list[str]:
-    """Re-hash files that claim to hold the blobs ``digest -> path`` (in parallel); the digests that do not match."""
-    def one(item: tuple[str, Path]) -> str | None:
-        digest, path = item
+
+
+def damaged(places: dict[str, tuple[Path, int, int]], workers: int) -> list[str]:
+    """Re-hash the ranges that claim to hold the blobs ``digest -> (path, offset, size)`` (in parallel); the
+    digests that do not match (or whose file is gone or shorter)."""
+    def one(item: tuple[str, tuple[Path, int, int]]) -> str | None:
+        digest, (path, offset, size) = item
         h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(8 * 1024 * 1024):
-                h.update(block)
-        return None if "sha256:" + h.hexdigest() == digest else digest
+        try:
+            with open(path, "rb") as f:
+                pos = offset
+                while pos < offset + size and (block := os.pread(f.fileno(), min(8 * 1024 * 1024,
+                                                                                 offset + size - pos), pos)):
+                    h.update(block)
+                    pos += len(block)
+        except OSError:
+            return digest
+        return None if pos == offset + size and "sha256:" + h.hexdigest() == digest else digest
 
     with cf.ThreadPoolExecutor(max(1, workers)) as pool:
-        return [d for d in pool.map(one, paths.items()) if d is not None]
+        return [d for d in pool.map(one, places.items()) if d is not None]
+
+
+FICLONERANGE = 0x4020940D
+"""``_IOW(0x94, 13, struct file_clone_range)``: share a range of one file's blocks with another (Linux)."""
+JOURNAL_SUFFIX = ".journal"
+
+
+def clone_range(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> bool:
+    """Make ``length`` bytes of ``dst`` at ``dst_offset`` share ``src``'s blocks at ``src_offset``; False (nothing
+    changed) where the file system cannot (ext4, tmpfs, another file system, offsets not block-aligned).
+
+    The block-aligned part is cloned; a tail shorter than a block is copied (it cannot
+    be shared without also sharing the bytes after it).
+    """
+    block = os.fstatvfs(dst).f_bsize
+    if src_offset % block or dst_offset % block:
+        return False
+    whole = length - length % block
+    try:
+        if whole:
+            fcntl.ioctl(dst, FICLONERANGE, struct.pack("qQQQ", src, src_offset, whole, dst_offset))
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM,
+                         errno.EBADF, errno.ETXTBSY):
+            return False
+        raise
+    copy_range(src, src_offset + whole, dst, dst_offset + whole, length - whole)
+    return True
+
+
+def copy_range(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> None:
+    """Copy ``length`` bytes between open files at the given offsets, in the kernel where it can
+    (``copy_file_range``, which shares blocks on XFS and btrfs when the offsets are block-aligned)."""
+    done = 0
+    with contextlib.suppress(OSError):  # another file system, an old kernel: copied by hand below
+        while done < length:
+            n = os.copy_file_range(src, dst, length - done, src_offset + done, dst_offset + done)
+            if n <= 0:
+                break
+            done += n
+    while done < length:
+        data = os.pread(src, min(8 * 1024 * 1024, length - done), src_offset + done)
+        if not data:
+            raise OSError(errno.EIO, f"source ended {length - done} bytes early while copying")
+        os.pwrite(dst, data, dst_offset + done)
+        done += len(data)
+
+
+class Staging:
+    """The file a pull assembles a package in, resumable after a kill.
+
+    ``partial/packages/<manifest hex>.ptm`` holds the package at its final size
+    (sparse until written); ``<hex>.journal`` holds, per downloaded blob (a *slot*,
+    in the recipe's order of first use), how many of its bytes are written. Each
+    write of a download is journaled before the next, so after a kill a pull of
+    the same package resumes every download where it stopped. The file is locked
+    while a pull uses it: a second pull of the same package waits, then finds it
+    gone (published) and starts its own. Published by renaming it to the output
+    (a copy when the cache is on another file system).
+    """
+
+    MAGIC = b"PTMJRN\x00\x01"
+    HEADER = struct.Struct("<8sQQ")
+
+    def __init__(self, path: Path, size: int, slots: int, beside: Path | None = None) -> None:
+        self.path, self.size, self.slots = path, size, slots
+        self.journal_path = path.with_suffix(JOURNAL_SUFFIX)
+        self.fd = self.jfd = -1
+        self.beside = beside
+        self.resumable = beside is None
+        """False for a plain temporary file beside the output (:meth:`beside`): nothing survives a failure."""
+
+    @classmethod
+    def beside(cls, out: Path, size: int) -> Staging:
+        """A temporary file beside ``out``, not resumable: for a layout's blobs, which are local files already."""
+        return cls(temp_name_beside(out, ".ptm"), size, 0, beside=out)
+
+    def open(self) -> Staging:
+        """Create or take over the staging file (waiting for a pull that holds it); keep what its journal says."""
+        if self.beside is not None:
+            self.fd = create_temp_file(self.path, self.beside)  # the caller's try removes it
+            os.ftruncate(self.fd, self.size)
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the pull that held it published it meanwhile: make a new one
+        self.fd = fd
+        self.jfd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        header = self.HEADER.pack(self.MAGIC, self.size, self.slots)
+        length = self.HEADER.size + 8 * self.slots
+        if os.pread(self.jfd, self.HEADER.size, 0) != header or os.fstat(self.jfd).st_size != length:
+            # nothing journaled: every byte is written again (spans cover the file), so the old bytes stay
+            # until then; truncating to 0 would make ext4 (auto_da_alloc) flush the whole file when closed
+            os.pwrite(self.jfd, header + bytes(8 * self.slots), 0)
+            os.ftruncate(self.jfd, length)
+        os.ftruncate(self.fd, self.size)
+        return self
+
+    def target(self, slot: int, offset: int) -> BlobTarget:
+        """Where download ``slot`` writes (at ``offset`` of the package), resuming from its journaled bytes."""
+        if not self.resumable:
+            return BlobTarget(self.fd, offset)
+        at = self.HEADER.size + 8 * slot
+        kept = struct.unpack("<Q", os.pread(self.jfd, 8, at))[0]
+        return BlobTarget(self.fd, offset, kept, journal=lambda n: os.pwrite(self.jfd, struct.pack("<Q", n), at))
+
+    @classmethod
+    def journaled(cls, path: Path) -> int:
+        """Bytes the journal beside staging file ``path`` records as downloaded."""
+        data = path.with_suffix(JOURNAL_SUFFIX).read_bytes()[cls.HEADER.size:]
+        return sum(struct.unpack(f"<{len(data) // 8}Q", data[: len(data) // 8 * 8]))
+
+    def publish(self, out: Path) -> None:
+        """Make the (verified) staging file ``out``; the journal goes."""
+        try:
+            os.replace(self.path, out)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            tmp = temp_name_beside(out)
+            try:
+                with os.fdopen(create_temp_file(tmp, out), "wb") as f:
+                    copy_range(self.fd, 0, f.fileno(), 0, self.size)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, out)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            os.unlink(self.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal_path)
+
+    def discard(self) -> None:
+        """Remove the staging file and its journal (a failed pull leaves nothing to resume)."""
+        for p in (self.path, self.journal_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        self.close()
+
+    def close(self) -> None:
+        """Release the files (kept for the next pull to resume) and the lock."""
+        for fd in (self.jfd, self.fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.jfd = -1
 
 
 @dataclass(frozen=True)
@@ -226,6 +489,8 @@ class CacheListing:
     entries: tuple[CacheEntry, ...]
     partials: int
     limit: int
+    located: tuple[str, ...] = ()
+    """Blobs recorded as held by pulled files (no space in the cache; re-hashed before any reuse)."""
 
     @property
     def bytes(self) -> int:
@@ -233,14 +498,14 @@ class CacheListing:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, "command": "cache ls", "root": self.root, "blobs": len(self.entries), "bytes": self.bytes,
-                "limit": self.limit, "partials": self.partials,
+                "limit": self.limit, "partials": self.partials, "located": list(self.located),
                 "entries": [{"digest": e.digest, "size": e.size, "used": round(e.used, 3)} for e in self.entries]}
 
 
 def list_cache(root: Path | None = None, limit: int = DEFAULT_LIMIT) -> CacheListing:
     """What the content cache at ``root`` (default: the user's) holds."""
     cache = BlobCache(root)
-    return CacheListing(str(cache.root), tuple(cache.entries()), len(cache.partials()), limit)
+    return CacheListing(str(cache.root), tuple(cache.entries()), len(cache.partials()), limit, tuple(cache.located()))
 
 
 def prune_cache(root: Path | None = None, limit: int = DEFAULT_LIMIT) -> PruneReport:
@@ -249,7 +514,9 @@ def prune_cache(root: Path | None = None, limit: int = DEFAULT_LIMIT) -> PruneRe
 
 
 def _stale_and_free(path: Path, everything: bool) -> bool:
-    """Remove a partial download no pull holds (its flock is free) and, unless ``everything``, that is old."""
+    """Remove a partial download no pull holds (its flock is free) and, unless ``everything``, that is old.
+
+    A staged package goes with its journal."""
     try:
         if not everything and time.time() - path.stat().st_mtime < STALE_PARTIAL_S:
             return False
@@ -259,6 +526,9 @@ def _stale_and_free(path: Path, everything: bool) -> bool:
             except BlockingIOError:
                 return False  # a pull is resuming it right now
             os.unlink(path)
+            if path.suffix == ".ptm":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path.with_suffix(JOURNAL_SUFFIX))
             return True
     except FileNotFoundError:
         return False

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -114,11 +115,9 @@ class RegistryStore:
         scheme = "http" if options.plain_http else "https"
         self.base = f"{scheme}://{ref.location}/v2/{ref.repository}"
         self.origin = origin_of(httpx.URL(self.base))
-        verify: ssl.SSLContext | bool = True
-        if options.ca_file is not None:
-            if not Path(options.ca_file).is_file():
-                raise UsageError(f"CA file {options.ca_file} does not exist")
-            verify = ssl.create_default_context(cafile=str(options.ca_file))
+        if options.ca_file is not None and not Path(options.ca_file).is_file():
+            raise UsageError(f"CA file {options.ca_file} does not exist")
+        verify = _tls_context(*_ca_key(options.ca_file))
         found = find_credentials(ref.location) if credentials is True else credentials
         self.auth = RegistryAuth(found if isinstance(found, Credentials) else None, self.origin, self._fetch_token)
         limits = httpx.Limits(max_connections=options.workers + 2, max_keepalive_connections=options.workers + 2)
@@ -616,6 +615,23 @@ class RegistryStore:
         if r.status_code not in (200, 201):
             raise self._fail(r, what)
         return sha256_digest(data)
+
+
+def _ca_key(ca_file: Path | str | None) -> tuple[str | None, int, int]:
+    if ca_file is None:
+        return None, 0, 0
+    st = os.stat(ca_file)
+    return str(ca_file), st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(ca_file: str | None, mtime_ns: int, size: int) -> ssl.SSLContext:
+    """The TLS trust store of a store: ``ca_file`` alone, else httpx's default (certifi). Built once per process
+    and CA file version: loading a trust store takes about 50 ms, which every store paid again (contexts are safe
+    to share between clients)."""
+    if ca_file is None:
+        return httpx.create_ssl_context()
+    return ssl.create_default_context(cafile=ca_file)
 
 
 class _Pace:
