@@ -14,13 +14,14 @@ repository and needs no index. Deleting the folder is always safe.
 
 A pull downloads each blob straight into its place in the package being
 assembled (no copy from the cache into the output, no second copy on disk).
-Afterwards the cache keeps a blob only where that costs no space: a reflink of
-the output's range (``FICLONERANGE``, on XFS with reflink and btrfs; the span must
-be block-aligned, which the format gives entries of 64 KiB and more). Where the
-file system cannot share blocks, the cache records where the blob lives instead
-(``located/``), and a later pull that needs it re-hashes that range before
-copying it, as it re-hashes cached blobs: a file changed or removed since is
-simply not used. Small documents (configs, recipes) are cached as files.
+Afterwards the cache keeps a blob of 64 KiB or more only where that costs no
+space: a reflink of the output's range (``FICLONERANGE``, on XFS with reflink and
+btrfs; the span must be block-aligned, which the format gives entries of 64 KiB
+and more). Where the file system cannot share blocks, the cache records where the
+blob lives instead (``located/``), and a later pull that needs it re-hashes that
+range before copying it, as it re-hashes cached blobs: a file changed or removed
+since is simply not used. Smaller blobs and documents (configs, recipes) are
+cached as files.
 
 The cache is bounded: after every pull the least recently used blobs are removed
 until it holds at most its size limit (``DEFAULT_LIMIT``, or what the caller sets;
@@ -54,6 +55,9 @@ DEFAULT_LIMIT = 20 * 1024**3
 """Bytes of blobs kept after a pull (least recently used go first)."""
 STALE_PARTIAL_S = 24 * 3600
 """A partial download untouched this long, and not locked by a running pull, is removed by a prune."""
+SMALL_BLOB = 64 * 1024
+"""Blobs smaller than this are copied into the cache after a pull (the format aligns only larger entries to
+4096 bytes, so smaller ones could not share blocks anyway)."""
 MAX_ORIGINS = 200_000
 """Digests remembered per registry host (the oldest are forgotten first)."""
 
@@ -89,10 +93,16 @@ class BlobCache:
     def keep(self, digest: str, fd: int, path: Path, offset: int, size: int) -> str:
         """Keep blob ``digest``, verified at ``offset`` of the pulled file ``path`` (open as ``fd``), for later pulls.
 
-        A reflink of that range into ``blobs/`` where the file system shares blocks
-        (no space used); else a record of where it lives (``located/``). Returns
-        ``"reflink"`` or ``"located"``.
+        A blob under ``SMALL_BLOB`` bytes is copied into ``blobs/`` (it costs next to
+        nothing, and survives the file); a larger one is a reflink of that range where
+        the file system shares blocks (no space used), else a record of where it lives
+        (``located/``). Returns ``"copy"``, ``"reflink"`` or ``"located"``.
         """
+        if size < SMALL_BLOB:
+            with contextlib.suppress(ValueError):  # the bytes changed since they were verified: keep nothing
+                self.put_checked(digest, os.pread(fd, size, offset))
+                self.forget(digest)
+                return "copy"
         target = self.blob_path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_name_beside(target)
