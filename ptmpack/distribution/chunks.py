@@ -2,11 +2,11 @@
 
 A ModelPack push hashes every file once in ``chunk``-byte ranges (the index that
 travels in the ptmpack layer, :mod:`ptmpack.distribution.mapping`). A pull that
-holds an older version of a file (a local package, or a blob an earlier pull of
-the same repository left in the cache) hashes its own copy the same way, copies
+holds an older version of a file (the local package named as base, or the output
+being replaced) hashes its own copy the same way, copies
 every range whose digest the index lists, and fetches the rest with HTTP
 ``Range``, checking each fetched chunk against the index before it is written and
-the rebuilt blob against its layer digest before it enters the cache. This is
+the rebuilt blob against its layer digest before it counts as downloaded. This is
 zsync over OCI: registries store whole blobs, and clients move only what changed.
 """
 

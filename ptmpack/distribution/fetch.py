@@ -4,12 +4,14 @@ Shared by a plain pull (:mod:`ptmpack.distribution.pull`) and a residual update
 (:mod:`ptmpack.distribution.delta`), so neither imports the other.
 
 Order of trust: the manifest is checked against the digest the registry announces
-(or the one asked for); the config and recipe against the manifest; every chunk
-blob against its digest as it streams in, before it enters the content cache; the
-assembled file against the recipe's size and the checks of ``ptmpack verify``
-(keyless structural checks and the whole-file digest for encrypted packages).
-Only then is the temporary file renamed to the output. Blobs already in the cache
-are re-hashed, not fetched; interrupted downloads resume with ``Range``.
+(or the one asked for); the config and recipe against the manifest; every blob
+against its digest as it streams into its place in the staging file (a download
+counts only when it matches); the assembled file against the recipe's size and the
+checks of ``ptmpack verify`` (keyless structural checks and the whole-file digest
+for encrypted packages). Only then is the staging file renamed to the output.
+Blobs this machine holds (cached, or recorded in a pulled file) are re-hashed, not
+fetched; interrupted downloads resume with ``Range``, within a pull and, through
+the staging file's journal, in the next one.
 """
 
 from __future__ import annotations
