@@ -10,9 +10,11 @@ before any reuse. Against the real docker-registry on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,26 @@ def test_blobs_are_found_in_pulled_files_and_rehashed(registry: Registry, packag
     third = pull(ref, tmp_path / "c.ptm", PullOptions(client=PLAIN))
     assert third.bytes_downloaded >= layers[big]  # the re-hash refused the damaged range: fetched again
     assert (tmp_path / "c.ptm").read_bytes() == package.read_bytes()
+
+
+def test_cache_on_another_file_system(registry: Registry, package: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staging file cannot be renamed across file systems: it is copied beside the output, then renamed."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm writable and on another file system than the test's folder")
+    cache_home = Path(tempfile.mkdtemp(prefix="ptmpack-test-", dir=shm))
+    try:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+        ref = f"{registry.host}/staging/crossfs:v1"
+        push(package, ref, PushOptions(client=PLAIN))
+        pull(ref, tmp_path / "out.ptm", PullOptions(client=PLAIN))
+        assert (tmp_path / "out.ptm").read_bytes() == package.read_bytes()
+        assert [p.name for p in tmp_path.iterdir()] == ["out.ptm"]  # no temporary left beside it
+        cache = BlobCache()
+        assert list((cache.root / "partial" / "packages").iterdir()) == []
+        # tmpfs shares no blocks: the weights are recorded where they are, the final output (not the staging file)
+        again = pull(ref, tmp_path / "again.ptm", PullOptions(client=PLAIN))
+        assert again.bytes_downloaded == 0 and (tmp_path / "again.ptm").read_bytes() == package.read_bytes()
+    finally:
+        shutil.rmtree(cache_home, ignore_errors=True)
