@@ -381,6 +381,7 @@ class Staging:
         self.journal_path = path.with_suffix(JOURNAL_SUFFIX)
         self.fd = self.jfd = -1
         self.beside = beside
+        self.published = False
         self.resumable = beside is None
         """False for a plain temporary file beside the output (:meth:`beside`): nothing survives a failure."""
 
@@ -433,7 +434,15 @@ class Staging:
         return sum(struct.unpack(f"<{len(data) // 8}Q", data[: len(data) // 8 * 8]))
 
     def publish(self, out: Path) -> None:
-        """Make the (verified) staging file ``out``; the journal goes."""
+        """Make the (verified) staging file ``out``; the journal goes first.
+
+        First: once the staging file is renamed away, the next pull of the same package
+        creates a new one at that path, and must not find this journal there. Once
+        published, the paths are no longer this pull's (:meth:`discard` leaves them).
+        """
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal_path)
+        self.published = True
         try:
             os.replace(self.path, out)
         except OSError as exc:
@@ -449,12 +458,10 @@ class Staging:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
             os.unlink(self.path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.journal_path)
 
     def discard(self) -> None:
         """Remove the staging file and its journal (a failed pull leaves nothing to resume)."""
-        for p in (self.path, self.journal_path):
+        for p in () if self.published else (self.path, self.journal_path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         self.close()

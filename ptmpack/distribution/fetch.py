@@ -395,11 +395,16 @@ class _Assembly:
             self.tally.bytes += got
 
     def keep_in_cache(self, out: Path) -> None:
-        """After publishing: the cache keeps every blob of ``out`` it does not hold (a reflink, else a record)."""
-        with open(out, "rb") as f:
-            for digest, places in self.at.items():
-                if not self.cache.has(digest, self.needed[digest]):
-                    self.cache.keep(digest, f.fileno(), out, places[0], self.needed[digest])
+        """After publishing: the cache keeps every blob of ``out`` it does not hold (a copy, a reflink or a
+        record). Best effort: the pull has succeeded, and a cache that cannot keep a blob only costs a later
+        download."""
+        try:
+            with open(out, "rb") as f:
+                for digest, places in self.at.items():
+                    if not self.cache.has(digest, self.needed[digest]):
+                        self.cache.keep(digest, f.fileno(), out, places[0], self.needed[digest])
+        except OSError:
+            return
 
 
 def check_package(path: Path, config: PackageConfig | None, progress: TransferProgress, where: str = "",
