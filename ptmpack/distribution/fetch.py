@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptmpack.distribution.cache import DEFAULT_LIMIT, BlobCache, Staging, copy_range, damaged
+from ptmpack.distribution.cache import DEFAULT_LIMIT, BlobCache, damaged
 from ptmpack.distribution.chunks import LocalChunks, Region, fetch_by_ranges
 from ptmpack.distribution.describe import PackageConfig
 from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, decode_recipe, layer_sizes
 from ptmpack.distribution.modelpack import ANN_FILEPATH, ANN_PART_OFFSET
 from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest, load_document, read_blob_file
 from ptmpack.distribution.reference import Reference
+from ptmpack.distribution.staging import Staging, copy_range
 from ptmpack.distribution.storetypes import ClientOptions, LocalBlobs, Store, TransferProgress
 from ptmpack.errors import IntegrityError, NetworkError, PtmError, UsageError, raise_environment_fault
 from ptmpack.format import spec
@@ -226,7 +227,7 @@ def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
     """Fetch every blob, assemble, verify and rename to ``out``; returns the tally and the checks run.
 
     A registry pull assembles in the cache's staging file for this package
-    (:class:`~ptmpack.distribution.cache.Staging`): each blob this machine lacks is
+    (:class:`~ptmpack.distribution.staging.Staging`): each blob this machine lacks is
     downloaded straight into its place, hashed once as it arrives; blobs held
     locally are copied in. An interrupted pull (network failure, Ctrl-C, a kill)
     keeps the staging file and its journal, and the next pull of the same package

@@ -41,6 +41,8 @@ READ_BUFFER = 1024 * 1024
 """Bytes read from the socket before one write and one hash update."""
 BUFFERS = 6
 """Buffers in flight between the receiving and the hashing thread (the receiver waits when all are unhashed)."""
+PIECES = 64
+"""Pieces waiting to be hashed at most (httpx's pieces are up to 64 KiB): the receiver waits rather than fill memory."""
 
 
 class HashBehind:
@@ -55,7 +57,7 @@ class HashBehind:
 
     def __init__(self, h: Any) -> None:
         self.h = h
-        self.work: queue.Queue[tuple[Any, int] | None] = queue.Queue()
+        self.work: queue.Queue[tuple[Any, int] | None] = queue.Queue(PIECES)
         self.free: queue.Queue[bytearray] = queue.Queue()
         self.made = 0
         self.thread = threading.Thread(target=self._run, name="ptmpack-hash", daemon=True)
