@@ -371,9 +371,9 @@ def resume(reg: Registry, kills: int) -> dict[str, object]:
     rng = random.Random(16)
     proxy.down, done_kills, lost = 0, 0, []
 
-    def kept() -> int:  # bytes of blobs the cache holds, complete or partial
-        return sum(f.stat().st_size for f in (folder / "cache").rglob("*") if f.is_file()
-                   and f.parent.name == "sha256")
+    def kept() -> int:  # bytes of blobs this machine keeps for the next run: complete or partial, journaled
+        cache = BlobCache(folder / "cache" / "ptmpack")
+        return sum(e.size for e in cache.entries()) + cache.partial_bytes()
 
     for _ in range(kills):
         before, sent = kept(), proxy.down

@@ -77,9 +77,10 @@ def pull(reference: str | Reference, output: Path | str, options: PullOptions | 
     return _pull(reference, output, options or PullOptions(), progress)
 
 
-def ls_ref(reference: str | Reference, client: ClientOptions | None = None) -> LsReport:
-    """The tags at ``reference`` and, when it names a tag or digest, that package's annotations (no download)."""
-    return _ls_ref(reference, client)
+def ls_ref(reference: str | Reference, client: ClientOptions | None = None, *, all_tags: bool = False) -> LsReport:
+    """The tags at ``reference`` (the ``sha256-<hex>`` referrer tags only with ``all_tags``) and, when it names a
+    tag or digest, that package's annotations (no download)."""
+    return _ls_ref(reference, client, all_tags=all_tags)
 
 
 ls = ls_ref

@@ -146,15 +146,18 @@ def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | Non
 
 @click.command("ls")
 @click.argument("reference")
+@click.option("--all", "all_tags", is_flag=True,
+              help="Also list the sha256-<hex> tags that hold signatures (registries without the referrers API).")
 @client_options
 @json_option
-def ls_cmd(reference: str, plain_http: bool, ca_file: Path | None, workers: int, as_json: bool) -> None:
+def ls_cmd(reference: str, all_tags: bool, plain_http: bool, ca_file: Path | None, workers: int,
+           as_json: bool) -> None:
     """List the tags at REFERENCE, and describe the package it names (annotations, size) without downloading it.
 
     Not on a terminal, tags come one a line (``ptmpack ls oci:dir | wc -l`` counts them)
     and a package's fields as ``key<TAB>value`` lines.
     """
-    report = ls_ref(reference, _client(plain_http, ca_file, workers, reference))
+    report = ls_ref(reference, _client(plain_http, ca_file, workers, reference), all_tags=all_tags)
     if as_json:
         emit(report.to_json())
         return

@@ -76,7 +76,7 @@ def cache_ls_cmd(as_json: bool) -> None:
     out = Printer()
     out.fields(listing.root, [("blobs", len(listing.entries)), ("size", human_size(listing.bytes)),
                               ("limit (PTMPACK_CACHE_SIZE)", human_size(listing.limit)),
-                              ("partial downloads", listing.partials)])
+                              ("partial downloads", listing.partials), ("blobs found in pulled files", len(listing.located))])
     if listing.entries:
         out.table("blobs, least recently used first", ("digest", "size"),
                   [(e.digest, human_size(e.size)) for e in listing.entries], right=("size",))

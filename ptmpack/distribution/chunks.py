@@ -2,11 +2,11 @@
 
 A ModelPack push hashes every file once in ``chunk``-byte ranges (the index that
 travels in the ptmpack layer, :mod:`ptmpack.distribution.mapping`). A pull that
-holds an older version of a file (a local package, or a blob an earlier pull of
-the same repository left in the cache) hashes its own copy the same way, copies
+holds an older version of a file (the local package named as base, or the output
+being replaced) hashes its own copy the same way, copies
 every range whose digest the index lists, and fetches the rest with HTTP
 ``Range``, checking each fetched chunk against the index before it is written and
-the rebuilt blob against its layer digest before it enters the cache. This is
+the rebuilt blob against its layer digest before it counts as downloaded. This is
 zsync over OCI: registries store whole blobs, and clients move only what changed.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ptmpack.distribution.mapping import ChunkIndex, Span, chunk_count
 from ptmpack.distribution.modelpack import FileLayer
-from ptmpack.distribution.storetypes import Store
+from ptmpack.distribution.storetypes import BlobTarget, Store
 from ptmpack.errors import IntegrityError
 from ptmpack.format.digest import range_digest
 
@@ -152,56 +152,49 @@ class LocalChunks:
 
 
 def fetch_by_ranges(store: Store, digest: str, size: int, table: list[bytes], chunk: int, local: LocalChunks,
-                    partial: Path, progress: Callable[[int], None]) -> int | None:
-    """Rebuild blob ``digest`` in ``partial`` from local chunks and Range requests; returns bytes fetched.
+                    target: BlobTarget, progress: Callable[[int], None]) -> int | None:
+    """Rebuild blob ``digest`` in ``target`` from local chunks and Range requests; returns bytes fetched.
 
-    Returns None (and writes nothing) when the store cannot serve ranges, so the
-    caller downloads the blob whole.
+    Returns None when the store cannot serve ranges, so the caller downloads the blob
+    whole (over what was written: every byte written here is a checked byte of the
+    blob at its place). ``target`` is recorded complete only once the rebuilt blob
+    matches its digest.
 
     Raises:
         IntegrityError: the index does not describe a blob of ``size`` bytes, a fetched range does not match
             its chunk digest, the store sent another range or more bytes than asked, or the rebuilt blob does
-            not match ``digest`` (``partial`` is removed).
+            not match ``digest``.
     """
     if len(table) != chunk_count(size, chunk):
         raise IntegrityError(f"the chunk index lists {len(table)} chunks for blob {digest} of {size} bytes")
-    partial.parent.mkdir(parents=True, exist_ok=True)
     moved = 0
-    try:
-        with open(partial, "wb") as f:
-            runs: list[list[int]] = []
-            for i, want in enumerate(table):
-                data = local.read(want)
-                if data is not None and len(data) == min(chunk, size - i * chunk):
-                    os.pwrite(f.fileno(), data, i * chunk)
-                    progress(len(data))
-                elif runs and runs[-1][-1] == i - 1 and (i - runs[-1][0] + 1) * chunk <= MAX_RUN:
-                    runs[-1].append(i)
-                else:
-                    runs.append([i])
-            for run in runs:
-                start = run[0] * chunk
-                length = min(size, (run[-1] + 1) * chunk) - start
-                data = store.fetch_range(digest, start, length)
-                if data is None:
-                    partial.unlink()
-                    return None
-                if len(data) != length:
-                    raise IntegrityError(f"blob {digest}: the store sent {len(data)} bytes for a range of {length}",
-                                         hint="nothing was written")
-                _check_run(data, table, run, chunk, start, digest)
-                os.pwrite(f.fileno(), data, start)
-                moved += len(data)
-                progress(len(data))
-            f.truncate(size)
-        with open(partial, "rb") as f:
-            rebuilt = "sha256:" + range_digest(f.fileno(), 0, size).hex()
-        if rebuilt != digest:
-            raise IntegrityError(f"blob {digest} rebuilt from local chunks and fetched ranges does not match its "
-                                 "digest: the chunk index lies", hint="nothing was written")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    runs: list[list[int]] = []
+    for i, want in enumerate(table):
+        data = local.read(want)
+        if data is not None and len(data) == min(chunk, size - i * chunk):
+            os.pwrite(target.fd, data, target.offset + i * chunk)
+            progress(len(data))
+        elif runs and runs[-1][-1] == i - 1 and (i - runs[-1][0] + 1) * chunk <= MAX_RUN:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    for run in runs:
+        start = run[0] * chunk
+        length = min(size, (run[-1] + 1) * chunk) - start
+        data = store.fetch_range(digest, start, length)
+        if data is None:
+            return None
+        if len(data) != length:
+            raise IntegrityError(f"blob {digest}: the store sent {len(data)} bytes for a range of {length}",
+                                 hint="nothing was written")
+        _check_run(data, table, run, chunk, start, digest)
+        os.pwrite(target.fd, data, target.offset + start)
+        moved += len(data)
+        progress(len(data))
+    if "sha256:" + range_digest(target.fd, target.offset, size).hex() != digest:
+        raise IntegrityError(f"blob {digest} rebuilt from local chunks and fetched ranges does not match its "
+                             "digest: the chunk index lies", hint="nothing was written")
+    target.record(size)
     return moved
 
 

@@ -4,18 +4,19 @@ Shared by a plain pull (:mod:`ptmpack.distribution.pull`) and a residual update
 (:mod:`ptmpack.distribution.delta`), so neither imports the other.
 
 Order of trust: the manifest is checked against the digest the registry announces
-(or the one asked for); the config and recipe against the manifest; every chunk
-blob against its digest as it streams in, before it enters the content cache; the
-assembled file against the recipe's size and the checks of ``ptmpack verify``
-(keyless structural checks and the whole-file digest for encrypted packages).
-Only then is the temporary file renamed to the output. Blobs already in the cache
-are re-hashed, not fetched; interrupted downloads resume with ``Range``.
+(or the one asked for); the config and recipe against the manifest; every blob
+against its digest as it streams into its place in the staging file (a download
+counts only when it matches); the assembled file against the recipe's size and the
+checks of ``ptmpack verify`` (keyless structural checks and the whole-file digest
+for encrypted packages). Only then is the staging file renamed to the output.
+Blobs this machine holds (cached, or recorded in a pulled file) are re-hashed, not
+fetched; interrupted downloads resume with ``Range``, within a pull and, through
+the staging file's journal, in the next one.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import os
 import threading
 import time
@@ -26,14 +27,15 @@ from typing import Any
 from ptmpack.distribution.cache import DEFAULT_LIMIT, BlobCache, damaged
 from ptmpack.distribution.chunks import LocalChunks, Region, fetch_by_ranges
 from ptmpack.distribution.describe import PackageConfig
-from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, assemble, decode_recipe, layer_sizes
+from ptmpack.distribution.mapping import MAX_RECIPE_BYTES, Recipe, decode_recipe, layer_sizes
 from ptmpack.distribution.modelpack import ANN_FILEPATH, ANN_PART_OFFSET
 from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest, load_document, read_blob_file
 from ptmpack.distribution.reference import Reference
+from ptmpack.distribution.staging import Staging, copy_range
 from ptmpack.distribution.storetypes import ClientOptions, LocalBlobs, Store, TransferProgress
-from ptmpack.errors import IntegrityError, PtmError, UsageError, raise_environment_fault
+from ptmpack.errors import IntegrityError, NetworkError, PtmError, UsageError, raise_environment_fault
 from ptmpack.format import spec
-from ptmpack.format.atomic import check_free_space, create_temp_file, temp_name_beside
+from ptmpack.format.atomic import check_free_space
 from ptmpack.format.digest import range_digest
 from ptmpack.format.paths import check_entry_path
 from ptmpack.format.reader import PackageReader, is_package_file
@@ -224,76 +226,142 @@ def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
                progress: TransferProgress) -> tuple[Tally, tuple[str, ...]]:
     """Fetch every blob, assemble, verify and rename to ``out``; returns the tally and the checks run.
 
-    Assembly runs alongside the downloads: blobs are fetched in file order and each is
-    copied into place as soon as it and everything before it are there.
+    A registry pull assembles in the cache's staging file for this package
+    (:class:`~ptmpack.distribution.staging.Staging`): each blob this machine lacks is
+    downloaded straight into its place, hashed once as it arrives; blobs held
+    locally are copied in. An interrupted pull (network failure, Ctrl-C, a kill)
+    keeps the staging file and its journal, and the next pull of the same package
+    resumes every download where it stopped; any other failure removes them. A
+    layout's blobs are files already: they are copied into a temporary file beside
+    the output. Afterwards the cache keeps each downloaded blob as a reflink of the
+    output where the file system can, else a record of where it lives.
     """
     tally = Tally()
     cache = BlobCache(options.cache_dir)
-    fresh = 0 if isinstance(store, LocalBlobs) else sum(n for d, n in fetched.recipe.blobs().items()
-                                                        if not cache.has(d, n))
-    check_free_space({out: fetched.recipe.size, cache.root: fresh})
-    tmp = temp_name_beside(out, ".ptm")
+    local = isinstance(store, LocalBlobs)
+    size = fetched.recipe.size
+    slots = len(fetched.recipe.blobs())
+    if not local:  # the staging file; renamed to the output on the same file system, so each is checked alone
+        check_free_space({cache.root: size})
+    check_free_space({out: size})
+    staging = Staging.beside(out, size) if local else cache.staging(fetched.digest, size, slots)
+    writing = staging.path  # what a disk error is named by: the file being written
     try:
-        with os.fdopen(create_temp_file(tmp, out), "wb", buffering=0) as f, _Blobs(store, fetched.recipe, cache, options, progress, tally,
-                                                           out, fetched.manifest) as blobs:
-            assemble(fetched.recipe, blobs.path, f)  # type: ignore[arg-type]
-            if f.tell() != fetched.recipe.size:
-                raise IntegrityError(f"assembled {f.tell()} bytes, the recipe says {fetched.recipe.size}")
-        hashed = check_layer_paths(Path(tmp), fetched) if fetched.manifest.is_modelpack else frozenset()
-        checks = check_package(Path(tmp), fetched.config, progress, str(fetched.ref), options.pubkey, hashed)
+        staging.open()
+        with _Assembly(store, fetched, cache, options, progress, tally, out, staging) as assembly:
+            assembly.run()
+        hashed = check_layer_paths(staging.path, fetched) if fetched.manifest.is_modelpack else frozenset()
+        checks = check_package(staging.path, fetched.config, progress, str(fetched.ref), options.pubkey, hashed)
         if fetched.manifest.is_modelpack:
             checks = (*checks, "layer paths")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except OSError as exc:  # ENOSPC while assembling names the output, not a file descriptor
-        raise_environment_fault(exc, out)
+        os.fchmod(staging.fd, 0o644)
+        writing = out
+        staging.publish(out)
+        if not local:
+            assembly.keep_in_cache(out)
+        staging.close()
+    except BaseException as exc:
+        # an interrupted transfer is resumed by the next pull; anything else leaves nothing behind
+        if staging.resumable and (isinstance(exc, NetworkError) or not isinstance(exc, Exception)):
+            staging.close()
+        else:
+            staging.discard()
+        if isinstance(exc, OSError):  # ENOSPC names the file, not a file descriptor
+            raise_environment_fault(exc, writing if staging.resumable else out)
         raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return tally, checks
 
 
-class _Blobs:
-    """A verified local file for every blob of a recipe: from the layout, the cache, or downloaded into the cache.
+class _Assembly:
+    """Writes every span of a recipe into the staging file: literal bytes, the blobs this machine holds
+    (copied, sharing blocks where the file system can), and the rest downloaded into their places.
 
-    Downloads start on entering, in file order, on ``options.workers`` threads;
-    :meth:`path` waits for one blob. Leaving cancels what has not started.
+    Downloads run on ``options.workers`` threads in file order. A blob used by several
+    spans is downloaded into the first and copied to the others. Leaving cancels
+    what has not started.
     """
 
-    def __init__(self, store: Store, recipe: Recipe, cache: BlobCache, options: PullOptions,
-                 progress: TransferProgress, tally: Tally, out: Path | None = None,
-                 manifest: PackageManifest | None = None) -> None:
+    def __init__(self, store: Store, fetched: Fetched, cache: BlobCache, options: PullOptions,
+                 progress: TransferProgress, tally: Tally, out: Path, staging: Staging) -> None:
         self.store, self.cache, self.options, self.progress, self.tally = store, cache, options, progress, tally
-        self.recipe = recipe
+        self.recipe, self.staging = fetched.recipe, staging
+        manifest = fetched.manifest
         self.filepaths: dict[str, set[str]] = {}
         """digest -> the package paths its layer is (ModelPack), so only those local files are hashed."""
-        for d in manifest.blobs if manifest is not None and manifest.is_modelpack else ():
+        for d in manifest.blobs if manifest.is_modelpack else ():
             self.filepaths.setdefault(d.digest, set()).add(dict(d.annotations).get(ANN_FILEPATH, ""))
-        self.needed = recipe.blobs()
-        self.local: LocalChunks | None = None
+        self.needed = self.recipe.blobs()
+        self.at: dict[str, list[int]] = {}
+        """digest -> the offsets of its spans in the file, in file order (the first is where it is downloaded)."""
+        self.literals: list[tuple[int, int, int]] = []
+        """(file offset, literal offset, length) of every literal span."""
+        pos = lit = 0
+        for digest, length in self.recipe.spans:
+            if digest is None:
+                self.literals.append((pos, lit, length))
+                lit += length
+            else:
+                self.at.setdefault(digest, []).append(pos)
+            pos += length
+        self.slot = {d: i for i, d in enumerate(self.at)}
         self.sources = [p for p in (options.base, out) if p is not None and p.is_file() and is_package_file(p)]
-        self.order = list(dict.fromkeys(d for d, _ in recipe.spans if d is not None))
-        self.paths: dict[str, Path] = {}
-        self.jobs: dict[str, cf.Future[Path]] = {}
+        self.local: LocalChunks | None = None
         self.pool: cf.ThreadPoolExecutor | None = None
 
-    def __enter__(self) -> _Blobs:
-        if isinstance(self.store, LocalBlobs):
-            self._local(self.store)
-            return self
-        cached = {d: self.cache.blob_path(d) for d, n in self.needed.items() if self.cache.has(d, n)}
-        for d in damaged(cached, self.options.workers):
-            self.cache.drop(d)
-            del cached[d]
-        self.paths.update(cached)
-        self.tally.cached = len(cached)
-        todo = [d for d in self.order if d not in cached]
+    def __enter__(self) -> _Assembly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            if exc[0] is not None:  # Ctrl-C, SIGTERM or a failure: stop the transfers in flight now, not after retries
+                self.store.cancel()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(self) -> None:
+        fd = self.staging.fd
+        for at, lit, length in self.literals:
+            os.pwrite(fd, self.recipe.literals[lit: lit + length], at)
+        held = self._held()
+        todo = [d for d in self.at if d not in held]
         self.local = self._local_chunks(todo)
         self.progress.start("downloading", sum(self.needed[d] for d in todo))
         self.pool = cf.ThreadPoolExecutor(max(1, self.options.workers))
-        self.jobs = {d: self.pool.submit(self._download, self.store, d) for d in todo}
-        return self
+        jobs = {d: self.pool.submit(self._download, d) for d in todo}
+        for digest, (path, offset) in held.items():  # while the downloads run
+            with open(path, "rb") as f:
+                for at in self.at[digest]:
+                    copy_range(f.fileno(), offset, fd, at, self.needed[digest])
+        for digest, job in jobs.items():
+            job.result()
+            first, *others = self.at[digest]
+            for at in others:
+                copy_range(fd, first, fd, at, self.needed[digest])
+
+    def _held(self) -> dict[str, tuple[Path, int]]:
+        """The blobs this machine holds, re-hashed: the layout's files, else cached blobs and ranges of pulled files."""
+        if isinstance(self.store, LocalBlobs):
+            paths = {d: self.store.blob_path(d) for d in self.needed}
+            missing = [d for d, p in paths.items() if not p.is_file() or p.stat().st_size != self.needed[d]]
+            if missing:
+                raise IntegrityError(f"the store lacks blob {missing[0]} (or holds it at the wrong size)")
+            bad = damaged({d: (p, 0, self.needed[d]) for d, p in paths.items()}, self.options.workers)
+            if bad:
+                raise IntegrityError(f"{paths[bad[0]]} does not match its digest: the layout is corrupt",
+                                     hint="nothing was written")
+            self.tally.downloaded, self.tally.bytes = len(paths), sum(self.needed.values())
+            return {d: (p, 0) for d, p in paths.items()}
+        held: dict[str, tuple[Path, int]] = {}
+        for d, n in self.needed.items():
+            if self.cache.has(d, n):
+                held[d] = (self.cache.blob_path(d), 0)
+            elif (where := self.cache.locate(d, n)) is not None:
+                held[d] = where
+        for d in damaged({d: (p, off, self.needed[d]) for d, (p, off) in held.items()}, self.options.workers):
+            self.cache.drop(d)
+            self.cache.forget(d)
+            del held[d]
+        self.tally.cached = len(held)
+        return held
 
     def _local_chunks(self, todo: list[str]) -> LocalChunks | None:
         """The chunks of the local package (``base``, else the output being replaced) for blobs still to fetch.
@@ -315,41 +383,29 @@ class _Blobs:
                 continue  # not a readable clear package: nothing to reuse from it
         return LocalChunks(index.chunk, regions, self.options.workers) if regions else None
 
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            if exc[0] is not None:  # Ctrl-C, SIGTERM or a failure: stop the transfers in flight now, not after retries
-                self.store.cancel()
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def path(self, digest: str) -> Path:
-        job = self.jobs.get(digest)
-        return job.result() if job is not None else self.paths[digest]
-
-    def _download(self, store: Store, digest: str) -> Path:
+    def _download(self, digest: str) -> None:
+        target = self.staging.target(self.slot[digest], self.at[digest][0])
         got = None
-        if self.local is not None and self.recipe.index is not None:
-            got = fetch_by_ranges(store, digest, self.needed[digest], self.recipe.index.of(digest),
-                                  self.recipe.index.chunk, self.local, self.cache.partial_path(digest),
-                                  self.progress.advance)
+        if self.local is not None and self.recipe.index is not None and not target.kept:
+            got = fetch_by_ranges(self.store, digest, self.needed[digest], self.recipe.index.of(digest),
+                                  self.recipe.index.chunk, self.local, target, self.progress.advance)
         if got is None:
-            got = store.fetch_blob(digest, self.needed[digest], self.cache.partial_path(digest), self.progress.advance)
-        path = self.cache.commit(digest)
+            got = self.store.fetch_blob_into(digest, self.needed[digest], target, self.progress.advance)
         with self.tally.lock:
             self.tally.downloaded += 1
             self.tally.bytes += got
-        return path
 
-    def _local(self, store: LocalBlobs) -> None:
-        paths = {d: store.blob_path(d) for d in self.needed}
-        missing = [d for d, p in paths.items() if not p.is_file() or p.stat().st_size != self.needed[d]]
-        if missing:
-            raise IntegrityError(f"the store lacks blob {missing[0]} (or holds it at the wrong size)")
-        bad = damaged(paths, self.options.workers)
-        if bad:
-            raise IntegrityError(f"{paths[bad[0]]} does not match its digest: the layout is corrupt",
-                                 hint="nothing was written")
-        self.paths = paths
-        self.tally.downloaded, self.tally.bytes = len(paths), sum(self.needed.values())
+    def keep_in_cache(self, out: Path) -> None:
+        """After publishing: the cache keeps every blob of ``out`` it does not hold (a copy, a reflink or a
+        record). Best effort: the pull has succeeded, and a cache that cannot keep a blob only costs a later
+        download."""
+        try:
+            with open(out, "rb") as f:
+                for digest, places in self.at.items():
+                    if not self.cache.has(digest, self.needed[digest]):
+                        self.cache.keep(digest, f.fileno(), out, places[0], self.needed[digest])
+        except OSError:
+            return
 
 
 def check_package(path: Path, config: PackageConfig | None, progress: TransferProgress, where: str = "",

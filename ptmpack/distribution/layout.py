@@ -30,6 +30,7 @@ from ptmpack.distribution.oci import (
     sha256_digest,
 )
 from ptmpack.distribution.reference import Reference
+from ptmpack.distribution.storetypes import BlobTarget
 from ptmpack.errors import IntegrityError, UsageError, raise_environment_fault
 
 LAYOUT_FILE = "oci-layout"
@@ -113,6 +114,29 @@ class LayoutStore:
         if "sha256:" + h.hexdigest() != digest:
             partial.unlink()
             raise IntegrityError(f"{src} does not match its digest: the layout is corrupt", hint="nothing was written")
+        return size
+
+    def fetch_blob_into(self, digest: str, size: int, target: BlobTarget, progress: Callable[[int], None]) -> int:
+        """Copy a blob into ``target`` (whole: a local copy needs no resume), checking its digest; the bytes copied.
+
+        Raises:
+            IntegrityError: the layout lacks the blob, or it does not match its digest (``target`` recorded empty).
+        """
+        if not self.has_blob(digest, size):
+            raise IntegrityError(f"{self.root} lacks blob {digest} (or holds it at the wrong size)")
+        h = hashlib.sha256()
+        with open(self.blob_path(digest), "rb") as f:
+            pos = 0
+            while block := f.read(8 * 1024 * 1024):
+                h.update(block)
+                os.pwrite(target.fd, block, target.offset + pos)
+                pos += len(block)
+                progress(len(block))
+        if pos != size or "sha256:" + h.hexdigest() != digest:
+            target.record(0)
+            raise IntegrityError(f"{self.blob_path(digest)} does not match its digest: the layout is corrupt",
+                                 hint="nothing was written")
+        target.record(size)
         return size
 
     def fetch_range(self, digest: str, start: int, length: int) -> bytes | None:

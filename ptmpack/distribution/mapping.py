@@ -37,12 +37,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import shutil
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import zstandard
 
@@ -389,43 +388,6 @@ def _span(s: Any, layers: dict[str, int], where: str) -> tuple[str | None, int]:
             raise IntegrityError(f"{where}: blob {s[1][:80]} of {s[2]} bytes is not a layer of the manifest")
         return s[1], s[2]
     raise IntegrityError(f"{where}: malformed span")
-
-
-def assemble(recipe: Recipe, blob_path: Callable[[str], Path], out: BinaryIO,
-             progress: Callable[[int], None] | None = None) -> None:
-    """Write the file the recipe describes to ``out``, copying blobs in the kernel where it can."""
-    progress = progress or (lambda n: None)
-    lit = 0
-    out.flush()
-    for digest, length in recipe.spans:
-        if digest is None:
-            out.write(recipe.literals[lit: lit + length])
-            lit += length
-        else:
-            out.flush()
-            _copy(blob_path(digest), out, length)
-        progress(length)
-    out.flush()
-
-
-def _copy(src: Path, out: BinaryIO, length: int) -> None:
-    with open(src, "rb") as f:
-        if os.fstat(f.fileno()).st_size != length:
-            raise IntegrityError(f"cached blob {src.name} has the wrong size; delete it and pull again")
-        done = 0
-        try:
-            while done < length:
-                n = os.copy_file_range(f.fileno(), out.fileno(), length - done)
-                if n <= 0:
-                    break
-                done += n
-        except OSError:
-            done = 0
-        if done != length:
-            f.seek(done)
-            out.seek(0, os.SEEK_END)
-            shutil.copyfileobj(f, out, 8 * 1024 * 1024)
-    out.seek(0, os.SEEK_END)
 
 
 def layer_sizes(pairs: Iterable[tuple[str, int]]) -> dict[str, int]:

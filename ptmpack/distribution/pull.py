@@ -3,11 +3,11 @@
 Order of trust: the manifest is checked against the digest the registry announces
 (or the one asked for); the config (native artifacts) or the package annotations
 (ModelPack ones) and the recipe against the manifest; every blob against its
-digest as it streams in, before it enters the content cache; the assembled file
-against the recipe's size and the checks of ``ptmpack verify`` (keyless
-structural checks and the whole-file digest for encrypted packages). Only then is
-the temporary file renamed to the output. Blobs already in the cache are
-re-hashed, not fetched; interrupted downloads resume with ``Range``; with an older
+digest as it streams into its place; the assembled file against the recipe's size
+and the checks of ``ptmpack verify`` (keyless structural checks and the whole-file
+digest for encrypted packages). Only then is the staging file renamed to the
+output. Blobs this machine holds are re-hashed, not fetched; interrupted downloads
+resume with ``Range`` (across processes too); with an older
 version local, only the changed ranges of file blobs move
 (:mod:`ptmpack.distribution.chunks`). The machinery is in
 :mod:`ptmpack.distribution.fetch`.

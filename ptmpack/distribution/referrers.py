@@ -18,6 +18,7 @@ signature is verified again before the output appears (:mod:`ptmpack.distributio
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,11 @@ def fallback_tag(subject_digest: str) -> str:
     """The referrers tag schema: ``sha256-<hex>`` (OCI distribution spec 1.1, "Referrers Tag Schema")."""
     algo, _, hexd = subject_digest.partition(":")
     return f"{algo}-{hexd}"
+
+
+def is_fallback_tag(tag: str) -> bool:
+    """Whether ``tag`` has the form :func:`fallback_tag` gives (an index of referrers, not a version)."""
+    return re.fullmatch(r"sha256-[0-9a-f]{64}", tag) is not None
 
 
 def signature_block(reader: PackageReader) -> bytes | None:

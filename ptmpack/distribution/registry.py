@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
-import queue
 import socket
 import ssl
 import threading
@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import httpx
 
@@ -57,8 +57,9 @@ from ptmpack.distribution.oci import (
     MAX_MANIFEST_BYTES,
     sha256_digest,
 )
+from ptmpack.distribution.receive import HashBehind, receive_body
 from ptmpack.distribution.reference import Reference
-from ptmpack.distribution.storetypes import ClientOptions
+from ptmpack.distribution.storetypes import BlobTarget, ClientOptions
 from ptmpack.errors import (
     ENVIRONMENT_ERRNOS,
     EnvironmentFault,
@@ -114,11 +115,9 @@ class RegistryStore:
         scheme = "http" if options.plain_http else "https"
         self.base = f"{scheme}://{ref.location}/v2/{ref.repository}"
         self.origin = origin_of(httpx.URL(self.base))
-        verify: ssl.SSLContext | bool = True
-        if options.ca_file is not None:
-            if not Path(options.ca_file).is_file():
-                raise UsageError(f"CA file {options.ca_file} does not exist")
-            verify = ssl.create_default_context(cafile=str(options.ca_file))
+        if options.ca_file is not None and not Path(options.ca_file).is_file():
+            raise UsageError(f"CA file {options.ca_file} does not exist")
+        verify = _tls_context(*_ca_key(options.ca_file))
         found = find_credentials(ref.location) if credentials is True else credentials
         self.auth = RegistryAuth(found if isinstance(found, Credentials) else None, self.origin, self._fetch_token)
         limits = httpx.Limits(max_connections=options.workers + 2, max_keepalive_connections=options.workers + 2)
@@ -447,21 +446,29 @@ class RegistryStore:
         raise self._fail(r, what)
 
     def fetch_blob(self, digest: str, size: int, partial: Path, progress: Callable[[int], None]) -> int:
-        """Download a blob into ``partial``, resuming from what it already holds; returns bytes received.
+        """Download a blob into the file ``partial``, resuming from what it already holds; returns bytes received.
 
-        The digest is checked over the whole file before returning. After a dropped
-        connection the download is retried with ``Range: bytes=N-`` (``retries``
-        attempts, exponential back-off), so no byte already received is fetched again.
+        The file's size is its record of what arrived (see :meth:`fetch_blob_into`); it is
+        locked while written, so a second process waits, then finds it complete.
 
         Raises:
             IntegrityError: the bytes do not match the digest (the partial file is removed).
+            EnvironmentFault: the disk refused a write (the partial file is removed, exit 8).
             RegistryError: the registry stayed unreachable through every retry.
         """
         try:
             partial.parent.mkdir(parents=True, exist_ok=True)
-            with open(partial, "ab") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # one process per blob; a second waits, then finds it done
-                return self._fetch_locked(digest, size, partial, f, progress)
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # one process per blob; a second waits, then finds it done
+                target = BlobTarget(fd, 0, os.fstat(fd).st_size,
+                                    journal=lambda n: os.ftruncate(fd, 0) if n == 0 else None)
+                return self.fetch_blob_into(digest, size, target, progress)
+            except IntegrityError:
+                partial.unlink(missing_ok=True)
+                raise
+            finally:
+                os.close(fd)
         except OSError as exc:
             if exc.errno not in ENVIRONMENT_ERRNOS:
                 raise
@@ -471,14 +478,29 @@ class RegistryStore:
                                    hint="free some space or point XDG_CACHE_HOME elsewhere; the partial "
                                         "download was removed") from None
 
-    def _fetch_locked(self, digest: str, size: int, partial: Path, f: BinaryIO, progress: Callable[[int], None]) -> int:
+    def fetch_blob_into(self, digest: str, size: int, target: BlobTarget, progress: Callable[[int], None]) -> int:
+        """Download a blob into ``target`` after the bytes it already holds; returns bytes received.
+
+        The digest is checked over the whole blob before returning (what was already
+        there is re-read and hashed first). After a dropped connection the download is
+        retried with ``Range: bytes=N-`` (``retries`` attempts, exponential back-off),
+        so no byte already received is fetched again. Every write is recorded in
+        ``target`` before the next read, so a killed process loses only what the
+        kernel held.
+
+        Raises:
+            IntegrityError: the bytes do not match the digest (``target`` is recorded empty).
+            RegistryError: the registry stayed unreachable through every retry.
+        """
         count = [0]
         attempt, fresh_retry = 0, True
         while True:
-            have = os.path.getsize(partial)
-            h = _hash_file(partial, have)
+            have = target.kept
+            h = hashlib.sha256()
             try:
-                self._stream(digest, size, have, h, f, count, progress)
+                if 0 < have <= size:
+                    _hash_range(h, target, have)
+                self._stream(digest, size, have, h, target, count, progress)
             except (_Restart, _Dropped) as exc:
                 attempt += 1
                 if self.cancelled.is_set():
@@ -489,23 +511,22 @@ class RegistryStore:
                 self._pause(attempt, f"download of blob {digest}")
                 continue
             except IntegrityError:
-                partial.unlink()
+                target.record(0)
                 raise
-            if "sha256:" + h.hexdigest() == digest and os.path.getsize(partial) == size:
+            if "sha256:" + h.hexdigest() == digest and target.kept == size:
                 return count[0]
-            os.truncate(partial, 0)
+            target.record(0)
             if have and fresh_retry:  # a stale partial from an earlier run: start over once
                 fresh_retry = False
                 continue
-            partial.unlink()
             raise IntegrityError(f"blob {digest} from {self.ref.location}/{self.ref.repository} does not match its "
                                  f"digest: the registry's copy is corrupt or was altered", hint="nothing was written")
 
-    def _stream(self, digest: str, size: int, have: int, h: Any, f: BinaryIO, count: list[int],
+    def _stream(self, digest: str, size: int, have: int, h: Any, target: BlobTarget, count: list[int],
                 progress: Callable[[int], None]) -> None:
         if have > size:
-            os.truncate(f.name, 0)
-            raise _Restart("partial file longer than the blob")
+            target.record(0)
+            raise _Restart("partial download longer than the blob")
         if have == size:
             return
         headers = {"Range": f"bytes={have}-"} if have else {}
@@ -516,24 +537,21 @@ class RegistryStore:
                 if r.status_code == 404:
                     raise IntegrityError(f"the manifest names blob {digest}, but {self.ref.location} does not have it")
                 if have and r.status_code == 200:  # the server ignored Range: start again from zero
-                    os.truncate(f.name, 0)
+                    target.record(0)
                     raise _Restart("server ignored the Range request")
                 if r.status_code == 429 or r.status_code >= 500:  # busy or failing: back off and resume
                     raise _Restart(f"HTTP {r.status_code}")
                 if r.status_code not in (200, 206):
                     raise self._fail(Reply(r.status_code, r.headers, read_bounded(r, MAX_ERROR_BODY), r.url), what)
-                pos = have
                 pace = _Pace(self, what)
-                with _HashBehind(h) as behind:
-                    for block in r.iter_raw():  # the transport's own reads: no re-chunking copies
-                        if pos + len(block) > size:
-                            raise IntegrityError(f"{what}: {self.ref.location} sent more bytes than the manifest says")
-                        _write_all(f.fileno(), block)  # unbuffered: a kill loses nothing already read
-                        behind.update(block)
-                        pos += len(block)
-                        count[0] += len(block)
-                        progress(len(block))
-                        pace.tick(len(block))
+
+                def tick(n: int) -> None:
+                    count[0] += n
+                    progress(n)
+                    pace.tick(n)
+
+                with HashBehind(h) as behind:
+                    receive_body(r, have, size, target, behind, tick, what)
         except NetworkError as exc:
             if isinstance(exc, (RegistryError, _Final)):
                 raise
@@ -599,50 +617,21 @@ class RegistryStore:
         return sha256_digest(data)
 
 
-class _HashBehind:
-    """Feed a hash on a second thread, so hashing a blob overlaps reading it from the socket (sha256 releases
-    the GIL). Blocks are handed over in batches of at least ``BATCH`` bytes (one thread wake-up per batch, not
-    per 64 KiB socket read); the queue holds at most ``DEPTH`` batches; leaving waits until every block is
-    hashed, in order."""
-
-    DEPTH = 16
-    BATCH = 1024 * 1024
-
-    def __init__(self, h: Any) -> None:
-        self.h = h
-        self.blocks: queue.Queue[list[bytes] | None] = queue.Queue(self.DEPTH)
-        self.pending: list[bytes] = []
-        self.pending_bytes = 0
-        self.thread = threading.Thread(target=self._run, name="ptmpack-hash", daemon=True)
-
-    def _run(self) -> None:
-        while (batch := self.blocks.get()) is not None:
-            for block in batch:
-                self.h.update(block)
-
-    def update(self, block: bytes) -> None:
-        self.pending.append(block)
-        self.pending_bytes += len(block)
-        if self.pending_bytes >= self.BATCH:
-            self.blocks.put(self.pending)
-            self.pending, self.pending_bytes = [], 0
-
-    def __enter__(self) -> _HashBehind:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pending:
-            self.blocks.put(self.pending)
-        self.blocks.put(None)
-        self.thread.join()
+def _ca_key(ca_file: Path | str | None) -> tuple[str | None, int, int]:
+    if ca_file is None:
+        return None, 0, 0
+    st = os.stat(ca_file)
+    return str(ca_file), st.st_mtime_ns, st.st_size
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd`` (``os.write`` may write less)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+@functools.lru_cache(maxsize=8)
+def _tls_context(ca_file: str | None, mtime_ns: int, size: int) -> ssl.SSLContext:
+    """The TLS trust store of a store: ``ca_file`` alone, else httpx's default (certifi). Built once per process
+    and CA file version: loading a trust store takes about 50 ms, which every store paid again (contexts are safe
+    to share between clients)."""
+    if ca_file is None:
+        return httpx.create_ssl_context()
+    return ssl.create_default_context(cafile=ca_file)
 
 
 class _Pace:
@@ -731,14 +720,13 @@ def _socket_of(response: httpx.Response) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def _hash_file(path: Path, length: int) -> Any:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        remaining = length
-        while remaining:
-            block = f.read(min(8 * 1024 * 1024, remaining))
-            if not block:
-                break
-            h.update(block)
-            remaining -= len(block)
-    return h
+def _hash_range(h: Any, target: BlobTarget, length: int) -> None:
+    """Feed the first ``length`` bytes of ``target`` to ``h`` (what a resumed download already holds)."""
+    pos, end = target.offset, target.offset + length
+    while pos < end:
+        block = os.pread(target.fd, min(8 * 1024 * 1024, end - pos), pos)
+        if not block:
+            target.record(0)
+            raise _Restart("the partial download is shorter than its record")
+        h.update(block)
+        pos += len(block)

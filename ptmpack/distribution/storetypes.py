@@ -36,8 +36,10 @@ class ClientOptions:
     """Overall time limit for the whole operation (``pull --timeout``); None: none."""
     retries: int = 6
     """Attempts per blob download after a connection failure (each resumes with Range)."""
-    upload_chunk: int = 16 * 1024 * 1024
-    """Blobs larger than this are uploaded in PATCH chunks of this size."""
+    upload_chunk: int = 64 * 1024 * 1024
+    """Blobs larger than this are uploaded in PATCH chunks of this size (each PATCH costs the registry a round of
+    bookkeeping: 16 MiB chunks pushed 205 MB in 1.91 s at load 10, 64 MiB in 1.46 s; still under the 100 MB
+    request limits some proxies set)."""
     receive_buffer: int | None = None
     """SO_RCVBUF of every connection; None (the default) leaves it to the kernel's autotuning.
 
@@ -47,6 +49,27 @@ class ClientOptions:
     also caps one connection's window: 1.5 MiB allows about 15 MB/s over a 100 ms path.
     Throughput on real links matters more than a few MiB re-fetched after a kill, so the
     kernel decides unless a caller asks."""
+
+
+class BlobTarget:
+    """Where a download writes: byte ``i`` of the blob goes to ``offset + i`` of the open file ``fd``.
+
+    ``kept`` bytes from the blob's start are already there (what a killed run left);
+    the download resumes after them. :meth:`record` is called after every write with
+    the bytes now there, and with 0 when the download starts over, so the owner can
+    journal it (a partial blob file needs no journal: its size is the record).
+    """
+
+    def __init__(self, fd: int, offset: int = 0, kept: int = 0,
+                 journal: Callable[[int], None] | None = None) -> None:
+        self.fd, self.offset, self.kept = fd, offset, kept
+        self.journal = journal
+
+    def record(self, kept: int) -> None:
+        """``kept`` bytes from the blob's start are written (0: starting over)."""
+        self.kept = kept
+        if self.journal is not None:
+            self.journal(kept)
 
 
 @runtime_checkable
@@ -64,6 +87,11 @@ class Store(Protocol):
 
     def fetch_blob(self, digest: str, size: int, partial: Path, progress: Callable[[int], None]) -> int:
         """Complete ``partial`` with the blob's bytes (resuming what it holds), digest-checked; returns bytes moved."""
+        ...
+
+    def fetch_blob_into(self, digest: str, size: int, target: BlobTarget, progress: Callable[[int], None]) -> int:
+        """Write the blob into ``target`` after the ``target.kept`` bytes already there, digest-checked; returns
+        bytes moved. On a digest mismatch ``target`` is recorded empty and IntegrityError raised."""
         ...
 
     def fetch_range(self, digest: str, start: int, length: int) -> bytes | None:

@@ -40,7 +40,9 @@ def test_layout_round_trip(packages: dict[str, Path], tmp_path: Path, kind: str)
     pulled = pull(f"oci:{layout}:{kind}", out)
     assert out.read_bytes() == packages[kind].read_bytes() and pulled.digest == pushed.digest
     signature = (fallback_tag(pushed.digest),) if kind == "signed" else ()  # the referrers tag of its signature
-    assert ls_ref(f"oci:{layout}").tags == tuple(sorted((kind, *signature)))
+    assert ls_ref(f"oci:{layout}", all_tags=True).tags == tuple(sorted((kind, *signature)))
+    listed = ls_ref(f"oci:{layout}")  # the referrers tag is not a version: listed only when asked for
+    assert listed.tags == (kind,) and listed.hidden == len(signature)
 
 
 def test_layout_blob_corruption_is_refused(packages: dict[str, Path], tmp_path: Path) -> None:

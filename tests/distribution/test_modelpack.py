@@ -33,6 +33,7 @@ from ptmpack.distribution.modelpack import (
 from ptmpack.distribution.oci import MODEL_ARTIFACT_TYPE, RECIPE_MEDIA_TYPE, canonical_json, sha256_digest
 from ptmpack.distribution.reference import parse_reference
 from ptmpack.distribution.registry import RegistryStore
+from ptmpack.distribution.storetypes import BlobTarget
 from ptmpack.errors import IntegrityError
 from tests._support.clirun import assert_clean_error, cli
 from tests._support.registry import Registry
@@ -199,15 +200,16 @@ def test_wrong_ranges_are_refused(tmp_path: Path, how: str) -> None:
     (tmp_path / "old").write_bytes(old)
     table = [hashlib.sha256(new[i: i + chunk]).digest() for i in range(0, len(new), chunk)]
     local = LocalChunks(chunk, [Region(tmp_path / "old", 0, len(old))])
-    partial = tmp_path / "partial"
-    with pytest.raises(IntegrityError) as err:
-        fetch_by_ranges(_Lying(new, how), sha256_digest(new), len(new), table, chunk, local, partial,  # type: ignore[arg-type]
-                        lambda n: None)
-    assert err.value.exit_code == 3 and not partial.exists()
-    # an honest store: only the changed chunk moves, and the rebuilt blob is the new one
-    moved = fetch_by_ranges(_Lying(new, "honest"), sha256_digest(new), len(new), table, chunk, local, partial,  # type: ignore[arg-type]
+    with open(tmp_path / "staged", "w+b") as f:  # the blob's place in a package being assembled, at offset 4096
+        target = BlobTarget(f.fileno(), 4096)
+        with pytest.raises(IntegrityError) as err:
+            fetch_by_ranges(_Lying(new, how), sha256_digest(new), len(new), table, chunk, local, target,  # type: ignore[arg-type]
                             lambda n: None)
-    assert moved == chunk and partial.read_bytes() == new
+        assert err.value.exit_code == 3 and target.kept == 0  # never recorded: a resumed pull starts it over
+        # an honest store: only the changed chunk moves, and the rebuilt blob is the new one, recorded complete
+        moved = fetch_by_ranges(_Lying(new, "honest"), sha256_digest(new), len(new), table, chunk, local, target,  # type: ignore[arg-type]
+                                lambda n: None)
+    assert moved == chunk and target.kept == len(new) and (tmp_path / "staged").read_bytes()[4096:] == new
 
 
 class _RangeServer:

@@ -55,8 +55,10 @@ def test_push_attaches_the_signature_under_the_fallback_tag(registry: Registry, 
     pushed = push(keys["signed"], ref, PushOptions(client=PLAIN))
     assert pushed.signature_referrer is not None
     tag = fallback_tag(pushed.digest)
-    listing = ls_ref(f"{registry.host}/sig/model", PLAIN)
+    listing = ls_ref(f"{registry.host}/sig/model", PLAIN, all_tags=True)
     assert tag in listing.tags  # docker-registry 2.8 has no referrers API: the tag schema is what it gets
+    plain = ls_ref(f"{registry.host}/sig/model", PLAIN)  # not a version: hidden unless asked for
+    assert tag not in plain.tags and "v1" in plain.tags and plain.hidden == 1
     fp = key_fingerprint(keys["signer"].public_key()).hex()
     assert ls_ref(ref, PLAIN).package.signers == (fp,)  # type: ignore[union-attr]
     store = RegistryStore(parse_reference(ref), PLAIN)
@@ -122,7 +124,8 @@ def test_referrer_of_another_subject_is_refused(registry: Registry, keys: dict, 
 def test_layout_signatures(keys: dict, tmp_path: Path) -> None:
     layout = tmp_path / "layout"
     pushed = push(keys["signed"], f"oci:{layout}:v1")
-    assert fallback_tag(pushed.digest) in ls_ref(f"oci:{layout}").tags
+    assert fallback_tag(pushed.digest) in ls_ref(f"oci:{layout}", all_tags=True).tags
+    assert ls_ref(f"oci:{layout}").tags == ("v1",)
     run = cli("pull", f"oci:{layout}:v1", "-o", tmp_path / "out.ptm", "--pubkey", keys["pub"])
     assert run.code == 0, run.err
     assert (tmp_path / "out.ptm").read_bytes() == keys["signed"].read_bytes()
