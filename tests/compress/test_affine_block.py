@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -111,10 +113,10 @@ def deployed_layer(layer: DecoderLayer, res) -> DecoderLayer:
     return DecoderLayer(deployed_params(layer, res), layer.config, layer.index)
 
 
-@pytest.mark.parametrize("transform", ["full", "diagonal"])
+@pytest.mark.parametrize("transform", ["block", "full", "diagonal"])
 def test_merged_transforms_preserve_block_outputs(transform):
     layer, x = tiny_layer(), tiny_inputs(8)
-    opts = AffineOptions(bits=4, group_size=16, epochs=3, transform=transform, batch_size=4, lr=2e-2)
+    opts = AffineOptions(bits=4, group_size=16, epochs=3, transform=transform, block_size=16, batch_size=4, lr=2e-2)
     res = affine_quantize_block(layer, x, opts)
     with torch.no_grad():
         out = deployed_layer(layer, res)(x)
@@ -122,11 +124,28 @@ def test_merged_transforms_preserve_block_outputs(transform):
     if transform == "diagonal":
         assert not res.transforms                  # every inverse merged into norms and v_proj
         assert "self_attn.o_proj.bias" in res.floats  # the value→output shift merges into biases
-    else:
-        assert set(res.transforms) == {"input_layernorm", "post_attention_layernorm"}
-        m, shift = res.transforms["input_layernorm"]
-        assert m.shape == (48, 48) and shift.shape == (48,)
-        assert torch.allclose(torch.linalg.inv(m).diagonal(), torch.ones(48))  # diagonal part is in the norm
+        return
+    assert set(res.transforms) == {"input_layernorm", "post_attention_layernorm"}
+    m, shift = res.transforms["input_layernorm"]
+    assert shift.shape == (48,)
+    if transform == "block":  # only the three 16-by-16 diagonal blocks are stored, and they are not diagonal
+        assert m.shape == (3, 16, 16)
+        assert all((b - torch.diag(b.diagonal())).abs().max() > 0 for b in m)
+        m = torch.block_diag(*m)
+    assert m.shape == (48, 48)
+    assert torch.allclose(torch.linalg.inv(m).diagonal(), torch.ones(48))  # diagonal part is in the norm
+
+
+def test_block_mask_keeps_the_transform_block_diagonal_and_fills_each_block_by_the_last_epoch():
+    mask = gradual_mask(12, band_width(4, 2, 3), 0.5, block=4)
+    blocks = torch.block_diag(*[torch.ones(4, 4)] * 3)
+    assert torch.equal(mask != 0, blocks != 0)                     # the last epoch opens each block fully
+    assert torch.equal(mask.diagonal(), torch.ones(12))
+    first = gradual_mask(12, band_width(4, 0, 3), 0.5, block=4)
+    assert torch.equal(first, torch.eye(12))
+    assert AffineOptions(transform="block", block_size=64).block_of(576) == 64
+    assert AffineOptions(transform="block", block_size=64).block_of(48) == 16     # gcd where 64 does not divide
+    assert AffineOptions(transform="full").block_of(576) is None
 
 
 def test_gqa_value_output_transform_lives_at_kv_width():
@@ -161,3 +180,36 @@ def test_smoothquant_start_merges_completely():
     torch.testing.assert_close(res.floats["input_layernorm.weight"], want, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(deployed_layer(layer, res)(x), res.outputs, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_path_reads_each_block_when_its_turn_comes_and_equals_the_in_memory_path():
+    """affine_quantize_checkpoint reads block i+1's tensors only after block i was handed over, and learns
+    exactly what affine_quantize_model learns on the same model held in memory."""
+    from ptmpack.compress.quant.affine.model import affine_quantize_checkpoint, affine_quantize_model
+    from ptmpack.compress.quant.affine.torch_llama import CausalLM
+
+    cfg = dataclasses.replace(CFG, num_layers=3)
+    g = torch.Generator().manual_seed(7)
+    tensors = {"model.embed_tokens.weight": torch.randn(40, 48, generator=g), "model.norm.weight": torch.ones(48)}
+    for i in range(3):
+        tensors.update({f"model.layers.{i}.{k}": v for k, v in tiny_layer(i).params.items()})
+    windows = torch.randint(0, 40, (4, 16), generator=g).numpy()
+    opts = AffineOptions(bits=4, group_size=16, epochs=2, batch_size=2, lr=2e-2)
+    events: list[tuple[str, object]] = []
+
+    def read(name: str) -> torch.Tensor:
+        events.append(("read", name))
+        return tensors[name]
+
+    streamed = affine_quantize_checkpoint(read, list(tensors), cfg, windows, opts,
+                                          finished=lambda layer, r: events.append(("done", layer.index)))
+    for i in range(2):
+        handed = events.index(("done", i))
+        assert all(not (kind == "read" and str(n).startswith(f"model.layers.{i + 1}.")) for kind, n in events[:handed])
+        assert all(not (kind == "read" and str(n).startswith(f"model.layers.{i}.")) for kind, n in events[handed:])
+    assert sum(kind == "read" for kind, _ in events) == len(tensors) - 1     # each once; the final norm never
+    held = affine_quantize_model(CausalLM.from_tensors(tensors, cfg), windows, opts)
+    for i in range(3):
+        assert streamed.layers[i].stats["final_mse"] == pytest.approx(held.layers[i].stats["final_mse"], rel=1e-5)
+        for name, q in held.layers[i].quantized.items():
+            assert torch.equal(streamed.layers[i].quantized[name].q, q.q)

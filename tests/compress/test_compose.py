@@ -38,14 +38,14 @@ RUNS = [
     ("llama-mha", PRUNE_HEADS, "rtn"), ("llama-mha", PRUNE_HEADS, "gptq"),
     ("llama", PRUNE_QUERY_HEADS, "rtn"), ("llama", PRUNE_QUERY_HEADS, "gptq"),
 ]
-TORCH_RUNS = [("llama", FOLD_AFFINE, "affine"), ("llama", PRUNE_FFN, "affine"), ("llama", FOLD_AFFINE, "ptq"),
+TORCH_RUNS = [("llama", FOLD_AFFINE, "affine"), ("llama", FOLD_UNIFIED, "affine"), ("llama", PRUNE_FFN, "affine"),
+              ("llama", FOLD_AFFINE, "ptq"),
               ("llama", PRUNE_FFN_STRUCTURE, "gptq"), ("bert", PRUNE_FFN_STRUCTURE, "rtn"), ("bert", {}, "ptq"),
               ("llama", PRUNE_HEADS, "affine"), ("llama", PRUNE_HEADS, "ptq"), ("llama", PRUNE_HEADS_STRUCTURE, "rtn"),
               ("llama-mha", PRUNE_HEADS, "affine"), ("llama-mha", PRUNE_HEADS, "ptq"),
               ("llama", PRUNE_QUERY_HEADS, "affine"), ("llama", PRUNE_QUERY_HEADS, "ptq")]
 REFUSED = [
     ("bert", FOLD_AFFINE, "rtn", "no normalization can be folded exactly"),
-    ("llama", FOLD_UNIFIED, "affine", "AffineQuant"),
     ("bert", PRUNE_HEADS, "affine", "decoder"),
     ("bert", PRUNE_HEADS, "ptq", "head-pruned"),
     ("bert", PRUNE_QUERY_HEADS, "rtn", "own keys and values"),

@@ -177,7 +177,7 @@ def fold_transforms(tensors: Any, config: dict[str, Any]) -> int:
         block, _, norm = base.rpartition(".")
         if norm not in TRANSFORM_CONSUMERS:
             raise UnsupportedError(f"{m_name}: cannot fold an affine transform after {norm!r} into float weights")
-        m = np.asarray(tensors[m_name], dtype=np.float64)
+        m = _dense(np.asarray(tensors[m_name], dtype=np.float64))
         shift_name = f"{base}.{AFFINE}.shift"
         shift = np.asarray(tensors[shift_name], dtype=np.float64) if shift_name in tensors.where else None
         for consumer in TRANSFORM_CONSUMERS[norm]:
@@ -200,6 +200,18 @@ def fold_transforms(tensors: Any, config: dict[str, Any]) -> int:
     if biased:
         _complete_biases(tensors, config)
     return folded
+
+
+def _dense(m: np.ndarray) -> np.ndarray:
+    """A transform as the ``[D_out, D_in]`` matrix: a block-diagonal one (``[K, B_out, B_in]``, its
+    diagonal blocks) expanded with zeros off the blocks."""
+    if m.ndim != 3:
+        return m
+    k, b_out, b_in = m.shape
+    dense = np.zeros((k * b_out, k * b_in), m.dtype)
+    for i in range(k):
+        dense[i * b_out:(i + 1) * b_out, i * b_in:(i + 1) * b_in] = m[i]
+    return dense
 
 
 def _complete_biases(tensors: Any, config: dict[str, Any]) -> None:

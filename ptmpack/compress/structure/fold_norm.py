@@ -247,7 +247,7 @@ class FoldNormStep:
     """Pipeline step ``--fold-norm affine|unified`` with the before/after report (a :class:`Step`)."""
 
     def check(self, spec: CompressSpec) -> None:
-        """Nothing beyond :meth:`CompressSpec.check`; AffineQuant refuses unified norms in its own check."""
+        """Nothing beyond :meth:`CompressSpec.check` (every quantizer that follows reads the unified-norm record)."""
 
     def run(self, tree: Path, ctx: StepContext) -> StepRecord:
         """Fold the norms (:func:`fold_norm`).

@@ -23,6 +23,7 @@ activations through the quantized transformed weight.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,10 +32,17 @@ import torch
 
 from ptmpack.compress.quant.affine.quantizer import Clipping, QuantFormat, QuantizedTensor, fake_quantize, quantize
 from ptmpack.compress.quant.affine.torch_llama import LINEARS, DecoderLayer
-from ptmpack.compress.quant.affine.transforms import AffineTransform, band_width, gradual_mask, smooth_scales
+from ptmpack.compress.quant.affine.transforms import (
+    AffineTransform,
+    band_width,
+    block_inverse,
+    diagonal_blocks,
+    gradual_mask,
+    smooth_scales,
+)
 from ptmpack.errors import UsageError
 
-TRANSFORM_KINDS = ("full", "diagonal", "identity")
+TRANSFORM_KINDS = ("block", "full", "diagonal", "identity")
 IN_PROJ = {"attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
            "mlp_in": ("mlp.gate_proj", "mlp.up_proj")}
 NORM_OF = {"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"}
@@ -55,8 +63,13 @@ class AffineOptions:
     batch_size: int = 4
     smooth_strength: float = 0.5
     shift: bool = True
-    transform: str = "full"
-    """full (paper), diagonal (every inverse merges into norms/v_proj), identity (A fixed to I: RTN + LWC)."""
+    transform: str = "block"
+    """block (the hidden-width transforms block-diagonal, ``block_size`` wide: what cannot merge is stored at
+    ``d·block`` instead of ``d²`` values), full (paper: dense ``d × d``), diagonal (every inverse merges into
+    norms/v_proj), identity (A fixed to I: RTN + LWC)."""
+    block_size: int = 64
+    """Width of the diagonal blocks of a ``block`` transform; a hidden width it does not divide uses
+    ``gcd(d, block_size)``."""
     lwc: bool = True
     device: str = "cpu"
 
@@ -65,6 +78,12 @@ class AffineOptions:
             raise UsageError(f"affine transform must be one of {', '.join(TRANSFORM_KINDS)}, not {self.transform!r}")
         if self.epochs < 0 or self.batch_size < 1:
             raise UsageError("epochs must be ≥ 0 and batch size ≥ 1")
+        if self.block_size < 1:
+            raise UsageError(f"affine block size must be ≥ 1, not {self.block_size}")
+
+    def block_of(self, dim: int) -> int | None:
+        """The diagonal block width of the hidden-width transforms at ``dim``, or None for a dense transform."""
+        return math.gcd(dim, self.block_size) if self.transform == "block" else None
 
     @property
     def fmt(self) -> QuantFormat:
@@ -79,7 +98,8 @@ class BlockResult:
     floats: dict[str, torch.Tensor]
     """Merged float tensors that replace or join the block's: norm weights, projection biases."""
     transforms: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
-    """Unmerged transforms by the norm they follow: (M ``[d, d]``, shift ``[d]`` or None), ``y = (x − shift)·Mᵀ``."""
+    """Unmerged transforms by the norm they follow: (M, shift ``[d]`` or None), ``y = (x − shift)·Mᵀ``; M is
+    ``[d, d]`` (full) or its diagonal blocks ``[d/b, b, b]`` (block: ``y_k = (x − shift)_k·M_kᵀ`` per block k)."""
     outputs: torch.Tensor
     """The quantized block's output on the quantized inputs: the next block's input."""
     fp_outputs: torch.Tensor
@@ -98,7 +118,8 @@ class _Learner:
             wmax = torch.stack([p[f"{n}.weight"].abs().amax(0) for n in names]).amax(0)
             diag = smooth_scales(stats[key], wmax, opts.smooth_strength) if learn else torch.ones_like(wmax)
             # a shift after a norm needs an explicit operator, so only the full transform learns one
-            self.t[key] = AffineTransform(diag[None], shift=opts.shift and opts.transform == "full", learn_matrix=learn)
+            shift = opts.shift and opts.transform in ("full", "block")
+            self.t[key] = AffineTransform(diag[None], shift=shift, learn_matrix=learn)
         wo = p["self_attn.o_proj.weight"].abs().amax(0).view(c.num_kv_heads, c.kv_groups, c.head_dim).amax(1)
         diag = smooth_scales(stats["attn_vo"], wo, opts.smooth_strength) if learn else torch.ones_like(wo)
         self.t["attn_vo"] = AffineTransform(diag, shift=opts.shift and learn, learn_matrix=learn)
@@ -108,12 +129,18 @@ class _Learner:
         self.clips = {n: Clipping(p[f"{n}.weight"].shape[0], p[f"{n}.weight"].shape[1] // fmt.group_size, dev)
                       for n in LINEARS} if opts.lwc else {}
         self.dev = dev
+        self.block = opts.block_of(c.hidden_size)
 
     def masks(self, epoch: int) -> dict[str, torch.Tensor]:
-        e = self.opts.epochs
-        full = self.opts.transform == "full"
-        return {key: gradual_mask(t.d, band_width(t.d, epoch, e) if full else 1, self.opts.alpha, device=self.dev)
-                for key, t in self.t.items()}
+        """The gradual masks of ``epoch``: the band grows to the whole matrix (``full``, and ``attn_vo``'s
+        per-head blocks) or to the whole diagonal block (``block``) by the last epoch; ``diagonal`` stays 1 wide."""
+        e, learn = self.opts.epochs, self.opts.transform in ("full", "block")
+        out = {}
+        for key, t in self.t.items():
+            block = self.block if key in IN_PROJ else None
+            band = band_width(block or t.d, epoch, e) if learn else 1
+            out[key] = gradual_mask(t.d, band, self.opts.alpha, block=block, device=self.dev)
+        return out
 
     def parameters(self) -> list[dict[str, Any]]:
         groups: list[dict[str, Any]] = []
@@ -129,7 +156,7 @@ class _Learner:
         m: dict[str, torch.Tensor] = {}
         for key in IN_PROJ:
             m[key] = self.t[key].matrix(masks[key])[0]
-            m[key + "_inv"] = torch.linalg.inv(m[key])
+            m[key + "_inv"] = block_inverse(m[key], self.block)
         vo = self.t["attn_vo"]
         blocks = vo.matrix(masks["attn_vo"])
         inv = torch.linalg.inv(blocks)
@@ -196,12 +223,20 @@ class _Learner:
             return quantized, floats, transforms
         for key, norm in NORM_OF.items():
             cmat, shift = m[key], _nonzero(self.t[key].shift)
-            d = cmat.diagonal()
-            floats[f"{norm}.weight"] = p[f"{norm}.weight"] / d          # diagonal part merged into the norm
-            u_inv = torch.linalg.inv(cmat / d[None, :])                   # C = U·D, C⁻¹ = D⁻¹·U⁻¹
+            if norm in self.layer.identity_norms:
+                # a unified norm was folded away: no norm weight takes the diagonal, so all of C⁻¹ is stored
+                d = torch.ones(cmat.shape[0], device=cmat.device)
+                u_inv = m[key + "_inv"]
+                block = 1 if self.opts.transform == "diagonal" else self.block
+            else:
+                d = cmat.diagonal()
+                floats[f"{norm}.weight"] = p[f"{norm}.weight"] / d          # diagonal part merged into the norm
+                u_inv = block_inverse(cmat / d[None, :], self.block)         # C = U·D, C⁻¹ = D⁻¹·U⁻¹
+                block = self.block
             eye = torch.eye(len(d), device=d.device)
             if not torch.equal(u_inv, eye) or shift is not None:
-                transforms[norm] = (u_inv.T.contiguous(), None if shift is None else (shift / d).detach().clone())
+                stored = u_inv.T if block is None else diagonal_blocks(u_inv.T, block)
+                transforms[norm] = (stored.contiguous(), None if shift is None else (shift / d).detach().clone())
             if shift is not None:
                 for n in IN_PROJ[key]:
                     b = p[f"{n}.weight"] @ shift + p.get(f"{n}.bias", 0)

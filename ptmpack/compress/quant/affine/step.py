@@ -10,8 +10,10 @@ What happens to ``Model/``:
   learned shifts become projection biases (``attention_bias``/``mlp_bias`` are then set in
   ``config.json``, with zero biases where a projection has none, so the layout stays the one
   transformers builds);
-* what cannot merge — the full unit-diagonal matrix after each RMSNorm and its shift — is stored
-  beside the norm as ``{norm}.affine_transform.weight`` ``[d, d]`` and ``.shift`` ``[d]``, and
+* what cannot merge — the unit-diagonal matrix after each RMSNorm and its shift — is stored
+  beside the norm as ``{norm}.affine_transform.weight`` and ``.shift`` ``[d]`` (float32), the matrix
+  as its diagonal blocks ``[d/b, b, b]`` (the default block-diagonal transform, b = 64) or ``[d, d]``
+  (a full transform), and
   ``graph.json`` runs it as an explicit ``affine_transform`` operator
   (:mod:`ptmpack.ir.ops.affine`). ``ptmpack run``/``eval`` execute it; transformers and vLLM do
   not know it, which the step record says.
@@ -49,66 +51,63 @@ def require_torch() -> Any:
     return torch
 
 
-def _store(tensors: Any, name: str, value: np.ndarray, file: str) -> None:
-    """Add or replace a float tensor of the tree's weights (saved with the next ``tensors.save()``)."""
-    tensors.files[file][name] = np.ascontiguousarray(value)
-    tensors.where[name] = file
-    tensors.changed.add(file)
-
-
 class AffineStep:
     """The ``--quant affine`` step (a :class:`ptmpack.compress.step.Step`)."""
 
     def check(self, spec: CompressSpec) -> None:
-        """Refuse ``--fold-norm unified`` before any work (see :func:`refuse_unified_norms`).
-
-        Raises:
-            UnsupportedError: the spec unifies the norms too.
-        """
-        refuse_unified_norms(spec)
+        """Nothing beyond :meth:`CompressSpec.check`: every ``--fold-norm`` mode combines with AffineQuant."""
 
     def run(self, tree: Path, ctx: StepContext) -> StepRecord:
         """Learn the transforms and quantize (:func:`affine_quantize_tree`)."""
         return affine_quantize_tree(tree, ctx)
 
 
-def refuse_unified_norms(spec: CompressSpec) -> None:
-    """AffineQuant cannot follow ``--fold-norm unified`` (physics, not a missing feature).
+def folded_norms(tree: Path, config: dict[str, Any]) -> set[str]:
+    """The norm weights (``model.layers.0.input_layernorm.weight``, …) that ``--fold-norm unified`` folded away.
+
+    config.json's unified-norm record names graph operators; the converter's graph (before the
+    record is applied) says which weight each one normalizes with. Those norms are the identity
+    now: AffineQuant runs them as such, and the transforms after them are stored whole.
 
     Raises:
-        UnsupportedError: ``spec`` asks for both.
+        UnsupportedError: a norm was kept as an explicit ``unified_norm`` (its output also feeds
+            something other than linears, which a LLaMA pre-norm block never does).
     """
-    if spec.fold_norm == "unified" and spec.quant == "affine":
-        raise UnsupportedError("--fold-norm unified with --quant affine: AffineQuant learns its transforms in a "
-                               "PyTorch LLaMA that normalizes on line and merges them into the norm weights, "
-                               "which the unified norms have replaced by fixed statistics",
-                               hint="--fold-norm affine combines with any --quant")
+    from ptmpack.compress.tree.rebuild import MARKER, NORMS
+    from ptmpack.ir.convert_hf import model_from_dir
+
+    marker = config.get(MARKER)
+    if not isinstance(marker, dict):
+        return set()
+    if marker.get("explicit"):
+        raise UnsupportedError(f"--quant affine: unified norms {sorted(marker['explicit'])} stay explicit because "
+                               "their outputs also feed the residual stream; AffineQuant's pre-norm LLaMA blocks "
+                               "have none")
+    folded = set(marker.get("folded", []))
+    graph = model_from_dir(tree / "Model", name=tree.name).main_graph
+    return {node.inputs[NORMS[node.type][0]][0] for node in graph.operators if node.name in folded}
 
 
 def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
     """Learn AffineQuant transforms block by block on the calibration windows and rewrite ``tree``'s ``Model/``.
 
-    Returns the step record for ``technicalinfo.compression``.
+    The checkpoint is read one block at a time (:func:`~.model.affine_quantize_checkpoint`); of each
+    finished block only its packed integer weights, merged float tensors and transforms are kept,
+    and the weight files are then rewritten once (:meth:`WeightFiles.rewrite`: untouched tensors are
+    copied by the kernel). Returns the step record for ``technicalinfo.compression``.
 
     Raises:
         UnsupportedError: no torch, not a LLaMA-family decoder, or CUDA asked for but absent.
         UsageError: no calibration text, or a group size that does not divide a linear's input width.
     """
     torch = require_torch()
-    from ptmpack.compress.quant.affine.block import AffineOptions
-    from ptmpack.compress.quant.affine.model import affine_quantize_model
-    from ptmpack.compress.quant.affine.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, CausalLM, LlamaConfig
-    from ptmpack.compress.quant.linear import (
-        ModelTensors,
-        Target,
-        choose_group_size,
-        find_targets,
-        ignored_linears,
-        load_model,
-        regraph,
-    )
-    from ptmpack.compress.quant.pack_quantized import QuantizedWeight, quantization_config
+    from ptmpack.compress.quant.affine.block import AffineOptions, BlockResult
+    from ptmpack.compress.quant.affine.model import affine_quantize_checkpoint
+    from ptmpack.compress.quant.affine.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, DecoderLayer, LlamaConfig
+    from ptmpack.compress.quant.linear import choose_group_size, find_targets, ignored_linears, load_model, regraph
+    from ptmpack.compress.quant.pack_quantized import SHAPE, QuantizedWeight, quantization_config, quantized_tensors
     from ptmpack.compress.tree.documents import read_json, write_json
+    from ptmpack.compress.tree.weights import TensorSpec, WeightFiles
 
     spec, tree = ctx.spec, Path(tree)
     if spec.device == "cuda" and not torch.cuda.is_available():
@@ -119,54 +118,67 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
     targets = find_targets(load_model(tree))
     group = choose_group_size(targets, spec.group_size)
     calibration = ctx.calib()
-    tensors = ModelTensors(tree / "Model")
-    size_before = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
-    model = CausalLM.from_tensors({n: tensors[n] for n in tensors.names()}, cfg, device=spec.device)
+    weights = WeightFiles(tree / "Model")
+    size_before = weights.file_bytes()
+    identity = folded_norms(tree, config)
     opts = AffineOptions(bits=spec.bits, group_size=group, symmetric=spec.symmetric, epochs=spec.epochs,
                          device=spec.device)
-    result = affine_quantize_model(model, calibration.windows, opts, progress=ctx.progress)
-    del model
-    biased = False
-    for i, r in result.layers.items():
-        head = f"{LAYER_PREFIX}{i}."
-        file = tensors.where[f"{head}input_layernorm.weight"]
+    # what each existing tensor becomes: itself with new values, or the tensors that take its place
+    becomes: dict[str, dict[str, np.ndarray]] = {}
+
+    def keep(layer: DecoderLayer, r: BlockResult) -> None:
+        head = f"{LAYER_PREFIX}{layer.index}."
         for name, qt in r.quantized.items():
             q = QuantizedWeight(qt.q.cpu().numpy(), qt.scale.cpu().numpy(),
                                 None if qt.zero_point is None else qt.zero_point.cpu().numpy(), spec.bits, group)
-            rows, cols = q.shape
-            tensors.store(Target(f"{head}{name}", f"{head}{name}.weight", name, cols, rows), q)
+            becomes[f"{head}{name}.weight"] = quantized_tensors(f"{head}{name}", q)
+        r.quantized = {}  # packed above: the block's torch codes need not stay
         for name, value in r.floats.items():
-            _store(tensors, f"{head}{name}", value.detach().cpu().numpy().astype(np.float32), file)
-            biased = biased or name.endswith(".bias")
+            full = f"{head}{name}"
+            array = value.detach().cpu().numpy().astype(np.float32)
+            if full in weights:
+                becomes.setdefault(full, {})[full] = array
+            else:  # a new bias: it goes after its linear's packed weight
+                becomes[f"{full[: -len('.bias')]}.weight"][full] = array
         for norm, (m, shift) in r.transforms.items():
-            _store(tensors, f"{head}{norm}.{AFFINE}.weight", m.cpu().numpy().astype(np.float32), file)
+            at = becomes.setdefault(f"{head}{norm}.weight", {f"{head}{norm}.weight": weights.read(f"{head}{norm}.weight")})
+            at[f"{head}{norm}.{AFFINE}.weight"] = m.detach().cpu().numpy().astype(np.float32)
             if shift is not None:
-                _store(tensors, f"{head}{norm}.{AFFINE}.shift", shift.cpu().numpy().astype(np.float32), file)
+                at[f"{head}{norm}.{AFFINE}.shift"] = shift.detach().cpu().numpy().astype(np.float32)
+
+    result = affine_quantize_checkpoint(weights.read, weights.names(), cfg, calibration.windows, opts,
+                                        identity_norms=identity, progress=ctx.progress, finished=keep)
+    biased = any(n.endswith(".bias") for arrays in becomes.values() for n in arrays)
     if biased:  # transformers builds biases on all attention (or all MLP) projections or none
         for i in result.layers:
             for name in LINEARS:
-                bias = f"{LAYER_PREFIX}{i}.{name}.bias"
-                if bias not in tensors.where:
-                    rows = cfg.hidden_size if name in ("self_attn.o_proj", "mlp.down_proj") else \
-                        cfg.intermediate_size if name.startswith("mlp.") else \
-                        cfg.num_heads * cfg.head_dim if name.endswith("q_proj") else cfg.kv_dim
-                    _store(tensors, bias, np.zeros(rows, np.float32),
-                           tensors.where[f"{LAYER_PREFIX}{i}.input_layernorm.weight"])
+                bias, weight = f"{LAYER_PREFIX}{i}.{name}.bias", f"{LAYER_PREFIX}{i}.{name}.weight"
+                if bias not in weights and bias not in becomes[weight]:
+                    rows = int(becomes[weight][f"{LAYER_PREFIX}{i}.{name}.{SHAPE}"][0])
+                    becomes[weight][bias] = np.zeros(rows, np.float32)
         config["attention_bias"] = config["mlp_bias"] = True
-    tensors.save()
-    ignore = [n for n in ignored_linears({n: tensors[n].shape for n in tensors.names()}, targets, decoder=True) if not n.endswith(f".{AFFINE}")]
+    plan = {name: [TensorSpec.of(n, a) for n, a in arrays.items()] for name, arrays in becomes.items()}
+    weights.rewrite(plan, becomes.pop)
+    shapes = {n: weights.spec(n).shape for n in weights.names()}
+    ignore = [n for n in ignored_linears(shapes, targets, decoder=True) if not n.endswith(f".{AFFINE}")]
     config["quantization_config"] = quantization_config(spec.bits, group, spec.symmetric, ignore)
     write_json(config_path, config)
     regraph(tree)
-    size_after = sum((tree / "Model" / f).stat().st_size for f in tensors.files)
+    size_after = weights.file_bytes()
     unmerged = sum(len(r.transforms) for r in result.layers.values())
+    stored = [m for r in result.layers.values() for m, _ in r.transforms.values()]
+    block = opts.block_of(cfg.hidden_size)
     details: dict[str, Any] = {
         "layers_quantized": len(result.layers) * len(LINEARS),
         "size_before": size_before, "size_after": size_after, "seconds": round(result.seconds, 3),
         "calibration": calibration.record(),
         "affine": {"epochs": opts.epochs, "alpha": opts.alpha, "lr": opts.lr, "lwc_lr": opts.lwc_lr,
                    "batch_size": opts.batch_size, "transform": opts.transform, "shift": opts.shift,
-                   "device": opts.device, "dominance": result.violations(), "unmerged_transforms": unmerged,
+                   "block_size": block, "device": opts.device, "dominance": result.violations(), "unified_norms": len(identity),
+                   "unmerged_transforms": unmerged,
+                   "transform_storage": {"layout": "dense" if block is None else "block-diagonal", "dtype": "float32",
+                                         "shape": list(stored[0].shape) if stored else None,
+                                         "bytes": sum(4 * m.numel() for m in stored)},
                    "method_defaults": {name: getattr(spec, name) for name in spec.defaulted},
                    "merged": ["norm weights (diagonal parts)", "v_proj/o_proj (value→output, per kv head)",
                               "projection biases (shifts)"]},

@@ -8,6 +8,11 @@ without copying the block, and see what goes into each linear. The arithmetic fo
 IR): pre-RMSNorm, rotate-half RoPE, grouped-query causal attention, SwiGLU MLP, optional
 projection biases. Weights are ``[out, in]`` and applied as ``x Wᵀ``.
 
+Unified norms (``--fold-norm unified``, §7.2.4) are affine maps with fixed statistics that were
+folded into the linears reading them, so the graph has no norm there any more: a block (or the
+model's final norm) built with ``identity_norms`` passes those norms' inputs through unchanged,
+as the IR model does.
+
 GQA layout: key/value head ``j`` serves the query heads ``j·g … j·g + g − 1`` (``g`` =
 heads / kv-heads), as ``repeat_kv`` in transformers.
 
@@ -18,7 +23,7 @@ itself needs torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +39,11 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 NORMS = ("input_layernorm", "post_attention_layernorm")
 AFFINE = "affine_transform"
 """An unmerged AffineQuant transform after a norm is stored as ``{norm}.affine_transform.weight`` ``[d, d]``
-and optionally ``{norm}.affine_transform.shift`` ``[d]``; it computes ``(h − shift)·weightᵀ``."""
+(or its diagonal blocks ``[d/b, b, b]``) and optionally ``{norm}.affine_transform.shift`` ``[d]``; it computes
+``(h − shift)·weightᵀ`` (block by block for the block-diagonal form)."""
 LAYER_PREFIX = "model.layers."
+FINAL_NORM = "model.norm.weight"
+EMBED = "model.embed_tokens.weight"
 _LLAMA_TYPES = ("llama", "mistral", "qwen2")
 
 Capture = Callable[[str, torch.Tensor], None]
@@ -124,7 +132,12 @@ def _transform(p: Mapping[str, torch.Tensor], norm: str, h: torch.Tensor) -> tor
     if m is None:
         return h
     shift = p.get(f"{norm}.{AFFINE}.shift")
-    return F.linear(h if shift is None else h - shift, m)
+    h = h if shift is None else h - shift
+    if m.dim() == 2:
+        return F.linear(h, m)
+    n, b_out, b_in = m.shape  # block-diagonal: y_k = h_k·M_kᵀ for each block k
+    y = torch.einsum("...ni,noi->...no", h.reshape(*h.shape[:-1], n, b_in), m)
+    return y.reshape(*h.shape[:-1], n * b_out)
 
 
 class DecoderLayer:
@@ -134,12 +147,18 @@ class DecoderLayer:
     optional ``….bias``, optional ``{norm}.affine_transform.weight``/``.shift``) to tensors. :meth:`forward` takes ``overrides`` with the same names,
     which replace the stored tensors for that call only: the way a compressor runs the block
     with transformed or fake-quantized weights and still gets gradients for them.
+    ``identity_norms`` names the norms (``input_layernorm``, ``post_attention_layernorm``) that
+    unified normalization folded away: they pass their input through.
     """
 
-    def __init__(self, params: Mapping[str, torch.Tensor], config: LlamaConfig, index: int = 0) -> None:
+    def __init__(self, params: Mapping[str, torch.Tensor], config: LlamaConfig, index: int = 0, *,
+                 identity_norms: Collection[str] = ()) -> None:
         self.params = dict(params)
         self.config = config
         self.index = index
+        self.identity_norms = frozenset(identity_norms)
+        if not self.identity_norms <= set(NORMS):
+            raise UnsupportedError(f"layer {index}: unknown norms {sorted(self.identity_norms - set(NORMS))}")
         self._rope: dict[tuple[int, str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         for name in (*(f"{n}.weight" for n in LINEARS), *(f"{n}.weight" for n in NORMS)):
             if name not in self.params:
@@ -148,15 +167,19 @@ class DecoderLayer:
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, Any], config: LlamaConfig, layer_index: int, *,
                      prefix: str = LAYER_PREFIX, dtype: torch.dtype = torch.float32,
-                     device: str | torch.device = "cpu") -> DecoderLayer:
+                     device: str | torch.device = "cpu", identity_norms: Collection[str] = ()) -> DecoderLayer:
         """The block ``{prefix}{layer_index}.*`` of a checkpoint's tensor map (numpy arrays or tensors).
+
+        ``identity_norms``: checkpoint names of norm weights folded away by unified normalization
+        (``model.layers.3.input_layernorm.weight``); those of other blocks are ignored.
 
         Raises:
             UnsupportedError: a weight the block needs is missing.
         """
         head = f"{prefix}{layer_index}."
         params = {k[len(head):]: as_tensor(v, dtype, device) for k, v in tensors.items() if k.startswith(head)}
-        return cls(params, config, layer_index)
+        folded = {n[len(head):-len(".weight")] for n in identity_norms if n.startswith(head) and n.endswith(".weight")}
+        return cls(params, config, layer_index, identity_norms=folded)
 
     def tensors(self, prefix: str = LAYER_PREFIX) -> dict[str, torch.Tensor]:
         """The block's tensors under their checkpoint names."""
@@ -183,7 +206,11 @@ class DecoderLayer:
                 capture(name, inp)
             return F.linear(inp, p[f"{name}.weight"], p.get(f"{name}.bias"))
 
-        h = _transform(p, "input_layernorm", rms_norm(x, p["input_layernorm.weight"], c.rms_norm_eps))
+        def norm(name: str, inp: torch.Tensor) -> torch.Tensor:
+            h = inp if name in self.identity_norms else rms_norm(inp, p[f"{name}.weight"], c.rms_norm_eps)
+            return _transform(p, name, h)
+
+        h = norm("input_layernorm", x)
         q = linear("self_attn.q_proj", h).view(b, s, c.num_heads, c.head_dim).transpose(1, 2)
         k = linear("self_attn.k_proj", h).view(b, s, c.num_kv_heads, c.head_dim).transpose(1, 2)
         v = linear("self_attn.v_proj", h).view(b, s, c.num_kv_heads, c.head_dim).transpose(1, 2)
@@ -195,8 +222,7 @@ class DecoderLayer:
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         a = a.transpose(1, 2).reshape(b, s, c.num_heads * c.head_dim)
         x = x + linear("self_attn.o_proj", a)
-        h = _transform(p, "post_attention_layernorm",
-                       rms_norm(x, p["post_attention_layernorm.weight"], c.rms_norm_eps))
+        h = norm("post_attention_layernorm", x)
         m = F.silu(linear("mlp.gate_proj", h)) * linear("mlp.up_proj", h)
         return x + linear("mlp.down_proj", m)
 
@@ -206,26 +232,32 @@ class DecoderLayer:
 class CausalLM:
     """A whole LLaMA-family decoder: embeddings, blocks, final norm and LM head (for calibration and eval)."""
 
-    def __init__(self, embed: torch.Tensor, layers: list[DecoderLayer], norm: torch.Tensor,
+    def __init__(self, embed: torch.Tensor, layers: list[DecoderLayer], norm: torch.Tensor | None,
                  head: torch.Tensor, config: LlamaConfig) -> None:
+        """``norm`` None: the final norm was folded away by unified normalization (the identity)."""
         self.embed, self.layers, self.norm, self.head, self.config = embed, layers, norm, head, config
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, Any], config: LlamaConfig, *,
-                     dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> CausalLM:
+                     dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                     identity_norms: Collection[str] = ()) -> CausalLM:
         """The model of a checkpoint's tensor map (``model.embed_tokens.weight``, ``model.layers.*``, …).
+
+        ``identity_norms``: checkpoint names of the norm weights unified normalization folded away
+        (``model.layers.0.input_layernorm.weight``, ``model.norm.weight``, …): those norms pass their input through.
 
         Raises:
             UnsupportedError: a tensor the model needs is missing.
         """
-        for name in ("model.embed_tokens.weight", "model.norm.weight"):
+        for name in (EMBED, FINAL_NORM):
             if name not in tensors:
                 raise UnsupportedError(f"checkpoint has no tensor {name!r}")
-        embed = as_tensor(tensors["model.embed_tokens.weight"], dtype, device)
+        embed = as_tensor(tensors[EMBED], dtype, device)
         head = as_tensor(tensors["lm_head.weight"], dtype, device) if "lm_head.weight" in tensors else embed
-        layers = [DecoderLayer.from_tensors(tensors, config, i, dtype=dtype, device=device)
+        layers = [DecoderLayer.from_tensors(tensors, config, i, dtype=dtype, device=device, identity_norms=identity_norms)
                   for i in range(config.num_layers)]
-        return cls(embed, layers, as_tensor(tensors["model.norm.weight"], dtype, device), head, config)
+        final = None if FINAL_NORM in identity_norms else as_tensor(tensors[FINAL_NORM], dtype, device)
+        return cls(embed, layers, final, head, config)
 
     def embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``[batch, seq, hidden]``: the input of block 0."""
@@ -233,7 +265,8 @@ class CausalLM:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits of the last block's output."""
-        return F.linear(rms_norm(hidden, self.norm, self.config.rms_norm_eps), self.head)
+        h = hidden if self.norm is None else rms_norm(hidden, self.norm, self.config.rms_norm_eps)
+        return F.linear(h, self.head)
 
     @torch.no_grad()
     def nll(self, ids: torch.Tensor) -> tuple[float, int]:

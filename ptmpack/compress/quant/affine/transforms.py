@@ -31,11 +31,19 @@ def band_width(dim: int, epoch: int, epochs: int) -> int:
     return (dim - 1) * epoch // (epochs - 1) + 1
 
 
-def gradual_mask(dim: int, band: int, alpha: float, *, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[dim, dim]`` mask: 1 on the diagonal, ``alpha`` where ``0 < |i−j| < band``, 0 elsewhere."""
+def gradual_mask(dim: int, band: int, alpha: float, *, block: int | None = None,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[dim, dim]`` mask: 1 on the diagonal, ``alpha`` where ``0 < |i−j| < band``, 0 elsewhere.
+
+    With ``block`` the mask is also 0 outside the diagonal ``block × block`` blocks (``i // block ≠
+    j // block``): the transform stays block-diagonal, and so does its inverse.
+    """
     idx = torch.arange(dim, device=device)
     dist = (idx[:, None] - idx[None, :]).abs()
-    mask = torch.where(dist < band, torch.full((dim, dim), float(alpha), device=device),
+    open_ = dist < band
+    if block is not None:
+        open_ &= (idx[:, None] // block) == (idx[None, :] // block)
+    mask = torch.where(open_, torch.full((dim, dim), float(alpha), device=device),
                        torch.zeros(dim, dim, device=device))
     mask.fill_diagonal_(1.0)
     return mask
@@ -90,6 +98,20 @@ class AffineTransform(torch.nn.Module):
     def is_diagonal(self, mask: torch.Tensor) -> bool:
         c = self.matrix(mask).detach()
         return bool((c - torch.diag_embed(c.diagonal(dim1=-2, dim2=-1))).abs().max() == 0)
+
+
+def diagonal_blocks(c: torch.Tensor, block: int) -> torch.Tensor:
+    """The ``block × block`` diagonal blocks ``[d / block, block, block]`` of a ``[d, d]`` matrix."""
+    n = c.shape[0] // block
+    return c.reshape(n, block, n, block).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+
+def block_inverse(c: torch.Tensor, block: int | None) -> torch.Tensor:
+    """``c⁻¹`` of a ``[d, d]`` matrix; with ``block``, of a block-diagonal one, block by block (the same
+    inverse, cheaper, and exactly zero off the blocks)."""
+    if block is None:
+        return torch.linalg.inv(c)
+    return torch.block_diag(*torch.linalg.inv(diagonal_blocks(c, block)))
 
 
 def smooth_scales(act_max: torch.Tensor, weight_max: torch.Tensor, strength: float = 0.5) -> torch.Tensor:
