@@ -36,15 +36,28 @@ def test_a_scheme_without_groups_or_symmetry_writes_neither() -> None:
     assert QuantScheme(8, "f").to_json() == {"bits": 8, "format": "f"}
 
 
-def test_every_step_is_checked_before_the_input_is_read(tmp_path: Path) -> None:
-    """The checks refuse a run whose input does not even exist: nothing was unpacked first."""
+def test_every_step_is_checked_before_the_input_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks refuse a run whose input does not even exist: nothing was unpacked first.
+
+    No shipped method refuses a valid spec in its own check any more (every pair composes), so the
+    step's check is made to refuse: what is tested is that the pipeline asks it before any work.
+    """
+    from ptmpack.compress.quant.rtn import RtnStep
+
+    def refuse(self: RtnStep, spec: CompressSpec) -> None:
+        raise UnsupportedError(f"refused {spec.quant} in check")
+
     missing = tmp_path / "no-such.ptm"
-    with pytest.raises(UnsupportedError, match="--fold-norm unified with --quant affine"):
-        compress(missing, tmp_path / "x.ptm", CompressSpec(quant="affine", fold_norm="unified",
-                                                           calib=tmp_path / "c.txt"), PackConfig())
+    monkeypatch.setattr(RtnStep, "check", refuse)
+    with pytest.raises(UnsupportedError, match="refused rtn in check"):
+        compress(missing, tmp_path / "x.ptm", CompressSpec(quant="rtn"), PackConfig())
+    monkeypatch.undo()
     with pytest.raises(UsageError, match="--fold-norm unified needs calibration text"):
         compress(missing, tmp_path / "x.ptm", CompressSpec(quant="rtn", fold_norm="unified"), PackConfig())
+    with pytest.raises(UsageError, match="no such package file or tree"):
+        compress(missing, tmp_path / "x.ptm", CompressSpec(quant="rtn"), PackConfig())
     assert not (tmp_path / "x.ptm").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_load_step_builds_the_class_the_table_names() -> None:
