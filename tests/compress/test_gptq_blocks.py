@@ -139,3 +139,50 @@ def test_gptq_through_the_blocks_writes_what_the_reference_solves(tree: Path) ->
             deq = q.dequantize(np.float32)
             fed[t.weight] = deq.T if t.transposed else deq
             assert rows[t.prefix]["name"] == t.prefix and rows[t.prefix]["rel_error"] > 0
+
+
+def _hessians_seen(tree: Path, device: Any) -> dict[str, np.ndarray]:
+    targets = find_targets(load_model(tree))
+    seen: dict[str, np.ndarray] = {}
+    order = iter(targets)
+
+    def solve(w: np.ndarray, h: np.ndarray, *, overwrite_hessian: bool = False) -> QuantizedWeight:
+        from ptmpack.compress.quant.rtn import quantize_rtn
+
+        seen[next(order).prefix] = np.array(h)
+        return quantize_rtn(w, 4, 16)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        calibrate_and_quantize(tree, targets, WeightFiles(tree / "Model"), _windows(), solve, lambda *a: None,
+                               QuantizedSpill(Path(scratch)), device=device)
+    return seen
+
+
+def test_hessians_summed_on_a_torch_device_are_numpys(tree: Path) -> None:
+    """The ``--device cuda`` accumulation, run here on torch's CPU device (no GPU on the test machine)."""
+    torch = pytest.importorskip("torch")
+    from ptmpack.compress.quant.gptq.solver import TorchBackend
+
+    on_numpy = _hessians_seen(tree, None)
+    on_torch = _hessians_seen(tree, TorchBackend(torch, "cpu"))
+    assert on_numpy.keys() == on_torch.keys()
+    for name, h in on_numpy.items():
+        np.testing.assert_allclose(on_torch[name], h, rtol=1e-5, atol=1e-6 * float(np.abs(h).max()), err_msg=name)
+
+
+def test_the_device_check_is_one_function() -> None:
+    from ptmpack.compress.spec import check_device
+    from ptmpack.errors import UnsupportedError, UsageError
+
+    check_device("cpu")
+    with pytest.raises(UsageError):
+        check_device("tpu")
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or not torch.cuda.is_available():
+        with pytest.raises(UnsupportedError, match="cuda"):
+            check_device("cuda")
+        with pytest.raises(UnsupportedError, match="cuda"):
+            backend("cuda")

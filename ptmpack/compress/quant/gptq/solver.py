@@ -127,18 +127,16 @@ def backend(device: str = "cpu") -> Any:
     """torch when importable (on ``device``), else numpy (CPU only).
 
     Raises:
-        PtmError (UnsupportedError): ``device="cuda"`` without torch or without a CUDA device.
+        UnsupportedError: ``device="cuda"`` without torch or without a CUDA device
+            (:func:`ptmpack.compress.spec.check_device`).
     """
-    from ptmpack.errors import UnsupportedError
+    from ptmpack.compress.spec import check_device
 
+    check_device(device)
     try:
         import torch
     except ImportError:
-        if device != "cpu":
-            raise UnsupportedError("--device cuda needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
         return NumpyBackend()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UnsupportedError("--device cuda asked for but PyTorch sees no CUDA device")
     return TorchBackend(torch, device)
 
 

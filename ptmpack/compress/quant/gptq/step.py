@@ -50,14 +50,21 @@ def hessian(x: np.ndarray) -> np.ndarray:
 
 
 class _Hessians:
-    """``XᵀX`` summed over mini-batches per input variable, then scaled by ``2/n`` (:func:`hessian` of all rows)."""
+    """``XᵀX`` summed over mini-batches per input variable, then scaled by ``2/n`` (:func:`hessian` of all rows).
 
-    def __init__(self) -> None:
-        self.sums: dict[str, np.ndarray] = {}
+    In numpy, or on a torch device (``xp``, a solver backend: ``--device cuda``), where the sums
+    of one block's inputs live until the block is solved; what :meth:`pop` returns is numpy.
+    """
+
+    def __init__(self, xp: Any = None) -> None:
+        self.xp = xp
+        self.sums: dict[str, Any] = {}
         self.rows: dict[str, int] = {}
 
     def add(self, name: str, x: np.ndarray) -> None:
         rows = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
+        if self.xp is not None:
+            rows = self.xp.asarray(rows)
         if name in self.sums:
             self.sums[name] += rows.T @ rows
         else:
@@ -66,6 +73,8 @@ class _Hessians:
 
     def pop(self, name: str) -> np.ndarray:
         h = self.sums.pop(name)
+        if self.xp is not None:
+            h = self.xp.to_numpy(h)
         h *= np.float32(2.0 / max(self.rows.pop(name), 1))
         return h
 
@@ -93,14 +102,16 @@ def _groups(block: Block, sequential: str) -> list[list[Use]]:
 
 def calibrate_and_quantize(tree: Path, targets: list[Target], weights: WeightFiles, windows: np.ndarray,
                            solve: Solve, progress: Any, spill: QuantizedSpill, *, sequential: str | None = None,
-                           batch_tokens: int | None = None) -> None:
+                           batch_tokens: int | None = None, device: Any = None) -> None:
     """Run the calibration windows through the tree's model block by block, quantizing each target into ``spill``.
 
     ``solve(weight [out, in], hessian, overwrite_hessian=bool) -> QuantizedWeight`` (it may
     overwrite the Hessian when told it is its last user). ``sequential`` (default
     :data:`SEQUENTIAL`): ``"layer"`` or ``"linear"`` (module docstring). ``batch_tokens``: tokens per
     mini-batch of windows (default :data:`ptmpack.compress.eval.blocks.BATCH_TOKENS`); the result
-    does not depend on it beyond float32 summation order in the Hessians.
+    does not depend on it beyond float32 summation order in the Hessians. ``device``: a torch solver
+    backend on which the Hessians are summed (``--device cuda``: one block's sums on the GPU; the
+    IR runs the block on the CPU), or None for numpy.
 
     Raises:
         GraphError: the model fails to run.
@@ -122,7 +133,7 @@ def calibrate_and_quantize(tree: Path, targets: list[Target], weights: WeightFil
         last = block is blocks[-1]
         params = runner.params(block.start, block.stop if not last else block.uses[-1].op + 1)
         for group in _groups(block, sequential):
-            hessians = _Hessians()
+            hessians = _Hessians(device)
             xs = list(dict.fromkeys(u.x for u in group))
             for got in runner.collect(block, xs, max(u.op for u in group), params):
                 for x in xs:
@@ -175,7 +186,7 @@ def quantize_gptq_tree(tree: Path, ctx: StepContext) -> StepRecord:
                                  scale_dtype=scale_dtype, overwrite_hessian=overwrite_hessian)
 
         calibrate_and_quantize(tree, targets, weights, calib.windows, solve, ctx.progress, spill,
-                               sequential=sequential)
+                               sequential=sequential, device=None if spec.device == "cpu" else xp)
 
     sequential = spec.gptq_order
     return quantize_tree(tree, ctx, "gptq", run,
