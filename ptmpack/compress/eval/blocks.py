@@ -143,7 +143,11 @@ class BlockRunner:
 
     def __init__(self, model: Any, weights: WeightFiles, feeds: Mapping[str, np.ndarray], blocks: list[Block], *,
                  batch_tokens: int = BATCH_TOKENS) -> None:
-        """Prepare the run of ``feeds`` (model inputs, ``[windows, seqlen]`` each) through ``blocks``.
+        """Prepare the run of ``feeds`` (model inputs, ``[windows, seqlen]`` each) through ``blocks`` and run
+        the prologue (the operators before the first block).
+
+        Parameters are the main graph's, read from ``weights``; a sub-graph with parameters of its
+        own cannot run here (none of the converter's graphs has one).
 
         Raises:
             GraphError: the model is invalid, or the feeds do not fit it.
@@ -153,22 +157,19 @@ class BlockRunner:
 
         self.executor = Executor(model, None, ExecContext())
         self.weights = weights
-        self.blocks = blocks
         ids = np.asarray(next(iter(feeds.values())))
         inputs = self.executor.feed_inputs(feeds)
         self.state: list[dict[str, np.ndarray]] = [
             {n: v[s] for n, v in inputs.items()} for s in batches(len(ids), ids.shape[-1] if ids.ndim > 1 else 1,
                                                                   batch_tokens)]
         """The activations live at the start of the current block, one dict per mini-batch of windows."""
-        self.tokens = int(ids.size)
         if blocks:
             self._advance(0, blocks[0].start, self.params(0, blocks[0].start))
 
-    def params(self, start: int, stop: int, override: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """The parameters operators ``[start, stop)`` read, from ``override`` or else read from the weight files now."""
-        override = override or {}
-        return {n: override[n] if n in override else self.weights.read(n)
-                for n in self.executor.span_params(start, stop)}
+    def params(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The parameters operators ``[start, stop)`` read, read from the weight files now (a caller may replace
+        some, as GPTQ does with the quantized weights, before running the span again)."""
+        return {n: self.weights.read(n) for n in self.executor.span_params(start, stop)}
 
     def collect(self, block: Block, names: list[str], stop: int, params: Mapping[str, np.ndarray]
                 ) -> Iterator[dict[str, np.ndarray]]:
