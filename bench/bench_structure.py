@@ -37,6 +37,7 @@ import common
 GENSIM_REQ = "gensim==4.4.0"
 CALIB = {"windows": 16}
 SMOLLM_BUDGETS = [0.8]
+SMOLLM_TARGETS = ["ffn"]
 OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -191,18 +192,21 @@ def section_prune_minilm(work: Path) -> dict[str, Any]:
 
 
 def section_prune_smollm(work: Path) -> dict[str, Any]:
-    """SmolLM2 FFN pruning at 80% FLOPs (``--smollm-budget``): perplexity on enwiki prose, structure-aware vs magnitude."""
+    """SmolLM2 pruning (``--smollm-target``, default FFN) at 80% FLOPs (``--smollm-budget``): perplexity on enwiki
+    prose, structure-aware vs magnitude. SmolLM2 has grouped KV heads (9 query heads, 3 KV heads per layer): heads
+    go as whole KV groups, the same number in every layer."""
     from ptmpack.compress.structure.prune.step import prune
 
     calib, prose = calibration_text(), enwiki_prose()
     base = smollm_tree()
-    rows = [{"method": "none", "flops_kept": 1.0, "perplexity": perplexity(base, prose, 512)}]
-    for budget, method in ((b, m) for b in SMOLLM_BUDGETS for m in ("structure", "magnitude")):
-        tree = copy_tree(base, work, f"smollm-{method}-{budget}")
+    rows = [{"target": "-", "method": "none", "flops_kept": 1.0, "perplexity": perplexity(base, prose, 512)}]
+    for target, budget, method in ((t, b, m) for t in SMOLLM_TARGETS for b in SMOLLM_BUDGETS
+                                   for m in ("structure", "magnitude")):
+        tree = copy_tree(base, work, f"smollm-{target}-{method}-{budget}")
         t0, c0, load0 = time.perf_counter(), _cpu_seconds(), _load()
         w = windows(tree, calib, CALIB["windows"], 256) if method == "structure" else None
-        rec = prune(tree, "ffn", budget, method, w)
-        rows.append({"method": method, "budget": budget, "flops_kept": rec["flops_fraction_kept"], "ratios": rec["ratios"],
+        rec = prune(tree, target, budget, method, w)
+        rows.append({"target": target, "method": method, "budget": budget, "flops_kept": rec["flops_fraction_kept"], "ratios": rec["ratios"],
                      "calibration_windows": 0 if w is None else int(w.shape[0]),
                      "perplexity": perplexity(tree, prose, 512), "seconds": round(time.perf_counter() - t0, 1),
                      "cpu_seconds": round(_cpu_seconds() - c0, 1), "load_before": load0, "load_after": _load()})
@@ -288,11 +292,12 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['budget']:.0%} | {r['method']} | {r['flops_kept']:.3f} | {r['ratios']} | {r['cosine']:.4f} |")
         lines.append("")
     if "prune_smollm" in results:
-        lines += ["## --prune ffn on SmolLM2-135M (perplexity, 512 enwiki tokens)", "",
-                  "| method | FLOPs kept | calibration windows x 256 | perplexity | wall s | CPU s | load |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["## --prune on SmolLM2-135M (perplexity, 512 enwiki tokens)", "",
+                  "| target | method | FLOPs kept | ratios | calibration windows x 256 | perplexity | wall s | CPU s | load |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in results["prune_smollm"]["rows"]:
-            lines.append(f"| {r['method']} | {r['flops_kept']:.3f} | {r.get('calibration_windows', '')} | "
+            lines.append(f"| {r.get('target', 'ffn')} | {r['method']} | {r['flops_kept']:.3f} | {r.get('ratios', '')} | "
+                         f"{r.get('calibration_windows', '')} | "
                          f"{r['perplexity']:.2f} | {r.get('seconds', '')} | {r.get('cpu_seconds', '')} | "
                          f"{r.get('load_before', '')}-{r.get('load_after', '')} |")
         lines.append("")
@@ -318,6 +323,8 @@ def main() -> None:
     ap.add_argument("--calib-windows", type=int, default=CALIB["windows"],
                     help="calibration windows of the structure-aware pruning sections")
     ap.add_argument("--smollm-budget", type=float, action="append", help="FLOPs budgets of prune_smollm (default 0.8)")
+    ap.add_argument("--smollm-target", choices=("heads", "query-heads", "ffn", "both"), action="append",
+                    help="what prune_smollm prunes (default ffn)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: on a shared, loaded machine more threads spin and run far slower)")
     args = ap.parse_args()
@@ -327,6 +334,8 @@ def main() -> None:
     CALIB["windows"] = args.calib_windows
     if args.smollm_budget:
         SMOLLM_BUDGETS[:] = args.smollm_budget
+    if args.smollm_target:
+        SMOLLM_TARGETS[:] = args.smollm_target
     try:
         import torch
 

@@ -17,7 +17,7 @@ WEIGHT_BITS = (2, 3, 4, 8)
 """The fixed sets below are options' values; method names are read from the methods table when checked."""
 DEFAULT_GROUPS = (128, 64, 32)
 """Candidate default group sizes, largest first: the default is the largest dividing every input width."""
-PRUNE_TARGETS = ("heads", "ffn", "both")
+PRUNE_TARGETS = ("heads", "query-heads", "ffn", "both")
 DEVICES = ("cpu", "cuda")
 GPTQ_ORDERS = ("layer", "linear")
 

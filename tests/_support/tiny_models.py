@@ -8,6 +8,7 @@ is ever made on these models (SPEC §9): they exercise code paths, shapes and la
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -134,10 +135,14 @@ def tiny_gpt2(directory: Path, *, hidden: int = 64, layers: int = 2, heads: int 
 
 
 def tiny_tree(tmp: Path, kind: str = "llama") -> Path:
-    """A ptmpack package tree imported (``init --from-hf``) from a tiny checkpoint; returns the tree."""
+    """A ptmpack package tree imported (``init --from-hf``) from a tiny checkpoint; returns the tree.
+
+    ``kind``: ``llama`` (grouped KV heads: 4 query heads, 2 KV heads), ``llama-mha`` (4 and 4), ``bert``, ``gpt2``.
+    """
     from ptmpack.importers.hf import init_tree
 
-    ck = {"llama": tiny_llama, "bert": tiny_bert, "gpt2": tiny_gpt2}[kind](tmp / f"{kind}-hf")
+    makers = {"llama": tiny_llama, "llama-mha": partial(tiny_llama, kv_heads=4), "bert": tiny_bert, "gpt2": tiny_gpt2}
+    ck = makers[kind](tmp / f"{kind}-hf")
     tree = tmp / f"{kind}-tree"
     init_tree(tree, from_hf=ck)
     return tree

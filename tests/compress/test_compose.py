@@ -24,6 +24,8 @@ FOLD_UNIFIED = {"fold_norm": "unified"}
 PRUNE_FFN = {"prune": "ffn", "flops_budget": 0.8, "prune_method": "magnitude"}
 PRUNE_HEADS = {"prune": "heads", "flops_budget": 0.8, "prune_method": "magnitude"}
 PRUNE_FFN_STRUCTURE = {"prune": "ffn", "flops_budget": 0.8, "prune_method": "structure"}
+PRUNE_HEADS_STRUCTURE = {"prune": "heads", "flops_budget": 0.8, "prune_method": "structure"}
+PRUNE_QUERY_HEADS = {"prune": "query-heads", "flops_budget": 0.9, "prune_method": "magnitude"}
 
 RUNS = [
     ("llama", FOLD_AFFINE, "rtn"), ("llama", FOLD_AFFINE, "gptq"),
@@ -32,20 +34,28 @@ RUNS = [
     ("bert", PRUNE_FFN, "rtn"), ("bert", PRUNE_FFN, "gptq"),
     ("bert", PRUNE_HEADS, "rtn"), ("bert", PRUNE_HEADS, "gptq"),
     ("bert", FOLD_UNIFIED, "rtn"), ("bert", FOLD_UNIFIED, "gptq"),
+    ("llama", PRUNE_HEADS, "rtn"), ("llama", PRUNE_HEADS, "gptq"),
+    ("llama-mha", PRUNE_HEADS, "rtn"), ("llama-mha", PRUNE_HEADS, "gptq"),
+    ("llama", PRUNE_QUERY_HEADS, "rtn"), ("llama", PRUNE_QUERY_HEADS, "gptq"),
 ]
 TORCH_RUNS = [("llama", FOLD_AFFINE, "affine"), ("llama", PRUNE_FFN, "affine"), ("llama", FOLD_AFFINE, "ptq"),
-              ("llama", PRUNE_FFN_STRUCTURE, "gptq"), ("bert", PRUNE_FFN_STRUCTURE, "rtn"), ("bert", {}, "ptq")]
+              ("llama", PRUNE_FFN_STRUCTURE, "gptq"), ("bert", PRUNE_FFN_STRUCTURE, "rtn"), ("bert", {}, "ptq"),
+              ("llama", PRUNE_HEADS, "affine"), ("llama", PRUNE_HEADS, "ptq"), ("llama", PRUNE_HEADS_STRUCTURE, "rtn"),
+              ("llama-mha", PRUNE_HEADS, "affine"), ("llama-mha", PRUNE_HEADS, "ptq"),
+              ("llama", PRUNE_QUERY_HEADS, "affine"), ("llama", PRUNE_QUERY_HEADS, "ptq")]
 REFUSED = [
     ("bert", FOLD_AFFINE, "rtn", "no normalization can be folded exactly"),
     ("llama", FOLD_UNIFIED, "affine", "AffineQuant"),
-    ("llama", PRUNE_HEADS, "rtn", "grouped KV heads"),
+    ("bert", PRUNE_HEADS, "affine", "decoder"),
+    ("bert", PRUNE_HEADS, "ptq", "head-pruned"),
+    ("bert", PRUNE_QUERY_HEADS, "rtn", "own keys and values"),
 ]
 
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("compose")
-    return {kind: tiny_tree(root / kind, kind) for kind in ("llama", "bert")}
+    return {kind: tiny_tree(root / kind, kind) for kind in ("llama", "llama-mha", "bert")}
 
 
 @pytest.fixture(scope="module")

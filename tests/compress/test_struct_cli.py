@@ -191,3 +191,24 @@ def test_head_pruning_then_quantization_in_one_run_equals_two_runs(tmp_path: Pat
     one, two, fp = (np.asarray(r.json()["embedding"], np.float64) for r in runs)
     assert np.array_equal(one, two)
     assert 0 < np.linalg.norm(one - fp) / np.linalg.norm(fp) < 0.2  # quantized pruned model, not the model itself
+
+
+@pytest.mark.parametrize(("target", "heads", "kv"), [("heads", 4, 2), ("query-heads", 3, 3)])
+def test_gqa_head_pruning_through_the_cli(tmp_path: Path, target: str, heads: int, kv: int) -> None:
+    """--prune heads (whole KV groups) and --prune query-heads on a LLaMA with 6 query heads on 3 KV heads, + RTN."""
+    cfg, t = llama_tensors(h=48, heads=6, kv=3, ffn=64)
+    tree = make_tree(tmp_path, cfg, t)
+    budget = {"heads": "0.85", "query-heads": "0.9"}[target]
+    run = cli("compress", tree, "-o", tmp_path / "out.ptm", "--prune", target, "--flops-budget", budget,
+              "--prune-method", "magnitude", "--quant", "rtn", "--bits", "8", "--json")
+    assert run.code == 0, run.err
+    steps = run.json()["steps"]
+    assert [s["method"] for s in steps] == ["prune_magnitude", "rtn"]
+    from ptmpack.ir.runner import LoadedModel
+
+    with LoadedModel.open(tmp_path / "out.ptm") as lm:
+        attn = [o for o in lm.model.main_graph.operators if o.type == "attention"]
+    assert [(int(o.attributes["num_heads"].value), int(o.attributes["num_kv_heads"].value)) for o in attn] == [
+        (heads, kv), (heads, kv)]
+    out = cli("run", tmp_path / "out.ptm", "--tokens", "2,3,4,5,6", "--json")
+    assert out.code == 0, out.err

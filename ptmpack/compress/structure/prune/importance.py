@@ -38,6 +38,27 @@ class Importance:
     offset: dict[str, int]
     """group → index of its first unit in ``grad`` / ``samples`` columns."""
 
+    def merged(self, group: str, size: int) -> Importance:
+        """The same estimate with every ``size`` consecutive units of ``group`` (one layer's) made one unit.
+
+        One mask shared by the units of a run (all of them pruned or none) has, by the chain rule,
+        the sum of their gradients as its gradient, per sample too; so the Taylor and Fisher terms of
+        removing the whole run stay exact. Used for LLaMA-family KV groups: query heads
+        ``k·size … (k+1)·size − 1`` read KV head ``k``, and are pruned with it.
+        """
+        if size == 1 or group not in self.units:
+            return self
+        total = self.grad.shape[0]
+        target, units, offset, at = np.empty(total, np.int64), {}, {}, 0
+        for g in sorted(self.offset, key=self.offset.__getitem__):
+            start, u, step = self.offset[g], self.units[g], size if g == group else 1
+            target[start:start + len(u)] = at + np.arange(len(u)) // step
+            units[g], offset[g] = [(layer, j // step) for layer, j in u[::step]], at
+            at += len(u) // step
+        merge = np.zeros((total, at))
+        merge[np.arange(total), target] = 1.0
+        return Importance(units, self.grad @ merge, self.samples @ merge, offset)
+
     def diag_score(self) -> np.ndarray:
         """Estimated loss increase of removing each unit alone: ``-g_i + ½ F_ii``."""
         return -self.grad + 0.5 * (self.samples ** 2).mean(0)
@@ -76,6 +97,7 @@ def importance(model_dir: Path, family: str, windows: np.ndarray, targets: tuple
     """
     torch = _torch()
     model = load_hf(model_dir, family, purpose="structure-aware pruning", hint="use --prune-method magnitude")
+    model.requires_grad_(False)  # only the masks need gradients: autograd then keeps no weight-gradient inputs
     cfg = model.config
     layers, heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
