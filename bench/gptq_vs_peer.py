@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,8 @@ def ours(path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from ptmpack.compress.quant.gptq.solver import backend, gptq_quantize
     from ptmpack.compress.quant.gptq.step import calibrate_and_quantize
-    from ptmpack.compress.quant.linear import ModelTensors, find_targets, load_model
+    from ptmpack.compress.quant.linear import QuantizedSpill, find_targets, load_model
+    from ptmpack.compress.tree.weights import WeightFiles
 
     data = np.load(path)
     names = sorted({k.rsplit("/", 1)[0] for k in data.files if "/" in k})
@@ -95,17 +97,19 @@ def ours(path: Path) -> None:
     tree = Path(job["model"]).parent
     windows = np.asarray(job["calib"])
     layer0 = [t for t in find_targets(load_model(tree)) if t.prefix.startswith("model.layers.0.")]
-    tensors = ModelTensors(tree / "Model")
+    tensors = WeightFiles(tree / "Model")
     print("(2) layer 0's Hessians from ptmpack's IR calibration vs the peer's")
     for order in ("layer", "linear"):
         seen: dict[str, np.ndarray] = {}
         queue = iter(layer0)
 
-        def solve(w: np.ndarray, h: np.ndarray, seen: dict[str, np.ndarray] = seen, queue=queue):
-            seen[next(queue).prefix] = h
+        def solve(w: np.ndarray, h: np.ndarray, seen: dict[str, np.ndarray] = seen, queue=queue, **_: object):
+            seen[next(queue).prefix] = h.copy()
             return gptq_quantize(w, h, BITS, GROUP, act_order=True)
 
-        calibrate_and_quantize(tree, layer0, tensors, windows, solve, lambda *a: None, sequential=order)
+        with tempfile.TemporaryDirectory() as scratch:
+            calibrate_and_quantize(tree, layer0, tensors, windows, solve, lambda *a: None, QuantizedSpill(Path(scratch)),
+                                   sequential=order)
         for n in names:
             if n in seen:
                 hp = data[f"{n}/H"].astype(np.float64) / float(data["seqlen"])

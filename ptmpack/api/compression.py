@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ptmpack.compress.report import CompressReport, DequantizeReport, StepRecord
-from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.spec import CompressSpec, check_device
 from ptmpack.config import PackConfig
 from ptmpack.crypto.keyslots import Opener
 
@@ -57,24 +57,6 @@ def compress(source: Path, target: Path, spec: CompressSpec, config: PackConfig 
     check_device(spec.device)
     return run(Path(source), Path(target), spec, config or PackConfig(), opener=opener, force=force,
                progress=progress or no_progress)
-
-
-def check_device(device: str) -> None:
-    """Refuse a compute device this machine does not have, whatever the method (exit 6).
-
-    Raises:
-        UnsupportedError: ``cuda`` without PyTorch or without a CUDA device PyTorch can see.
-    """
-    if device == "cpu":
-        return
-    from ptmpack.errors import UnsupportedError
-
-    try:
-        import torch
-    except ImportError:
-        raise UnsupportedError(f"--device {device} needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UnsupportedError("--device cuda: PyTorch sees no CUDA device on this machine", hint="use --device cpu")
 
 
 def dequantize(tree: Path) -> DequantizeReport:

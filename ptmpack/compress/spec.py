@@ -22,6 +22,28 @@ DEVICES = ("cpu", "cuda")
 GPTQ_ORDERS = ("layer", "linear")
 
 
+def check_device(device: str) -> None:
+    """Refuse a compute device this machine does not have, whatever the method (exit 6): THE device check of
+    compress (the API calls it before any work; the GPTQ solver's backend calls it too).
+
+    Raises:
+        UsageError: a device name not in :data:`DEVICES`.
+        UnsupportedError: ``cuda`` without PyTorch or without a CUDA device PyTorch can see.
+    """
+    if device not in DEVICES:
+        raise UsageError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return
+    from ptmpack.errors import UnsupportedError
+
+    try:
+        import torch
+    except ImportError:
+        raise UnsupportedError(f"--device {device} needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
+    if not torch.cuda.is_available():
+        raise UnsupportedError("--device cuda: PyTorch sees no CUDA device on this machine", hint="use --device cpu")
+
+
 @dataclass(frozen=True)
 class RunDefaults:
     """Calibration size and reconstruction epochs a method runs with when the user gives none."""

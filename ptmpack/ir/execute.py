@@ -13,12 +13,16 @@ Design, for models larger than the memory one wants to spend on them:
   boundaries (see :mod:`ptmpack.ir.ops.numeric`);
 * operators that run sub-graphs (``call``) find a runner in
   ``ctx.state[SUBGRAPH_RUNNER]``: it runs the sub-graph in a scope that sees the caller's
-  variables, with the bound inputs, and returns the asked-for variables.
+  variables, with the bound inputs, and returns the asked-for variables;
+* a contiguous range of the main graph's operators runs on its own (:meth:`Executor.run_span`):
+  given the variables live at its start (:meth:`Executor.live_at`) and the parameters it reads
+  (:meth:`Executor.span_params`), it returns the variables live at its end. Calibration runs a
+  model one decoder block at a time this way, holding one block's weights and activations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -196,29 +200,79 @@ class Executor:
             GraphError: a missing or ill-shaped input, a missing parameter, or a kernel failure
                 (naming the graph and operator).
         """
-        main = self.model.main_graph
-        declared = main.variable_map()
+        declared = self.model.main_graph.variable_map()
         wanted = list(outputs) if outputs is not None else list(self.model.outputs)
         for n in wanted:
             if n not in declared:
                 raise GraphError(f"requested output {n!r} is not a variable of the main graph")
+        persistable = {v.name for g in self.model.graphs for v in g.variables if v.persistable}
+        params = {n: np.asarray(value) for n, value in feeds.items() if n not in self.model.inputs and n in persistable}
+        unknown = [n for n in feeds if n not in self.model.inputs and n not in persistable]
+        if unknown:
+            raise GraphError(f"feed {unknown[0]!r} is neither a model input nor a parameter")
+        values = self.feed_inputs({n: v for n, v in feeds.items() if n in self.model.inputs})
+        return self.run_span(0, len(self.model.main_graph.operators), values, wanted, params)
+
+    def feed_inputs(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The model inputs ``feeds`` checked against their declarations and converted (floats to the compute dtype).
+
+        Raises:
+            GraphError: a missing, unknown or ill-shaped input.
+        """
+        declared = self.model.main_graph.variable_map()
         missing = [n for n in self.model.inputs if n not in feeds]
         if missing:
             raise GraphError(f"model input(s) {', '.join(missing)} not given")
+        extra = [n for n in feeds if n not in self.model.inputs]
+        if extra:
+            raise GraphError(f"feed {extra[0]!r} is not a model input")
+        return {n: self._feed(declared[n], value) for n, value in feeds.items()}
+
+    def span_params(self, start: int, stop: int) -> list[str]:
+        """The main graph's parameters read by its operators ``[start, stop)`` (sub-graphs they call included), in
+        order of first use: what a caller holds to run that span with :meth:`run_span`."""
+        declared = self.model.main_graph.variable_map()
+        found: dict[str, None] = {}
+        for node in self.model.main_graph.operators[start:stop]:
+            for n in sorted(self._reads(node)):
+                v = declared.get(n)
+                if v is not None and v.persistable:
+                    found[n] = None
+        return list(found)
+
+    def live_at(self, cut: int) -> list[str]:
+        """The main graph's activations (model inputs and operator outputs, not parameters) that have a value
+        before operator ``cut`` and are read by an operator at or after it, or are model outputs: the state a
+        span starting at ``cut`` needs (:meth:`run_span`)."""
+        ops = self.model.main_graph.operators
+        made = list(self.model.inputs) + [n for node in ops[:cut] for names in node.outputs.values() for n in names]
+        later = {n for node in ops[cut:] for n in self._reads(node)} | set(self.model.outputs)
+        return [n for n in dict.fromkeys(made) if n in later]
+
+    def run_span(self, start: int, stop: int, values: Mapping[str, np.ndarray], outputs: Collection[str],
+                 params: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run the main graph's operators ``[start, stop)`` and return the variables ``outputs``.
+
+        ``values`` holds the activations live at ``start`` (model inputs already through
+        :meth:`feed_inputs`; the :meth:`live_at` set of a previous span's end); ``params`` gives
+        parameters by name (others are read from the package). Activations are dropped after their
+        last use as in :meth:`run`, so a span holds its own activations and weights only.
+
+        Raises:
+            GraphError: a missing value or parameter, or a kernel failure (naming the graph and operator).
+        """
+        main = self.model.main_graph
+        declared = main.variable_map()
         scope = _Scope(main, None)
+        scope.values.update(values)
         self._params.clear()
-        self._fed_params = {}
-        persistable = {v.name for g in self.model.graphs for v in g.variables if v.persistable}
-        for n, value in feeds.items():
-            if n in self.model.inputs:
-                scope.values[n] = self._feed(declared[n], value)
-            elif n in persistable:
-                self._fed_params[n] = np.asarray(value)
-            else:
-                raise GraphError(f"feed {n!r} is neither a model input nor a parameter")
+        self._fed_params = dict(params or {})
         try:
-            self._run_steps(scope, keep=set(wanted))
-            return {n: self._get(scope, n) for n in wanted}
+            for n in outputs:
+                if n not in declared:
+                    raise GraphError(f"requested output {n!r} is not a variable of the main graph")
+            self._run_steps(scope, keep=set(outputs), steps=self.plan(main.graph_id)[start:stop])
+            return {n: self._get(scope, n) for n in outputs}
         finally:
             self._params.clear()
             self._fed_params = {}
@@ -232,9 +286,9 @@ class Executor:
         self._run_steps(scope, keep=set(outputs))
         return {n: self._get(scope, n) for n in outputs}
 
-    def _run_steps(self, scope: _Scope, keep: set[str]) -> None:
+    def _run_steps(self, scope: _Scope, keep: set[str], steps: Sequence[_Step] | None = None) -> None:
         g = scope.graph
-        for step in self.plan(g.graph_id):
+        for step in self.plan(g.graph_id) if steps is None else steps:
             node, opdef = step.node, step.opdef
             inputs: dict[str, Any] = {}
             for s in opdef.inputs:

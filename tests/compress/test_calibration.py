@@ -226,3 +226,36 @@ def test_calibration_part_and_held_out_lines_split_every_text_in_two(paragraph: 
         calib = part.split("\n") if part else []
         assert calib + held == rows
         assert len(held) == (16 if count > 32 else count - count // 2)
+
+
+def test_the_text_is_read_once_for_the_held_out_lines_and_the_calibration_end(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """held_out (the quality check), calibration_end (the windows) and the structure steps' text all read
+    the file's ends; they are read from disk once, and again after the file changes."""
+    import builtins
+
+    from ptmpack.compress.eval.probe import calibration_text
+    from ptmpack.compress.eval.quality import held_out
+
+    path = tmp_path / "calib.txt"
+    path.write_text("\n".join(f"line {i} of the text." for i in range(60)) + "\n", encoding="utf-8")
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def counting_open(file: object, *args: object, **kwargs: object) -> object:
+        if str(file) == str(path):
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    spec = CompressSpec(quant="gptq", calib=path)
+    lines = held_out(spec).lines
+    end = calibration_end(path)
+    text = calibration_text(spec)
+    assert len(opened) == 1
+    assert lines[0] == "line 44 of the text." and text is not None and path.read_bytes()[:end].decode() == \
+        "\n".join(f"line {i} of the text." for i in range(44))
+    path.write_text("one other line.\nand a second.\n", encoding="utf-8")
+    opened.clear()
+    assert held_out(CompressSpec(quant="gptq", calib=path)).lines == ("and a second.",)
+    assert len(opened) == 1  # the changed file is read again

@@ -5,6 +5,7 @@ and token windows of it shaped like the model's real inputs.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -54,13 +55,25 @@ def _read_ends(calib: Path) -> tuple[bytes, bytes, int]:
 
 
 def _decode_ends(calib: Path) -> tuple[str, str, int]:
-    """:func:`_read_ends` decoded: ``(head, tail, tail_at)``.
+    """:func:`_read_ends` decoded: ``(head, tail, tail_at)``; the file is read once per run (the held-out
+    text, the end of the calibration part and the structure steps' text all start here), again only
+    when it changed (its size or modification time).
 
     Raises:
         UsageError: the file cannot be read as UTF-8 text (the message names the first bad byte).
     """
     try:
-        head, tail, tail_at = _read_ends(calib)
+        st = os.stat(calib)
+    except OSError as exc:
+        raise UsageError(f"{calib}: cannot read the text ({exc})") from None
+    return _decode_ends_of(str(calib), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _decode_ends_of(calib: str, size: int, mtime_ns: int) -> tuple[str, str, int]:
+    """:func:`_decode_ends` of one version of the file (``size`` and ``mtime_ns`` are the cache key)."""
+    try:
+        head, tail, tail_at = _read_ends(Path(calib))
     except OSError as exc:
         raise UsageError(f"{calib}: cannot read the text ({exc})") from None
     for raw, at in ((head, 0), (tail, tail_at)):
@@ -208,29 +221,27 @@ def calibration_windows(tree: Path, text: str, *, nsamples: int = 8, seqlen: int
         else:
             ids = np.asarray(tok.encode(part).ids, np.int64)
         limit = lm.config.get("max_position_embeddings")
-    if isinstance(limit, int):
-        seqlen = min(seqlen, limit)
-    if len(ids) < seqlen:
-        if len(ids) < 8:
-            raise UsageError(f"the calibration text gives only {len(ids)} tokens", hint="give a longer --calib text")
-        return with_special_tokens(tree, ids[None])
-    n = min(nsamples, len(ids) // seqlen)
-    return with_special_tokens(tree, ids[: n * seqlen].reshape(n, seqlen))
+        if isinstance(limit, int):
+            seqlen = min(seqlen, limit)
+        if len(ids) < seqlen:
+            if len(ids) < 8:
+                raise UsageError(f"the calibration text gives only {len(ids)} tokens", hint="give a longer --calib text")
+            return with_special_tokens(lm, ids[None])
+        n = min(nsamples, len(ids) // seqlen)
+        return with_special_tokens(lm, ids[: n * seqlen].reshape(n, seqlen))
 
 
-def with_special_tokens(tree: Path, windows: np.ndarray) -> np.ndarray:
+def with_special_tokens(lm: Any, windows: np.ndarray) -> np.ndarray:
     """Windows shaped like an encoder's real inputs: the first and last token replaced by the ones its
     tokenizer puts around every text (BERT's [CLS] … [SEP]), whose activations are the largest.
 
-    Decoders, and tokenizers that add nothing, get the windows unchanged.
+    ``lm`` is the open package (a ``LoadedModel``). Decoders, and tokenizers that add nothing, get
+    the windows unchanged.
     """
-    from ptmpack.ir.runner import LoadedModel
-
-    with LoadedModel.open(tree) as lm:
-        if lm.kind != "embedding":
-            return windows
-        enc = lm.tokenizer.encode("")
-        around = [i for i, m in zip(enc.ids, enc.attention_mask, strict=True) if m]  # a padding setting may pad it
+    if lm.kind != "embedding":
+        return windows
+    enc = lm.tokenizer.encode("")
+    around = [i for i, m in zip(enc.ids, enc.attention_mask, strict=True) if m]  # a padding setting may pad it
     out = np.array(windows, np.int64, copy=True)
     if len(around) >= 1 and out.shape[1] >= 3:
         out[:, 0] = around[0]
@@ -248,8 +259,8 @@ def step_windows(tree: Path, ctx: StepContext, *, nsamples: int = 8, seqlen: int
     """
     spec = ctx.spec
     encoder = read_json(tree, "Model/config.json").get("model_type") == "bert"
-    if ctx.calibration is not None and spec.calib is not None and not encoder:
-        return with_special_tokens(tree, np.asarray(ctx.calib().windows, np.int64))
+    if ctx.calibration is not None and spec.calib is not None and not encoder:  # a decoder's windows are plain text
+        return np.asarray(ctx.calib().windows, np.int64)
     text = calibration_text(spec)
     if text is None:
         raise UsageError("this step needs calibration text", hint="give --calib TEXT")

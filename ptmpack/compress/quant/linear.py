@@ -14,6 +14,8 @@ safetensors library through a temporary file and a rename), ``config.json`` gain
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +26,6 @@ import numpy as np
 
 from ptmpack.compress.quant.pack_quantized import (
     QuantizedWeight,
-    layout_of,
     quantization_config,
     quantized_layout,
     quantized_tensors,
@@ -33,7 +34,7 @@ from ptmpack.compress.quant.pack_quantized import (
 from ptmpack.compress.report import QuantScheme, StepRecord
 from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.documents import read_json, write_json
-from ptmpack.compress.tree.weights import WeightFiles, write_safetensors
+from ptmpack.compress.tree.weights import TensorSpec, WeightFiles, write_safetensors
 from ptmpack.errors import UnsupportedError, UsageError
 from ptmpack.ir.model import ModelStructure
 
@@ -202,8 +203,51 @@ def regraph(tree: Path) -> None:
     rebuild_graph(Path(tree))
 
 
-RunFn = Callable[[list[Target], WeightFiles, int], Mapping[str, QuantizedWeight]]
-"""A whole-model quantizer (GPTQ: calibration runs through the model): every target's weight, by prefix."""
+class QuantizedSpill:
+    """Quantized linears set aside as a calibrated method makes them, in the order it makes them (GPTQ: layer
+    by layer), and read back one at a time in the order the weight files are rewritten (name order).
+
+    Each :meth:`put` writes the linear's packed tensors (:func:`quantized_tensors`) to a small
+    safetensors file of its own in ``folder`` (a scratch folder beside the working tree) and keeps
+    its layout and error row; memory holds none of them.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.rows: dict[str, dict[str, Any]] = {}
+        """Prefix -> its :func:`ptmpack.compress.quant.metrics.error_row`."""
+        self._layout: dict[str, list[TensorSpec]] = {}
+        self._files: WeightFiles | None = None
+
+    def put(self, prefix: str, q: QuantizedWeight, row: dict[str, Any]) -> None:
+        """Set ``q`` (the quantized weight of linear ``prefix``) and its error row aside.
+
+        Raises:
+            InvalidTreeError: the scratch file cannot be written.
+        """
+        tensors = quantized_tensors(prefix, q)
+        write_safetensors(self.folder / f"{len(self._layout):05d}.safetensors", tensors)
+        self._layout[prefix] = [TensorSpec.of(n, a) for n, a in tensors.items()]
+        self.rows[prefix] = row
+        self._files = None
+
+    def __contains__(self, prefix: object) -> bool:
+        return prefix in self._layout
+
+    def layout(self, prefix: str) -> list[TensorSpec]:
+        """The tensors linear ``prefix`` is stored as (its layout in the rewritten weight file)."""
+        return self._layout[prefix]
+
+    def tensors(self, prefix: str) -> dict[str, np.ndarray]:
+        """Linear ``prefix``'s tensors, read back from its scratch file."""
+        if self._files is None:
+            self._files = WeightFiles(self.folder)
+        return {s.name: self._files.read(s.name) for s in self._layout[prefix]}
+
+
+RunFn = Callable[[list[Target], WeightFiles, int, QuantizedSpill], None]
+"""A calibrated quantizer (GPTQ: calibration runs through the model): puts every target's quantized weight and
+error row in the spill, in any order, as it makes them."""
 LayerFn = Callable[[Target, np.ndarray, int], tuple[QuantizedWeight, dict[str, Any]]]
 """A data-free quantizer of one weight (``[out, in]``, in its stored dtype) and the step's group size:
 the quantized weight and its :func:`ptmpack.compress.quant.rtn.error_row`."""
@@ -213,18 +257,18 @@ def quantize_tree(tree: Path, ctx: StepContext, method: str, run: RunFn | None =
                   extra: Mapping[str, Any] | None = None) -> StepRecord:
     """Quantize the tree's linears and rewrite ``Model/``; return the step record.
 
-    Give ``run(targets, weights, group_size)``, returning the quantized weight of each target
-    prefix at once, or ``layer(target, weight, group_size)`` for a method that needs nothing but
-    the weight: then each weight is read, quantized and written one at a time while the
-    safetensors files are rewritten (:meth:`WeightFiles.rewrite`), so memory holds one layer.
-    Group size 0 means per channel (see :func:`group_of`). Tensors that are not quantized are
-    copied as stored (a bfloat16 embedding stays bfloat16).
+    Give ``run(targets, weights, group_size, spill)``, which puts each target's quantized weight in
+    a :class:`QuantizedSpill` as it makes them (in a scratch folder beside the tree, removed after),
+    or ``layer(target, weight, group_size)`` for a method that needs nothing but the weight. Then
+    the safetensors files are rewritten (:meth:`WeightFiles.rewrite`) reading one replacement at a
+    time (from the spill, or read, quantized and written), so memory holds one layer. Group size 0
+    means per channel (see :func:`group_of`). Tensors that are not quantized are copied as stored
+    (a bfloat16 embedding stays bfloat16).
 
     Raises:
         UsageError: a bad group size.
         UnsupportedError: an unknown architecture, or no linear to quantize.
     """
-    from ptmpack.compress.quant.metrics import error_row
     from ptmpack.compress.quant.observer import scale_dtype_for
 
     spec = ctx.spec
@@ -242,31 +286,35 @@ def quantize_tree(tree: Path, ctx: StepContext, method: str, run: RunFn | None =
     size_before = weights.file_bytes()
     by_weight = {t.weight: t for t in targets}
     start = time.perf_counter()
-    computed: dict[str, QuantizedWeight] = {}
+    shapes = {n: weights.spec(n).shape for n in weights.names()}
+    rows: dict[str, dict[str, Any]] = {}
     if layer is None:
         if run is None:
             raise TypeError("quantize_tree needs run or layer")
-        computed = dict(run(targets, weights, group))
-        plan = {t.weight: layout_of(t.prefix, computed[t.prefix]) for t in targets}
+        folder = Path(tempfile.mkdtemp(prefix=".quantized-", dir=tree.parent))
+        try:
+            spill = QuantizedSpill(folder)
+            run(targets, weights, group, spill)
+            missing = [t.prefix for t in targets if t.prefix not in spill]
+            if missing:
+                raise UnsupportedError(f"{method} quantized no weight for {missing[0]} (and {len(missing) - 1} more)")
+            rows = spill.rows
+            weights.rewrite({t.weight: spill.layout(t.prefix) for t in targets},
+                            lambda name: spill.tensors(by_weight[name].prefix))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     else:
         plan = {t.weight: quantized_layout(t.prefix, (t.out_features, t.in_features), spec.bits, group_of(t, group),
                                            scale_dtype_for(weights.spec(t.weight).dtype), symmetric=spec.symmetric)
                 for t in targets}
-    rows: dict[str, dict[str, Any]] = {}
 
-    def produce(name: str) -> dict[str, np.ndarray]:
-        t = by_weight[name]
-        w = weights.read(name)
-        w = w.T if t.transposed else w
-        if layer is None:
-            q = computed.pop(t.prefix)
-            rows[t.prefix] = error_row(t.prefix, w, q)
-        else:
-            q, rows[t.prefix] = layer(t, w, group)
-        return quantized_tensors(t.prefix, q)
+        def produce(name: str) -> dict[str, np.ndarray]:
+            t = by_weight[name]
+            w = weights.read(name)
+            q, rows[t.prefix] = layer(t, w.T if t.transposed else w, group)
+            return quantized_tensors(t.prefix, q)
 
-    shapes = {n: weights.spec(n).shape for n in weights.names()}
-    weights.rewrite(plan, produce, None if layer is None else lambda done, total: ctx.progress(method, done, total))
+        weights.rewrite(plan, produce, lambda done, total: ctx.progress(method, done, total))
     seconds = time.perf_counter() - start
     config_path = tree / "Model" / "config.json"
     config = read_json(config_path)

@@ -1,51 +1,82 @@
-"""The ``--quant gptq`` step: calibrate on the package's own IR run, quantize layer by layer.
+"""The ``--quant gptq`` step: calibrate on the package's own IR, one block at a time, and quantize as it goes.
 
-One batched forward pass of the calibration windows through the numpy IR executor
-(:class:`ptmpack.ir.execute.Executor`) with an operator hook: when a target linear is about
-to run, the hook builds the Hessian ``2/n · XᵀX`` of its input (once per input, shared by
-q/k/v and gate/up), solves GPTQ for its weight (:mod:`ptmpack.compress.quant.gptq.solver`, torch
-when installed) and hands the *quantized* weight to the operator, so every later layer is
-calibrated on the activations of the already-quantized model (sequential GPTQ). The pass
-stops after the last target: the LM head never runs.
+The calibration windows are run through the model block by block
+(:mod:`ptmpack.compress.eval.blocks`, llm-compressor's sequential pipeline): the activations at
+the start of a decoder block are held for every window; the block's operators run on them in
+mini-batches of windows, accumulating each target linear's Hessian ``2/n · XᵀX``
+(:func:`hessian`, one per distinct input, shared by q/k/v and gate/up); each linear is solved
+(:mod:`ptmpack.compress.quant.gptq.solver`, torch when installed), set aside in the step's
+:class:`~ptmpack.compress.quant.linear.QuantizedSpill` and its float weight dropped; then the
+block runs once more with its *quantized* weights to make the next block's input, so every
+later block is calibrated on the activations of the already-quantized model (sequential GPTQ).
+Nothing runs after the last target: the LM head never runs.
 
-Inside a layer there are two orders (``sequential``): ``"linear"``, each linear calibrated on
-the activations of the already-quantized linears before it (o_proj after the quantized q/k/v);
-``"layer"``, every linear of the layer calibrated with the layer's float weights on the
-quantized model's input to the layer, as llm-compressor's sequential pipeline does
-(:mod:`ptmpack.compress.quant.gptq.streams`).
+Inside a block there are two orders (``sequential``): ``"layer"`` (the default), every linear of
+the block calibrated with the block's float weights on the quantized model's input to the
+block, as llm-compressor does; ``"linear"``, each linear calibrated on the activations of the
+already-quantized linears before it (o_proj after the quantized q/k/v): the block is run up to
+each group of linears sharing an input, with the linears before it quantized.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.eval.blocks import Block, BlockRunner, Use, plan_blocks
 from ptmpack.compress.quant.gptq.solver import DAMP, backend, gptq_quantize
-from ptmpack.compress.quant.gptq.streams import Streams, layer_index
-from ptmpack.compress.quant.linear import Target, load_model, quantize_tree
+from ptmpack.compress.quant.linear import QuantizedSpill, Target, load_model, quantize_tree
+from ptmpack.compress.quant.metrics import error_row
 from ptmpack.compress.quant.pack_quantized import QuantizedWeight
 from ptmpack.compress.report import StepRecord
 from ptmpack.compress.spec import GPTQ_ORDERS, CompressSpec
 from ptmpack.compress.step import StepContext
 from ptmpack.compress.tree.weights import WeightFiles
 
-_SLOTS = {"linear": ("X", "W"), "matmul": ("A", "B")}
-_KEEP_HESSIANS = 2
 SEQUENTIAL = "layer"
-"""The order :func:`calibrate_and_quantize` uses unless told; :func:`apply` takes the spec's ``gptq_order``."""
+"""The order :func:`calibrate_and_quantize` uses unless told; the step takes the spec's ``gptq_order``."""
 
-
-class _Done(Exception):
-    """Raised by the hook after the last target: the rest of the forward pass is not needed."""
+Solve = Callable[..., QuantizedWeight]
+"""``solve(weight [out, in], hessian, overwrite_hessian=...) -> QuantizedWeight``."""
 
 
 def hessian(x: np.ndarray) -> np.ndarray:
     """``2/n · XᵀX`` of the rows of ``x`` (``[..., in]``), in float32."""
     rows = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
     return (rows.T @ rows) * np.float32(2.0 / max(len(rows), 1))
+
+
+class _Hessians:
+    """``XᵀX`` summed over mini-batches per input variable, then scaled by ``2/n`` (:func:`hessian` of all rows).
+
+    In numpy, or on a torch device (``xp``, a solver backend: ``--device cuda``), where the sums
+    of one block's inputs live until the block is solved; what :meth:`pop` returns is numpy.
+    """
+
+    def __init__(self, xp: Any = None) -> None:
+        self.xp = xp
+        self.sums: dict[str, Any] = {}
+        self.rows: dict[str, int] = {}
+
+    def add(self, name: str, x: np.ndarray) -> None:
+        rows = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
+        if self.xp is not None:
+            rows = self.xp.asarray(rows)
+        if name in self.sums:
+            self.sums[name] += rows.T @ rows
+        else:
+            self.sums[name] = rows.T @ rows
+        self.rows[name] = self.rows.get(name, 0) + len(rows)
+
+    def pop(self, name: str) -> np.ndarray:
+        h = self.sums.pop(name)
+        if self.xp is not None:
+            h = self.xp.to_numpy(h)
+        h *= np.float32(2.0 / max(self.rows.pop(name), 1))
+        return h
 
 
 def feeds_for(model: Any, windows: np.ndarray) -> dict[str, np.ndarray]:
@@ -58,83 +89,74 @@ def feeds_for(model: Any, windows: np.ndarray) -> dict[str, np.ndarray]:
     return feeds
 
 
-def calibrate_and_quantize(tree: Path, targets: list[Target], tensors: WeightFiles, windows: np.ndarray,
-                           solve: Any, progress: Any, *, sequential: str | None = None) -> dict[str, QuantizedWeight]:
-    """Run the calibration windows through the tree's model, quantizing each target as it is reached.
+def _groups(block: Block, sequential: str) -> list[list[Use]]:
+    """The targets of ``block`` solved together after one calibration pass: all at once (layer order), or each
+    set of linears sharing an input, in operator order (linear order)."""
+    if sequential == "layer":
+        return [list(block.uses)]
+    groups: dict[str, list[Use]] = {}
+    for u in block.uses:
+        groups.setdefault(u.x, []).append(u)
+    return list(groups.values())
 
-    ``solve(weight [out, in], hessian) -> QuantizedWeight``. ``sequential`` (default :data:`SEQUENTIAL`): ``"layer"`` (each
-    linear's Hessian from its layer's float weights on the quantized model's input to the layer,
-    as llm-compressor; :mod:`ptmpack.compress.quant.gptq.streams`) or ``"linear"`` (from the activations
-    of the already-quantized earlier linears, inside the layer too).
+
+def calibrate_and_quantize(tree: Path, targets: list[Target], weights: WeightFiles, windows: np.ndarray,
+                           solve: Solve, progress: Any, spill: QuantizedSpill, *, sequential: str | None = None,
+                           batch_tokens: int | None = None, device: Any = None) -> None:
+    """Run the calibration windows through the tree's model block by block, quantizing each target into ``spill``.
+
+    ``solve(weight [out, in], hessian, overwrite_hessian=bool) -> QuantizedWeight`` (it may
+    overwrite the Hessian when told it is its last user). ``sequential`` (default
+    :data:`SEQUENTIAL`): ``"layer"`` or ``"linear"`` (module docstring). ``batch_tokens``: tokens per
+    mini-batch of windows (default :data:`ptmpack.compress.eval.blocks.BATCH_TOKENS`); the result
+    does not depend on it beyond float32 summation order in the Hessians. ``device``: a torch solver
+    backend on which the Hessians are summed (``--device cuda``: one block's sums on the GPU; the
+    IR runs the block on the CPU), or None for numpy.
 
     Raises:
         GraphError: the model fails to run.
-        UnsupportedError: the forward pass ended before every target was reached, or a layer-wise
-            pass met an activation it cannot split into its two streams.
+        UnsupportedError: a target no operator of the model applies.
         UsageError: an unknown ``sequential``.
     """
-    from ptmpack.errors import UnsupportedError, UsageError
-    from ptmpack.ir.execute import OPERATOR_HOOK, Executor
-    from ptmpack.ir.registry import ExecContext
-    from ptmpack.storage.package import open_package
+    from ptmpack.compress.eval.blocks import BATCH_TOKENS
+    from ptmpack.errors import UsageError
 
     sequential = sequential or SEQUENTIAL
     if sequential not in GPTQ_ORDERS:
         raise UsageError(f"sequential must be one of {', '.join(GPTQ_ORDERS)}, got {sequential!r}")
     model = load_model(tree)
     by_weight = {t.weight: t for t in targets}
-    layers = layer_index([t.prefix for t in targets])
-    streams = Streams(len(windows)) if sequential == "layer" else None
-    done: dict[str, QuantizedWeight] = {}
-    hessians: OrderedDict[str, np.ndarray] = OrderedDict()
-
-    def hook(graph: Any, node: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        if graph.graph_id != model.main_graph.graph_id:
-            return inputs
-        slots = _SLOTS.get(node.type)
-        t = by_weight.get(node.inputs.get(slots[1], ("",))[0]) if slots else None
-        if streams is not None:
-            inputs = streams.before(node, inputs, None if t is None else layers[t.prefix])
-        if t is None or slots is None:
-            return inputs
-        x_slot, w_slot = slots
-        x_name = node.inputs[x_slot][0]
-        if t.prefix not in done:
-            if x_name not in hessians:
-                x = inputs[x_slot] if streams is None else streams.split(np.asarray(inputs[x_slot]))[1]
-                hessians[x_name] = hessian(x)
-                while len(hessians) > _KEEP_HESSIANS:
-                    hessians.popitem(last=False)
-            w = tensors[t.weight]
-            done[t.prefix] = solve(w.T if t.transposed else w, hessians[x_name])
-            progress("gptq", len(done), len(targets))
-        deq = done[t.prefix].dequantize(np.float32)
-        if streams is not None:
-            w = tensors[t.weight]
-            inputs[x_slot], inputs[w_slot] = streams.both_weights(np.asarray(inputs[x_slot]), deq,
-                                                                  w.T if t.transposed else w, t.transposed)
-        else:
-            inputs[w_slot] = deq.T if t.transposed else deq
-        if len(done) == len(targets):
-            raise _Done
-        return inputs
-
-    feeds = feeds_for(model, windows if streams is None else np.concatenate((windows, windows)))
-    with open_package(tree) as pkg:
-        executor = Executor(model, pkg, ExecContext())
-        executor.ctx.state[OPERATOR_HOOK] = hook
-        try:
-            executor.run(feeds)
-        except _Done:
-            pass
-        finally:
-            executor.ctx.state.pop(OPERATOR_HOOK, None)
-    missing = [t.prefix for t in targets if t.prefix not in done]
-    if missing:
-        raise UnsupportedError(f"the calibration pass never reached {missing[0]} (and {len(missing) - 1} more)")
-    return done
-
-
+    blocks = plan_blocks(model, [t.weight for t in targets])
+    runner = BlockRunner(model, weights, feeds_for(model, windows), blocks, batch_tokens=batch_tokens or BATCH_TOKENS)
+    done = 0
+    for block in blocks:
+        last = block is blocks[-1]
+        params = runner.params(block.start, block.stop if not last else block.uses[-1].op + 1)
+        for group in _groups(block, sequential):
+            hessians = _Hessians(device)
+            xs = list(dict.fromkeys(u.x for u in group))
+            for got in runner.collect(block, xs, max(u.op for u in group), params):
+                for x in xs:
+                    hessians.add(x, got.pop(x))
+                del got
+            ready: dict[str, np.ndarray] = {}
+            for i, use in enumerate(group):
+                t = by_weight[use.weight]
+                w = params[t.weight]
+                w = w.T if t.transposed else w
+                if use.x not in ready:
+                    ready[use.x] = hessians.pop(use.x)
+                final = all(u.x != use.x for u in group[i + 1:])  # the Hessian's last user may overwrite it
+                q = solve(w, ready.pop(use.x) if final else ready[use.x], overwrite_hessian=final)
+                spill.put(t.prefix, q, error_row(t.prefix, w, q))
+                deq = q.dequantize(np.float32)
+                params[t.weight] = deq.T if t.transposed else deq
+                del q, deq, w
+                done += 1
+                progress("gptq", done, len(targets))
+        if not last:
+            runner.advance(block, params)
+        del params
 class GptqStep:
     """The ``--quant gptq`` step (a :class:`ptmpack.compress.step.Step`)."""
 
@@ -157,14 +179,14 @@ def quantize_gptq_tree(tree: Path, ctx: StepContext) -> StepRecord:
     xp = backend(spec.device)
     calib = ctx.calib()
 
-    def run(targets: list[Target], tensors: WeightFiles, group: int) -> dict[str, QuantizedWeight]:
-        def solve(w: np.ndarray, h: np.ndarray) -> QuantizedWeight:
+    def run(targets: list[Target], weights: WeightFiles, group: int, spill: QuantizedSpill) -> None:
+        def solve(w: np.ndarray, h: np.ndarray, *, overwrite_hessian: bool = False) -> QuantizedWeight:
             scale_dtype = w.dtype if w.dtype in (np.float16, np.float32) else np.float32
             return gptq_quantize(w, h, spec.bits, group or w.shape[1], spec.symmetric, act_order=spec.act_order, xp=xp,
-                                 scale_dtype=scale_dtype)
+                                 scale_dtype=scale_dtype, overwrite_hessian=overwrite_hessian)
 
-        return calibrate_and_quantize(tree, targets, tensors, calib.windows, solve, ctx.progress,
-                                      sequential=sequential)
+        calibrate_and_quantize(tree, targets, weights, calib.windows, solve, ctx.progress, spill,
+                               sequential=sequential, device=None if spec.device == "cpu" else xp)
 
     sequential = spec.gptq_order
     return quantize_tree(tree, ctx, "gptq", run,
