@@ -393,7 +393,7 @@ def main() -> None:
                        notes=f"train {train:.0f} s; dominance violations {v['violations']}/{v['checks']} steps; "
                              f"{unmerged} unmerged transforms")
         if "gptq" in args.methods and method == "gptq":
-            from ptmpack.compress.quant.gptq.step import apply as gptq_apply
+            from ptmpack.compress.quant.gptq.step import quantize_gptq_tree
             from ptmpack.compress.spec import CompressSpec
             from ptmpack.compress.step import CalibrationData, StepContext
 
@@ -403,8 +403,8 @@ def main() -> None:
             shutil.copytree(tree, work)
             spec = CompressSpec(quant="gptq", bits=bits, group_size=args.group_size, calib=calib_file,
                                 nsamples=args.nsamples, seqlen=args.seqlen, symmetric=False)
-            calib = CalibrationData(windows, "", len(ids), calib_file.name, "first", None)
-            gptq_apply(work, StepContext(spec, calibration=lambda calib=calib: calib))
+            calib = CalibrationData(windows, "", len(ids), calib_file.name, "first")
+            quantize_gptq_tree(work, StepContext(spec, calibration=lambda calib=calib: calib))
             report.add("GPTQ", label, evaluate(load_compressed(work)), time.perf_counter() - t0)
             shutil.rmtree(work, ignore_errors=True)
 

@@ -100,18 +100,18 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
         UnsupportedError: no torch, not a LLaMA-family decoder, or CUDA asked for but absent.
         UsageError: no calibration text, or a group size that does not divide a linear's input width.
     """
-    torch = require_torch()
+    require_torch()
     from ptmpack.compress.quant.affine.block import AffineOptions, BlockResult
     from ptmpack.compress.quant.affine.model import affine_quantize_checkpoint
     from ptmpack.compress.quant.affine.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, DecoderLayer, LlamaConfig
     from ptmpack.compress.quant.linear import choose_group_size, find_targets, ignored_linears, load_model, regraph
     from ptmpack.compress.quant.pack_quantized import SHAPE, QuantizedWeight, quantization_config, quantized_tensors
+    from ptmpack.compress.spec import check_device
     from ptmpack.compress.tree.documents import read_json, write_json
     from ptmpack.compress.tree.weights import TensorSpec, WeightFiles
 
     spec, tree = ctx.spec, Path(tree)
-    if spec.device == "cuda" and not torch.cuda.is_available():
-        raise UnsupportedError("--device cuda: PyTorch sees no CUDA device", hint="use --device cpu")
+    check_device(spec.device)
     config_path = tree / "Model" / "config.json"
     config = read_json(config_path)
     cfg = LlamaConfig.from_dict(config)
