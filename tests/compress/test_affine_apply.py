@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +16,31 @@ from ptmpack.ir.model import ModelStructure
 from ptmpack.ir.registry import ExecContext, TensorType, lookup
 
 torch = pytest.importorskip("torch")
+
+
+def _assert_ir_runs_the_deployed_tensors(tree: Path, tensors: dict[str, np.ndarray], config: dict[str, Any],
+                                         ids: np.ndarray, identity: set[str] | None = None) -> None:
+    """The package's IR logits for ``ids`` equal the torch model built from its tensors, each quantized linear of
+    the two-layer tiny LLaMA dequantized (``identity``: norms folded away, run as the identity)."""
+    from ptmpack.compress.quant.affine.torch_llama import CausalLM, LlamaConfig
+    from ptmpack.compress.quant.pack_quantized import read_quantized_linear
+    from ptmpack.ir.runner import LoadedModel
+
+    deq = dict(tensors)
+    for i in range(2):
+        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+            p = f"model.layers.{i}.{name}"
+            deq[f"{p}.weight"] = read_quantized_linear(tensors, p, 4).dequantize()
+    model = CausalLM.from_tensors(deq, LlamaConfig.from_dict(config), identity_norms=identity or set())
+    with torch.no_grad():
+        x = model.embeddings(torch.as_tensor(ids)[None])
+        for layer in model.layers:
+            x = layer(x)
+        want = model.logits(x)[0].numpy()
+    with LoadedModel.open(tree) as lm:
+        got = lm.forward(np.asarray(ids)[None])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
 
 
 def test_affine_transform_kernel_and_inference():
@@ -67,9 +94,6 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
     from ptmpack.compress.eval.quality import held_out
     from ptmpack.compress.pipeline import run_step
     from ptmpack.compress.quant.affine.step import AffineStep
-    from ptmpack.compress.quant.affine.torch_llama import CausalLM, LlamaConfig
-    from ptmpack.compress.quant.pack_quantized import read_quantized_linear
-    from ptmpack.ir.runner import LoadedModel
     from tests._support.tiny_models import sample_text, tiny_tree
 
     tree = tiny_tree(tmp_path)
@@ -100,22 +124,7 @@ def test_apply_writes_compressed_tensors_transforms_and_a_graph_that_runs_them(t
     assert len(ops) == 4 and sum(o.type == "quantized_linear" for o in graph.main_graph.operators) == 14
 
     # the IR run of the package equals the torch forward of the deployed tensors
-    deq = dict(tensors)
-    for i in range(2):
-        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
-            p = f"model.layers.{i}.{name}"
-            deq[f"{p}.weight"] = read_quantized_linear(tensors, p, 4).dequantize()
-    model = CausalLM.from_tensors(deq, LlamaConfig.from_dict(config))
-    ids = ctx.calibration().windows[0][:16]
-    with torch.no_grad():
-        x = model.embeddings(torch.as_tensor(ids)[None])
-        for layer in model.layers:
-            x = layer(x)
-        want = model.logits(x)[0].numpy()
-    with LoadedModel.open(tree) as lm:
-        got = lm.forward(np.asarray(ids)[None])[0]
-    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    _assert_ir_runs_the_deployed_tensors(tree, tensors, config, ctx.calibration().windows[0][:16])
 
 
 def test_apply_refuses_encoders_and_bad_groups(tmp_path):
@@ -200,8 +209,6 @@ def test_apply_after_unified_norms_stores_whole_inverses_and_runs_as_the_torch_m
     from ptmpack.compress.eval.quality import held_out
     from ptmpack.compress.pipeline import run_step
     from ptmpack.compress.quant.affine.step import AffineStep, folded_norms
-    from ptmpack.compress.quant.affine.torch_llama import CausalLM, LlamaConfig
-    from ptmpack.compress.quant.pack_quantized import read_quantized_linear
     from ptmpack.compress.structure.fold_norm import fold_norm
     from ptmpack.ir.runner import LoadedModel, perplexity
     from tests._support.tiny_models import sample_text, tiny_tree
@@ -229,22 +236,8 @@ def test_apply_after_unified_norms_stores_whole_inverses_and_runs_as_the_torch_m
     types = [o.type for o in graph.main_graph.operators]
     assert "rms_norm" not in types and types.count("affine_transform") == 4
 
-    deq = dict(tensors)
-    for i in range(2):
-        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
-            p = f"model.layers.{i}.{name}"
-            deq[f"{p}.weight"] = read_quantized_linear(tensors, p, 4).dequantize()
-    model = CausalLM.from_tensors(deq, LlamaConfig.from_dict(config), identity_norms=identity)
-    ids = ctx.calibration().windows[0][:16]
-    with torch.no_grad():
-        x = model.embeddings(torch.as_tensor(ids)[None])
-        for layer in model.layers:
-            x = layer(x)
-        want = model.logits(x)[0].numpy()
+    _assert_ir_runs_the_deployed_tensors(tree, tensors, config, ctx.calibration().windows[0][:16], identity)
     with LoadedModel.open(tree) as lm:
-        got = lm.forward(np.asarray(ids)[None])[0]
         quant_ppl = perplexity(lm, text, window=64).perplexity
-    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
     # a random tiny model with unified norms has a huge perplexity; its log (the mean NLL per token) stays close
     assert abs(np.log(quant_ppl) / np.log(float_ppl) - 1) < 0.1, (float_ppl, quant_ppl)

@@ -23,6 +23,7 @@ from ptmpack.compress.quant.gptq.step import calibrate_and_quantize, feeds_for, 
 from ptmpack.compress.quant.linear import QuantizedSpill, Target, find_targets, load_model
 from ptmpack.compress.quant.pack_quantized import QuantizedWeight, quantized_tensors
 from ptmpack.compress.tree.weights import WeightFiles
+from tests._support.target_inputs import target_inputs
 from tests._support.tiny_models import tiny_tree
 
 
@@ -84,29 +85,6 @@ def test_batches_cover_every_window_once() -> None:
     assert batches(3, 4096, 2048) == [slice(0, 1), slice(1, 2), slice(2, 3)]  # one window at least
 
 
-def _reference_inputs(tree: Path, model: Any, quantized: dict[str, np.ndarray], wanted: set[str]) -> dict[str, np.ndarray]:
-    """The input of each ``wanted`` target in one whole-model run with the ``quantized`` weights fed."""
-    from ptmpack.ir.execute import OPERATOR_HOOK, Executor
-    from ptmpack.ir.registry import ExecContext
-    from ptmpack.storage.package import open_package
-
-    by_weight = {t.weight: t for t in find_targets(model)}
-    got: dict[str, np.ndarray] = {}
-
-    def hook(graph: Any, node: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        slot = {"linear": ("X", "W"), "matmul": ("A", "B")}.get(node.type)
-        t = by_weight.get(node.inputs.get(slot[1], ("",))[0]) if slot else None
-        if t is not None and t.prefix in wanted:
-            got[t.prefix] = np.array(inputs[slot[0]])
-        return inputs
-
-    with open_package(tree) as pkg:
-        ex = Executor(model, pkg, ExecContext())
-        ex.ctx.state[OPERATOR_HOOK] = hook
-        ex.run({**feeds_for(model, _windows()), **quantized})
-    return got
-
-
 def test_gptq_through_the_blocks_writes_what_the_reference_solves(tree: Path) -> None:
     """Layer order, real solver, act-order: every stored tensor equals the reference's, bit for bit."""
     model = load_model(tree)
@@ -127,7 +105,7 @@ def test_gptq_through_the_blocks_writes_what_the_reference_solves(tree: Path) ->
         layers.setdefault(layer_of(t.prefix), []).append(t)
     fed: dict[str, np.ndarray] = {}
     for group in layers.values():
-        inputs = _reference_inputs(tree, model, fed, {t.prefix for t in group})
+        inputs = target_inputs(tree, model, {**feeds_for(model, _windows()), **fed}, {t.prefix for t in group})
         for t in group:
             w = weights.read(t.weight)
             w = w.T if t.transposed else w

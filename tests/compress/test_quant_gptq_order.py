@@ -24,6 +24,7 @@ from ptmpack.compress.quant.linear import QuantizedSpill, Target, find_targets, 
 from ptmpack.compress.quant.pack_quantized import QuantizedWeight
 from ptmpack.compress.quant.rtn import quantize_rtn
 from ptmpack.compress.tree.weights import WeightFiles
+from tests._support.target_inputs import target_inputs
 from tests._support.tiny_models import tiny_tree
 
 
@@ -58,10 +59,6 @@ def _one_pass(tree: Path, sequential: str, batch_tokens: int | None = None
 
 def _inputs_with(tree: Path, quantized: list[Target], wanted: set[str]) -> dict[str, np.ndarray]:
     """One plain IR run with ``quantized`` targets' weights fed as RTN; the input of each ``wanted`` target."""
-    from ptmpack.ir.execute import OPERATOR_HOOK, Executor
-    from ptmpack.ir.registry import ExecContext
-    from ptmpack.storage.package import open_package
-
     model = load_model(tree)
     tensors = WeightFiles(tree / "Model")
     feeds: dict[str, Any] = feeds_for(model, _windows(tree))
@@ -69,21 +66,7 @@ def _inputs_with(tree: Path, quantized: list[Target], wanted: set[str]) -> dict[
         w = tensors[t.weight]
         deq = _rtn(w.T if t.transposed else w).dequantize(np.float32)
         feeds[t.weight] = deq.T if t.transposed else deq
-    by_weight = {t.weight: t for t in find_targets(model)}
-    got: dict[str, np.ndarray] = {}
-
-    def hook(graph: Any, node: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        slot = {"linear": ("X", "W"), "matmul": ("A", "B")}.get(node.type)
-        t = by_weight.get(node.inputs.get(slot[1], ("",))[0]) if slot else None
-        if t is not None and t.prefix in wanted:
-            got[t.prefix] = np.array(inputs[slot[0]])
-        return inputs
-
-    with open_package(tree) as pkg:
-        ex = Executor(model, pkg, ExecContext())
-        ex.ctx.state[OPERATOR_HOOK] = hook
-        ex.run(feeds)
-    return got
+    return target_inputs(tree, model, feeds, wanted)
 
 
 def _assert_close(a: np.ndarray, b: np.ndarray, batch_tokens: int | None) -> None:
