@@ -140,10 +140,13 @@ def test_unified_norm_composes_with_weight_quantization(tmp_path: Path) -> None:
     assert "quantized_linear" in quantized and "rms_norm" not in unified
     linears = ("linear", "quantized_linear")
     assert [t for t in quantized if t not in linears] == [t for t in unified if t not in linears]
-    refused = cli("compress", tree, "-o", tmp_path / "y.ptm", "--fold-norm", "unified", "--calib", _text(tmp_path),
-                  "--quant", "affine")
-    assert_clean_error(refused, 6)
-    assert "AffineQuant" in refused.err
+    # AffineQuant composes too (issue 17): the folded norms stay folded, a transform takes their place
+    affine = tmp_path / "y.ptm"
+    run = cli("compress", tree, "-o", affine, "--fold-norm", "unified", "--calib", _text(tmp_path),
+              "--quant", "affine", "--group-size", "16", "--nsamples", "2", "--seqlen", "32", "--epochs", "1")
+    assert run.code == 0, run.err
+    transformed = ops(affine)
+    assert "rms_norm" not in transformed and "affine_transform" in transformed and "quantized_linear" in transformed
 
 
 def _tensors_of(ptm: Path) -> dict[str, np.ndarray]:
