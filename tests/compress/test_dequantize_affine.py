@@ -64,19 +64,12 @@ def test_dequantized_affine_package_equals_the_quantized_one_and_loads_in_transf
 
 def test_a_transform_after_an_unknown_norm_is_refused(tmp_path):
     from ptmpack.compress.quant.dequantize import fold_transforms
+    from ptmpack.compress.tree.checkpoint import Checkpoint
     from ptmpack.errors import UnsupportedError
 
-    class Tensors:
-        def __init__(self) -> None:
-            self.where = {"model.norm.affine_transform.weight": "m.safetensors"}
-            self.files = {"m.safetensors": {"model.norm.affine_transform.weight": np.eye(4, dtype=np.float32)}}
-            self.changed: set[str] = set()
-
-        def names(self):
-            return list(self.where)
-
-        def __getitem__(self, name):
-            return self.files[self.where[name]][name]
+    name = "model.norm.affine_transform.weight"
+    ck = Checkpoint(tmp_path, {name: np.eye(4, dtype=np.float32)}, {name: "m.safetensors"},
+                    {name: np.dtype(np.float32)}, {"m.safetensors": None})
 
     with pytest.raises(UnsupportedError):
-        fold_transforms(Tensors(), {})
+        fold_transforms(ck, {})

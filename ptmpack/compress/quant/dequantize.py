@@ -30,6 +30,7 @@ from ptmpack.compress.quant.pack_quantized import (
     read_quantized_linear,
 )
 from ptmpack.compress.report import DequantizeReport
+from ptmpack.compress.tree.checkpoint import Checkpoint
 from ptmpack.compress.tree.weights import TensorSpec, WeightFiles
 from ptmpack.errors import IntegrityError, UnsupportedError
 from ptmpack.quant.scheme import WeightScheme, scheme_of
@@ -53,7 +54,8 @@ def dequantize_tree(tree: Path) -> DequantizeReport:
         UnsupportedError: quantized tensors whose config.json states no usable scheme.
         IntegrityError: inconsistent quantized tensors.
     """
-    from ptmpack.compress.quant.linear import ModelTensors, regraph
+    from ptmpack.compress.quant.linear import regraph
+    from ptmpack.compress.tree.checkpoint import Checkpoint
     from ptmpack.compress.tree.documents import read_json, write_json
 
     tree = Path(tree)
@@ -73,11 +75,12 @@ def dequantize_tree(tree: Path) -> DequantizeReport:
         regraph(tree)
         files = sorted({weights.file_of(f"{p}.weight") for p in prefixes})
         return DequantizeReport(len(prefixes), tuple(f"Model/{f}" for f in files), scheme.bits, scheme.group_size)
-    tensors = ModelTensors(model_dir)  # transforms to fold: every weight in memory
-    scheme = _dequantize_linears(tensors, prefixes, config, config_path)
-    folded = fold_transforms(tensors, config)
-    files = sorted(tensors.changed)
-    tensors.save()
+    ck = Checkpoint.load(tree)  # transforms to fold: every weight in memory
+    files = sorted({ck.file_of[n] for n in ck.tensors if f".{AFFINE}." in n}
+                   | {ck.file_of[f"{p}.weight_packed"] for p in prefixes})
+    scheme = _dequantize_linears(ck, prefixes, config, config_path)
+    folded = fold_transforms(ck, config)
+    ck.save(files)
     config.pop("quantization_config", None)
     write_json(config_path, config)
     regraph(tree)
@@ -97,25 +100,21 @@ def _scheme_of(config: dict[str, Any], config_path: Path) -> tuple[WeightScheme,
     return scheme, config.get("model_type") == "gpt2"
 
 
-def _dequantize_linears(tensors: Any, prefixes: list[str], config: dict[str, Any], config_path: Path) -> WeightScheme:
-    """Replace each quantized linear of ``tensors`` by its float ``weight`` (in memory; saved by the caller).
+def _dequantize_linears(ck: Checkpoint, prefixes: list[str], config: dict[str, Any], config_path: Path) -> WeightScheme:
+    """Replace each quantized linear of the checkpoint by its float ``weight`` (in memory; saved by the caller).
 
     Raises:
         UnsupportedError: no usable quantization scheme in ``config``.
     """
     scheme, conv1d = _scheme_of(config, config_path)
     for prefix in prefixes:
-        file = tensors.where[f"{prefix}.weight_packed"]
-        stored = tensors.files[file]
-        q = read_quantized_linear(stored, prefix, scheme.bits)
+        file = ck.file_of[f"{prefix}.weight_packed"]
+        q = read_quantized_linear(ck.tensors, prefix, scheme.bits)
         dtype = q.scale.dtype if q.scale.dtype.kind == "f" else np.dtype(np.float32)
         for tail in SUFFIXES:
-            if stored.pop(f"{prefix}.{tail}", None) is not None:
-                del tensors.where[f"{prefix}.{tail}"]
+            ck.delete(f"{prefix}.{tail}")
         w = q.dequantize(dtype)
-        stored[f"{prefix}.weight"] = np.ascontiguousarray(w.T) if conv1d else w
-        tensors.where[f"{prefix}.weight"] = file
-        tensors.changed.add(file)
+        _put(ck, f"{prefix}.weight", w.T if conv1d else w, file)
     return scheme
 
 
@@ -156,13 +155,13 @@ def _stream(weights: WeightFiles, prefixes: list[str], config: dict[str, Any], c
     return scheme
 
 
-def _put(tensors: Any, name: str, value: np.ndarray, file: str) -> None:
-    tensors.files[file][name] = np.ascontiguousarray(value)
-    tensors.where[name] = file
-    tensors.changed.add(file)
+def _put(ck: Checkpoint, name: str, value: np.ndarray, file: str) -> None:
+    """Store ``value`` as tensor ``name`` of the weight file ``file``, in its own dtype."""
+    ck.tensors[name] = np.ascontiguousarray(value)
+    ck.file_of[name], ck.dtype_of[name] = file, ck.tensors[name].dtype
 
 
-def fold_transforms(tensors: Any, config: dict[str, Any]) -> int:
+def fold_transforms(ck: Checkpoint, config: dict[str, Any]) -> int:
     """Fold every ``{norm}.affine_transform`` into the float weights (and biases) of the linears reading
     it, drop the transform tensors, and give projections the biases transformers then expects; return
     how many transforms were folded.
@@ -172,33 +171,30 @@ def fold_transforms(tensors: Any, config: dict[str, Any]) -> int:
         IntegrityError: a transform whose shape does not fit its consumers.
     """
     folded, biased = 0, False
-    for m_name in sorted(n for n in tensors.names() if n.endswith(f".{AFFINE}.weight")):
+    for m_name in sorted(n for n in ck.tensors if n.endswith(f".{AFFINE}.weight")):
         base = m_name[: -len(f".{AFFINE}.weight")]
         block, _, norm = base.rpartition(".")
         if norm not in TRANSFORM_CONSUMERS:
             raise UnsupportedError(f"{m_name}: cannot fold an affine transform after {norm!r} into float weights")
-        m = _dense(np.asarray(tensors[m_name], dtype=np.float64))
+        m = _dense(np.asarray(ck.tensors[m_name], dtype=np.float64))
         shift_name = f"{base}.{AFFINE}.shift"
-        shift = np.asarray(tensors[shift_name], dtype=np.float64) if shift_name in tensors.where else None
+        shift = np.asarray(ck.tensors[shift_name], dtype=np.float64) if shift_name in ck.tensors else None
         for consumer in TRANSFORM_CONSUMERS[norm]:
             w_name, b_name = f"{block}.{consumer}.weight", f"{block}.{consumer}.bias"
-            w = tensors[w_name]
+            w = ck.tensors[w_name]
             if w.ndim != 2 or w.shape[1] != m.shape[0]:
                 raise IntegrityError(f"{m_name}: shape {list(m.shape)} does not fit {w_name} {list(w.shape)}")
             folded_w = w.astype(np.float64) @ m
-            _put(tensors, w_name, folded_w.astype(w.dtype), tensors.where[w_name])
+            _put(ck, w_name, folded_w.astype(w.dtype), ck.file_of[w_name])
             if shift is not None:
-                bias = tensors[b_name].astype(np.float64) if b_name in tensors.where else np.zeros(w.shape[0])
-                _put(tensors, b_name, (bias - folded_w @ shift).astype(w.dtype), tensors.where[w_name])
+                bias = ck.tensors[b_name].astype(np.float64) if b_name in ck.tensors else np.zeros(w.shape[0])
+                _put(ck, b_name, (bias - folded_w @ shift).astype(w.dtype), ck.file_of[w_name])
                 biased = True
-        for name in (m_name, shift_name):
-            file = tensors.where.pop(name, None)
-            if file is not None:
-                del tensors.files[file][name]
-                tensors.changed.add(file)
+        ck.delete(m_name)
+        ck.delete(shift_name)
         folded += 1
     if biased:
-        _complete_biases(tensors, config)
+        _complete_biases(ck, config)
     return folded
 
 
@@ -214,15 +210,15 @@ def _dense(m: np.ndarray) -> np.ndarray:
     return dense
 
 
-def _complete_biases(tensors: Any, config: dict[str, Any]) -> None:
+def _complete_biases(ck: Checkpoint, config: dict[str, Any]) -> None:
     """Zero biases for the projections of a family where another has one, and the config flag saying so."""
     for flag, family in BIAS_FAMILIES.items():
-        blocks = {n[: -len(f".{proj}.bias")] for n in tensors.names() for proj in family if n.endswith(f".{proj}.bias")}
+        blocks = {n[: -len(f".{proj}.bias")] for n in ck.tensors for proj in family if n.endswith(f".{proj}.bias")}
         for block in blocks:
             for proj in family:
                 w_name = f"{block}.{proj}.weight"
-                if f"{block}.{proj}.bias" not in tensors.where and w_name in tensors.where:
-                    w = tensors[w_name]
-                    _put(tensors, f"{block}.{proj}.bias", np.zeros(w.shape[0], w.dtype), tensors.where[w_name])
+                if f"{block}.{proj}.bias" not in ck.tensors and w_name in ck.tensors:
+                    w = ck.tensors[w_name]
+                    _put(ck, f"{block}.{proj}.bias", np.zeros(w.shape[0], w.dtype), ck.file_of[w_name])
         if blocks:
             config[flag] = True

@@ -29,7 +29,6 @@ from ptmpack.compress.quant.pack_quantized import (
     quantization_config,
     quantized_layout,
     quantized_tensors,
-    write_quantized_linear,
 )
 from ptmpack.compress.report import QuantScheme, StepRecord
 from ptmpack.compress.step import StepContext
@@ -125,49 +124,6 @@ def choose_group_size(targets: list[Target], requested: int | None) -> int:
 def group_of(target: Target, group: int) -> int:
     """The group size used for ``target``: ``group``, or its whole input width when ``group`` is 0 (per channel)."""
     return group or target.in_features
-
-
-class ModelTensors:
-    """Every tensor of a tree's ``Model/`` in memory, by file, for the methods that edit the whole model at once
-    (AffineQuant, dequantizing with transforms to fold); the others stream through :class:`WeightFiles`."""
-
-    def __init__(self, model_dir: Path) -> None:
-        """Read every tensor of ``model_dir``'s weight files (:class:`WeightFiles`, bfloat16 included).
-
-        Raises:
-            InvalidTreeError: no safetensors file, or an invalid one.
-        """
-        self.model_dir = Path(model_dir)
-        weights = WeightFiles(self.model_dir)
-        self.metadata: dict[str, dict[str, str]] = dict(weights.metadata)
-        self.files: dict[str, dict[str, np.ndarray]] = {file: {} for file in weights.files}
-        self.where: dict[str, str] = {}
-        for name in weights.names():
-            self.where[name] = weights.file_of(name)
-            self.files[self.where[name]][name] = weights.read(name)
-        self.changed: set[str] = set()
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.files[self.where[name]][name]
-
-    def names(self) -> list[str]:
-        return list(self.where)
-
-    def store(self, target: Target, q: QuantizedWeight) -> None:
-        """Replace ``target``'s float weight by the quantized tensors, in the file that held it."""
-        file = self.where[target.weight]
-        tensors = self.files[file]
-        write_quantized_linear(tensors, target.prefix, q)
-        del self.where[target.weight]
-        for k in tensors:
-            self.where[k] = file
-        self.changed.add(file)
-
-    def save(self) -> None:
-        """Write every changed file through a temporary file and a rename."""
-        for name in sorted(self.changed):
-            write_safetensors(self.model_dir / name, self.files[name], self.metadata.get(name))
-        self.changed.clear()
 
 
 def load_model(tree: Path) -> ModelStructure:

@@ -9,7 +9,7 @@ library (temp file, then rename), and rebuild the graph with :mod:`ptmpack.ir.co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,8 +81,9 @@ class Checkpoint:
     def nbytes(self) -> int:
         return int(sum(t.nbytes for t in self.tensors.values()))
 
-    def save(self) -> None:
-        """Write every safetensors file back (each through a temp file renamed over the original).
+    def save(self, files: Collection[str] | None = None) -> None:
+        """Write the safetensors files back (each through a temp file renamed over the original): those named in
+        ``files`` (names as in :attr:`file_of`), or every one.
 
         Raises:
             InvalidTreeError: a file cannot be written.
@@ -90,6 +91,8 @@ class Checkpoint:
         from ptmpack.compress.tree.weights import write_safetensors
 
         for fname, meta in self.metadata.items():
+            if files is not None and fname not in files:
+                continue
             write_safetensors(self.tree / MODEL / fname,
                               {n: t for n, t in self.tensors.items() if self.file_of[n] == fname}, meta)
 
