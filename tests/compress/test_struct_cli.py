@@ -128,19 +128,11 @@ def test_unified_norm_composes_with_weight_quantization(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     alone = tmp_path / "unified.ptm"
     assert cli("compress", tree, "-o", alone, "--fold-norm", "unified", "--calib", _text(tmp_path)).code == 0
-    from ptmpack.ir.runner import LoadedModel
-
-    def ops(ptm: Path) -> list[str]:
-        with LoadedModel.open(ptm) as lm:
-            assert np.isfinite(lm.forward(np.arange(6)[None] % 40)).all()
-            return [o.type for o in lm.model.main_graph.operators]
-
     # the quantized package keeps the unified graph (no norm put back), its linears quantized
-    quantized, unified = ops(out), ops(alone)
+    quantized, unified = _runs_and_ops(out), _runs_and_ops(alone)
     assert "quantized_linear" in quantized and "rms_norm" not in unified
     linears = ("linear", "quantized_linear")
     assert [t for t in quantized if t not in linears] == [t for t in unified if t not in linears]
-
 
 
 @pytest.mark.torch
@@ -148,18 +140,23 @@ def test_unified_norm_composes_with_affine_quant(tmp_path: Path) -> None:
     """AffineQuant after ``--fold-norm unified`` (issue 17): the folded norms stay folded, a transform takes their
     place before the quantized linears, and the package runs."""
     pytest.importorskip("torch")
-    from ptmpack.ir.runner import LoadedModel
-
     cfg, t = llama_tensors(layers=1)
     tree = make_tree(tmp_path, cfg, t)
     out = tmp_path / "y.ptm"
     run = cli("compress", tree, "-o", out, "--fold-norm", "unified", "--calib", _text(tmp_path),
               "--quant", "affine", "--group-size", "16", "--nsamples", "2", "--seqlen", "32", "--epochs", "1")
     assert run.code == 0, run.err
-    with LoadedModel.open(out) as lm:
-        assert np.isfinite(lm.forward(np.arange(6)[None] % 40)).all()
-        types = [o.type for o in lm.model.main_graph.operators]
+    types = _runs_and_ops(out)
     assert "rms_norm" not in types and "affine_transform" in types and "quantized_linear" in types
+
+def _runs_and_ops(ptm: Path) -> list[str]:
+    """The operator types of the package's main graph, after checking that it runs to finite outputs."""
+    from ptmpack.ir.runner import LoadedModel
+
+    with LoadedModel.open(ptm) as lm:
+        assert np.isfinite(lm.forward(np.arange(6)[None] % 40)).all()
+        return [o.type for o in lm.model.main_graph.operators]
+
 
 def _tensors_of(ptm: Path) -> dict[str, np.ndarray]:
     from ptmpack.storage.package import open_package
