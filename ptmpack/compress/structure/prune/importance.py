@@ -55,9 +55,9 @@ class Importance:
             target[start:start + len(u)] = at + np.arange(len(u)) // step
             units[g], offset[g] = [(layer, j // step) for layer, j in u[::step]], at
             at += len(u) // step
-        merge = np.zeros((total, at))
-        merge[np.arange(total), target] = 1.0
-        return Importance(units, self.grad @ merge, self.samples @ merge, offset)
+        starts = np.flatnonzero(np.r_[True, np.diff(target) != 0])  # target never decreases: runs of one unit
+        return Importance(units, np.add.reduceat(self.grad, starts), np.add.reduceat(self.samples, starts, axis=1),
+                          offset)
 
     def diag_score(self) -> np.ndarray:
         """Estimated loss increase of removing each unit alone: ``-g_i + ½ F_ii``."""
