@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common
 
+from ptmpack.compress.spec import PRUNE_TARGETS
+
 GENSIM_REQ = "gensim==4.4.0"
 CALIB = {"windows": 16}
 SMOLLM_BUDGETS = [0.8]
@@ -323,7 +325,7 @@ def main() -> None:
     ap.add_argument("--calib-windows", type=int, default=CALIB["windows"],
                     help="calibration windows of the structure-aware pruning sections")
     ap.add_argument("--smollm-budget", type=float, action="append", help="FLOPs budgets of prune_smollm (default 0.8)")
-    ap.add_argument("--smollm-target", choices=("heads", "query-heads", "ffn", "both"), action="append",
+    ap.add_argument("--smollm-target", choices=PRUNE_TARGETS, action="append",
                     help="what prune_smollm prunes (default ffn)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: on a shared, loaded machine more threads spin and run far slower)")

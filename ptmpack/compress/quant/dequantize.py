@@ -55,7 +55,6 @@ def dequantize_tree(tree: Path) -> DequantizeReport:
         IntegrityError: inconsistent quantized tensors.
     """
     from ptmpack.compress.quant.linear import regraph
-    from ptmpack.compress.tree.checkpoint import Checkpoint
     from ptmpack.compress.tree.documents import read_json, write_json
 
     tree = Path(tree)
@@ -68,19 +67,17 @@ def dequantize_tree(tree: Path) -> DequantizeReport:
         return DequantizeReport(0)
     config_path = model_dir / "config.json"
     config = read_json(config_path)
+    folded = 0
     if not any(n.endswith(f".{AFFINE}.weight") for n in weights.names()):
         scheme = _stream(weights, prefixes, config, config_path)
-        config.pop("quantization_config", None)
-        write_json(config_path, config)
-        regraph(tree)
         files = sorted({weights.file_of(f"{p}.weight") for p in prefixes})
-        return DequantizeReport(len(prefixes), tuple(f"Model/{f}" for f in files), scheme.bits, scheme.group_size)
-    ck = Checkpoint.load(tree)  # transforms to fold: every weight in memory
-    files = sorted({ck.file_of[n] for n in ck.tensors if f".{AFFINE}." in n}
-                   | {ck.file_of[f"{p}.weight_packed"] for p in prefixes})
-    scheme = _dequantize_linears(ck, prefixes, config, config_path)
-    folded = fold_transforms(ck, config)
-    ck.save(files)
+    else:
+        ck = Checkpoint.load(tree)  # transforms to fold: every weight in memory
+        files = sorted({ck.file_of[n] for n in ck.tensors if f".{AFFINE}." in n}
+                       | {ck.file_of[f"{p}.weight_packed"] for p in prefixes})
+        scheme = _dequantize_linears(ck, prefixes, config, config_path)
+        folded = fold_transforms(ck, config)
+        ck.save(files)
     config.pop("quantization_config", None)
     write_json(config_path, config)
     regraph(tree)

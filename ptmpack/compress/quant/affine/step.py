@@ -141,7 +141,10 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
             else:  # a new bias: it goes after its linear's packed weight
                 becomes[f"{full[: -len('.bias')]}.weight"][full] = array
         for norm, (m, shift) in r.transforms.items():
-            at = becomes.setdefault(f"{head}{norm}.weight", {f"{head}{norm}.weight": weights.read(f"{head}{norm}.weight")})
+            key = f"{head}{norm}.weight"
+            if key not in becomes:  # a folded norm (a merged one was stored just above): it stays as it was
+                becomes[key] = {key: weights.read(key)}
+            at = becomes[key]
             at[f"{head}{norm}.{AFFINE}.weight"] = m.detach().cpu().numpy().astype(np.float32)
             if shift is not None:
                 at[f"{head}{norm}.{AFFINE}.shift"] = shift.detach().cpu().numpy().astype(np.float32)
