@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.eval.blocks import INPUT_SLOTS
 from ptmpack.compress.quant.linear import find_targets
-
-_SLOTS = {"linear": ("X", "W"), "matmul": ("A", "B")}
 
 
 def target_inputs(tree: Path, model: Any, feeds: dict[str, Any], wanted: set[str]) -> dict[str, np.ndarray]:
@@ -27,7 +26,7 @@ def target_inputs(tree: Path, model: Any, feeds: dict[str, Any], wanted: set[str
     got: dict[str, np.ndarray] = {}
 
     def hook(graph: Any, node: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        slot = _SLOTS.get(node.type)
+        slot = INPUT_SLOTS.get(node.type)
         t = by_weight.get(node.inputs.get(slot[1], ("",))[0]) if slot else None
         if t is not None and t.prefix in wanted:
             got[t.prefix] = np.array(inputs[slot[0]])

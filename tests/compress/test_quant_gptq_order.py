@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from ptmpack.compress.eval.blocks import layer_index, layer_of
-from ptmpack.compress.quant.gptq.step import calibrate_and_quantize, feeds_for, hessian
+from ptmpack.compress.eval.probe import feeds_for
+from ptmpack.compress.quant.gptq.step import calibrate_and_quantize, hessian
 from ptmpack.compress.quant.linear import QuantizedSpill, Target, find_targets, load_model
 from ptmpack.compress.quant.pack_quantized import QuantizedWeight
 from ptmpack.compress.quant.rtn import quantize_rtn

@@ -39,9 +39,9 @@ from ptmpack.tensors.stwriter import encode_header
 INDEX_SUFFIX = ".safetensors.index.json"
 """A sharded checkpoint's weight map (``model.safetensors.index.json``): rewritten with the shards."""
 COPY_BLOCK = 64 * 1024 * 1024
+"""Bytes per ``copy_file_range`` call (and per read/write of the fallback copy)."""
 WORKERS = 2
 """Replacements produced at once, ahead of the one being written."""
-"""Bytes per ``copy_file_range`` call (and per read/write of the fallback copy)."""
 
 _ST_NAME = {numpy_dtype(name): name for name in DTYPE_SIZES}
 """numpy dtype → safetensors dtype name (the inverse of :func:`ptmpack.tensors.dtypes.numpy_dtype`)."""

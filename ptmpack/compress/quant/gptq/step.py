@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ptmpack.compress.eval.blocks import Block, BlockRunner, Use, plan_blocks
+from ptmpack.compress.eval.probe import feeds_for
 from ptmpack.compress.quant.gptq.solver import DAMP, backend, gptq_quantize
 from ptmpack.compress.quant.linear import QuantizedSpill, Target, load_model, quantize_tree
 from ptmpack.compress.quant.metrics import error_row
@@ -77,16 +78,6 @@ class _Hessians:
             h = self.xp.to_numpy(h)
         h *= np.float32(2.0 / max(self.rows.pop(name), 1))
         return h
-
-
-def feeds_for(model: Any, windows: np.ndarray) -> dict[str, np.ndarray]:
-    """Model inputs for calibration windows: ids, an all-ones mask and zero token types where asked."""
-    feeds: dict[str, np.ndarray] = {"input_ids": np.asarray(windows, np.int64)}
-    if "attention_mask" in model.inputs:
-        feeds["attention_mask"] = np.ones_like(feeds["input_ids"])
-    if "token_type_ids" in model.inputs:
-        feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-    return feeds
 
 
 def _groups(block: Block, sequential: str) -> list[list[Use]]:
