@@ -159,11 +159,18 @@ def _body_socket(response: httpx.Response, expected: int) -> socket.socket | Non
     if (response.http_version != "HTTP/1.1" or headers.get("content-length") != str(expected)
             or "transfer-encoding" in headers or headers.get("content-encoding", "identity") != "identity"):
         return None
+    sock = socket_of(response)
+    if response.url.scheme == "https":
+        return sock if isinstance(sock, ssl.SSLSocket) else None
+    return sock if type(sock) is socket.socket else None
+
+
+def socket_of(response: httpx.Response) -> socket.socket | None:
+    """The socket under a streaming response (httpcore's ``network_stream`` extension), or None for a transport
+    without that hook: receiving reads the body from it, a cancel shuts it down."""
     stream = response.extensions.get("network_stream")
     try:
         sock = stream.get_extra_info("socket") if stream is not None else None
     except Exception:  # a transport without that hook
         return None
-    if response.url.scheme == "https":
-        return sock if isinstance(sock, ssl.SSLSocket) else None
-    return sock if type(sock) is socket.socket else None
+    return sock if isinstance(sock, socket.socket) else None

@@ -57,7 +57,7 @@ from ptmpack.distribution.oci import (
     MAX_MANIFEST_BYTES,
     sha256_digest,
 )
-from ptmpack.distribution.receive import HashBehind, receive_body
+from ptmpack.distribution.receive import HashBehind, receive_body, socket_of
 from ptmpack.distribution.reference import Reference
 from ptmpack.distribution.storetypes import BlobTarget, ClientOptions
 from ptmpack.errors import (
@@ -203,7 +203,7 @@ class RegistryStore:
             if headers and origin_of(target) != origin_of(response.url):  # e.g. a token request's Basic header
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = str(target)
-        sock = _socket_of(response)
+        sock = socket_of(response)
         if sock is not None:
             with self._live_lock:
                 self._live.add(sock)
@@ -708,16 +708,6 @@ class _Final(NetworkError):
 
 class _Dropped(Exception):
     """Internal: the connection failed mid-transfer; the download resumes with Range."""
-
-
-def _socket_of(response: httpx.Response) -> socket.socket | None:
-    """The socket under a streaming response (httpcore's network stream), so a cancel can shut it down."""
-    stream = response.extensions.get("network_stream")
-    try:
-        sock = stream.get_extra_info("socket") if stream is not None else None
-    except Exception:  # a transport without that hook: a cancel then waits for the read timeout
-        return None
-    return sock if isinstance(sock, socket.socket) else None
 
 
 def _hash_range(h: Any, target: BlobTarget, length: int) -> None:
