@@ -261,7 +261,7 @@ def test_receive_buffer_is_bounded(registry: Registry) -> None:
     loses less than one 4 MiB chunk of received bytes; None leaves the kernel's default."""
     import socket
 
-    from ptmpack.distribution.registry import _socket_of
+    from ptmpack.distribution.receive import socket_of
 
     rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())  # the kernel caps SO_RCVBUF there
     bounded = 2 * min(256 * 1024, rmem_max)  # and doubles it for bookkeeping
@@ -270,7 +270,7 @@ def test_receive_buffer_is_bounded(registry: Registry) -> None:
                               ClientOptions(plain_http=True, receive_buffer=size))
         try:
             with store._open("GET", f"http://{registry.host}/v2/", "ping") as r:
-                sock = _socket_of(r)
+                sock = socket_of(r)
                 assert sock is not None
                 got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         finally:
