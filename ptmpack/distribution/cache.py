@@ -128,14 +128,15 @@ class BlobCache:
         replace_file(where, json.dumps(record, separators=(",", ":")).encode("utf-8"))
         return "located"
 
-    def locate(self, digest: str, size: int) -> tuple[Path, int] | None:
-        """Where a pulled file holds blob ``digest`` (path, offset), if that file is unchanged since; else None
-        (and a stale record is dropped). The bytes are not checked here: re-hash them before use."""
+    def locate(self, digest: str, size: int | None = None) -> tuple[Path, int] | None:
+        """Where a pulled file holds blob ``digest`` (path, offset), if that file is unchanged since (and the record
+        is of ``size`` bytes, when given); else None (and a stale record is dropped). The bytes are not checked
+        here: re-hash them before use."""
         try:
             doc = json.loads(self._located_path(digest).read_text("utf-8"))
-            path, offset = Path(doc["path"]), int(doc["offset"])
+            path, offset, recorded = Path(doc["path"]), int(doc["offset"]), int(doc["size"])
             st = path.stat()
-            fresh = (int(doc["size"]) == size and st.st_size >= offset + size and st.st_dev == doc["dev"]
+            fresh = (size in (None, recorded) and st.st_size >= offset + recorded and st.st_dev == doc["dev"]
                      and st.st_ino == doc["ino"] and st.st_mtime_ns == doc["mtime_ns"])
         except (OSError, ValueError, KeyError, TypeError):
             fresh = False
@@ -280,16 +281,12 @@ class BlobCache:
         for p in self.partials() if partials else ():
             if _stale_and_free(p, limit == 0):
                 dropped += 1
-        for digest in self.located():  # records of files changed or removed since; with a limit of 0, all
-            if limit == 0 or self.locate(digest, self._recorded_size(digest)) is None:
+        for digest in self.located():  # a limit of 0 drops every record; else locate drops those gone stale
+            if limit == 0:
                 self.forget(digest)
+            else:
+                self.locate(digest)
         return PruneReport(str(self.root), removed, freed, dropped, total, limit)
-
-    def _recorded_size(self, digest: str) -> int:
-        try:
-            return int(json.loads(self._located_path(digest).read_text("utf-8"))["size"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return -1
 
 
 
