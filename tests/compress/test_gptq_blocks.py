@@ -49,7 +49,9 @@ def test_one_block_per_layer_with_a_small_state_between(tree: Path) -> None:
     for b, nxt in itertools.pairwise(blocks):
         assert b.stop == nxt.start
         assert ops[nxt.start].name.startswith("layers.1.")  # the next layer starts at its own first operator
-    assert blocks[-1].stop == len(ops)
+    epilogue = [o.type for o in ops[blocks[-1].stop:]]  # a decoder's final norm and LM head; an encoder has none
+    assert epilogue in ([], ["rms_norm", "linear"], ["layer_norm", "linear"])
+    assert not any(u.op >= blocks[-1].stop for u in blocks[-1].uses)
     ex = Executor(model, None)
     for b in blocks[1:]:  # the residual stream plus what every layer reads (positions, the attention mask)
         assert 1 <= len(ex.live_at(b.start)) <= 2
@@ -69,11 +71,11 @@ def test_running_the_blocks_one_after_another_is_the_whole_model(tree: Path, bat
     blocks = plan_blocks(model, [t.weight for t in find_targets(model)])
     runner = BlockRunner(model, WeightFiles(tree / "Model"), feeds, blocks, batch_tokens=batch_tokens)
     assert len(runner.state) == parts
-    for b in blocks[:-1]:
+    for b in blocks:
         runner.advance(b, runner.params(b.start, b.stop))
-    last = blocks[-1]
-    params = runner.params(last.start, last.stop)
-    got = np.concatenate([runner.executor.run_span(last.start, last.stop, s, list(model.outputs), params)[model.outputs[0]]
+    start, stop = blocks[-1].stop, len(model.main_graph.operators)  # the epilogue
+    params = runner.params(start, stop)
+    got = np.concatenate([runner.executor.run_span(start, stop, s, list(model.outputs), params)[model.outputs[0]]
                           for s in runner.state])
     if parts == 1:
         np.testing.assert_array_equal(got, whole[model.outputs[0]])

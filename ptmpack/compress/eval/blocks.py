@@ -15,6 +15,8 @@ for any graph the converter builds (LLaMA, Qwen2, GPT-2, BERT):
 * the **state** between two blocks is the set of activations live across the cut
   (:meth:`ptmpack.ir.execute.Executor.live_at`: LLaMA's residual stream and position ids,
   BERT's hidden state and attention mask), held for every window, in mini-batches of windows;
+* the last block ends where the **epilogue** begins (a decoder's final norm and LM head), so every
+  block's output is a layer's output;
 * a block's **parameters** are read from the safetensors files (``pread`` through
   :class:`ptmpack.compress.tree.weights.WeightFiles`, never mapped) when its turn comes and
   dropped after, and a caller may replace some (the quantized weights) before running it again.
@@ -72,7 +74,8 @@ class Block:
     index: int
     start: int
     stop: int
-    """Exclusive; the next block's ``start`` (the last block: the end of the graph)."""
+    """Exclusive; the next block's ``start``. The last block stops where the **epilogue** starts: the first
+    later operator that reads a parameter (a decoder's final norm and LM head), or the end of the graph."""
     uses: tuple[Use, ...]
     """The targets of this block, in operator order."""
 
@@ -98,6 +101,10 @@ def find_uses(model: Any, weights: list[str]) -> dict[str, Use]:
     return found
 
 
+def _reads(node: Any) -> set[str]:
+    return {n for ns in node.inputs.values() for n in ns}
+
+
 def plan_blocks(model: Any, weights: list[str]) -> list[Block]:
     """Cut the main graph into blocks, one per layer of ``weights`` (merged where their operators interleave).
 
@@ -112,7 +119,7 @@ def plan_blocks(model: Any, weights: list[str]) -> list[Block]:
     names = {layer_of(w): layers[w] for w in weights}
     params = {v.name for v in model.main_graph.variables if v.persistable}
     for i, node in enumerate(ops):  # a layer's operators: its targets and every reader of one of its parameters
-        for n in (n for ns in node.inputs.values() for n in ns if n in params):
+        for n in _reads(node) & params:
             b = names.get(layer_of(n))
             if b is not None:
                 first.setdefault(b, i)
@@ -124,9 +131,11 @@ def plan_blocks(model: Any, weights: list[str]) -> list[Block]:
             spans[-1][2].add(b)
         else:
             spans.append([first[b], last[b], {b}])
+    # the epilogue (a final norm, an LM head) starts at the first later operator reading a parameter
+    epilogue = next((i for i in range(spans[-1][1] + 1, len(ops)) if params & _reads(ops[i])), len(ops)) if spans else 0
     blocks = []
     for k, (start, _, members) in enumerate(spans):
-        stop = spans[k + 1][0] if k + 1 < len(spans) else len(ops)
+        stop = spans[k + 1][0] if k + 1 < len(spans) else epilogue
         here = sorted((uses[w] for w in weights if layers[w] in members), key=lambda u: u.op)
         blocks.append(Block(k, start, stop, tuple(here)))
     return blocks
