@@ -44,13 +44,14 @@ TORCH_RUNS = [("llama", FOLD_AFFINE, "affine"), ("llama", FOLD_UNIFIED, "affine"
               ("llama", PRUNE_FFN_STRUCTURE, "gptq"), ("bert", PRUNE_FFN_STRUCTURE, "rtn"), ("bert", {}, "ptq"),
               ("llama", PRUNE_HEADS, "affine"), ("llama", PRUNE_HEADS, "ptq"), ("llama", PRUNE_HEADS_STRUCTURE, "rtn"),
               ("llama-mha", PRUNE_HEADS, "affine"), ("llama-mha", PRUNE_HEADS, "ptq"),
-              ("llama", PRUNE_QUERY_HEADS, "affine"), ("llama", PRUNE_QUERY_HEADS, "ptq")]
+              ("llama", PRUNE_QUERY_HEADS, "affine"), ("llama", PRUNE_QUERY_HEADS, "ptq"),
+              ("llama", FOLD_UNIFIED, "ptq"), ("llama", PRUNE_FFN, "ptq"), ("bert", PRUNE_HEADS, "ptq"),
+              ("bert", PRUNE_FFN, "ptq"), ("bert", FOLD_UNIFIED, "ptq")]
 REFUSED = [
     ("bert", FOLD_AFFINE, "rtn", "no normalization can be folded exactly"),
     # without PyTorch, AffineQuant is refused for that first (the no-torch CI pass)
     pytest.param("bert", PRUNE_HEADS, "affine", "decoder", marks=[pytest.mark.torch, pytest.mark.skipif(
         importlib.util.find_spec("torch") is None, reason="needs PyTorch (pip install 'ptmpack[torch]')")]),
-    ("bert", PRUNE_HEADS, "ptq", "head-pruned"),
     ("bert", PRUNE_QUERY_HEADS, "rtn", "own keys and values"),
 ]
 

@@ -90,3 +90,37 @@ def test_packed_encoder_windows_are_split_back_into_padded_sentences() -> None:
     plain = calibration_batches(windows, None)  # decoders, or windows that are not packed sentences
     assert len(plain) == 2 and all(v.all() for _, v in plain)
     assert len(calibration_batches(windows[:, 1:], cls)) == 2  # not starting with the start token: not split
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("case", ["llama-unified", "llama-ffn-pruned", "bert-head-pruned", "bert-unified"])
+def test_ptq_runs_what_earlier_steps_left_and_the_package_computes_the_simulation(tmp_path: Path, case: str) -> None:
+    """PTQ trains on the package's own IR, so it runs on shapes transformers cannot load (unified norms,
+    per-layer FFN widths, pruned BERT heads); the stored package computes the simulated last block."""
+    pytest.importorskip("torch")
+    from ptmpack.compress.eval.probe import feeds_for
+    from ptmpack.compress.quant.ptq.step import ptq
+    from ptmpack.compress.structure.fold_norm import fold_norm
+    from ptmpack.compress.structure.prune.step import prune
+    from ptmpack.ir.runner import LoadedModel
+
+    family, _, step = case.partition("-")
+    cfg, t = llama_tensors() if family == "llama" else bert_tensors()
+    tree = make_tree(tmp_path, cfg, t)
+    if step == "unified":
+        fold_norm(tree, "unified", WINDOWS)
+    else:
+        removed = prune(tree, "heads" if step == "head-pruned" else "ffn", 0.75, "magnitude")["removed"]
+        assert sum(removed.values()) > 0
+    config = json.loads((tree / "Model/config.json").read_text())
+    assert ("ptmpack_unified_norm" in config) == (step == "unified")
+    assert ("ptmpack_layer_heads" in config) == (step == "head-pruned")
+    rec = ptq(tree, 8, 8, WINDOWS, epochs=1)
+    assert rec["layers_quantized"] == (14 if family == "llama" else 12)
+    with LoadedModel.open(tree) as lm:
+        ops = lm.model.main_graph.operators
+        assert sum(o.type == "quantized_linear" for o in ops) == rec["layers_quantized"]
+        last = ([o for o in ops if o.type == "add"][-1].outputs["Y"][0] if family == "llama"  # before the LM head
+                else lm.model.outputs[0])
+        got = lm.executor.run(feeds_for(lm.model, WINDOWS[:1]), outputs=[last])[last]
+    assert rel(rec["simulated_last_block_output"], got) < 1e-4

@@ -27,7 +27,7 @@ the activations of one mini-batch inside the block.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,10 +150,13 @@ def batches(windows: int, seqlen: int, tokens: int = BATCH_TOKENS) -> list[slice
 class BlockRunner:
     """Runs calibration windows through a model block by block, holding one block's state for every window."""
 
-    def __init__(self, model: Any, weights: WeightFiles, feeds: Mapping[str, np.ndarray], blocks: list[Block], *,
-                 batch_tokens: int = BATCH_TOKENS) -> None:
+    def __init__(self, model: Any, weights: WeightFiles, feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+                 blocks: list[Block], *, batch_tokens: int = BATCH_TOKENS) -> None:
         """Prepare the run of ``feeds`` (model inputs, ``[windows, seqlen]`` each) through ``blocks`` and run
         the prologue (the operators before the first block).
+
+        ``feeds`` is split into mini-batches of about ``batch_tokens`` tokens; or it is a sequence of
+        feeds, each one mini-batch already (their shapes may differ: padded sentences of an encoder).
 
         Parameters are the main graph's, read from ``weights``; a sub-graph with parameters of its
         own cannot run here (none of the converter's graphs has one).
@@ -166,11 +169,14 @@ class BlockRunner:
 
         self.executor = Executor(model, None, ExecContext())
         self.weights = weights
-        ids = np.asarray(next(iter(feeds.values())))
-        inputs = self.executor.feed_inputs(feeds)
-        self.state: list[dict[str, np.ndarray]] = [
-            {n: v[s] for n, v in inputs.items()} for s in batches(len(ids), ids.shape[-1] if ids.ndim > 1 else 1,
-                                                                  batch_tokens)]
+        if isinstance(feeds, Mapping):
+            ids = np.asarray(next(iter(feeds.values())))
+            inputs = self.executor.feed_inputs(feeds)
+            cuts = batches(len(ids), ids.shape[-1] if ids.ndim > 1 else 1, batch_tokens)
+            state = [{n: v[s] for n, v in inputs.items()} for s in cuts]
+        else:
+            state = [self.executor.feed_inputs(f) for f in feeds]
+        self.state: list[dict[str, np.ndarray]] = state
         """The activations live at the start of the current block, one dict per mini-batch of windows."""
         if blocks:
             self._advance(0, blocks[0].start, self.params(0, blocks[0].start))

@@ -175,13 +175,15 @@ class QuantizedSpill:
         self._layout: dict[str, list[TensorSpec]] = {}
         self._files: WeightFiles | None = None
 
-    def put(self, prefix: str, q: QuantizedWeight, row: dict[str, Any]) -> None:
-        """Set ``q`` (the quantized weight of linear ``prefix``) and its error row aside.
+    def put(self, prefix: str, q: QuantizedWeight, row: dict[str, Any],
+            extra: Mapping[str, np.ndarray] | None = None) -> None:
+        """Set ``q`` (the quantized weight of linear ``prefix``) and its error row aside, with any ``extra``
+        tensors stored after it (PTQ: the linear's new bias and its input quantizer).
 
         Raises:
             InvalidTreeError: the scratch file cannot be written.
         """
-        tensors = quantized_tensors(prefix, q)
+        tensors = {**quantized_tensors(prefix, q), **(extra or {})}
         write_safetensors(self.folder / f"{len(self._layout):05d}.safetensors", tensors)
         self._layout[prefix] = [TensorSpec.of(n, a) for n, a in tensors.items()]
         self.rows[prefix] = row

@@ -1,8 +1,9 @@
 # ruff: noqa: RUF002 - formulas quote the standard's Greek letters
 """Block-wise W·A post-training quantization with channel compensation and cascaded reconstruction (§7.3.1.2).
 
-Run on the Hugging Face model of ``Model/`` (BertModel or a LLaMA-family causal LM), one
-transformer block at a time, every ``nn.Linear`` of the block swapped for a :class:`QLinear`:
+Run on the package's own IR in PyTorch (:mod:`ptmpack.compress.eval.torch_span`), one block of
+the main graph at a time (:func:`ptmpack.compress.eval.blocks.plan_blocks`: one per layer), every
+linear of the block replaced by a :class:`QLinear`:
 
 * weights: per-output-channel symmetric ``bits``-bit codes, step ``s_w``;
 * activations: each linear's input quantized per tensor (asymmetric, ``act_bits``), step ``s_a``;
@@ -15,13 +16,19 @@ transformer block at a time, every ``nn.Linear`` of the block swapped for a :cla
   rounding with an annealed regularizer pushing it to 0 or 1, then hardened).
 
 Blocks are processed in order; block ℓ's quantized input is block ℓ-1's quantized output,
-its target the float block's output on the float input.
+its target the float block's output on the float input. Resident: one block's weights (read with
+``pread`` when its turn comes), the block's float and quantized inputs and its float output for
+every calibration batch (three ``tokens × hidden`` float32 states), and the activations inside the
+block during one batch's forward and backward. A finished linear is handed to the caller and
+dropped. Because the IR is what runs, the model may have any shape ptmpack's own steps leave:
+per-layer FFN widths, pruned BERT heads, unified norms.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +74,14 @@ def _modules(torch: Any) -> Any:
         return (torch.round(x) - x).detach() + x
 
     class QLinear(nn.Module):
-        """A linear with fake-quantized input and weight, learnable steps and rounding."""
+        """A linear (weight ``[out, in]``, bias or None) with fake-quantized input and weight, learnable steps and
+        rounding."""
 
-        def __init__(self, lin: Any, bits: int, act_bits: int, shift: Any, scale: Any, lo: float, hi: float) -> None:
+        def __init__(self, weight: Any, bias: Any, bits: int, act_bits: int, shift: Any, scale: Any, lo: float,
+                     hi: float) -> None:
             super().__init__()
-            w = lin.weight.detach().double()
-            b = lin.bias.detach().double() if lin.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+            w = weight.detach().double()
+            b = bias.detach().double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
             self.shift, self.scale = shift.float(), scale.float()
             self.register_buffer("w", (w * scale.double()[None, :]).float())
             self.register_buffer("b", (b + w @ shift.double()).float())
@@ -117,24 +126,7 @@ def _modules(torch: Any) -> Any:
     return QLinear
 
 
-def _layers(model: Any, family: str) -> list[Any]:
-    return list(model.encoder.layer) if family == "bert" else list(model.model.layers)
-
-
-def _linears(block: Any, torch: Any) -> list[tuple[str, Any]]:
-    return [(n, m) for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
-
-
-def _set(block: Any, name: str, module: Any) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(block.get_submodule(parent) if parent else block, leaf, module)
-
-
-def _out(y: Any) -> Any:
-    return y[0] if isinstance(y, (tuple, list)) else y
-
-
-def _compensation(torch: Any, qlinear: Any, lin: Any, x: Any, bits: int, act_bits: int) -> Any:
+def _compensation(torch: Any, qlinear: Any, weight: Any, bias: Any, x: Any, bits: int, act_bits: int) -> Any:
     """Channel compensation of one linear's input ``x`` [tokens, C]; returns the chosen QLinear.
 
     The threshold τ is chosen by cross-validation: channel statistics from the first half of the
@@ -154,12 +146,12 @@ def _compensation(torch: Any, qlinear: Any, lin: Any, x: Any, bits: int, act_bit
     def build(t: Any, q: float) -> Any:
         shift, scale = stats(t, q)
         xc = (t - shift) / scale
-        return qlinear(lin, bits, act_bits, shift, scale, float(xc.min()), float(xc.max()))
+        return qlinear(weight, bias, bits, act_bits, shift, scale, float(xc.min()), float(xc.max()))
 
     half_n = max(1, x.shape[0] // 2)
     fit, check = x[:half_n], x[half_n:] if x.shape[0] > 1 else x
     with torch.no_grad():
-        ref = lin(check)
+        ref = torch.nn.functional.linear(check, weight, bias)
         errs = {q: float(((build(fit, q)(check) - ref) ** 2).mean()) for q in COMP_QUANTILES}
     return build(x, min(errs, key=errs.get))
 
@@ -198,135 +190,147 @@ def calibration_batches(windows: np.ndarray, start: int | None, tokens: int | No
     return batches
 
 
-def quantize_blocks(model_dir: Path, family: str, windows: np.ndarray, bits: int, act_bits: int, *,
-                    compensate: bool, reconstruct: bool, epochs: int, rounding: bool = True,
-                    sentence_start: int | None = None, seed: int = 0,
-                    progress: Any = None) -> tuple[dict[str, LinearResult], np.ndarray]:
-    """Quantize every linear of every block.
+Finished = Callable[[LinearResult], None]
+"""Called with each quantized linear as its block completes (the caller stores it; nothing here keeps it)."""
+
+
+def quantize_blocks(tree: Path, windows: np.ndarray, bits: int, act_bits: int, *, compensate: bool, reconstruct: bool,
+                    epochs: int, finished: Finished, rounding: bool = True, sentence_start: int | None = None,
+                    seed: int = 0, progress: Any = None) -> np.ndarray:
+    """Quantize every linear of every layer of ``tree``'s model, block by block, handing each to ``finished``.
 
     ``reconstruct`` runs the cascaded reconstruction's step 1 (steps) and, with ``rounding``, its
     step 2 (rounding); ``rounding=False`` stops after step 1 (the ablation's middle row).
     ``sentence_start``: see :func:`calibration_batches` (encoders: calibrate per sentence).
     Statistics and losses use real tokens only, never padding.
 
-    Returns the result per linear (full module name) and the quantized last block's output on
-    the first batch (for checking that the stored package computes the same).
+    Returns the quantized last block's output on the first batch (for checking that the stored
+    package computes the same).
 
     Raises:
-        UnsupportedError: PyTorch or transformers missing, or the checkpoint does not load.
+        UnsupportedError: PyTorch missing, a model with no linear in its layers, or an operator
+            with no torch kernel.
     """
     torch = _torch()
-    from ptmpack.compress.tree.torch_hf import load_hf
+    from ptmpack.compress.eval.blocks import BlockRunner, layer_of, plan_blocks
+    from ptmpack.compress.eval.probe import feeds_for
+    from ptmpack.compress.eval.torch_span import TorchSpan, as_torch
+    from ptmpack.compress.quant.linear import find_targets, load_model
+    from ptmpack.compress.tree.weights import WeightFiles
 
     torch.manual_seed(seed)
-    model = load_hf(model_dir, family, purpose="--quant ptq")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    QLinear = _modules(torch)
-    layers = _layers(model, family)
-    prefix = "encoder.layer" if family == "bert" else "model.layers"
-    captured: list[tuple[Any, dict[str, Any]]] = []
-
-    def grab(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        kw = {k: v for k, v in kwargs.items()
-              if k not in ("hidden_states", "past_key_values", "past_key_value", "use_cache")}
-        captured.append(((args[0] if args else kwargs["hidden_states"]).detach(), kw))
-        raise _Stop
-
+    model = load_model(tree)
+    targets = [t.weight for t in find_targets(model) if not t.transposed and layer_of(t.prefix) != t.prefix]
+    if not targets:
+        raise UnsupportedError(f"{tree}: the model has no linear inside a layer for --quant ptq to quantize")
+    blocks = plan_blocks(model, targets)
     batches = calibration_batches(windows, sentence_start)
-    hook = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        for ids, valid in batches:
-            extra = {"attention_mask": torch.tensor(valid.astype(np.int64))} if family == "bert" else {"use_cache": False}
-            with contextlib.suppress(_Stop):
-                model(input_ids=torch.tensor(ids), **extra)
-    hook.remove()
-    kws = [kw for _, kw in captured]
-    masks = [torch.tensor(valid) for _, valid in batches]
-    x_fp = [x for x, _ in captured]
+    feeds = []
+    for ids, valid in batches:
+        feed = feeds_for(model, ids)
+        if "attention_mask" in feed:
+            feed["attention_mask"] = valid.astype(np.int64)
+        feeds.append(feed)
+    runner = BlockRunner(model, WeightFiles(Path(tree) / "Model"), feeds, blocks)
+    ex, ops = runner.executor, model.main_graph.operators
+    x_fp = [{n: as_torch(v) for n, v in state.items()} for state in runner.state]
+    runner.state = []
     x_q = list(x_fp)
-    results: dict[str, LinearResult] = {}
-    for li, block in enumerate(layers):
+    masks = [torch.from_numpy(valid) for _, valid in batches]
+    QLinear = _modules(torch)
+    simulated = None
+    for done, block in enumerate(blocks, 1):
+        params = {n: as_torch(v) for n, v in runner.params(block.start, block.stop).items()}
+        span = TorchSpan(ex, block.start, block.stop)
+        live = ex.live_at(block.stop)
+        outs = [n for n in live if n not in x_fp[0]]  # what the block makes: the residual stream / hidden state
         with torch.no_grad():
-            y_fp = [_out(block(x, **kw)).detach() for x, kw in zip(x_fp, kws, strict=True)]
-        inputs: dict[str, list[Any]] = {}
-        current: dict[str, Any] = {}
-        hooks = [m.register_forward_pre_hook(
-                     lambda mod, a, n=n, seen=inputs, cur=current: seen.setdefault(n, []).append(a[0][cur["m"]].detach()))
-                 for n, m in _linears(block, torch)]
-        with torch.no_grad():
-            for x, kw, m in zip(x_q, kws, masks, strict=True):
-                current["m"] = m
-                block(x, **kw)
-        for h in hooks:
-            h.remove()
-        for name, lin in _linears(block, torch):
-            xin = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[name]])
+            y_fp = [span.run(x, params, live) for x in x_fp]
+            seen: dict[str, list[Any]] = {u.weight: [] for u in block.uses}
+            for x, m in zip(x_q, masks, strict=True):
+                span.run(x, params, outs, swap={u.weight: _recorder(torch, seen[u.weight], m) for u in block.uses})
+        qs: dict[str, Any] = {}
+        for u in block.uses:
+            xin = torch.cat(seen.pop(u.weight))
+            w, b = params[u.weight], params.get((ops[u.op].inputs.get("Bias") or ("",))[0])
             if compensate:
-                q = _compensation(torch, QLinear, lin, xin, bits, act_bits)
+                qs[u.weight] = _compensation(torch, QLinear, w, b, xin, bits, act_bits)
             else:
-                ones = torch.ones(xin.shape[-1])
-                q = QLinear(lin, bits, act_bits, torch.zeros(xin.shape[-1]), ones, float(xin.min()), float(xin.max()))
-            _set(block, name, q)
-        qs = [(n, m) for n, m in block.named_modules() if isinstance(m, QLinear)]
+                zeros, ones = torch.zeros(xin.shape[-1]), torch.ones(xin.shape[-1])
+                qs[u.weight] = QLinear(w, b, bits, act_bits, zeros, ones, float(xin.min()), float(xin.max()))
+        swap = {w: (lambda x, weight, bias, q=q: q(x)) for w, q in qs.items()}
         if reconstruct and epochs > 0:
-            _reconstruct(torch, block, qs, list(zip(x_q, kws, masks, y_fp, strict=True)), epochs, rounding=rounding)
+            targets_fp = [{n: y[n] for n in outs} for y in y_fp]
+            _reconstruct(torch, partial(span.run, params=params, outputs=outs, swap=swap), list(qs.values()),
+                         list(zip(x_q, masks, targets_fp, strict=True)), epochs, rounding=rounding)
         with torch.no_grad():
-            new_q = [_out(block(x, **kw)).detach() for x, kw in zip(x_q, kws, strict=True)]
-            for n, m in qs:
-                sw, sa = m.steps()
-                w_hat = m.codes() * sw[:, None]
-                err = float(torch.linalg.norm(w_hat - m.w) / torch.linalg.norm(m.w).clamp_min(1e-12))
-                comp = compensate and bool((m.scale != 1).any() or (m.shift != 0).any())
-                results[f"{prefix}.{li}.{n}"] = LinearResult(
-                    f"{prefix}.{li}.{n}", m.codes().round().to(torch.int8).numpy(), sw.double().numpy(),
-                    m.b.double().numpy(), float(sa), int(m.za),
-                    m.scale.double().numpy() if comp else None, m.shift.double().numpy() if comp else None, err)
-        x_fp, x_q = y_fp, new_q
+            x_q = [span.run(x, params, live, swap=swap) for x in x_q]
+            for weight, q in qs.items():
+                finished(_result(torch, weight[: -len(".weight")], q, compensate))
+        x_fp, simulated = y_fp, x_q[0][outs[0]]
+        del params, qs, swap
         if progress is not None:
-            progress("ptq", li + 1, len(layers))
-    return results, x_q[0].double().numpy()
+            progress("ptq", done, len(blocks))
+    return simulated.double().numpy()
 
 
-class _Stop(Exception):
-    """Raised by the capture hook to skip the rest of the forward pass."""
+def _recorder(torch: Any, into: list[Any], valid: Any) -> Any:
+    """A swap for a linear that records its input on the real tokens, then computes the linear unchanged."""
+
+    def run(x: Any, weight: Any, bias: Any) -> Any:
+        into.append(x[valid].detach())
+        return torch.nn.functional.linear(x, weight, bias)
+
+    return run
 
 
-def _reconstruct(torch: Any, block: Any, qs: list[tuple[str, Any]], data: list[tuple[Any, Any, Any, Any]],
-                 epochs: int, *, rounding: bool = True) -> None:
-    """Cascaded reconstruction on the block output MSE over real tokens; ``data``: (x_q, kwargs, valid, y_fp) per batch.
+def _result(torch: Any, name: str, q: Any, compensate: bool) -> LinearResult:
+    sw, sa = q.steps()
+    w_hat = q.codes() * sw[:, None]
+    err = float(torch.linalg.norm(w_hat - q.w) / torch.linalg.norm(q.w).clamp_min(1e-12))
+    comp = compensate and bool((q.scale != 1).any() or (q.shift != 0).any())
+    return LinearResult(name, q.codes().round().to(torch.int8).numpy(), sw.double().numpy(), q.b.double().numpy(),
+                        float(sa), int(q.za), q.scale.double().numpy() if comp else None,
+                        q.shift.double().numpy() if comp else None, err)
 
-    Step 1 learns the bounded steps; step 2 (unless not ``rounding``) each weight's rounding.
+
+def _reconstruct(torch: Any, forward: Callable[[Any], dict[str, Any]], qs: list[Any],
+                 data: list[tuple[Any, Any, dict[str, Any]]], epochs: int, *, rounding: bool = True) -> None:
+    """Cascaded reconstruction on the block output MSE over real tokens.
+
+    ``forward(state)`` runs the block with the QLinears ``qs``; ``data``: (quantized input state,
+    real-token mask, float output by name) per batch. Step 1 learns the bounded steps; step 2
+    (unless not ``rounding``) each weight's rounding.
     """
-    norm = max(float(torch.stack([(y[m] ** 2).mean() for _, _, m, y in data]).mean()), 1e-12)
+    norm = max(float(torch.stack([(y[n][m] ** 2).mean() for _, m, y in data for n in y]).mean()), 1e-12)
 
-    def error(x: Any, kw: dict[str, Any], m: Any, y: Any) -> Any:
-        return ((_out(block(x, **kw)) - y)[m] ** 2).mean() / norm
+    def error(x: Any, m: Any, y: dict[str, Any]) -> Any:
+        got = forward(x)
+        return sum(((got[n] - y[n])[m] ** 2).mean() for n in y) / norm
 
-    params = [p for _, m in qs for p in (m.pw, m.pa)]
-    opt = torch.optim.Adam(params, lr=1e-2)
+    opt = torch.optim.Adam([p for q in qs for p in (q.pw, q.pa)], lr=1e-2)
     for _ in range(epochs):
-        for x, kw, m, y in data:
+        for x, m, y in data:
             opt.zero_grad()
-            error(x, kw, m, y).backward()
+            error(x, m, y).backward()
             opt.step()
-    for _, m in qs:
-        m.pw.requires_grad_(False)
-        m.pa.requires_grad_(False)
+    for q in qs:
+        q.pw.requires_grad_(False)
+        q.pa.requires_grad_(False)
     if not rounding:
         return
-    for _, m in qs:
-        m.start_rounding()
-    opt = torch.optim.Adam([m.v for _, m in qs], lr=1e-2)
+    for q in qs:
+        q.start_rounding()
+    opt = torch.optim.Adam([q.v for q in qs], lr=1e-2)
     total = max(1, 2 * epochs * len(data))
     step = 0
     for _ in range(2 * epochs):
-        for x, kw, m, y in data:
+        for x, m, y in data:
             beta = 20 - (20 - 2) * step / total
             opt.zero_grad()
-            reg = sum((1 - (2 * q.h() - 1).abs() ** beta).mean() for _, q in qs)
-            (error(x, kw, m, y) + 0.01 * step / total * reg).backward()
+            reg = sum((1 - (2 * q.h() - 1).abs() ** beta).mean() for q in qs)
+            (error(x, m, y) + 0.01 * step / total * reg).backward()
             opt.step()
             step += 1
-    for _, m in qs:
-        m.hard = True
+    for q in qs:
+        q.hard = True

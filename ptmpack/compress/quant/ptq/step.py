@@ -17,6 +17,8 @@ run``/``eval`` show what a W·A integer engine computes (attention's two matmuls
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import numpy as np
 from ptmpack.compress.report import QuantScheme, StepRecord
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.compress.step import StepContext
-from ptmpack.compress.tree.checkpoint import CONFIG, Checkpoint, read_json, refuse_unmerged_adapters, write_json
+from ptmpack.compress.tree.checkpoint import CONFIG, read_json, refuse_unmerged_adapters, write_json
 from ptmpack.errors import UnsupportedError, UsageError
 
 ACT_SUFFIXES = ("input_scale", "input_zero_point", "input_comp_scale", "input_comp_shift")
@@ -48,14 +50,20 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
     windows are packed sentences): calibrate on each sentence alone, as the encoder sees text
     (:func:`ptmpack.compress.quant.ptq.fake_quant.calibration_batches`); False keeps the packed windows.
 
+    The model runs block by block on the package's own IR (:mod:`~ptmpack.compress.quant.ptq.fake_quant`);
+    each finished linear is set aside in a scratch folder beside the tree, and the weight files are
+    then rewritten once, as GPTQ's are (:meth:`WeightFiles.rewrite`), so no step holds the model whole.
+
     Raises:
         UsageError: unsupported bit widths.
-        UnsupportedError: PyTorch missing, an architecture other than BERT/LLaMA, or a checkpoint
-            transformers cannot load (already quantized, pruned heads, unified norms).
+        UnsupportedError: PyTorch missing, an architecture other than BERT/LLaMA, an already
+            quantized checkpoint, or an operator with no torch kernel.
     """
-    from ptmpack.compress.quant.pack_quantized import QuantizedWeight, quantization_config, write_quantized_linear
-    from ptmpack.compress.quant.ptq.fake_quant import quantize_blocks
+    from ptmpack.compress.quant.linear import QuantizedSpill
+    from ptmpack.compress.quant.pack_quantized import QuantizedWeight, quantization_config
+    from ptmpack.compress.quant.ptq.fake_quant import LinearResult, quantize_blocks
     from ptmpack.compress.tree.rebuild import rebuild_graph
+    from ptmpack.compress.tree.weights import WeightFiles
 
     if bits not in (2, 3, 4, 8) or act_bits not in (4, 8, 16):
         raise UsageError(f"--quant ptq takes --bits 2, 3, 4 or 8 and --act-bits 4, 8 or 16 (got W{bits}A{act_bits})")
@@ -64,47 +72,49 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
     family = _FAMILIES.get(str(config.get("model_type")))
     if family is None:
         raise UnsupportedError(f"--quant ptq supports BERT and LLaMA-family models, not {config.get('model_type')!r}")
-    if "quantization_config" in config or any(k.startswith("ptmpack_") for k in config):
-        raise UnsupportedError("--quant ptq runs the float checkpoint in transformers, which cannot load this one "
-                               "(already quantized, head-pruned or with unified norms)")
+    if "quantization_config" in config:
+        raise UnsupportedError(f"{tree.name}: the model is already quantized; quantizing again compounds the error",
+                               hint="start from the float package, or 'ptmpack unpack --dequantize' first")
     from ptmpack.compress.eval.probe import sentence_start_id
 
     start = sentence_start_id(tree) if per_sentence and family == "bert" else None
-    results, simulated = quantize_blocks(tree / "Model", family, windows, bits, act_bits, compensate=compensate,
-                              reconstruct=reconstruct, rounding=rounding, epochs=epochs, sentence_start=start,
-                              seed=seed, progress=progress)
-    ck = Checkpoint.load(tree)
-    rows = []
-    for name, r in results.items():
-        weight = f"{name}.weight"
-        if weight not in ck.tensors:
-            raise UnsupportedError(f"the checkpoint has no {weight} (prefixed names are not supported by ptq)")
-        dtype, file = ck.dtype_of[weight], ck.file_of[weight]
-        out_f, in_f = ck.tensors[weight].shape
-        q = QuantizedWeight(r.codes, r.w_scale.astype(dtype).reshape(out_f, 1), None, bits, int(in_f))
-        before = set(ck.tensors)
-        write_quantized_linear(ck.tensors, name, q)
-        extra = {f"{name}.bias": r.bias.astype(dtype) if r.bias is not None else None,
-                 f"{name}.input_scale": np.asarray([r.a_scale], dtype),
-                 f"{name}.input_zero_point": np.asarray([r.a_zero], np.int8),
-                 f"{name}.input_comp_scale": None if r.comp_scale is None else r.comp_scale.astype(dtype),
-                 f"{name}.input_comp_shift": None if r.comp_shift is None else r.comp_shift.astype(dtype)}
-        for k, v in extra.items():
-            if v is not None and (k != f"{name}.bias" or np.any(v) or k in ck.tensors):
-                ck.tensors[k] = np.ascontiguousarray(v)
-        for k in set(ck.tensors) - before:
-            ck.file_of[k], ck.dtype_of[k] = file, ck.tensors[k].dtype
-        ck.delete(weight)
-        rows.append({"layer": name, "weight_rel_error": r.rel_error, "act_scale": r.a_scale,
-                     "compensated": r.comp_scale is not None})
-    ignore = sorted(n[: -len(".weight")] for n, t in ck.tensors.items()
-                    if n.endswith(".weight") and t.ndim == 2 and "embed" not in n)
+    weights = WeightFiles(tree / "Model")
+    plan: dict[str, list[Any]] = {}
+    folder = Path(tempfile.mkdtemp(prefix=".ptq-", dir=tree.parent))
+    try:
+        spill = QuantizedSpill(folder)
+
+        def store(r: LinearResult) -> None:
+            weight, bias = f"{r.name}.weight", f"{r.name}.bias"
+            dtype = weights.spec(weight).dtype
+            out_f, in_f = weights.spec(weight).shape
+            q = QuantizedWeight(r.codes, r.w_scale.astype(dtype).reshape(out_f, 1), None, bits, int(in_f))
+            extra = {bias: r.bias.astype(dtype) if r.bias is not None and (np.any(r.bias) or bias in weights) else None,
+                     f"{r.name}.input_scale": np.asarray([r.a_scale], dtype),
+                     f"{r.name}.input_zero_point": np.asarray([r.a_zero], np.int8),
+                     f"{r.name}.input_comp_scale": None if r.comp_scale is None else r.comp_scale.astype(dtype),
+                     f"{r.name}.input_comp_shift": None if r.comp_shift is None else r.comp_shift.astype(dtype)}
+            spill.put(r.name, q, {"layer": r.name, "weight_rel_error": r.rel_error, "act_scale": r.a_scale,
+                                  "compensated": r.comp_scale is not None},
+                      {k: np.ascontiguousarray(v) for k, v in extra.items() if v is not None})
+            plan[weight] = spill.layout(r.name)
+            if bias in weights:  # the new bias is stored with the quantized weight
+                plan[bias] = []
+
+        simulated = quantize_blocks(tree, windows, bits, act_bits, compensate=compensate, reconstruct=reconstruct,
+                                    rounding=rounding, epochs=epochs, sentence_start=start, seed=seed,
+                                    progress=progress, finished=store)
+        weights.rewrite(plan, lambda name: spill.tensors(name[: -len(".weight")]) if plan[name] else {})
+        rows = [spill.rows[p[: -len(".weight")]] for p in plan if plan[p]]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ignore = sorted(n[: -len(".weight")] for n in weights.names()
+                    if n.endswith(".weight") and len(weights.spec(n).shape) == 2 and "embed" not in n)
     qc = quantization_config(bits, 128, True, ignore)
     group = qc["config_groups"]["group_0"]
     group["weights"].update({"strategy": "channel", "group_size": None, "observer": "ptq"})
     group["input_activations"] = activations_config(act_bits)
     config["quantization_config"] = qc
-    ck.save()
     write_json(tree, CONFIG, config)
     rebuild_graph(tree)
     return {"method": "ptq", "bits": bits, "act_bits": act_bits, "channel_compensation": compensate,
