@@ -237,9 +237,9 @@ def test_no_import_cycle_inside_a_room() -> None:
 
 
 def test_the_module_graph_sees_imports_inside_functions() -> None:
-    """The checks above read imports in function bodies too (``fake_quant`` loads transformers' model lazily)."""
+    """The checks above read imports in function bodies too (``fake_quant`` loads the torch span runner lazily)."""
     edges = {t for t, _ in _module_graph()["ptmpack.compress.quant.ptq.fake_quant"]}
-    assert "ptmpack.compress.tree.torch_hf" in edges
+    assert "ptmpack.compress.eval.torch_span" in edges
 
 
 def test_the_methods_table_loads_no_method_and_names_real_functions() -> None:
