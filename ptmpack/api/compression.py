@@ -13,10 +13,6 @@ from ptmpack.crypto.keyslots import Opener
 __all__ = ["CompressReport", "CompressSpec", "DequantizeReport", "StepRecord", "check_device", "compress",
            "compress_choices", "dequantize"]
 
-_METHOD_SLOTS = {"quant": "quant", "fold-norm": "fold_norm", "prune-method": "prune"}
-"""``compress`` options whose values are method names: the slot of the methods table each one fills."""
-
-
 def compress_choices(option: str) -> tuple[str, ...]:
     """The values ``compress --OPTION`` accepts, for the CLI's choices (no numpy or torch is loaded).
 
@@ -28,10 +24,11 @@ def compress_choices(option: str) -> tuple[str, ...]:
         KeyError: an option with no fixed set of values.
     """
     from ptmpack.compress import spec
-    from ptmpack.compress.methods import choices
+    from ptmpack.compress.methods import NAMED, OPTIONS, choices
 
-    if option in _METHOD_SLOTS:
-        return choices(_METHOD_SLOTS[option])
+    slot = next((s for s in NAMED if OPTIONS[s] == option), None)
+    if slot is not None:
+        return choices(slot)
     fixed: dict[str, tuple[object, ...]] = {"bits": spec.WEIGHT_BITS, "prune": spec.PRUNE_TARGETS,
                                             "gptq-order": spec.GPTQ_ORDERS, "device": spec.DEVICES}
     return tuple(str(v) for v in fixed[option])

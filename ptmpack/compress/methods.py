@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 SLOTS = ("merge_lora", "merge_adapter", "fold_norm", "prune", "quant")
 """The steps of a run, in the fixed order they run in (merge → fold → prune → quant)."""
+OPTIONS = {"merge_lora": "merge-lora", "merge_adapter": "merge-adapter", "fold_norm": "fold-norm",
+           "prune": "prune-method", "quant": "quant"}
+"""Slot -> the ``compress`` option that runs it (``--prune-method structure``), for choices and messages."""
+NAMED = ("fold_norm", "prune", "quant")
+"""The slots whose option's value is a method name (the merge options take an adapter path or a switch)."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ptmpack.compress.eval.quality import HeldOut, Snapshot, compare, held_out, snapshot
-from ptmpack.compress.methods import method
+from ptmpack.compress.methods import OPTIONS, method
 from ptmpack.compress.report import CompressReport, Quality, StepRecord
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.compress.step import CalibrationData, Step, StepContext, no_progress
@@ -39,24 +39,21 @@ def load_step(step: str, spec: CompressSpec) -> Step:
     built now, its :meth:`Step.check` passed.
 
     Raises:
-        UsageError: no such method, no calibration text for a method that needs it, or the method's check refused.
+        UsageError: no such method, or the method's check refused.
         UnsupportedError: the method's module is not part of this ptmpack, or its check refused.
     """
     name = spec.method_name(step) or ""
     found = method(step, name)
     if found is None:
         raise UsageError(f"no {step.replace('_', '-')} method {name!r}")
-    if found.needs_calibration and spec.calib is None:
-        flag = {"quant": "--quant", "fold_norm": "--fold-norm", "prune": "--prune-method"}.get(step, "--" + step)
-        raise UsageError(f"{flag} {name} needs calibration text", hint="give --calib TEXTFILE")
     module_name, _, class_name = found.entry.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
-        what = f"--quant {spec.quant}" if step == "quant" else f"--{step.replace('_', '-')}"
-        raise UnsupportedError(f"{what} is not available in this ptmpack (no module {module_name})") from None
+        raise UnsupportedError(f"--{OPTIONS[step]} {name} is not available in this ptmpack (no module {module_name})"
+                               ) from None
     built: Step = getattr(module, class_name)()
     built.check(spec)
     return built

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ptmpack.compress.methods import SLOTS, choices, method
+from ptmpack.compress.methods import OPTIONS, SLOTS, choices, method
 from ptmpack.errors import UsageError
 
 WEIGHT_BITS = (2, 3, 4, 8)
@@ -168,8 +168,10 @@ class CompressSpec:
             raise UsageError("--prune and --flops-budget go together")
         if self.flops_budget is not None and not 0.0 < self.flops_budget <= 1.0:
             raise UsageError(f"--flops-budget must lie in (0, 1], got {self.flops_budget}")
-        if self.quant is not None and self.calib is None and self.needs_calibration_for("quant"):
-            raise UsageError(f"--quant {self.quant} needs calibration text: give --calib TEXTFILE")
+        for slot in self.steps() if self.calib is None else ():
+            if self.needs_calibration_for(slot):
+                raise UsageError(f"--{OPTIONS[slot]} {self.method_name(slot)} needs calibration text",
+                                 hint="give --calib TEXTFILE")
         if self.act_order and self.quant != "gptq":
             raise UsageError("--act-order goes with --quant gptq only")
         if self.gptq_order not in GPTQ_ORDERS:
