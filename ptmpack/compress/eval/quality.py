@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ptmpack.compress.eval.probe import calibration_text, held_out_lines
+from ptmpack.compress.eval.probe import calibration_text, feeds_for, held_out_lines
 from ptmpack.compress.report import Quality
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.compress.tree.documents import read_json
@@ -125,10 +125,7 @@ def snapshot(tree: Path, text: HeldOut) -> Snapshot:
             emb = embed_texts(lm, lines)
             enc = lm.tokenizer.encode(" ".join(lines[:4]))
             ids = np.asarray([enc.ids[:max_tokens]], np.int64)
-            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-            if "token_type_ids" in lm.model.inputs:
-                feeds["token_type_ids"] = np.zeros_like(ids)
-            return Snapshot("embedding", lm.executor.run(feeds, names), 1.0, emb, size, flops)
+            return Snapshot("embedding", lm.executor.run(feeds_for(lm.model, ids), names), 1.0, emb, size, flops)
         ids = np.asarray(lm.encode("\n".join(lines))[:max_tokens], np.int64)[None]
         out = lm.executor.run({"input_ids": ids}, [*names, lm.model.outputs[0]])
         nll, n = sequence_nll(out.pop(lm.model.outputs[0])[0], ids[0])
