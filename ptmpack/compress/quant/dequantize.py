@@ -107,10 +107,9 @@ def _dequantize_linears(ck: Checkpoint, prefixes: list[str], config: dict[str, A
     for prefix in prefixes:
         file = ck.file_of[f"{prefix}.weight_packed"]
         q = read_quantized_linear(ck.tensors, prefix, scheme.bits)
-        dtype = q.scale.dtype if q.scale.dtype.kind == "f" else np.dtype(np.float32)
         for tail in SUFFIXES:
             ck.delete(f"{prefix}.{tail}")
-        w = q.dequantize(dtype)
+        w = q.dequantize(scale_dtype_for(q.scale.dtype))  # as the streaming path: bf16 scales give a bf16 weight
         _put(ck, f"{prefix}.weight", w.T if conv1d else w, file)
     return scheme
 
