@@ -32,7 +32,7 @@ from ptmpack.distribution.modelpack import ANN_FILEPATH, ANN_PART_OFFSET
 from ptmpack.distribution.oci import MAX_CONFIG_BYTES, PackageManifest, load_document, read_blob_file
 from ptmpack.distribution.reference import Reference
 from ptmpack.distribution.staging import Staging, copy_range
-from ptmpack.distribution.storetypes import ClientOptions, LocalBlobs, Store, TransferProgress
+from ptmpack.distribution.storetypes import ClientOptions, LocalBlobs, Store, TransferProgress, fetch_blob
 from ptmpack.errors import IntegrityError, NetworkError, PtmError, UsageError, raise_environment_fault
 from ptmpack.format import spec
 from ptmpack.format.atomic import check_free_space
@@ -218,7 +218,7 @@ def _small(store: Store, cache: BlobCache, digest: str, size: int, limit: int,
     data = cache.read_small(digest, limit)
     if data is not None:
         return data
-    moved[0] += store.fetch_blob(digest, size, cache.partial_path(digest), lambda n: None)
+    moved[0] += fetch_blob(store, digest, size, cache.partial_path(digest), lambda n: None)
     return cache.commit(digest).read_bytes()
 
 

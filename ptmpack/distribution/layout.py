@@ -95,27 +95,6 @@ class LayoutStore:
             os.replace(tmp, target)
         return size
 
-    def fetch_blob(self, digest: str, size: int, partial: Path, progress: Callable[[int], None]) -> int:
-        """Copy a blob into ``partial``, checking its digest; returns the bytes copied.
-
-        Raises:
-            IntegrityError: the layout lacks the blob, or it does not match its digest.
-        """
-        src = self.blob_path(digest)
-        if not self.has_blob(digest, size):
-            raise IntegrityError(f"{self.root} lacks blob {digest} (or holds it at the wrong size)")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        h = hashlib.sha256()
-        with open(src, "rb") as f, open(partial, "wb") as out:
-            while block := f.read(8 * 1024 * 1024):
-                h.update(block)
-                out.write(block)
-                progress(len(block))
-        if "sha256:" + h.hexdigest() != digest:
-            partial.unlink()
-            raise IntegrityError(f"{src} does not match its digest: the layout is corrupt", hint="nothing was written")
-        return size
-
     def fetch_blob_into(self, digest: str, size: int, target: BlobTarget, progress: Callable[[int], None]) -> int:
         """Copy a blob into ``target`` (whole: a local copy needs no resume), checking its digest; the bytes copied.
 

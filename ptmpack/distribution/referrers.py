@@ -33,7 +33,7 @@ from ptmpack.distribution.oci import (
     load_document,
     sha256_digest,
 )
-from ptmpack.distribution.storetypes import Store
+from ptmpack.distribution.storetypes import Store, fetch_blob
 from ptmpack.errors import IntegrityError
 from ptmpack.format.reader import PackageReader
 from ptmpack.format.records import Trailer
@@ -158,7 +158,7 @@ def _read_blob(store: Store, digest: str, size: int) -> bytes:
     if data is None:  # no ranges: fetch whole into a temporary file
         with tempfile.TemporaryDirectory(prefix=".ptmpack-tmp-") as tmp:
             part = os.path.join(tmp, "blob")
-            store.fetch_blob(digest, size, Path(part), lambda n: None)
+            fetch_blob(store, digest, size, Path(part), lambda n: None)
             with open(part, "rb") as f:
                 data = f.read()
     if sha256_digest(data) != digest:

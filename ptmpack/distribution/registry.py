@@ -24,7 +24,6 @@ protocol → :class:`RegistryError` (exit 9). Nothing of httpx escapes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -61,8 +60,6 @@ from ptmpack.distribution.receive import HashBehind, receive_body, socket_of
 from ptmpack.distribution.reference import Reference
 from ptmpack.distribution.storetypes import BlobTarget, ClientOptions
 from ptmpack.errors import (
-    ENVIRONMENT_ERRNOS,
-    EnvironmentFault,
     IntegrityError,
     KeyAccessError,
     NetworkError,
@@ -444,39 +441,6 @@ class RegistryStore:
         if r.status_code == 400 and "DIGEST_INVALID" in r.text:
             raise IntegrityError(f"{what}: the registry computed another digest (the file changed while read?)")
         raise self._fail(r, what)
-
-    def fetch_blob(self, digest: str, size: int, partial: Path, progress: Callable[[int], None]) -> int:
-        """Download a blob into the file ``partial``, resuming from what it already holds; returns bytes received.
-
-        The file's size is its record of what arrived (see :meth:`fetch_blob_into`); it is
-        locked while written, so a second process waits, then finds it complete.
-
-        Raises:
-            IntegrityError: the bytes do not match the digest (the partial file is removed).
-            EnvironmentFault: the disk refused a write (the partial file is removed, exit 8).
-            RegistryError: the registry stayed unreachable through every retry.
-        """
-        try:
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(partial, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # one process per blob; a second waits, then finds it done
-                target = BlobTarget(fd, 0, os.fstat(fd).st_size,
-                                    journal=lambda n: os.ftruncate(fd, 0) if n == 0 else None)
-                return self.fetch_blob_into(digest, size, target, progress)
-            except IntegrityError:
-                partial.unlink(missing_ok=True)
-                raise
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            if exc.errno not in ENVIRONMENT_ERRNOS:
-                raise
-            with contextlib.suppress(FileNotFoundError):  # it cannot finish: do not leave it to fill the disk again
-                partial.unlink()
-            raise EnvironmentFault(f"{partial}: {exc.strerror or exc} (downloading blob {digest})",
-                                   hint="free some space or point XDG_CACHE_HOME elsewhere; the partial "
-                                        "download was removed") from None
 
     def fetch_blob_into(self, digest: str, size: int, target: BlobTarget, progress: Callable[[int], None]) -> int:
         """Download a blob into ``target`` after the bytes it already holds; returns bytes received.

@@ -13,10 +13,15 @@ branch on a store's class:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from ptmpack.errors import ENVIRONMENT_ERRNOS, EnvironmentFault, IntegrityError
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,6 @@ class Store(Protocol):
 
     def get_manifest(self, target: str) -> tuple[bytes, str] | None:
         """The manifest a tag or digest names and its digest; None when there is none."""
-        ...
-
-    def fetch_blob(self, digest: str, size: int, partial: Path, progress: Callable[[int], None]) -> int:
-        """Complete ``partial`` with the blob's bytes (resuming what it holds), digest-checked; returns bytes moved."""
         ...
 
     def fetch_blob_into(self, digest: str, size: int, target: BlobTarget, progress: Callable[[int], None]) -> int:
@@ -165,3 +166,36 @@ class NoProgress:
 
     def advance(self, n: int) -> None:
         """Nothing to show."""
+
+
+def fetch_blob(store: Store, digest: str, size: int, partial: Path, progress: Callable[[int], None]) -> int:
+    """Complete the file ``partial`` with a blob's bytes from ``store``, resuming what it holds; returns bytes moved.
+
+    The file's size is its record of what arrived (:meth:`Store.fetch_blob_into` writes after it);
+    it is locked while written, so a second process waits, then finds it complete.
+
+    Raises:
+        IntegrityError: the bytes do not match the digest (the partial file is removed).
+        EnvironmentFault: the disk refused a write (the partial file is removed, exit 8).
+        RegistryError: the store stayed unreachable through every retry.
+    """
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # one process per blob; a second waits, then finds it done
+            target = BlobTarget(fd, 0, os.fstat(fd).st_size, journal=lambda n: os.ftruncate(fd, 0) if n == 0 else None)
+            return store.fetch_blob_into(digest, size, target, progress)
+        except IntegrityError:
+            partial.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        with contextlib.suppress(FileNotFoundError):  # it cannot finish: do not leave it to fill the disk again
+            partial.unlink()
+        raise EnvironmentFault(f"{partial}: {exc.strerror or exc} (downloading blob {digest})",
+                               hint="free some space or point XDG_CACHE_HOME elsewhere; the partial "
+                                    "download was removed") from None
