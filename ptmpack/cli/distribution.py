@@ -123,11 +123,6 @@ def pull_cmd(reference: str, output: Path, plain_http: bool, ca_file: Path | Non
 
     Key options are needed only to apply an encrypted residual with --delta.
     """
-    if base is not None and not base.is_file():
-        from ptmpack.errors import UsageError
-
-        # Silently fetching everything would hide a typo in the one option meant to save the download.
-        raise UsageError(f"--base {base} does not exist", hint="name an older .ptm of this package, or leave --base out")
     options = PullOptions(client=_client(plain_http, ca_file, workers, reference), workers=workers, force=force, delta=delta,
                           cache_limit=cache_limit(),
                           base=base, opener=opener(passphrase_file, key_file, identity),

@@ -25,6 +25,7 @@ from ptmpack.distribution.reference import Reference, parse_reference
 from ptmpack.distribution.referrers import require_signer
 from ptmpack.distribution.stores import open_store
 from ptmpack.distribution.storetypes import NoProgress, TransferProgress
+from ptmpack.errors import UsageError
 from ptmpack.format.atomic import check_target
 
 __all__ = ["PullOptions", "PullReport", "pull"]
@@ -35,7 +36,7 @@ def pull(reference: Reference | str, output: Path | str, options: PullOptions | 
     """Pull ``reference`` into the ``.ptm`` file ``output``.
 
     Raises:
-        UsageError: no such tag or digest (exit 2), or the output exists without ``force``.
+        UsageError: no such tag or digest (exit 2), the output exists without ``force``, or ``base`` is missing.
         IntegrityError: a blob, the recipe or the assembled package fails its digest or checks (exit 3;
             nothing is written).
         KeyAccessError: the registry refuses the credentials (exit 4).
@@ -47,6 +48,10 @@ def pull(reference: Reference | str, output: Path | str, options: PullOptions | 
     progress = progress or NoProgress()
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     out = Path(output)
+    if options.base is not None and not options.base.is_file():
+        # Silently fetching everything would hide a typo in the one option meant to save the download.
+        raise UsageError(f"--base {options.base} does not exist", hint="name an older .ptm of this package, or leave "
+                                                                       "--base out")
     if options.delta:
         return pull_delta(ref, out, options, progress, started)
     check_target(out, force=options.force, want_dir=False)
