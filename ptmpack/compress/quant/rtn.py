@@ -20,6 +20,7 @@ from ptmpack.compress.quant.pack_quantized import QuantizedWeight
 from ptmpack.compress.report import StepRecord
 from ptmpack.compress.spec import CompressSpec
 from ptmpack.compress.step import StepContext
+from ptmpack.tensors.dtypes import to_float32
 
 
 def quantize_rtn(weight: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
@@ -51,7 +52,7 @@ def _quantize(weight: np.ndarray, bits: int, group_size: int, symmetric: bool, s
     zeros = None if symmetric else np.empty((out, groups), np.int8)
     step = row_step(out, cols)
     for r in range(0, out, step):
-        w = weight[r:r + step].astype(np.float32)
+        w = to_float32(weight[r:r + step])
         n = len(w)
         wg = np.pad(w, ((0, 0), (0, pad)), mode="edge") if pad else w
         wg = wg.reshape(n * groups, group_size)
