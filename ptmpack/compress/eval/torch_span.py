@@ -113,10 +113,10 @@ def _rope(i: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
     x = i["X"]
     n, seq = x.dim(), a["seq_axis"] % x.dim()
     rot = a["rotary_dim"] or x.shape[-1]
-    pos = torch.arange(x.shape[seq]) if i["Positions"] is None else i["Positions"]
+    pos = torch.arange(x.shape[seq], device=x.device) if i["Positions"] is None else i["Positions"]
     if i["Offset"] is not None:
         pos = pos + int(i["Offset"].reshape(()))
-    inv_freq = a["theta"] ** (-torch.arange(0, rot, 2, dtype=torch.float64) / rot)
+    inv_freq = a["theta"] ** (-torch.arange(0, rot, 2, dtype=torch.float64, device=x.device) / rot)
     ang = pos.to(torch.float64)[..., None] * inv_freq
     ang = ang.repeat_interleave(2, dim=-1) if a["interleaved"] else torch.cat([ang, ang], dim=-1)
     lead = [ang.shape[0]] + [1] * (seq - 1) if ang.dim() == 3 else []
@@ -150,7 +150,7 @@ def _attention(i: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
     elif mask is not None:
         scores = torch.clamp(scores + mask, min=low)
     if a["causal"]:
-        keep = torch.arange(sk)[None, :] <= torch.arange(sq)[:, None] + (sk - sq)
+        keep = torch.arange(sk, device=q.device)[None, :] <= torch.arange(sq, device=q.device)[:, None] + (sk - sq)
         scores = scores.masked_fill(~keep, low)
     probs = torch.softmax(scores, dim=-1)
     y = torch.matmul(probs, v)
@@ -181,16 +181,16 @@ KERNELS: dict[str, Kernel] = {
 _SWAPPABLE = {"linear": ("X", "W", "Bias"), "matmul": ("A", "B", None)}
 
 
-def as_torch(value: Any) -> Any:
-    """A numpy array as a tensor (floats as float32, indices as int64); tensors pass through."""
+def as_torch(value: Any, device: str = "cpu") -> Any:
+    """A numpy array as a tensor on ``device`` (floats as float32, indices as int64); tensors are moved."""
     if isinstance(value, torch.Tensor):
-        return value
+        return value.to(device)
     array = np.asarray(value)
     if array.dtype.kind == "f" or array.dtype.kind == "V":
-        return torch.from_numpy(np.ascontiguousarray(array, np.float32))
-    if array.dtype == np.bool_:
-        return torch.from_numpy(np.ascontiguousarray(array))
-    return torch.from_numpy(np.ascontiguousarray(array, np.int64))
+        array = np.ascontiguousarray(array, np.float32)
+    elif array.dtype != np.bool_:
+        array = np.ascontiguousarray(array, np.int64)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
 
 class TorchSpan:

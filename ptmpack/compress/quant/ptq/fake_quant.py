@@ -81,7 +81,8 @@ def _modules(torch: Any) -> Any:
                      hi: float) -> None:
             super().__init__()
             w = weight.detach().double()
-            b = bias.detach().double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+            b = bias.detach().double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
+                                                                             device=w.device)
             self.shift, self.scale = shift.float(), scale.float()
             self.register_buffer("w", (w * scale.double()[None, :]).float())
             self.register_buffer("b", (b + w @ shift.double()).float())
@@ -89,10 +90,10 @@ def _modules(torch: Any) -> Any:
             self.qa_lo, self.qa_hi = -(2 ** (act_bits - 1)), 2 ** (act_bits - 1) - 1
             self.sw0 = (self.w.abs().amax(1).clamp_min(1e-8) / self.qw)
             lo, hi = min(lo, 0.0), max(hi, 0.0)
-            self.sa0 = torch.tensor(max(hi - lo, 1e-8) / (self.qa_hi - self.qa_lo))
+            self.sa0 = torch.tensor(max(hi - lo, 1e-8) / (self.qa_hi - self.qa_lo), device=w.device)
             self.za = float(np.clip(np.round(self.qa_lo - lo / float(self.sa0)), self.qa_lo, self.qa_hi))
             self.pw = nn.Parameter(torch.zeros_like(self.sw0))
-            self.pa = nn.Parameter(torch.zeros(()))
+            self.pa = nn.Parameter(torch.zeros((), device=w.device))
             self.v: Any = None
             self.hard = False
 
@@ -137,7 +138,7 @@ def _compensation(torch: Any, qlinear: Any, weight: Any, bias: Any, x: Any, bits
 
     def stats(t: Any, q: float) -> tuple[Any, Any]:
         if q == 0.0:  # the identity: no compensation
-            return torch.zeros(t.shape[-1]), torch.ones(t.shape[-1])
+            return torch.zeros(t.shape[-1], device=t.device), torch.ones(t.shape[-1], device=t.device)
         lo, hi = t.amin(0), t.amax(0)
         shift, half = (hi + lo) / 2, ((hi - lo) / 2).clamp_min(1e-8)
         tau = torch.quantile(half, q) if q < 1.0 else half.max()
@@ -196,13 +197,14 @@ Finished = Callable[[LinearResult], None]
 
 def quantize_blocks(tree: Path, windows: np.ndarray, bits: int, act_bits: int, *, compensate: bool, reconstruct: bool,
                     epochs: int, finished: Finished, rounding: bool = True, sentence_start: int | None = None,
-                    seed: int = 0, progress: Any = None) -> np.ndarray:
+                    seed: int = 0, progress: Any = None, device: str = "cpu") -> np.ndarray:
     """Quantize every linear of every layer of ``tree``'s model, block by block, handing each to ``finished``.
 
     ``reconstruct`` runs the cascaded reconstruction's step 1 (steps) and, with ``rounding``, its
     step 2 (rounding); ``rounding=False`` stops after step 1 (the ablation's middle row).
     ``sentence_start``: see :func:`calibration_batches` (encoders: calibrate per sentence).
-    Statistics and losses use real tokens only, never padding.
+    Statistics and losses use real tokens only, never padding. ``device`` (``--device cuda``): where each
+    block's weights, the calibration states and the training live; the IR's prologue and the files stay on the CPU.
 
     Returns the quantized last block's output on the first batch (for checking that the stored
     package computes the same).
@@ -233,14 +235,14 @@ def quantize_blocks(tree: Path, windows: np.ndarray, bits: int, act_bits: int, *
         feeds.append(feed)
     runner = BlockRunner(model, WeightFiles(Path(tree) / "Model"), feeds, blocks)
     ex, ops = runner.executor, model.main_graph.operators
-    x_fp = [{n: as_torch(v) for n, v in state.items()} for state in runner.state]
+    x_fp = [{n: as_torch(v, device) for n, v in state.items()} for state in runner.state]
     runner.state = []
     x_q = list(x_fp)
-    masks = [torch.from_numpy(valid) for _, valid in batches]
+    masks = [as_torch(valid, device) for _, valid in batches]
     QLinear = _modules(torch)
     simulated = None
     for done, block in enumerate(blocks, 1):
-        params = {n: as_torch(v) for n, v in runner.params(block.start, block.stop).items()}
+        params = {n: as_torch(v, device) for n, v in runner.params(block.start, block.stop).items()}
         span = TorchSpan(ex, block.start, block.stop)
         live = ex.live_at(block.stop)
         outs = [n for n in live if n not in x_fp[0]]  # what the block makes: the residual stream / hidden state
@@ -256,7 +258,7 @@ def quantize_blocks(tree: Path, windows: np.ndarray, bits: int, act_bits: int, *
             if compensate:
                 qs[u.weight] = _compensation(torch, QLinear, w, b, xin, bits, act_bits)
             else:
-                zeros, ones = torch.zeros(xin.shape[-1]), torch.ones(xin.shape[-1])
+                zeros, ones = torch.zeros(xin.shape[-1], device=device), torch.ones(xin.shape[-1], device=device)
                 qs[u.weight] = QLinear(w, b, bits, act_bits, zeros, ones, float(xin.min()), float(xin.max()))
         swap = {w: (lambda x, weight, bias, q=q: q(x)) for w, q in qs.items()}
         if reconstruct and epochs > 0:
@@ -271,7 +273,7 @@ def quantize_blocks(tree: Path, windows: np.ndarray, bits: int, act_bits: int, *
         del params, qs, swap
         if progress is not None:
             progress("ptq", done, len(blocks))
-    return simulated.double().numpy()
+    return simulated.double().cpu().numpy()
 
 
 def _recorder(torch: Any, into: list[Any], valid: Any) -> Any:
@@ -289,9 +291,11 @@ def _result(torch: Any, name: str, q: Any, compensate: bool) -> LinearResult:
     w_hat = q.codes() * sw[:, None]
     err = float(torch.linalg.norm(w_hat - q.w) / torch.linalg.norm(q.w).clamp_min(1e-12))
     comp = compensate and bool((q.scale != 1).any() or (q.shift != 0).any())
-    return LinearResult(name, q.codes().round().to(torch.int8).numpy(), sw.double().numpy(), q.b.double().numpy(),
-                        float(sa), int(q.za), q.scale.double().numpy() if comp else None,
-                        q.shift.double().numpy() if comp else None, err)
+    def host(t: Any) -> np.ndarray:
+        return t.double().cpu().numpy()
+
+    return LinearResult(name, q.codes().round().to(torch.int8).cpu().numpy(), host(sw), host(q.b), float(sa),
+                        int(q.za), host(q.scale) if comp else None, host(q.shift) if comp else None, err)
 
 
 def _reconstruct(torch: Any, forward: Callable[[Any], dict[str, Any]], qs: list[Any],

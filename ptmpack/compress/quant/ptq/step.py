@@ -42,7 +42,7 @@ def activations_config(act_bits: int) -> dict[str, Any]:
 
 def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate: bool = True,
         reconstruct: bool = True, rounding: bool = True, epochs: int = 10, per_sentence: bool = True,
-        seed: int = 0, progress: Any = None) -> dict[str, Any]:
+        seed: int = 0, progress: Any = None, device: str = "cpu") -> dict[str, Any]:
     """Quantize ``tree``'s transformer linears to W``bits``A``act_bits`` and rewrite ``Model/``.
 
     ``compensate``, ``reconstruct`` (step 1, steps) and ``rounding`` (step 2) switch the parts of
@@ -50,7 +50,8 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
     windows are packed sentences): calibrate on each sentence alone, as the encoder sees text
     (:func:`ptmpack.compress.quant.ptq.fake_quant.calibration_batches`); False keeps the packed windows.
 
-    The model runs block by block on the package's own IR (:mod:`~ptmpack.compress.quant.ptq.fake_quant`);
+    The model runs block by block on the package's own IR (:mod:`~ptmpack.compress.quant.ptq.fake_quant`), each
+    block on ``device`` (``cuda``: one block's weights and the calibration states on the GPU);
     each finished linear is set aside in a scratch folder beside the tree, and the weight files are
     then rewritten once, as GPTQ's are (:meth:`WeightFiles.rewrite`), so no step holds the model whole.
 
@@ -103,7 +104,7 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
 
         simulated = quantize_blocks(tree, windows, bits, act_bits, compensate=compensate, reconstruct=reconstruct,
                                     rounding=rounding, epochs=epochs, sentence_start=start, seed=seed,
-                                    progress=progress, finished=store)
+                                    progress=progress, finished=store, device=device)
         weights.rewrite(plan, lambda name: spill.tensors(name[: -len(".weight")]) if plan[name] else {})
         rows = [spill.rows[p[: -len(".weight")]] for p in plan if plan[p]]
     finally:
@@ -145,7 +146,7 @@ class PtqStep:
         spec = ctx.spec
         windows = step_windows(Path(tree), ctx)
         record = ptq(Path(tree), spec.bits, spec.act_bits or 8, windows, epochs=spec.epochs or 0,
-                     seed=int(spec.calib_seed or 0), progress=ctx.progress)
+                     seed=int(spec.calib_seed or 0), progress=ctx.progress, device=spec.device)
         record.pop("simulated_last_block_output")
         scheme = QuantScheme(record.pop("bits"), str(record.pop("format")))
         return StepRecord("quant", str(record.pop("method")), scheme=scheme, details=record)
