@@ -170,8 +170,8 @@ class CompressSpec:
             raise UsageError(f"--flops-budget must lie in (0, 1], got {self.flops_budget}")
         for slot in self.steps() if self.calib is None else ():
             if self.needs_calibration_for(slot):
-                raise UsageError(f"--{OPTIONS[slot]} {self.method_name(slot)} needs calibration text",
-                                 hint="give --calib TEXTFILE")
+                raise UsageError(f"--{OPTIONS[slot]} {self.method_name(slot)} needs calibration text: give --calib "
+                                 "TEXTFILE")
         if self.act_order and self.quant != "gptq":
             raise UsageError("--act-order goes with --quant gptq only")
         if self.gptq_order not in GPTQ_ORDERS:
