@@ -12,23 +12,15 @@ from safetensors.numpy import load_file
 from ptmpack.compress.structure.prune.importance import Importance
 from ptmpack.compress.structure.prune.step import prune
 from ptmpack.errors import UnsupportedError, UsageError
-from tests._support.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel
+from tests._support.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel, zero_pruned_units
 
 IDS = np.array([[2, 3, 4, 5, 2, 6, 9, 11, 12], [7, 8, 4, 5, 7, 3, 9, 20, 30]])
 WINDOWS = np.random.default_rng(5).integers(2, 60, size=(4, 12))
 
 
 def _zeroed_reference(tmp_path: Path, cfg: dict, t: dict[str, np.ndarray], rec: dict, d: int) -> np.ndarray:
-    """The unpruned model with every pruned unit's output zeroed where it enters the next projection."""
-    z = {k: v.copy() for k, v in t.items()}
-    bert = cfg["model_type"] == "bert"
-    out = "encoder.layer.{}.attention.output.dense.weight" if bert else "model.layers.{}.self_attn.o_proj.weight"
-    for layer, heads in rec["removed_units"].get("heads", {}).items():
-        for h in heads:
-            z[out.format(layer)][:, h * d:(h + 1) * d] = 0
-    for layer, units in rec["removed_units"].get("ffn", {}).items():
-        down = f"encoder.layer.{layer}.output.dense.weight" if bert else f"model.layers.{layer}.mlp.down_proj.weight"
-        z[down][:, units] = 0
+    """The unpruned model's output with every pruned unit's output zeroed where it enters the next projection."""
+    z = zero_pruned_units(t, rec, d, cfg["model_type"] == "bert")
     return forward(make_tree(tmp_path, cfg, z, name=f"zeroed-{cfg['model_type']}"), IDS)
 
 
