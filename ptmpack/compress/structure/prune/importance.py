@@ -44,11 +44,17 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ptmpack.compress.eval.blocks import Block, BlockRunner, plan_blocks
+from ptmpack.compress.tree.weights import WeightFiles
 from ptmpack.errors import UnsupportedError
+from ptmpack.ir.model import ModelStructure
+
+if TYPE_CHECKING:
+    from ptmpack.compress.eval.torch_span import Swap
 
 SCRATCH_PREFIX = ".prune-states-"
 """Name prefix of the scratch folder (beside the tree) holding the blocks' saved input states."""
@@ -104,8 +110,7 @@ class Importance:
 class _Layer:
     """One layer's block and its prunable units: where each group's mask applies and how many units it has."""
 
-    block: Any
-    """Its :class:`ptmpack.compress.eval.blocks.Block`."""
+    block: Block
     sites: dict[str, str]
     """group → the weight of the linear whose input the group's mask scales."""
     counts: dict[str, int]
@@ -122,7 +127,7 @@ def _torch() -> Any:
     return torch
 
 
-def _layers(model: Any, weights: Any, sites: Mapping[str, Sequence[str]]) -> list[_Layer]:
+def _layers(model: ModelStructure, weights: WeightFiles, sites: Mapping[str, Sequence[str]]) -> list[_Layer]:
     """Each layer's block, mask sites and unit counts: heads from its ``attention`` operator's ``num_heads``, the
     head width from the output projection's input width, FFN neurons from the down projection's input width.
 
@@ -130,8 +135,6 @@ def _layers(model: Any, weights: Any, sites: Mapping[str, Sequence[str]]) -> lis
         UnsupportedError: a site no ``linear`` applies, layers whose operators interleave, or a layer
             without one ``attention`` operator whose heads divide the output projection's input.
     """
-    from ptmpack.compress.eval.blocks import plan_blocks
-
     groups = list(sites)
     count = len(sites[groups[0]])
     blocks = plan_blocks(model, [w for g in groups for w in sites[g]])
@@ -174,10 +177,8 @@ def importance(tree: Path, sites: Mapping[str, Sequence[str]], windows: np.ndarr
         GraphError: the model fails to run.
     """
     _torch()
-    from ptmpack.compress.eval.blocks import BlockRunner
     from ptmpack.compress.eval.probe import feeds_for
     from ptmpack.compress.tree.rebuild import base_model
-    from ptmpack.compress.tree.weights import WeightFiles
 
     tree = Path(tree)
     ids = np.asarray(windows, np.int64)
@@ -246,7 +247,7 @@ def _leaves(state: Mapping[str, np.ndarray], *, grad: bool) -> tuple[dict[str, A
     return values, leaves
 
 
-def _epilogue(runner: Any, start: int, ids: np.ndarray, *, encoder: bool, probes: int, seed: int) -> Upstream:
+def _epilogue(runner: BlockRunner, start: int, ids: np.ndarray, *, encoder: bool, probes: int, seed: int) -> Upstream:
     """Each sample's loss from the epilogue (operators ``start`` to the end), and its gradient w.r.t. the state
     live at ``start`` (the runner's, one window per mini-batch)."""
     import torch
@@ -276,7 +277,7 @@ def _epilogue(runner: Any, start: int, ids: np.ndarray, *, encoder: bool, probes
     return upstream
 
 
-def _masked(group: str, mask: Any, head_dim: int) -> Any:
+def _masked(group: str, mask: Any, head_dim: int) -> Swap:
     """The linear of a mask site with its input scaled by ``mask``: per FFN neuron, or per head of ``head_dim``."""
     import torch.nn.functional as F
 
@@ -285,12 +286,13 @@ def _masked(group: str, mask: Any, head_dim: int) -> Any:
     return lambda x, w, b: F.linear((x.unflatten(-1, (-1, head_dim)) * mask[:, None]).flatten(-2), w, b)
 
 
-def _backward(runner: Any, layer: _Layer, states: Iterator[dict[str, np.ndarray]], upstream: Upstream,
+def _backward(runner: BlockRunner, layer: _Layer, states: Iterator[dict[str, np.ndarray]], upstream: Upstream,
               rows: np.ndarray, first: Mapping[str, int], *, inputs: bool) -> Upstream:
     """Backpropagate ``upstream`` through ``layer``'s block, recomputed per window from its saved input ``states``.
 
     Writes each sample's mask gradients into its row of ``rows`` (columns from ``first[group]``);
     returns the gradients w.r.t. the block's input state (none when ``inputs`` is false: the first block).
+    Each window's entry of ``upstream`` is dropped once used, so two layers' gradients are never all held.
     """
     import torch
 
