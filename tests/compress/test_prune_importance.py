@@ -111,3 +111,24 @@ def test_structure_pruning_after_unified_norms_equals_zeroing_and_the_package_ru
         assert np.isfinite(lm.forward(ids)).all()
     # the norms stay unified: LLaMA's folded away, BERT's post-norms explicit unified_norm operators
     assert "rms_norm" not in kinds if kind == "llama" else kinds.count("unified_norm") > 0
+
+
+def test_compress_folds_unified_norms_then_prunes_structure_aware_into_a_package_that_runs(tmp_path: Path) -> None:
+    """The CLI path: ``compress --fold-norm unified --prune both --prune-method structure --calib`` makes a package."""
+    from ptmpack.compress.pipeline import compress
+    from ptmpack.compress.spec import CompressSpec
+    from ptmpack.config import PackConfig
+    from ptmpack.ir.runner import LoadedModel
+    from tests._support.tiny_models import sample_text
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text(sample_text(3000, seed=5), encoding="utf-8")
+    out = tmp_path / "out.ptm"
+    spec = CompressSpec(fold_norm="unified", prune="both", flops_budget=0.8, prune_method="structure", calib=calib,
+                        nsamples=2, seqlen=32)
+    report = compress(tiny_tree(tmp_path, "llama"), out, spec, PackConfig())
+    assert [s.step for s in report.steps] == ["fold_norm", "prune"]
+    prune_record = report.steps[1].to_json()
+    assert prune_record["method"] == "prune_structure", prune_record
+    with LoadedModel.open(out) as lm:
+        assert np.isfinite(lm.forward(WINDOWS[:1])).all()

@@ -3,7 +3,9 @@
 
 ``--prune-method structure`` (the standard's structure-aware criterion): importance from
 calibration data (:mod:`ptmpack.compress.structure.prune.importance`: first-order Taylor term plus the Fisher
-approximation of the second-order term, cross-group blocks included); an evolutionary search
+approximation of the second-order term, cross-group blocks included; computed block by block on the
+package's IR, so what earlier steps left — unified norms, per-layer head counts and FFN widths — is
+scored like any model, before the checkpoint is read for the edit); an evolutionary search
 (Table 46) over the per-group pruning ratios (q = (α heads, γ FFN); the residual group's ratio
 stays 0 — pruning the hidden width would change every LayerNorm and embedding) minimising the
 estimated loss increase subject to ``FLOPs ≤ C``; inside each group the units with the lowest
