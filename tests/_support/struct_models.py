@@ -112,3 +112,18 @@ def forward(tree: Path, ids: np.ndarray) -> np.ndarray:
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a64 - b64) / np.linalg.norm(a64))
+
+
+def zero_pruned_units(tensors: dict[str, np.ndarray], record: dict, head_dim: int, bert: bool) -> dict[str, np.ndarray]:
+    """A copy of the unpruned ``tensors`` with every unit a prune ``record`` removed zeroed where its output enters
+    the next projection (a head's output-projection columns, a neuron's down-projection column): the model
+    pruning must equal."""
+    z = {k: v.copy() for k, v in tensors.items()}
+    out = "encoder.layer.{}.attention.output.dense.weight" if bert else "model.layers.{}.self_attn.o_proj.weight"
+    down = "encoder.layer.{}.output.dense.weight" if bert else "model.layers.{}.mlp.down_proj.weight"
+    for layer, heads in record["removed_units"].get("heads", {}).items():
+        for h in heads:
+            z[out.format(layer)][:, h * head_dim:(h + 1) * head_dim] = 0
+    for layer, units in record["removed_units"].get("ffn", {}).items():
+        z[down.format(layer)][:, units] = 0
+    return z

@@ -3,7 +3,9 @@
 
 ``--prune-method structure`` (the standard's structure-aware criterion): importance from
 calibration data (:mod:`ptmpack.compress.structure.prune.importance`: first-order Taylor term plus the Fisher
-approximation of the second-order term, cross-group blocks included); an evolutionary search
+approximation of the second-order term, cross-group blocks included; computed block by block on the
+package's IR, so what earlier steps left — unified norms, per-layer head counts and FFN widths — is
+scored like any model, before the checkpoint is read for the edit); an evolutionary search
 (Table 46) over the per-group pruning ratios (q = (α heads, γ FFN); the residual group's ratio
 stays 0 — pruning the hidden width would change every LayerNorm and embedding) minimising the
 estimated loss increase subject to ``FLOPs ≤ C``; inside each group the units with the lowest
@@ -27,6 +29,7 @@ widths, loads in ptmpack only).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,26 @@ def _family(config: dict[str, Any]) -> tuple[str, int]:
     return family, 1 if family == "bert" else heads // int(config.get("num_key_value_heads") or heads)
 
 
+def _modules(config: dict[str, Any], tensors: Collection[str]) -> tuple[list[str], dict[str, Any]]:
+    """Each layer's name prefix and the module names (below it) of its attention and FFN projections.
+
+    ``tensors``: the checkpoint's tensor names (a BERT may carry the ``bert.`` prefix of BertFor* heads).
+
+    Raises:
+        UnsupportedError: not BERT/LLaMA-family.
+    """
+    family, _ = _family(config)
+    layers = int(config["num_hidden_layers"])
+    if family == "bert":
+        p = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
+        return [f"{p}encoder.layer.{i}." for i in range(layers)], {
+            "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+            "o": "attention.output.dense", "in": ("intermediate.dense",), "down": "output.dense"}
+    return [f"model.layers.{i}." for i in range(layers)], {
+        "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+        "in": ("mlp.gate_proj", "mlp.up_proj"), "down": "mlp.down_proj"}
+
+
 def _layout(ck: Checkpoint, config: dict[str, Any], query_heads: bool = False) -> dict[str, Any]:
     """Where each layer's prunable units live, how many each layer has and what one costs.
 
@@ -81,17 +104,8 @@ def _layout(ck: Checkpoint, config: dict[str, Any], query_heads: bool = False) -
             ``group`` × its KV heads.
     """
     family, group = _family(config)
-    layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
-    hidden = int(config["hidden_size"])
-    if family == "bert":
-        p = "bert." if "bert.embeddings.word_embeddings.weight" in ck.tensors else ""
-        pre = [f"{p}encoder.layer.{i}." for i in range(layers)]
-        names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-                 "o": "attention.output.dense", "in": ("intermediate.dense",), "down": "output.dense"}
-    else:
-        pre = [f"model.layers.{i}." for i in range(layers)]
-        names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-                 "in": ("mlp.gate_proj", "mlp.up_proj"), "down": "mlp.down_proj"}
+    heads, hidden = int(config["num_attention_heads"]), int(config["hidden_size"])
+    pre, names = _modules(config, ck.tensors)
     head_dim = int(config.get("head_dim") or hidden // heads)
     kv = [ck.tensors[f"{w}{names['k']}.weight"].shape[0] // head_dim for w in pre]
     for w, k in zip(pre, kv, strict=True):
@@ -338,13 +352,14 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
     if method == "structure":
         if windows is None:
             raise UsageError("--prune-method structure needs calibration text", hint="give --calib TEXT")
-        if LAYER_HEADS in config or config.get("ptmpack_unified_norm"):
-            raise UnsupportedError("structure-aware importance runs the checkpoint in transformers, which cannot "
-                                   "load this one (already head-pruned or unified norms)", hint="use --prune-method magnitude")
         from ptmpack.compress.structure.prune.importance import importance
+        from ptmpack.compress.tree.weights import WeightFiles
 
-        # before the weights are read: the transformers model and the checkpoint are never resident together
-        imp = importance(tree / "Model", family, windows, groups, seed=seed).merged("heads", 1 if query_heads else group)
+        # before the checkpoint is read: the importance pass holds one block's weights, never the model
+        pre, names = _modules(config, WeightFiles(tree / "Model").names())
+        sites = {g: [f"{w}{names['o' if g == 'heads' else 'down']}.weight" for w in pre] for g in groups}
+        imp = importance(tree, sites, windows, encoder=family == "bert", seed=seed).merged(
+            "heads", 1 if query_heads else group)
     ck = Checkpoint.load(tree)
     lay = _layout(ck, config, query_heads)
     base = flops_per_token({n: t.shape for n, t in ck.tensors.items()}, config, SEQ)
