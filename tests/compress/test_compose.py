@@ -46,7 +46,8 @@ TORCH_RUNS = [("llama", FOLD_AFFINE, "affine"), ("llama", FOLD_UNIFIED, "affine"
               ("llama-mha", PRUNE_HEADS, "affine"), ("llama-mha", PRUNE_HEADS, "ptq"),
               ("llama", PRUNE_QUERY_HEADS, "affine"), ("llama", PRUNE_QUERY_HEADS, "ptq"),
               ("llama", FOLD_UNIFIED, "ptq"), ("llama", PRUNE_FFN, "ptq"), ("bert", PRUNE_HEADS, "ptq"),
-              ("bert", PRUNE_FFN, "ptq"), ("bert", FOLD_UNIFIED, "ptq")]
+              ("bert", PRUNE_FFN, "ptq"), ("bert", FOLD_UNIFIED, "ptq"),
+              ("llama", {**FOLD_UNIFIED, **PRUNE_FFN_STRUCTURE}, "rtn"), ("bert", {**FOLD_UNIFIED, **PRUNE_HEADS_STRUCTURE}, "ptq")]
 REFUSED = [
     ("bert", FOLD_AFFINE, "rtn", "no normalization can be folded exactly"),
     # without PyTorch, AffineQuant is refused for that first (the no-torch CI pass)
@@ -94,8 +95,7 @@ def test_the_combination_runs(trees: dict[str, Path], calib: Path, tmp_path: Pat
 @pytest.mark.parametrize(("kind", "pre", "quant"), TORCH_RUNS, ids=lambda v: str(v))
 def test_the_combination_runs_with_torch(trees: dict[str, Path], calib: Path, tmp_path: Path,
                                          kind: str, pre: dict[str, Any], quant: str) -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    pytest.importorskip("torch")  # the learned steps train on the IR in torch; transformers is not needed
     _runs(trees, kind, pre, quant, calib, tmp_path)
 
 
