@@ -109,3 +109,34 @@ def test_an_operator_without_a_torch_kernel_is_refused_by_name(tmp_path: Path) -
             torch_span.TorchSpan(runner.executor, blocks[0].start, blocks[0].stop)
     finally:
         torch_span.KERNELS["silu"] = saved
+
+
+def test_padded_sentences_of_an_encoder_batch_compute_what_each_computes_alone(tmp_path: Path) -> None:
+    """PTQ calibrates an encoder on padded batches of sentences: the mask is a model input of the IR, so real
+    tokens never attend to padding (the transformers path it replaced lost the mask after its first layer)."""
+    from ptmpack.compress.eval.torch_span import TorchSpan, as_torch
+
+    tree = tiny_tree(tmp_path, "bert")
+    model = load_model(tree)
+    blocks = plan_blocks(model, [t.weight for t in find_targets(model)])
+    long, short = np.arange(2, 12), np.arange(20, 25)
+    padded = np.zeros((2, 10), np.int64)
+    padded[0], padded[1, :5] = long, short
+    valid = padded > 0
+
+    def outputs(ids: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        feed = feeds_for(model, ids)
+        feed["attention_mask"] = keep.astype(np.int64)
+        runner = BlockRunner(model, WeightFiles(tree / "Model"), [feed], blocks)
+        state = {k: as_torch(v) for k, v in runner.state[0].items()}
+        for b in blocks:
+            params = {k: as_torch(v) for k, v in runner.params(b.start, b.stop).items()}
+            state = TorchSpan(runner.executor, b.start, b.stop).run(state, params, runner.executor.live_at(b.stop))
+        return state[model.outputs[0]].numpy()
+
+    together = outputs(padded, valid)
+    for row, ids in enumerate((long, short)):
+        alone = outputs(ids[None], np.ones((1, len(ids)), bool))[0]
+        np.testing.assert_allclose(together[row, : len(ids)], alone, rtol=1e-5, atol=1e-5)
+    unmasked = outputs(padded, np.ones_like(valid))  # attending to the padding changes the short sentence
+    assert not np.allclose(unmasked[1, :5], together[1, :5], atol=1e-3)
