@@ -34,16 +34,18 @@ def numpy_dtype(name: str) -> np.dtype:
         raise UnsupportedError(f"unsupported tensor dtype {name!r}") from None
 
 
-def to_float32(a: np.ndarray) -> np.ndarray:
-    """A float32 copy of ``a``.
+def to_float32(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A float32 copy of ``a`` (into ``out``, a float32 array of ``a``'s shape, when given: a caller converting
+    block after block reuses one buffer instead of mapping fresh pages for every block).
 
     bfloat16 is the top half of a float32, so it is widened exactly by shifting its bits 16 places:
     numpy's integer kernels release the GIL, where the ml_dtypes cast holds it, so the threads that
     quantize layers in parallel (RTN) no longer take turns converting (measured on a 4096 x 4096
     weight: 0.24 s serial and 0.18 s on two threads, against 0.32 s and 0.38 s for ``astype``).
     """
+    target = np.empty(a.shape, np.float32) if out is None else out
     if a.dtype == _NUMPY["BF16"]:
-        bits = np.empty(a.shape, np.uint32)
-        np.left_shift(a.view(np.uint16), 16, out=bits, dtype=np.uint32)
-        return bits.view(np.float32)
-    return a.astype(np.float32)
+        np.left_shift(a.view(np.uint16), 16, out=target.view(np.uint32), dtype=np.uint32)
+    else:
+        np.copyto(target, a, casting="unsafe")
+    return target

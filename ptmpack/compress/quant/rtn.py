@@ -50,14 +50,17 @@ def _quantize(weight: np.ndarray, bits: int, group_size: int, symmetric: bool, s
     codes = np.empty((out, cols), np.int8)
     scales = np.empty((out, groups), scale_dtype)
     zeros = None if symmetric else np.empty((out, groups), np.int8)
-    step = row_step(out, cols)
+    step = min(row_step(out, cols), out)
+    # one float32 buffer for the rows and one for the codes, reused block after block: fresh blocks of this size
+    # are mapped and unmapped by malloc each time, and two threads faulting pages in take turns in the kernel
+    rows, work = np.empty((step, cols), np.float32), np.empty((step * groups, group_size), np.float32)
     for r in range(0, out, step):
-        w = to_float32(weight[r:r + step])
-        n = len(w)
+        n = min(step, out - r)
+        w = to_float32(weight[r:r + n], out=rows[:n])
         wg = np.pad(w, ((0, 0), (0, pad)), mode="edge") if pad else w
         wg = wg.reshape(n * groups, group_size)
         scale, zero = group_params(wg, bits, symmetric, scale_dtype)
-        x = quantize_codes(wg, scale[:, None], zero[:, None], bits)
+        x = quantize_codes(wg, scale.reshape(-1, 1), zero.reshape(-1, 1), bits, out=work[: n * groups])
         codes[r:r + n] = x.reshape(n, groups * group_size)[:, :cols]
         scales[r:r + n] = scale.reshape(n, groups)
         if zeros is not None:
