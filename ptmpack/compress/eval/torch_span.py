@@ -110,18 +110,13 @@ def _split(i: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _rope(i: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
+    from ptmpack.ir.ops.basic import rope_angles
+
     x = i["X"]
-    n, seq = x.dim(), a["seq_axis"] % x.dim()
-    rot = a["rotary_dim"] or x.shape[-1]
-    pos = torch.arange(x.shape[seq], device=x.device) if i["Positions"] is None else i["Positions"]
-    if i["Offset"] is not None:
-        pos = pos + int(i["Offset"].reshape(()))
-    inv_freq = a["theta"] ** (-torch.arange(0, rot, 2, dtype=torch.float64, device=x.device) / rot)
-    ang = pos.to(torch.float64)[..., None] * inv_freq
-    ang = ang.repeat_interleave(2, dim=-1) if a["interleaved"] else torch.cat([ang, ang], dim=-1)
-    lead = [ang.shape[0]] + [1] * (seq - 1) if ang.dim() == 3 else []
-    ang = ang.reshape(*lead, ang.shape[-2], *([1] * (n - 2 - seq)), rot)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    positions = None if i["Positions"] is None else i["Positions"].cpu().numpy()
+    offset = None if i["Offset"] is None else int(i["Offset"].reshape(()))
+    rot, ang = rope_angles(tuple(x.shape), positions, offset, a)  # no gradient flows into the angles
+    cos, sin = (torch.from_numpy(f(ang)).to(device=x.device, dtype=x.dtype) for f in (np.cos, np.sin))
     xr = x[..., :rot]
     if a["interleaved"]:
         rotated = torch.stack([-xr[..., 1::2], xr[..., 0::2]], dim=-1).reshape(xr.shape)
@@ -132,11 +127,11 @@ def _rope(i: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _attention(i: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
-    from ptmpack.ir.ops.transformer import _heads
+    from ptmpack.ir.ops.transformer import attention_heads
 
     q, k, v, mask = i["Q"], i["K"], i["V"], i["Mask"]
     packed = q.dim() == 3
-    hq, hkv = _heads(a, tuple(q.shape), tuple(k.shape))
+    hq, hkv = attention_heads(a, tuple(q.shape), tuple(k.shape))
     if packed:
         q, k, v = (t.reshape(t.shape[0], t.shape[1], h, -1).transpose(1, 2) for t, h in ((q, hq), (k, hkv), (v, hkv)))
     b, _, sq, d = q.shape

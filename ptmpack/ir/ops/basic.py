@@ -253,6 +253,25 @@ def _rope_infer(inputs: Values, attrs: Attrs) -> dict[str, Any]:
     return {"Y": x}
 
 
+def rope_angles(shape: tuple[int, ...], positions: np.ndarray | None, offset: int | None,
+                attrs: Attrs) -> tuple[int, np.ndarray]:
+    """``(rotary_dim, angles)`` of ``rotary_embedding`` for an input of ``shape``: float64 angles
+    ``pos · theta^(-2j/rotary_dim)``, each frequency repeated over both halves (or over neighbours when
+    ``interleaved``), shaped to broadcast against the input's first ``rotary_dim`` features. Shared by
+    the numpy kernel and the torch one calibration trains through (``compress/eval/torch_span.py``).
+    """
+    n, seq = len(shape), norm_axis(attrs["seq_axis"], len(shape))
+    rot = attrs["rotary_dim"] or shape[-1]
+    pos = np.arange(shape[seq]) if positions is None else np.asarray(positions)
+    if offset is not None:
+        pos = pos + offset
+    inv_freq = attrs["theta"] ** (-np.arange(0, rot, 2, dtype=np.float64) / rot)
+    ang = pos.astype(np.float64)[..., None] * inv_freq  # [..., seq, rot/2]
+    ang = np.repeat(ang, 2, axis=-1) if attrs["interleaved"] else np.concatenate([ang, ang], axis=-1)
+    lead = [ang.shape[0]] + [1] * (seq - 1) if ang.ndim == 3 else []
+    return rot, ang.reshape(*lead, ang.shape[-2], *([1] * (n - 2 - seq)), rot)
+
+
 @op("rotary_embedding", table="basic", infer=_rope_infer,
     inputs=[Slot("X", "queries or keys, [..., seq, ..., head_dim] with seq at seq_axis", dtypes=FLOAT_DTYPES),
             Slot("Positions", "position ids, [seq] or [batch, seq]; default 0..seq-1", optional=True, dtypes=INDEX_DTYPES),
@@ -271,16 +290,9 @@ def _rope(ctx: ExecContext, inputs: Values, attrs: Attrs) -> dict[str, Any]:
     and cos/sin repeat each frequency over both halves. ``interleaved`` pairs neighbours instead.
     """
     x = work(ctx, inputs["X"])
-    n, seq = x.ndim, norm_axis(attrs["seq_axis"], x.ndim)
-    rot = attrs["rotary_dim"] or x.shape[-1]
-    pos = np.arange(x.shape[seq]) if inputs["Positions"] is None else np.asarray(inputs["Positions"])
-    if inputs["Offset"] is not None:
-        pos = pos + int(np.asarray(inputs["Offset"]).reshape(()))
-    inv_freq = attrs["theta"] ** (-np.arange(0, rot, 2, dtype=np.float64) / rot)
-    ang = pos.astype(np.float64)[..., None] * inv_freq  # [..., seq, rot/2]
-    ang = np.repeat(ang, 2, axis=-1) if attrs["interleaved"] else np.concatenate([ang, ang], axis=-1)
-    lead = [ang.shape[0]] + [1] * (seq - 1) if ang.ndim == 3 else []
-    ang = ang.reshape(*lead, ang.shape[-2], *([1] * (n - 2 - seq)), rot)
+    positions = None if inputs["Positions"] is None else np.asarray(inputs["Positions"])
+    offset = None if inputs["Offset"] is None else int(np.asarray(inputs["Offset"]).reshape(()))
+    rot, ang = rope_angles(x.shape, positions, offset, attrs)
     cos, sin = np.cos(ang).astype(x.dtype), np.sin(ang).astype(x.dtype)
     xr = x[..., :rot]
     if attrs["interleaved"]:

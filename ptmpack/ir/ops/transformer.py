@@ -143,7 +143,7 @@ def _linear(ctx: ExecContext, inputs: Values, attrs: Attrs) -> dict[str, Any]:
     return {"Y": out(ctx, y.reshape(*x.shape[:-1], w.shape[0]))}
 
 
-def _heads(attrs: Attrs, q: tuple[int, ...], k: tuple[int, ...]) -> tuple[int, int]:
+def attention_heads(attrs: Attrs, q: tuple[int, ...], k: tuple[int, ...]) -> tuple[int, int]:
     """(num_heads, num_kv_heads) from the attributes and the Q/K shapes."""
     if len(q) == 4:
         hq, hkv = q[1], k[1]
@@ -165,7 +165,7 @@ def _attention_infer(inputs: Values, attrs: Attrs) -> dict[str, Any]:
     q, k, v, mask = inputs["Q"], inputs["K"], inputs["V"], inputs["Mask"]
     if not len(q.shape) == len(k.shape) == len(v.shape) or len(q.shape) not in (3, 4):
         raise GraphError(f"attention takes Q, K, V all 4-D or all 3-D, got {q.shape}, {k.shape}, {v.shape}")
-    hq, hkv = _heads(attrs, q.shape, k.shape)
+    hq, hkv = attention_heads(attrs, q.shape, k.shape)
     b = same_dim(same_dim(q.shape[0], k.shape[0], "Q/K batch"), v.shape[0], "Q/V batch")
     if len(q.shape) == 4:
         same_dim(k.shape[1], v.shape[1], "K/V heads")
@@ -212,7 +212,7 @@ def _attention(ctx: ExecContext, inputs: Values, attrs: Attrs) -> dict[str, Any]
     """
     q, k, v = (work(ctx, inputs[s]) for s in ("Q", "K", "V"))
     packed = q.ndim == 3
-    hq, hkv = _heads(attrs, q.shape, k.shape)
+    hq, hkv = attention_heads(attrs, q.shape, k.shape)
     if packed:
         q, k, v = (t.reshape(t.shape[0], t.shape[1], h, -1).transpose(0, 2, 1, 3)
                    for t, h in ((q, hq), (k, hkv), (v, hkv)))
