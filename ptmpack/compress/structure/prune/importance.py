@@ -162,14 +162,16 @@ def _layers(model: ModelStructure, weights: WeightFiles, sites: Mapping[str, Seq
 
 
 def importance(tree: Path, sites: Mapping[str, Sequence[str]], windows: np.ndarray, *, encoder: bool,
-               probes: int = 2, seed: int = 0) -> Importance:
+               probes: int = 2, seed: int = 0, device: str = "cpu") -> Importance:
     """Masks, gradients and Fisher factors of the groups of ``sites`` over the calibration ``windows``.
 
     ``sites``: group (``heads``, ``ffn``; their order is the column order) → per layer, the
     weight of the linear the group's units enter (the attention output projection, the FFN down
     projection). ``encoder``: the model's output is its last hidden state, probed ``probes``
     times per window with ``r ~ N(0, I)`` drawn from ``torch.Generator().manual_seed(seed)``
-    (window by window, probe by probe); otherwise it is the logits of a causal LM.
+    (window by window, probe by probe); otherwise it is the logits of a causal LM. ``device``
+    (``--device cuda``): where each block's weights, its recomputed forward and the upstream gradients
+    live (the IR forward and the saved states stay on the CPU).
 
     Raises:
         UnsupportedError: PyTorch missing, an operator without a torch kernel, or a layer whose
@@ -199,10 +201,12 @@ def importance(tree: Path, sites: Mapping[str, Sequence[str]], windows: np.ndarr
         for k, layer in enumerate(layers):
             states.put(k, runner.state)
             runner.advance(layer.block, runner.params(layer.block.start, layer.block.stop))
-        upstream = _epilogue(runner, layers[-1].block.stop, ids, encoder=encoder, probes=probes, seed=seed)
+        upstream = _epilogue(runner, layers[-1].block.stop, ids, encoder=encoder, probes=probes, seed=seed,
+                             device=device)
         runner.state.clear()
         for k in range(len(layers) - 1, -1, -1):
-            upstream = _backward(runner, layers[k], states.take(k), upstream, rows, first[k], inputs=k > 0)
+            upstream = _backward(runner, layers[k], states.take(k), upstream, rows, first[k], inputs=k > 0,
+                                 device=device)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     units = {g: [(i, j) for i, layer in enumerate(layers) for j in range(layer.counts[g])] for g in groups}
@@ -238,16 +242,17 @@ Upstream = list[list[dict[str, Any]]]
 """Per window, per sample of it (probe), the loss gradient w.r.t. each float activation live at a block boundary."""
 
 
-def _leaves(state: Mapping[str, np.ndarray], *, grad: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The state as tensors, and (``grad``) its float activations made leaves that require gradients."""
+def _leaves(state: Mapping[str, np.ndarray], *, grad: bool, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The state as tensors on ``device``, and (``grad``) its float activations made leaves that require gradients."""
     from ptmpack.compress.eval.torch_span import as_torch
 
-    values = {n: as_torch(v) for n, v in state.items()}
+    values = {n: as_torch(v, device) for n, v in state.items()}
     leaves = {n: t.requires_grad_(True) for n, t in values.items() if grad and t.is_floating_point()}
     return values, leaves
 
 
-def _epilogue(runner: BlockRunner, start: int, ids: np.ndarray, *, encoder: bool, probes: int, seed: int) -> Upstream:
+def _epilogue(runner: BlockRunner, start: int, ids: np.ndarray, *, encoder: bool, probes: int, seed: int,
+              device: str) -> Upstream:
     """Each sample's loss from the epilogue (operators ``start`` to the end), and its gradient w.r.t. the state
     live at ``start`` (the runner's, one window per mini-batch)."""
     import torch
@@ -258,18 +263,18 @@ def _epilogue(runner: BlockRunner, start: int, ids: np.ndarray, *, encoder: bool
     ex = runner.executor
     output = ex.model.outputs[0]
     stop = len(ex.model.main_graph.operators)
-    params = {n: as_torch(v) for n, v in runner.params(start, stop).items()}
+    params = {n: as_torch(v, device) for n, v in runner.params(start, stop).items()}
     span = TorchSpan(ex, start, stop)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU, whatever the device: the same probes everywhere
     upstream: Upstream = []
     for w, state in enumerate(runner.state):
-        values, leaves = _leaves(state, grad=True)
+        values, leaves = _leaves(state, grad=True, device=device)
         y = span.run(values, params, [output])[output]
         if encoder:
             pooled = y.mean(1)[0]
-            losses = [(pooled * torch.randn(pooled.shape, generator=gen)).sum() for _ in range(probes)]
+            losses = [(pooled * torch.randn(pooled.shape, generator=gen).to(device)).sum() for _ in range(probes)]
         else:  # the mean next-token cross-entropy: transformers' loss with labels=ids
-            labels = torch.from_numpy(ids[w])
+            labels = torch.from_numpy(ids[w]).to(device)
             losses = [F.cross_entropy(y[0, :-1], labels[1:])]
         got = [torch.autograd.grad(loss, list(leaves.values()), retain_graph=p + 1 < len(losses), allow_unused=True)
                for p, loss in enumerate(losses)]
@@ -287,7 +292,7 @@ def _masked(group: str, mask: Any, head_dim: int) -> Swap:
 
 
 def _backward(runner: BlockRunner, layer: _Layer, states: Iterator[dict[str, np.ndarray]], upstream: Upstream,
-              rows: np.ndarray, first: Mapping[str, int], *, inputs: bool) -> Upstream:
+              rows: np.ndarray, first: Mapping[str, int], *, inputs: bool, device: str) -> Upstream:
     """Backpropagate ``upstream`` through ``layer``'s block, recomputed per window from its saved input ``states``.
 
     Writes each sample's mask gradients into its row of ``rows`` (columns from ``first[group]``);
@@ -299,12 +304,12 @@ def _backward(runner: BlockRunner, layer: _Layer, states: Iterator[dict[str, np.
     from ptmpack.compress.eval.torch_span import TorchSpan, as_torch
 
     block = layer.block
-    params = {n: as_torch(v) for n, v in runner.params(block.start, block.stop).items()}
+    params = {n: as_torch(v, device) for n, v in runner.params(block.start, block.stop).items()}
     span = TorchSpan(runner.executor, block.start, block.stop)
     out: Upstream = []
     for w, state in enumerate(states):
-        values, leaves = _leaves(state, grad=inputs)
-        masks = {g: torch.ones(c, requires_grad=True) for g, c in layer.counts.items()}
+        values, leaves = _leaves(state, grad=inputs, device=device)
+        masks = {g: torch.ones(c, device=device, requires_grad=True) for g, c in layer.counts.items()}
         swap = {layer.sites[g]: _masked(g, m, layer.head_dim) for g, m in masks.items()}
         samples, upstream[w] = upstream[w], []
         y = span.run(values, params, list(samples[0]), swap=swap)
@@ -316,7 +321,7 @@ def _backward(runner: BlockRunner, layer: _Layer, states: Iterator[dict[str, np.
                                       retain_graph=p + 1 < len(samples), allow_unused=True)
             for g, m in zip(masks, got[:len(masks)], strict=True):
                 if m is not None:
-                    rows[w * len(samples) + p, first[g]:first[g] + len(m)] = m.double().numpy()
+                    rows[w * len(samples) + p, first[g]:first[g] + len(m)] = m.double().cpu().numpy()
             mine.append({n: g for n, g in zip(leaves, got[len(masks):], strict=True) if g is not None})
         out.append(mine)
     return out

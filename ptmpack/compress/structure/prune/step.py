@@ -315,11 +315,12 @@ def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem:
 
 
 def prune(tree: Path, target: str, budget: float, method: str = "structure", windows: np.ndarray | None = None,
-          *, seed: int = 0) -> dict[str, Any]:
+          *, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Prune ``tree``'s model (``target`` heads, query-heads, ffn or both) to ``budget`` × its FLOPs per token.
 
     ``heads`` removes BERT heads or LLaMA-family KV groups, ``query-heads`` (LLaMA family) query
-    heads inside every KV group, ``both`` heads and FFN neurons.
+    heads inside every KV group, ``both`` heads and FFN neurons. ``device``: where the structure
+    method's importance pass trains (:func:`~ptmpack.compress.structure.prune.importance.importance`).
 
     Raises:
         UsageError: bad target, method or budget; the structure method without calibration windows.
@@ -358,7 +359,7 @@ def prune(tree: Path, target: str, budget: float, method: str = "structure", win
         # before the checkpoint is read: the importance pass holds one block's weights, never the model
         pre, names = _modules(config, WeightFiles(tree / "Model").names())
         sites = {g: [f"{w}{names['o' if g == 'heads' else 'down']}.weight" for w in pre] for g in groups}
-        imp = importance(tree, sites, windows, encoder=family == "bert", seed=seed).merged(
+        imp = importance(tree, sites, windows, encoder=family == "bert", seed=seed, device=device).merged(
             "heads", 1 if query_heads else group)
     ck = Checkpoint.load(tree)
     lay = _layout(ck, config, query_heads)
@@ -417,5 +418,5 @@ class PruneStep:
             raise UsageError("--prune and --flops-budget go together")
         windows = step_windows(tree, ctx) if spec.prune_method == "structure" else None
         record = prune(Path(tree), spec.prune, float(spec.flops_budget), spec.prune_method, windows,
-                       seed=int(spec.calib_seed or 0))
+                       seed=int(spec.calib_seed or 0), device=spec.device)
         return StepRecord("prune", str(record.pop("method")), details=record)
