@@ -71,7 +71,6 @@ class Use:
 class Block:
     """One span of the main graph's operators and the targets applied in it."""
 
-    index: int
     start: int
     stop: int
     """Exclusive; the next block's ``start``. The last block stops where the **epilogue** starts: the first
@@ -116,7 +115,7 @@ def plan_blocks(model: Any, weights: list[str]) -> list[Block]:
     ops = model.main_graph.operators
     first: dict[int, int] = {}
     last: dict[int, int] = {}
-    names = {layer_of(w): layers[w] for w in weights}
+    names = {layer_of(w): i for w, i in layers.items()}
     params = {v.name for v in model.main_graph.variables if v.persistable}
     for i, node in enumerate(ops):  # a layer's operators: its targets and every reader of one of its parameters
         for n in _reads(node) & params:
@@ -137,7 +136,7 @@ def plan_blocks(model: Any, weights: list[str]) -> list[Block]:
     for k, (start, _, members) in enumerate(spans):
         stop = spans[k + 1][0] if k + 1 < len(spans) else epilogue
         here = sorted((uses[w] for w in weights if layers[w] in members), key=lambda u: u.op)
-        blocks.append(Block(k, start, stop, tuple(here)))
+        blocks.append(Block(start, stop, tuple(here)))
     return blocks
 
 

@@ -127,12 +127,6 @@ def quantized_layout(prefix: str, shape: tuple[int, int], bits: int, group_size:
     return specs
 
 
-def layout_of(prefix: str, q: QuantizedWeight) -> list[TensorSpec]:
-    """:func:`quantized_layout` of an already quantized weight."""
-    return quantized_layout(prefix, q.shape, q.bits, q.group_size, q.scale.dtype, symmetric=q.symmetric,
-                            g_idx=q.g_idx is not None)
-
-
 def quantized_tensors(prefix: str, q: QuantizedWeight) -> dict[str, np.ndarray]:
     """The tensors :func:`write_quantized_linear` stores for ``q``, in a dict of their own."""
     tensors: dict[str, np.ndarray] = {}
