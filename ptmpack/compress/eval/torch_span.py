@@ -26,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ptmpack.compress.eval.blocks import INPUT_SLOTS
 from ptmpack.errors import UnsupportedError
+from ptmpack.tensors.dtypes import to_float32
 
 Tensor = torch.Tensor
 Swap = Callable[[Tensor, Tensor, Tensor | None], Tensor]
@@ -96,12 +98,6 @@ def _reshape(i: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
     return {"Y": x.reshape([x.shape[k] if d == 0 else d for k, d in enumerate(a["shape"])])}
 
 
-def _transpose(i: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
-    x = i["X"]
-    perm = tuple(a["perm"]) or tuple(reversed(range(x.dim())))
-    return {"Y": x.permute(*(p % x.dim() for p in perm))}
-
-
 def _split(i: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
     from ptmpack.ir.ops.basic_shape import split_sizes
 
@@ -163,17 +159,14 @@ def _unary(fn: Callable[[Tensor], Tensor]) -> Kernel:
 
 
 KERNELS: dict[str, Kernel] = {
-    "add": _binary(torch.add), "sub": _binary(torch.sub), "mul": _binary(torch.mul), "div": _binary(torch.div),
-    "matmul": _matmul, "linear": _linear, "silu": _unary(F.silu), "relu": _unary(torch.relu),
-    "tanh": _unary(torch.tanh), "sigmoid": _unary(torch.sigmoid), "gelu": _gelu,
-    "softmax": lambda i, a: {"Y": torch.softmax(i["X"], dim=a["axis"])},
-    "layer_norm": _layer_norm, "rms_norm": _rms_norm, "unified_norm": _unified_norm,
-    "reshape": _reshape, "transpose": _transpose, "split": _split,
-    "concat": lambda i, a: {"Y": torch.cat(list(i["X"]), dim=a["axis"])},
-    "rotary_embedding": _rope, "attention": _attention,
+    "add": _binary(torch.add), "mul": _binary(torch.mul), "matmul": _matmul, "linear": _linear,
+    "silu": _unary(F.silu), "gelu": _gelu, "layer_norm": _layer_norm, "rms_norm": _rms_norm,
+    "unified_norm": _unified_norm, "reshape": _reshape, "split": _split, "rotary_embedding": _rope,
+    "attention": _attention,
 }
-"""IR operator type -> torch kernel ``(inputs by slot, resolved attributes) -> outputs by slot``."""
-_SWAPPABLE = {"linear": ("X", "W", "Bias"), "matmul": ("A", "B", None)}
+"""IR operator type -> torch kernel ``(inputs by slot, resolved attributes) -> outputs by slot``: the operators the
+blocks of ``ptmpack.ir.convert_hf``'s graphs use (and ``unified_norm``, which folding leaves), each tested against
+its numpy kernel."""
 
 
 def as_torch(value: Any, device: str = "cpu") -> Any:
@@ -181,10 +174,10 @@ def as_torch(value: Any, device: str = "cpu") -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)
     array = np.asarray(value)
-    if array.dtype.kind == "f" or array.dtype.kind == "V":
-        array = np.ascontiguousarray(array, np.float32)
+    if array.dtype.kind in "fV":  # V: bfloat16 and the other ml_dtypes floats
+        array = to_float32(array)
     elif array.dtype != np.bool_:
-        array = np.ascontiguousarray(array, np.int64)
+        array = array.astype(np.int64)
     return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
 
@@ -223,14 +216,14 @@ class TorchSpan:
             for s in opdef.inputs:
                 got = [get(n) for n in node.inputs.get(s.name, ())]
                 inputs[s.name] = got if s.variadic else (got[0] if got else None)
-            slots = _SWAPPABLE.get(node.type)
+            slots = INPUT_SLOTS.get(node.type)
             weight = node.inputs.get(slots[1], ("",))[0] if slots else ""
             if weight in swap:
-                x_slot, w_slot, b_slot = slots
+                x_slot, w_slot = slots
                 w = inputs[w_slot]
                 if node.type == "matmul" and not step.attrs["transpose_b"]:
                     w = w.transpose(-1, -2)
-                result = {"Y": swap[weight](inputs[x_slot], w, inputs[b_slot] if b_slot else None)}
+                result = {"Y": swap[weight](inputs[x_slot], w, inputs.get("Bias"))}
             else:
                 result = KERNELS[node.type](inputs, step.attrs)
             for slot, names in node.outputs.items():
