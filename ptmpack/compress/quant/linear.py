@@ -17,7 +17,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,17 @@ def group_of(target: Target, group: int) -> int:
     return group or target.in_features
 
 
+def refuse_quantized(tree: Path, config: Mapping[str, Any]) -> None:
+    """Refuse to quantize a model whose ``config.json`` says it is quantized already.
+
+    Raises:
+        UnsupportedError: ``quantization_config`` is present.
+    """
+    if "quantization_config" in config:
+        raise UnsupportedError(f"{Path(tree).name}: the model is already quantized; quantizing again compounds the error",
+                               hint="start from the float package, or 'ptmpack unpack --dequantize' first")
+
+
 def load_model(tree: Path) -> ModelStructure:
     """The IR of the tree's checkpoint, built from config.json and the weights (not graph.json), with
     the records earlier steps left in config.json applied (unified norms, activation quantization).
@@ -167,6 +179,16 @@ class QuantizedSpill:
     safetensors file of its own in ``folder`` (a scratch folder beside the working tree) and keeps
     its layout and error row; memory holds none of them.
     """
+
+    @classmethod
+    @contextmanager
+    def beside(cls, tree: Path, prefix: str) -> Iterator[QuantizedSpill]:
+        """A spill in a new scratch folder beside ``tree`` (named ``prefix…``), removed when the block ends."""
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=Path(tree).parent))
+        try:
+            yield cls(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -231,9 +253,7 @@ def quantize_tree(tree: Path, ctx: StepContext, method: str, run: RunFn | None =
 
     spec = ctx.spec
     tree = Path(tree)
-    if "quantization_config" in read_json(tree / "Model" / "config.json"):
-        raise UnsupportedError(f"{tree.name}: the model is already quantized; quantizing again compounds the error",
-                               hint="start from the float package, or 'ptmpack unpack --dequantize' first")
+    refuse_quantized(tree, read_json(tree / "Model" / "config.json"))
     model = load_model(tree)
     targets = find_targets(model)
     if not targets:
@@ -249,9 +269,7 @@ def quantize_tree(tree: Path, ctx: StepContext, method: str, run: RunFn | None =
     if layer is None:
         if run is None:
             raise TypeError("quantize_tree needs run or layer")
-        folder = Path(tempfile.mkdtemp(prefix=".quantized-", dir=tree.parent))
-        try:
-            spill = QuantizedSpill(folder)
+        with QuantizedSpill.beside(tree, ".quantized-") as spill:
             run(targets, weights, group, spill)
             missing = [t.prefix for t in targets if t.prefix not in spill]
             if missing:
@@ -259,8 +277,6 @@ def quantize_tree(tree: Path, ctx: StepContext, method: str, run: RunFn | None =
             rows = spill.rows
             weights.rewrite({t.weight: spill.layout(t.prefix) for t in targets},
                             lambda name: spill.tensors(by_weight[name].prefix))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
     else:
         plan = {t.weight: quantized_layout(t.prefix, (t.out_features, t.in_features), spec.bits, group_of(t, group),
                                            scale_dtype_for(weights.spec(t.weight).dtype), symmetric=spec.symmetric)

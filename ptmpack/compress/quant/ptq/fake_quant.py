@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ptmpack.compress.tree.weights import WeightFiles
 from ptmpack.errors import UnsupportedError
 
 THETA = 0.3
@@ -195,10 +196,12 @@ Finished = Callable[[LinearResult], None]
 """Called with each quantized linear as its block completes (the caller stores it; nothing here keeps it)."""
 
 
-def quantize_blocks(tree: Path, windows: np.ndarray, bits: int, act_bits: int, *, compensate: bool, reconstruct: bool,
-                    epochs: int, finished: Finished, rounding: bool = True, sentence_start: int | None = None,
-                    seed: int = 0, progress: Any = None, device: str = "cpu") -> np.ndarray:
-    """Quantize every linear of every layer of ``tree``'s model, block by block, handing each to ``finished``.
+def quantize_blocks(tree: Path, weights: WeightFiles, windows: np.ndarray, bits: int, act_bits: int, *,
+                    compensate: bool, reconstruct: bool, epochs: int, finished: Finished, rounding: bool = True,
+                    sentence_start: int | None = None, seed: int = 0, progress: Any = None,
+                    device: str = "cpu") -> np.ndarray:
+    """Quantize every linear of every layer of ``tree``'s model (weights read from ``weights``, its ``Model/``
+    files), block by block, handing each to ``finished``.
 
     ``reconstruct`` runs the cascaded reconstruction's step 1 (steps) and, with ``rounding``, its
     step 2 (rounding); ``rounding=False`` stops after step 1 (the ablation's middle row).
@@ -218,7 +221,6 @@ def quantize_blocks(tree: Path, windows: np.ndarray, bits: int, act_bits: int, *
     from ptmpack.compress.eval.probe import feeds_for
     from ptmpack.compress.eval.torch_span import TorchSpan, as_torch
     from ptmpack.compress.quant.linear import find_targets, load_model
-    from ptmpack.compress.tree.weights import WeightFiles
 
     torch.manual_seed(seed)
     model = load_model(tree)
@@ -233,7 +235,7 @@ def quantize_blocks(tree: Path, windows: np.ndarray, bits: int, act_bits: int, *
         if "attention_mask" in feed:
             feed["attention_mask"] = valid.astype(np.int64)
         feeds.append(feed)
-    runner = BlockRunner(model, WeightFiles(Path(tree) / "Model"), feeds, blocks)
+    runner = BlockRunner(model, weights, feeds, blocks)
     ex, ops = runner.executor, model.main_graph.operators
     x_fp = [{n: as_torch(v, device) for n, v in state.items()} for state in runner.state]
     runner.state = []

@@ -17,8 +17,6 @@ run``/``eval`` show what a W·A integer engine computes (attention's two matmuls
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +58,7 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
         UnsupportedError: PyTorch missing, an architecture other than BERT/LLaMA, an already
             quantized checkpoint, or an operator with no torch kernel.
     """
-    from ptmpack.compress.quant.linear import QuantizedSpill
+    from ptmpack.compress.quant.linear import QuantizedSpill, refuse_quantized
     from ptmpack.compress.quant.pack_quantized import QuantizedWeight, quantization_config
     from ptmpack.compress.quant.ptq.fake_quant import LinearResult, quantize_blocks
     from ptmpack.compress.tree.rebuild import rebuild_graph
@@ -73,22 +71,18 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
     family = _FAMILIES.get(str(config.get("model_type")))
     if family is None:
         raise UnsupportedError(f"--quant ptq supports BERT and LLaMA-family models, not {config.get('model_type')!r}")
-    if "quantization_config" in config:
-        raise UnsupportedError(f"{tree.name}: the model is already quantized; quantizing again compounds the error",
-                               hint="start from the float package, or 'ptmpack unpack --dequantize' first")
+    refuse_quantized(tree, config)
     from ptmpack.compress.eval.probe import sentence_start_id
 
     start = sentence_start_id(tree) if per_sentence and family == "bert" else None
     weights = WeightFiles(tree / "Model")
     plan: dict[str, list[Any]] = {}
-    folder = Path(tempfile.mkdtemp(prefix=".ptq-", dir=tree.parent))
-    try:
-        spill = QuantizedSpill(folder)
+    with QuantizedSpill.beside(tree, ".ptq-") as spill:
 
         def store(r: LinearResult) -> None:
             weight, bias = f"{r.name}.weight", f"{r.name}.bias"
-            dtype = weights.spec(weight).dtype
-            out_f, in_f = weights.spec(weight).shape
+            stored = weights.spec(weight)
+            dtype, (out_f, in_f) = stored.dtype, stored.shape
             q = QuantizedWeight(r.codes, r.w_scale.astype(dtype).reshape(out_f, 1), None, bits, int(in_f))
             extra = {bias: r.bias.astype(dtype) if r.bias is not None and (np.any(r.bias) or bias in weights) else None,
                      f"{r.name}.input_scale": np.asarray([r.a_scale], dtype),
@@ -102,13 +96,11 @@ def ptq(tree: Path, bits: int, act_bits: int, windows: np.ndarray, *, compensate
             if bias in weights:  # the new bias is stored with the quantized weight
                 plan[bias] = []
 
-        simulated = quantize_blocks(tree, windows, bits, act_bits, compensate=compensate, reconstruct=reconstruct,
-                                    rounding=rounding, epochs=epochs, sentence_start=start, seed=seed,
-                                    progress=progress, finished=store, device=device)
+        simulated = quantize_blocks(tree, weights, windows, bits, act_bits, compensate=compensate,
+                                    reconstruct=reconstruct, rounding=rounding, epochs=epochs, sentence_start=start,
+                                    seed=seed, progress=progress, finished=store, device=device)
         weights.rewrite(plan, lambda name: spill.tensors(name[: -len(".weight")]) if plan[name] else {})
-        rows = [spill.rows[p[: -len(".weight")]] for p in plan if plan[p]]
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        rows = list(spill.rows.values())  # in the order the linears were finished, as the plan
     ignore = sorted(n[: -len(".weight")] for n in weights.names()
                     if n.endswith(".weight") and len(weights.spec(n).shape) == 2 and "embed" not in n)
     qc = quantization_config(bits, 128, True, ignore)
