@@ -160,8 +160,9 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, bits: int, group_size
     lo, hi = qrange(bits)
     rows, cols = weight.shape
     groups = math.ceil(cols / group_size)
-    w = weight.astype(np.float32).copy()
-    h = np.array(hessian, dtype=np.float32, copy=not overwrite_hessian)
+    w = weight.astype(np.float32)  # astype copies
+    # in place only when told, and only when it is float32 already (numpy 2 refuses copy=False where a cast is needed)
+    h = np.asarray(hessian, np.float32) if overwrite_hessian else np.array(hessian, np.float32)
     if not np.isfinite(h).all():
         raise NotPositiveDefinite("the Hessian of the layer inputs is not finite",
                                   hint="check the calibration activations for overflow (NaN or Inf)")
