@@ -74,35 +74,36 @@ class BlobCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
 
-    def blob_path(self, digest: str) -> Path:
+    def _path(self, kind: str, digest: str) -> Path:
         algo, _, hexd = digest.partition(":")
-        return self.root / "blobs" / algo / hexd
+        return self.root / kind / algo / hexd
+
+    def blob_path(self, digest: str) -> Path:
+        return self._path("blobs", digest)
 
     def partial_path(self, digest: str) -> Path:
-        algo, _, hexd = digest.partition(":")
-        return self.root / "partial" / algo / hexd
+        return self._path("partial", digest)
 
     def staging(self, manifest_digest: str, size: int, slots: int) -> Staging:
         """The resumable staging file of a pull of the package whose manifest is ``manifest_digest``."""
         return Staging(self.root / "partial" / "packages" / (manifest_digest.partition(":")[2] + ".ptm"), size, slots)
 
     def _located_path(self, digest: str) -> Path:
-        algo, _, hexd = digest.partition(":")
-        return self.root / "located" / algo / hexd
+        return self._path("located", digest)
 
-    def keep(self, digest: str, fd: int, path: Path, offset: int, size: int) -> str:
+    def keep(self, digest: str, fd: int, path: Path, offset: int, size: int) -> None:
         """Keep blob ``digest``, verified at ``offset`` of the pulled file ``path`` (open as ``fd``), for later pulls.
 
         A blob under ``SMALL_BLOB`` bytes is copied into ``blobs/`` (it costs next to
         nothing, and survives the file); a larger one is a reflink of that range where
         the file system shares blocks (no space used), else a record of where it lives
-        (``located/``). Returns ``"copy"``, ``"reflink"`` or ``"located"``.
+        (``located/``).
         """
         if size < SMALL_BLOB:
             with contextlib.suppress(ValueError):  # the bytes changed since they were verified: keep nothing
                 self.put_checked(digest, os.pread(fd, size, offset))
                 self.forget(digest)
-                return "copy"
+                return
         target = self.blob_path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_name_beside(target)
@@ -116,7 +117,7 @@ class BlobCache:
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, target)
                 self.forget(digest)
-                return "reflink"
+                return
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -126,7 +127,6 @@ class BlobCache:
         where = self._located_path(digest)
         where.parent.mkdir(parents=True, exist_ok=True)
         replace_file(where, json.dumps(record, separators=(",", ":")).encode("utf-8"))
-        return "located"
 
     def locate(self, digest: str, size: int | None = None) -> tuple[Path, int] | None:
         """Where a pulled file holds blob ``digest`` (path, offset), if that file is unchanged since (and the record

@@ -245,7 +245,7 @@ def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
         check_free_space({cache.root: size})
     check_free_space({out: size})
     staging = Staging.beside(out, size) if local else cache.staging(fetched.digest, size, slots)
-    writing = staging.path  # what a disk error is named by: the file being written
+    writing = staging.path if staging.resumable else out  # what a disk error is named by: the file being written
     try:
         staging.open()
         with _Assembly(store, fetched, cache, options, progress, tally, out, staging) as assembly:
@@ -267,7 +267,7 @@ def fetch_into(store: Store, fetched: Fetched, out: Path, options: PullOptions,
         else:
             staging.discard()
         if isinstance(exc, OSError):  # ENOSPC names the file, not a file descriptor
-            raise_environment_fault(exc, writing if staging.resumable else out)
+            raise_environment_fault(exc, writing)
         raise
     return tally, checks
 

@@ -18,7 +18,8 @@ import struct
 from pathlib import Path
 
 from ptmpack.distribution.storetypes import BlobTarget
-from ptmpack.format.atomic import create_temp_file, temp_name_beside
+from ptmpack.format.atomic import atomic_file, create_temp_file, temp_name_beside
+from ptmpack.format.digest import KernelCopier
 
 FICLONERANGE = 0x4020940D
 """``_IOW(0x94, 13, struct file_clone_range)``: share a range of one file's blocks with another (Linux)."""
@@ -50,20 +51,11 @@ def clone_range(src: int, src_offset: int, dst: int, dst_offset: int, length: in
 
 def copy_range(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> None:
     """Copy ``length`` bytes between open files at the given offsets, in the kernel where it can
-    (``copy_file_range``, which shares blocks on XFS and btrfs when the offsets are block-aligned)."""
-    done = 0
-    with contextlib.suppress(OSError):  # another file system, an old kernel: copied by hand below
-        while done < length:
-            n = os.copy_file_range(src, dst, length - done, src_offset + done, dst_offset + done)
-            if n <= 0:
-                break
-            done += n
-    while done < length:
-        data = os.pread(src, min(8 * 1024 * 1024, length - done), src_offset + done)
-        if not data:
-            raise OSError(errno.EIO, f"source ended {length - done} bytes early while copying")
-        os.pwrite(dst, data, dst_offset + done)
-        done += len(data)
+    (:class:`~ptmpack.format.digest.KernelCopier`: ``copy_file_range``, which shares blocks on XFS and btrfs when
+    the offsets are block-aligned, then ``sendfile``, then a buffer)."""
+    done = KernelCopier().copy(src, dst, length, src_offset, dst_offset)
+    if done != length:
+        raise OSError(errno.EIO, f"source ended {length - done} bytes early while copying")
 
 
 class Staging:
@@ -86,10 +78,14 @@ class Staging:
         self.path, self.size, self.slots = path, size, slots
         self.journal_path = path.with_suffix(JOURNAL_SUFFIX)
         self.fd = self.jfd = -1
-        self.beside = beside
+        self._out = beside
+        """The output a plain temporary file stands beside (:meth:`beside`); None for the cache's staging file."""
         self.published = False
-        self.resumable = beside is None
+
+    @property
+    def resumable(self) -> bool:
         """False for a plain temporary file beside the output (:meth:`beside`): nothing survives a failure."""
+        return self._out is None
 
     @classmethod
     def beside(cls, out: Path, size: int) -> Staging:
@@ -98,8 +94,8 @@ class Staging:
 
     def open(self) -> Staging:
         """Create or take over the staging file (waiting for a pull that holds it); keep what its journal says."""
-        if self.beside is not None:
-            self.fd = create_temp_file(self.path, self.beside)  # the caller's try removes it
+        if self._out is not None:
+            self.fd = create_temp_file(self.path, self._out)  # the caller's try removes it
             os.ftruncate(self.fd, self.size)
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,15 +150,8 @@ class Staging:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            tmp = temp_name_beside(out)
-            try:
-                with os.fdopen(create_temp_file(tmp, out), "wb") as f:
-                    copy_range(self.fd, 0, f.fileno(), 0, self.size)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, out)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            with atomic_file(out, force=True) as f:  # the pull checked the target before it started
+                copy_range(self.fd, 0, f.fileno(), 0, self.size)
             os.unlink(self.path)
 
     def discard(self) -> None:
