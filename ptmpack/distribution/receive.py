@@ -1,11 +1,9 @@
 """Receiving a blob's body: large reads straight from the socket, large writes, the digest on a second thread.
 
-Measured on the 2-core bench machine (docs/DISTRIBUTION.md §11), receiving 205 MB
-through httpx's body iterator and writing each 64 KiB piece cost 0.25 s of CPU,
-reading the same body with 1 MiB ``recv_into`` into a reused buffer and writing
-1 MiB at a time 0.07 s: per-call costs (httpcore reads 64 KiB, h11 copies each
-read twice, one ``write`` per piece) dominate on a virtual machine, not the bytes.
-SHA-256 runs at 1.8 GB/s on 1 MiB updates and 1.46 GB/s on 64 KiB ones.
+Receiving through httpx's body iterator costs per call (httpcore reads 64 KiB, h11 copies
+each read twice, one ``write`` per piece), and on a virtual machine those calls, not the
+bytes, dominate; 1 MiB ``recv_into`` reads into a reused buffer, one ``pwrite`` each, cost
+a fraction of that (the timings: docs/DISTRIBUTION.md §11).
 
 So after httpx has parsed the answer's headers and handed over the first body
 piece (which empties h11's buffer: a Content-Length body event takes everything

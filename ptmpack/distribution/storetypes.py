@@ -43,8 +43,7 @@ class ClientOptions:
     """Attempts per blob download after a connection failure (each resumes with Range)."""
     upload_chunk: int = 64 * 1024 * 1024
     """Blobs larger than this are uploaded in PATCH chunks of this size (each PATCH costs the registry a round of
-    bookkeeping: 16 MiB chunks pushed 205 MB in 1.91 s at load 10, 64 MiB in 1.46 s; still under the 100 MB
-    request limits some proxies set)."""
+    bookkeeping, measured in docs/DISTRIBUTION.md §11; still under the 100 MB request limits some proxies set)."""
     receive_buffer: int | None = None
     """SO_RCVBUF of every connection; None (the default) leaves it to the kernel's autotuning.
 
