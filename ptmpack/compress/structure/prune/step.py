@@ -53,9 +53,9 @@ LAYER_HEADS = "ptmpack_layer_heads"
 """config.json key listing each layer's head count after head pruning."""
 _FAMILIES = {"bert": "bert", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
 SEQ = 128
+"""Sequence length at which attention FLOPs are counted (as in the step report)."""
 FFN_MULTIPLE = 32
 """Pruned FFN widths stay multiples of this (when the original widths are), for group-wise quantization."""
-"""Sequence length at which attention FLOPs are counted (as in the step report)."""
 
 
 def _family(config: dict[str, Any]) -> tuple[str, int]:
