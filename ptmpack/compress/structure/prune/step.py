@@ -120,7 +120,7 @@ def _layout(ck: Checkpoint, config: dict[str, Any], query_heads: bool = False) -
     per_unit = 4 * hidden * head_dim * (width + kv_rows) + 4 * SEQ * head_dim * width
     per_neuron = 2 * hidden * (len(names["in"]) + 1)
     return {"family": family, "pre": pre, "names": names, "head_dim": head_dim, "group": group, "unit": unit,
-            "kv": kv, "heads": [k * group // width for k in kv], "ffn": ffn,
+            "width": width, "kv": kv, "heads": [k * group // width for k in kv], "ffn": ffn,
             "cost": {"heads": per_unit, "ffn": per_neuron}}
 
 
@@ -130,19 +130,20 @@ def _unit_rows(lay: dict[str, Any], unit: int) -> tuple[slice, slice | None]:
     d = lay["head_dim"]
     if lay["unit"] == "query":
         return slice(unit * d, (unit + 1) * d), None
-    g = lay["group"] if lay["unit"] == "group" else 1
+    g = lay["width"]
     return slice(unit * g * d, (unit + 1) * g * d), slice(unit * d, (unit + 1) * d)
 
 
 def _magnitude_scores(ck: Checkpoint, lay: dict[str, Any], group: str) -> np.ndarray:
     n, out = lay["names"], []
     for i, w in enumerate(lay["pre"]):
-        if group == "heads":
+        if group == "heads":  # each projection converted once per layer, then sliced per unit
+            m = {k: ck.f64(f"{w}{n[k]}.weight") for k in "qkvo"}
             for u in range(lay["heads"][i]):
                 q, kv = _unit_rows(lay, u)
-                out.append(float((ck.f64(f"{w}{n['q']}.weight")[q] ** 2).sum())
-                           + sum(float((ck.f64(f"{w}{n[k]}.weight")[kv] ** 2).sum()) for k in "kv" if kv is not None)
-                           + float((ck.f64(f"{w}{n['o']}.weight")[:, q] ** 2).sum()))
+                out.append(float((m["q"][q] ** 2).sum())
+                           + sum(float((m[k][kv] ** 2).sum()) for k in "kv" if kv is not None)
+                           + float((m["o"][:, q] ** 2).sum()))
         else:
             s = sum((ck.f64(f"{w}{part}.weight") ** 2).sum(1) for part in n["in"])
             out.extend(s + (ck.f64(f"{w}{n['down']}.weight") ** 2).sum(0))
@@ -255,7 +256,7 @@ def _evolve(problem: _Problem, cost: Any, budget: float, *, population: int = 16
 
 def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem: _Problem,
            sel: dict[str, list[int]]) -> dict[str, Any]:
-    n, group = lay["names"], lay["group"]
+    n = lay["names"]
     drop: dict[str, dict[int, list[int]]] = {g: {} for g in sel}
     for g, idx in sel.items():
         for u in idx:
@@ -284,7 +285,7 @@ def _apply(ck: Checkpoint, config: dict[str, Any], lay: dict[str, Any], problem:
             ck.set(f"{w}{n['down']}.weight", ck.f64(f"{w}{n['down']}.weight")[:, keep])
     layers = range(len(lay["pre"]))
     left = [lay["heads"][i] - len(drop.get("heads", {}).get(i, [])) for i in layers]
-    width = group if lay["unit"] == "group" else 1  # query heads per unit
+    width = lay["width"]  # query heads per unit
     heads = [width * u for u in left]
     kv = lay["kv"] if lay["unit"] == "query" else left
     ffn = [lay["ffn"][i] - len(drop.get("ffn", {}).get(i, [])) for i in layers]
