@@ -16,13 +16,7 @@ from typing import Any
 import numpy as np
 
 from ptmpack.compress.structure.prune.importance import Importance
-
-
-def _sites(family: str, layers: int) -> list[tuple[str, str]]:
-    """(attention output projection, FFN down projection) module names per layer."""
-    if family == "bert":
-        return [(f"encoder.layer.{i}.attention.output.dense", f"encoder.layer.{i}.output.dense") for i in range(layers)]
-    return [(f"model.layers.{i}.self_attn.o_proj", f"model.layers.{i}.mlp.down_proj") for i in range(layers)]
+from tests._support.struct_models import MASK_SITES
 
 
 def hf_importance(model_dir: Path, family: str, windows: np.ndarray, targets: tuple[str, ...], *,
@@ -45,7 +39,8 @@ def hf_importance(model_dir: Path, family: str, windows: np.ndarray, targets: tu
     ffn = int(cfg.intermediate_size)
     masks = {"heads": torch.ones(layers, heads, requires_grad=True), "ffn": torch.ones(layers, ffn, requires_grad=True)}
     hooks = []
-    for i, (attn_out, down) in enumerate(_sites(family, layers)):
+    modules = [tuple(w.format(i).removesuffix(".weight") for w in MASK_SITES[family]) for i in range(layers)]
+    for i, (attn_out, down) in enumerate(modules):
         if "heads" in targets:
             def scale_heads(mod: Any, args: tuple[Any, ...], i: int = i) -> tuple[Any, ...]:
                 x = args[0]

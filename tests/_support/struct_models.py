@@ -114,13 +114,24 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a64 - b64) / np.linalg.norm(a64))
 
 
+MASK_SITES = {"bert": ("encoder.layer.{}.attention.output.dense.weight", "encoder.layer.{}.output.dense.weight"),
+              "llama": ("model.layers.{}.self_attn.o_proj.weight", "model.layers.{}.mlp.down_proj.weight")}
+"""Family -> the weights a pruned head's and a pruned FFN neuron's output enter (the importance masks' sites),
+``{}`` standing for the layer."""
+
+
+def mask_sites(family: str, groups: tuple[str, ...], layers: int = 2) -> dict[str, list[str]]:
+    """Group (``heads``, ``ffn``) -> per layer, the weight its units enter: the ``sites`` of ``importance()``."""
+    names = dict(zip(("heads", "ffn"), MASK_SITES[family], strict=True))
+    return {g: [names[g].format(i) for i in range(layers)] for g in groups}
+
+
 def zero_pruned_units(tensors: dict[str, np.ndarray], record: dict, head_dim: int, bert: bool) -> dict[str, np.ndarray]:
     """A copy of the unpruned ``tensors`` with every unit a prune ``record`` removed zeroed where its output enters
     the next projection (a head's output-projection columns, a neuron's down-projection column): the model
     pruning must equal."""
     z = {k: v.copy() for k, v in tensors.items()}
-    out = "encoder.layer.{}.attention.output.dense.weight" if bert else "model.layers.{}.self_attn.o_proj.weight"
-    down = "encoder.layer.{}.output.dense.weight" if bert else "model.layers.{}.mlp.down_proj.weight"
+    out, down = MASK_SITES["bert" if bert else "llama"]
     for layer, heads in record["removed_units"].get("heads", {}).items():
         for h in heads:
             z[out.format(layer)][:, h * head_dim:(h + 1) * head_dim] = 0

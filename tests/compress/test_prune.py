@@ -12,7 +12,15 @@ from safetensors.numpy import load_file
 from ptmpack.compress.structure.prune.importance import Importance
 from ptmpack.compress.structure.prune.step import prune
 from ptmpack.errors import UnsupportedError, UsageError
-from tests._support.struct_models import bert_tensors, forward, llama_tensors, make_tree, rel, zero_pruned_units
+from tests._support.struct_models import (
+    bert_tensors,
+    forward,
+    llama_tensors,
+    make_tree,
+    mask_sites,
+    rel,
+    zero_pruned_units,
+)
 
 IDS = np.array([[2, 3, 4, 5, 2, 6, 9, 11, 12], [7, 8, 4, 5, 7, 3, 9, 20, 30]])
 WINDOWS = np.random.default_rng(5).integers(2, 60, size=(4, 12))
@@ -229,8 +237,7 @@ def test_gqa_head_and_group_gradients_match_finite_differences(tmp_path: Path) -
 
     cfg, t = llama_tensors(h=48, heads=6, kv=3, ffn=64)
     tree = make_tree(tmp_path, cfg, t)
-    imp = importance(tree, {"heads": [f"model.layers.{i}.self_attn.o_proj.weight" for i in range(2)]}, WINDOWS[:2],
-                     encoder=False)
+    imp = importance(tree, mask_sites("llama", ("heads",)), WINDOWS[:2], encoder=False)
     groups = imp.merged("heads", 2)
     model = transformers.AutoModelForCausalLM.from_pretrained(tree / "Model", dtype=torch.float64).eval()
     ids = torch.tensor(WINDOWS[:2])

@@ -16,19 +16,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tests._support.struct_models import forward, rel
+from tests._support.struct_models import forward, mask_sites, rel
 from tests._support.tiny_models import tiny_tree
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 WINDOWS = np.random.default_rng(5).integers(2, 60, size=(3, 12))
-SITES = {"bert": ("encoder.layer.{}.attention.output.dense.weight", "encoder.layer.{}.output.dense.weight"),
-         "llama": ("model.layers.{}.self_attn.o_proj.weight", "model.layers.{}.mlp.down_proj.weight")}
-
-
-def _sites(family: str, targets: tuple[str, ...], layers: int = 2) -> dict[str, list[str]]:
-    names = dict(zip(("heads", "ffn"), SITES[family], strict=True))
-    return {g: [names[g].format(i) for i in range(layers)] for g in targets}
 
 
 @pytest.mark.parametrize(("kind", "targets"), [("llama", ("heads", "ffn")), ("llama-mha", ("heads", "ffn")),
@@ -41,7 +34,7 @@ def test_block_wise_gradients_and_sample_rows_equal_the_whole_transformers_model
 
     family = "bert" if kind == "bert" else "llama"
     tree = tiny_tree(tmp_path, kind)
-    got = importance(tree, _sites(family, targets), WINDOWS, encoder=family == "bert", probes=2, seed=3)
+    got = importance(tree, mask_sites(family, targets), WINDOWS, encoder=family == "bert", probes=2, seed=3)
     want = hf_importance(tree / "Model", family, WINDOWS, targets, probes=2, seed=3)
     assert got.units == want.units and got.offset == want.offset
     assert got.samples.shape == want.samples.shape == (len(WINDOWS) * (2 if family == "bert" else 1),
@@ -71,7 +64,7 @@ def test_per_layer_counts_give_the_peer_rows_of_the_model_with_the_pruned_units_
     rec = prune(tree, "both", 0.6, "magnitude")
     heads, ffn = rec["layer_heads"], rec["layer_intermediate_sizes"]
     assert len(set(heads)) > 1 and len(set(ffn)) > 1
-    got = importance(tree, _sites("bert", ("heads", "ffn")), WINDOWS, encoder=True)
+    got = importance(tree, mask_sites("bert", ("heads", "ffn")), WINDOWS, encoder=True)
     assert got.units["heads"] == [(i, j) for i, n in enumerate(heads) for j in range(n)]
     assert got.units["ffn"] == [(i, j) for i, n in enumerate(ffn) for j in range(n)]
     assert got.offset == {"heads": 0, "ffn": sum(heads)}
