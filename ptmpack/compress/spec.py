@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ptmpack.compress.methods import OPTIONS, SLOTS, choices, method
 from ptmpack.errors import UsageError
@@ -20,6 +21,21 @@ DEFAULT_GROUPS = (128, 64, 32)
 PRUNE_TARGETS = ("heads", "query-heads", "ffn", "both")
 DEVICES = ("cpu", "cuda")
 GPTQ_ORDERS = ("layer", "linear")
+
+
+def require_torch(purpose: str) -> Any:
+    """The torch module, imported now: the methods that train or solve in PyTorch call this first.
+
+    Raises:
+        UnsupportedError: PyTorch is not installed (exit 6); the message names ``purpose`` (``"--quant ptq"``).
+    """
+    from ptmpack.errors import UnsupportedError
+
+    try:
+        import torch
+    except ImportError:
+        raise UnsupportedError(f"{purpose} needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
+    return torch
 
 
 def check_device(device: str) -> None:
@@ -36,11 +52,7 @@ def check_device(device: str) -> None:
         return
     from ptmpack.errors import UnsupportedError
 
-    try:
-        import torch
-    except ImportError:
-        raise UnsupportedError(f"--device {device} needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
-    if not torch.cuda.is_available():
+    if not require_torch(f"--device {device}").cuda.is_available():
         raise UnsupportedError("--device cuda: PyTorch sees no CUDA device on this machine", hint="use --device cpu")
 
 

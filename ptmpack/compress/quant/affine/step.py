@@ -29,26 +29,13 @@ from typing import Any
 import numpy as np
 
 from ptmpack.compress.report import QuantScheme, StepRecord
-from ptmpack.compress.spec import CompressSpec
+from ptmpack.compress.spec import CompressSpec, require_torch
 from ptmpack.compress.step import StepContext
 from ptmpack.errors import UnsupportedError
 
 STEP_NOTE = ("unmerged AffineQuant transforms run as explicit affine_transform operators in graph.json: "
              "ptmpack run/eval execute them; transformers and vLLM ignore {norm}.affine_transform.* and would "
              "compute a different model")
-
-
-def require_torch() -> Any:
-    """The torch module.
-
-    Raises:
-        UnsupportedError: PyTorch is not installed.
-    """
-    try:
-        import torch
-    except ImportError:
-        raise UnsupportedError("--quant affine needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
-    return torch
 
 
 class AffineStep:
@@ -100,7 +87,7 @@ def affine_quantize_tree(tree: Path, ctx: StepContext) -> StepRecord:
         UnsupportedError: no torch, not a LLaMA-family decoder, or CUDA asked for but absent.
         UsageError: no calibration text, or a group size that does not divide a linear's input width.
     """
-    require_torch()
+    require_torch("--quant affine")
     from ptmpack.compress.quant.affine.block import AffineOptions, BlockResult
     from ptmpack.compress.quant.affine.model import affine_quantize_checkpoint
     from ptmpack.compress.quant.affine.torch_llama import AFFINE, LAYER_PREFIX, LINEARS, DecoderLayer, LlamaConfig

@@ -60,14 +60,6 @@ class LinearResult:
     rel_error: float
 
 
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise UnsupportedError("--quant ptq needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
-    return torch
-
-
 def _modules(torch: Any) -> Any:
     nn, fn = torch.nn, torch.nn.functional
 
@@ -216,7 +208,9 @@ def quantize_blocks(tree: Path, weights: WeightFiles, windows: np.ndarray, bits:
         UnsupportedError: PyTorch missing, a model with no linear in its layers, or an operator
             with no torch kernel.
     """
-    torch = _torch()
+    from ptmpack.compress.spec import require_torch
+
+    torch = require_torch("--quant ptq")  # before torch_span, which imports torch
     from ptmpack.compress.eval.blocks import BlockRunner, layer_of, plan_blocks
     from ptmpack.compress.eval.probe import feeds_for
     from ptmpack.compress.eval.torch_span import TorchSpan, as_torch

@@ -119,14 +119,6 @@ class _Layer:
     """Width of one head in the attention output projection's input (0 when heads are not asked for)."""
 
 
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise UnsupportedError("structure-aware pruning needs PyTorch", hint="pip install 'ptmpack[torch]'") from None
-    return torch
-
-
 def _layers(model: ModelStructure, weights: WeightFiles, sites: Mapping[str, Sequence[str]]) -> list[_Layer]:
     """Each layer's block, mask sites and unit counts: heads from its ``attention`` operator's ``num_heads``, the
     head width from the output projection's input width, FFN neurons from the down projection's input width.
@@ -178,9 +170,11 @@ def importance(tree: Path, sites: Mapping[str, Sequence[str]], windows: np.ndarr
             units cannot be located (see :func:`_layers`).
         GraphError: the model fails to run.
     """
-    _torch()
     from ptmpack.compress.eval.probe import feeds_for
+    from ptmpack.compress.spec import require_torch
     from ptmpack.compress.tree.rebuild import base_model
+
+    require_torch("structure-aware pruning")
 
     tree = Path(tree)
     ids = np.asarray(windows, np.int64)
