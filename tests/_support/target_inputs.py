@@ -37,3 +37,9 @@ def target_inputs(tree: Path, model: Any, feeds: dict[str, Any], wanted: set[str
         ex.ctx.state[OPERATOR_HOOK] = hook
         ex.run(feeds)
     return got
+
+
+def hessian(x: np.ndarray) -> np.ndarray:
+    """``2/n · XᵀX`` of the rows of ``x`` (``[..., in]``), in float32: GPTQ's Hessian of all the rows at once."""
+    rows = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
+    return (rows.T @ rows) * np.float32(2.0 / max(len(rows), 1))

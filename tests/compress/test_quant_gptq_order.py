@@ -20,12 +20,12 @@ import pytest
 
 from ptmpack.compress.eval.blocks import layer_index, layer_of
 from ptmpack.compress.eval.probe import feeds_for
-from ptmpack.compress.quant.gptq.step import calibrate_and_quantize, hessian
+from ptmpack.compress.quant.gptq.step import calibrate_and_quantize
 from ptmpack.compress.quant.linear import QuantizedSpill, Target, find_targets, load_model
 from ptmpack.compress.quant.pack_quantized import QuantizedWeight
 from ptmpack.compress.quant.rtn import quantize_rtn
 from ptmpack.compress.tree.weights import WeightFiles
-from tests._support.target_inputs import target_inputs
+from tests._support.target_inputs import hessian, target_inputs
 from tests._support.tiny_models import tiny_tree
 
 

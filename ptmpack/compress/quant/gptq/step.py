@@ -4,7 +4,7 @@ The calibration windows are run through the model block by block
 (:mod:`ptmpack.compress.eval.blocks`, llm-compressor's sequential pipeline): the activations at
 the start of a decoder block are held for every window; the block's operators run on them in
 mini-batches of windows, accumulating each target linear's Hessian ``2/n · XᵀX``
-(:func:`hessian`, one per distinct input, shared by q/k/v and gate/up); each linear is solved
+(one per distinct input, shared by q/k/v and gate/up); each linear is solved
 (:mod:`ptmpack.compress.quant.gptq.solver`, torch when installed), set aside in the step's
 :class:`~ptmpack.compress.quant.linear.QuantizedSpill` and its float weight dropped; then the
 block runs once more with its *quantized* weights to make the next block's input, so every
@@ -44,14 +44,8 @@ Solve = Callable[..., QuantizedWeight]
 """``solve(weight [out, in], hessian, overwrite_hessian=...) -> QuantizedWeight``."""
 
 
-def hessian(x: np.ndarray) -> np.ndarray:
-    """``2/n · XᵀX`` of the rows of ``x`` (``[..., in]``), in float32."""
-    rows = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
-    return (rows.T @ rows) * np.float32(2.0 / max(len(rows), 1))
-
-
 class _Hessians:
-    """``XᵀX`` summed over mini-batches per input variable, then scaled by ``2/n`` (:func:`hessian` of all rows).
+    """``XᵀX`` summed over mini-batches per input variable, then scaled by ``2/n``: ``2/n · XᵀX`` of all its rows.
 
     In numpy, or on a torch device (``xp``, a solver backend: ``--device cuda``), where the sums
     of one block's inputs live until the block is solved; what :meth:`pop` returns is numpy.
