@@ -167,12 +167,12 @@ def test_compress_pipeline_packs_an_affine_package_that_ptmpack_runs(tmp_path):
 def test_without_torch_the_step_is_unsupported_with_a_hint(monkeypatch):
     import sys
 
-    from ptmpack.compress.quant.affine import step as affine
+    from ptmpack.compress.spec import require_torch
     from ptmpack.errors import UnsupportedError
 
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(UnsupportedError) as info:
-        affine.require_torch()
+        require_torch("--quant affine")  # what the affine step calls first
     assert info.value.exit_code == 6 and "ptmpack[torch]" in (info.value.hint or "")
 
 
